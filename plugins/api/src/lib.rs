@@ -1,0 +1,289 @@
+//! The contract between fleetkeyd and its key-store backends.
+//!
+//! A backend implements [`KeyStore`]. Every operation but [`KeyStore::describe`],
+//! [`KeyStore::create_key`] and [`KeyStore::sign_digest`] has a default that
+//! answers [`KeyStoreError::Unsupported`], so a backend states what it can do
+//! by what it implements, and says so as data in [`BackendInfo`].
+//!
+//! Operations are blocking (hardware is); the daemon runs them on blocking
+//! threads. Keys are named by an opaque `key_ref` the backend returns at
+//! creation and the daemon stores: a file name, a TPM blob, a card slot.
+//!
+//! # Crash-safe creation
+//! The daemon creates a key ([`KeyStore::create_key`]), records it in its
+//! state store, and deletes the key ([`KeyStore::delete_key`]) when the
+//! record fails. At startup it asks each backend for the keys it holds
+//! ([`KeyStore::resident_keys`]) and deletes those no record names, so a
+//! crash between the two steps leaves nothing behind.
+
+use std::fmt;
+
+use zeroize::Zeroizing;
+
+/// A PIN: zeroized on drop, never shown by `Debug`.
+#[derive(Clone)]
+pub struct Pin(Zeroizing<String>);
+
+impl Pin {
+    pub fn new(pin: impl Into<String>) -> Self {
+        Self(Zeroizing::new(pin.into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+
+    /// Length in characters.
+    pub fn char_count(&self) -> usize {
+        self.0.chars().count()
+    }
+}
+
+impl fmt::Debug for Pin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Pin(<redacted>)")
+    }
+}
+
+/// An operation a key store may support.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    Create,
+    Sign,
+    Delete,
+    ChangePin,
+    PinStatus,
+    Attest,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Create => "create",
+            Operation::Sign => "sign",
+            Operation::Delete => "delete",
+            Operation::ChangePin => "change_pin",
+            Operation::PinStatus => "pin_status",
+            Operation::Attest => "attest",
+        }
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// PIN rules a backend itself imposes (on top of the deployment's policy).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PinRules {
+    pub min_length: Option<usize>,
+    pub max_length: Option<usize>,
+}
+
+/// What a backend is and can do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendInfo {
+    /// Stable name used in config, on the wire and in user records.
+    pub name: String,
+    /// One line for people.
+    pub description: String,
+    /// False for software keys: status and attestation say so everywhere.
+    pub hardware_backed: bool,
+    /// Attestation formats `attest` can produce ("none" for none).
+    pub attestation_formats: Vec<String>,
+    pub pin_rules: PinRules,
+    pub operations: Vec<Operation>,
+}
+
+/// A key just made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedKey {
+    /// What the daemon stores to name the key later.
+    pub key_ref: Vec<u8>,
+    /// The public key as SubjectPublicKeyInfo DER.
+    pub public_key_der: Vec<u8>,
+}
+
+/// What the PIN guarding a key allows now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PinStatus {
+    /// None where the backend keeps no count of its own.
+    pub tries_left: Option<u32>,
+    pub locked: bool,
+}
+
+/// Evidence about a key for the portal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attestation {
+    /// "none" when the backend has nothing to show.
+    pub format: String,
+    pub data: Vec<u8>,
+}
+
+impl Attestation {
+    pub fn none() -> Self {
+        Self {
+            format: "none".into(),
+            data: Vec::new(),
+        }
+    }
+}
+
+/// Why a key-store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyStoreError {
+    #[error("the {backend} key store does not support {operation}")]
+    Unsupported {
+        backend: String,
+        operation: Operation,
+    },
+    #[error("wrong PIN")]
+    PinIncorrect {
+        /// Tries the hardware itself still allows, where it counts.
+        tries_left: Option<u32>,
+    },
+    #[error("the PIN is blocked by the key store")]
+    PinLocked,
+    #[error("the PIN does not meet the key store's rules: {0}")]
+    PinRules(String),
+    #[error("no key {0} in the key store")]
+    KeyNotFound(String),
+    #[error("the key store is not available: {0}")]
+    Unavailable(String),
+    #[error("stored key {key} is damaged: {detail}")]
+    Corrupt { key: String, detail: String },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Backend(String),
+}
+
+impl KeyStoreError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// A place where users' P-256 signing keys live.
+pub trait KeyStore: Send + Sync {
+    /// What this backend is and can do.
+    fn describe(&self) -> BackendInfo;
+
+    /// Makes a P-256 key guarded by `pin`. `key_id` is unique and chosen
+    /// by the daemon; a backend may use it to name the key.
+    fn create_key(&self, key_id: &str, pin: &Pin) -> Result<CreatedKey, KeyStoreError>;
+
+    /// ECDSA P-256 over a SHA-256 digest; returns the DER signature.
+    /// A wrong PIN is [`KeyStoreError::PinIncorrect`].
+    fn sign_digest(
+        &self,
+        key_ref: &[u8],
+        pin: &Pin,
+        digest: &[u8; 32],
+    ) -> Result<Vec<u8>, KeyStoreError>;
+
+    /// Destroys a key. Deleting a key that is already gone succeeds.
+    fn delete_key(&self, key_ref: &[u8]) -> Result<(), KeyStoreError> {
+        let _ = key_ref;
+        Err(self.unsupported(Operation::Delete))
+    }
+
+    /// Replaces the PIN; returns the key's (possibly new) `key_ref`.
+    fn change_pin(
+        &self,
+        key_ref: &[u8],
+        old_pin: &Pin,
+        new_pin: &Pin,
+    ) -> Result<Vec<u8>, KeyStoreError> {
+        let _ = (key_ref, old_pin, new_pin);
+        Err(self.unsupported(Operation::ChangePin))
+    }
+
+    /// Tries left and lock state as the key store itself counts them.
+    fn pin_status(&self, key_ref: &[u8]) -> Result<PinStatus, KeyStoreError> {
+        let _ = key_ref;
+        Err(self.unsupported(Operation::PinStatus))
+    }
+
+    /// Evidence about where the key lives, for the portal.
+    fn attest(&self, key_ref: &[u8]) -> Result<Attestation, KeyStoreError> {
+        let _ = key_ref;
+        Err(self.unsupported(Operation::Attest))
+    }
+
+    /// Every key this store holds, as `key_ref`s, for orphan cleanup.
+    /// Stores whose keys live only in the daemon's records return none.
+    fn resident_keys(&self) -> Result<Vec<Vec<u8>>, KeyStoreError> {
+        Ok(Vec::new())
+    }
+
+    /// The standard "unsupported" answer for this backend.
+    fn unsupported(&self, operation: Operation) -> KeyStoreError {
+        KeyStoreError::Unsupported {
+            backend: self.describe().name,
+            operation,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct SignOnly;
+
+    impl KeyStore for SignOnly {
+        fn describe(&self) -> BackendInfo {
+            BackendInfo {
+                name: "sign-only".into(),
+                description: "test".into(),
+                hardware_backed: false,
+                attestation_formats: vec![],
+                pin_rules: PinRules::default(),
+                operations: vec![Operation::Create, Operation::Sign],
+            }
+        }
+        fn create_key(&self, _: &str, _: &Pin) -> Result<CreatedKey, KeyStoreError> {
+            Err(KeyStoreError::Unavailable("test".into()))
+        }
+        fn sign_digest(&self, _: &[u8], _: &Pin, _: &[u8; 32]) -> Result<Vec<u8>, KeyStoreError> {
+            Err(KeyStoreError::PinIncorrect { tries_left: None })
+        }
+    }
+
+    #[test]
+    fn defaults_answer_unsupported_with_names() {
+        let store = SignOnly;
+        let err = store.attest(b"k").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the sign-only key store does not support attest"
+        );
+        assert!(matches!(
+            store.change_pin(b"k", &Pin::new("1"), &Pin::new("2")),
+            Err(KeyStoreError::Unsupported {
+                operation: Operation::ChangePin,
+                ..
+            })
+        ));
+        assert!(store.resident_keys().unwrap().is_empty());
+    }
+
+    #[test]
+    fn pin_debug_is_redacted() {
+        assert_eq!(format!("{:?}", Pin::new("123456")), "Pin(<redacted>)");
+    }
+}

@@ -1,0 +1,268 @@
+//! Stable failure reasons: the contract scripts rely on. Each reason has a
+//! name (carried on the wire as google.rpc.ErrorInfo.reason), a gRPC code,
+//! an exit code for fleetkeyctl and a default hint. The table is documented
+//! in `docs/errors.md`; names and exit codes never change meaning.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use tonic::Code;
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// ErrorInfo domain of every fleetkey failure.
+pub const ERROR_DOMAIN: &str = "fleetkey.dev";
+
+macro_rules! reasons {
+    ($($variant:ident = $name:literal, $exit:literal, $code:ident, $hint:literal;)*) => {
+        /// Why an operation failed.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Reason {
+            $($variant,)*
+        }
+
+        impl Reason {
+            /// Every reason, in table order.
+            pub const ALL: &'static [Reason] = &[$(Reason::$variant,)*];
+
+            /// The stable name, e.g. `CODE_EXPIRED`.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Reason::$variant => $name,)* }
+            }
+
+            /// fleetkeyctl's exit status for this reason.
+            pub fn exit_code(self) -> u8 {
+                match self { $(Reason::$variant => $exit,)* }
+            }
+
+            /// The gRPC status code that carries it.
+            pub fn grpc_code(self) -> Code {
+                match self { $(Reason::$variant => Code::$code,)* }
+            }
+
+            /// What the person can do about it, when nothing more specific is known.
+            pub fn default_hint(self) -> &'static str {
+                match self { $(Reason::$variant => $hint,)* }
+            }
+
+            /// The reason with this stable name.
+            pub fn from_name(name: &str) -> Option<Reason> {
+                match name { $($name => Some(Reason::$variant),)* _ => None }
+            }
+        }
+    };
+}
+
+reasons! {
+    CodeMalformed = "CODE_MALFORMED", 10, InvalidArgument,
+        "An activation code is 16 characters, 0-9 and A-Z, in four groups of four; check what was typed.";
+    CodeMistyped = "CODE_MISTYPED", 11, InvalidArgument,
+        "One character of the code is wrong; compare it with the code shown by the portal.";
+    CodeUnknown = "CODE_UNKNOWN", 12, NotFound,
+        "The portal does not know this code; check that it was issued by this portal, or ask for a new one.";
+    CodeExpired = "CODE_EXPIRED", 13, FailedPrecondition,
+        "The code has expired; ask the portal for a new one.";
+    CodeAlreadyUsed = "CODE_ALREADY_USED", 14, FailedPrecondition,
+        "Each code works once; ask the portal for a new one.";
+    CodeWrongKind = "CODE_WRONG_KIND", 15, FailedPrecondition,
+        "Device codes activate a device (fleetkeyctl activate); add-user codes add a user (fleetkeyctl user add).";
+    PayloadInvalid = "PAYLOAD_INVALID", 16, InvalidArgument,
+        "This is not a fleetkey enrollment code; scan or type the code shown by the portal.";
+    PayloadVersion = "PAYLOAD_VERSION", 17, InvalidArgument,
+        "The portal uses a newer enrollment format; update fleetkey.";
+    AlreadyEnrolled = "ALREADY_ENROLLED", 20, AlreadyExists,
+        "The user is already enrolled on this device; remove the user first to enroll again.";
+    AlreadyActivated = "ALREADY_ACTIVATED", 21, AlreadyExists,
+        "This device is already activated.";
+    DeviceNotActivated = "DEVICE_NOT_ACTIVATED", 22, FailedPrecondition,
+        "Activate the device first: fleetkeyctl activate CODE.";
+    DeviceUnknown = "DEVICE_UNKNOWN", 23, NotFound,
+        "The portal does not know this device; it may have been removed there. Activate it again.";
+    UserUnknown = "USER_UNKNOWN", 24, NotFound,
+        "No such user on this device; fleetkeyctl user list shows who is enrolled.";
+    PinPolicy = "PIN_POLICY", 30, InvalidArgument,
+        "Choose a PIN that meets the policy shown by fleetkeyctl status.";
+    PinWrong = "PIN_WRONG", 31, Unauthenticated,
+        "Check the PIN and try again; the user is locked after too many wrong PINs.";
+    PinLocked = "PIN_LOCKED", 32, PermissionDenied,
+        "Too many wrong PINs: ask an administrator to remove the user and enroll them again.";
+    PermissionDenied = "PERMISSION_DENIED", 40, PermissionDenied,
+        "Run this as root or as a member of the configured admin group.";
+    SignatureInvalid = "SIGNATURE_INVALID", 41, Unauthenticated,
+        "The request's signature or proof of possession did not verify.";
+    PortalUnreachable = "PORTAL_UNREACHABLE", 50, Unavailable,
+        "Check the network and the portal URL, then try again; the code is still valid.";
+    PortalError = "PORTAL_ERROR", 51, Unavailable,
+        "The portal answered with an unexpected error; try again later or contact the portal's administrator.";
+    BackendUnavailable = "BACKEND_UNAVAILABLE", 52, Unavailable,
+        "fleetkeyctl status shows which key stores are available and why not.";
+    BackendUnknown = "BACKEND_UNKNOWN", 53, InvalidArgument,
+        "fleetkeyctl status lists the key stores this daemon has.";
+    Unsupported = "UNSUPPORTED", 54, Unimplemented,
+        "This key store cannot do that; fleetkeyctl status lists what each one can do.";
+    DaemonUnreachable = "DAEMON_UNREACHABLE", 60, Unavailable,
+        "Is fleetkeyd running? Check the socket path (--socket or FLEETKEY_SOCKET).";
+    InvalidArgument = "INVALID_ARGUMENT", 64, InvalidArgument,
+        "Check the command's arguments (--help).";
+    StateError = "STATE_ERROR", 70, Internal,
+        "The daemon's state store failed; see the daemon's log. Nothing was changed.";
+    Internal = "INTERNAL", 71, Internal,
+        "An unexpected failure; see the daemon's log.";
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failure as fleetkey reports it: a reason, a one-line message saying
+/// what failed and why, a hint saying what to do, and machine-readable
+/// details (e.g. `tries_left`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: Reason,
+    pub message: String,
+    pub hint: String,
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Failure {
+    /// A failure with the reason's default hint.
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+            hint: reason.default_hint().to_string(),
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = hint.into();
+        self
+    }
+
+    pub fn with_meta(mut self, key: &str, value: impl ToString) -> Self {
+        self.metadata.insert(key.to_string(), value.to_string());
+        self
+    }
+
+    pub fn meta(&self, key: &str) -> Option<&str> {
+        self.metadata.get(key).map(String::as_str)
+    }
+
+    /// The gRPC status, with the reason in a google.rpc.ErrorInfo.
+    pub fn to_status(&self) -> tonic::Status {
+        let mut metadata: HashMap<String, String> = self.metadata.clone().into_iter().collect();
+        metadata.insert("hint".into(), self.hint.clone());
+        let details = ErrorDetails::with_error_info(self.reason.as_str(), ERROR_DOMAIN, metadata);
+        tonic::Status::with_error_details(self.reason.grpc_code(), self.message.clone(), details)
+    }
+
+    /// Reads a status back. A status without fleetkey's ErrorInfo (from a
+    /// transport or a foreign server) gets a reason from its gRPC code.
+    pub fn from_status(status: &tonic::Status) -> Self {
+        let details = status.get_error_details();
+        if let Some(info) = details.error_info()
+            && info.domain == ERROR_DOMAIN
+            && let Some(reason) = Reason::from_name(&info.reason)
+        {
+            let mut metadata: BTreeMap<String, String> =
+                info.metadata.clone().into_iter().collect();
+            let hint = metadata
+                .remove("hint")
+                .unwrap_or_else(|| reason.default_hint().to_string());
+            return Self {
+                reason,
+                message: status.message().to_string(),
+                hint,
+                metadata,
+            };
+        }
+        let reason = match status.code() {
+            Code::PermissionDenied => Reason::PermissionDenied,
+            Code::InvalidArgument | Code::OutOfRange => Reason::InvalidArgument,
+            Code::Unimplemented => Reason::Unsupported,
+            _ => Reason::Internal,
+        };
+        Self::new(
+            reason,
+            format!("{} ({:?})", status.message(), status.code()),
+        )
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.reason, self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+impl From<Failure> for tonic::Status {
+    fn from(failure: Failure) -> Self {
+        failure.to_status()
+    }
+}
+
+impl From<crate::code::CodeError> for Failure {
+    fn from(error: crate::code::CodeError) -> Self {
+        let reason = match error {
+            crate::code::CodeError::CheckMismatch => Reason::CodeMistyped,
+            _ => Reason::CodeMalformed,
+        };
+        Failure::new(reason, error.to_string())
+    }
+}
+
+impl From<crate::payload::PayloadError> for Failure {
+    fn from(error: crate::payload::PayloadError) -> Self {
+        use crate::payload::PayloadError;
+        match error {
+            PayloadError::Code(code) => code.into(),
+            PayloadError::UnsupportedVersion(_) => {
+                Failure::new(Reason::PayloadVersion, error.to_string())
+            }
+            other => Failure::new(Reason::PayloadInvalid, other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_exit_codes_are_unique() {
+        let mut names = std::collections::HashSet::new();
+        let mut exits = std::collections::HashSet::new();
+        for reason in Reason::ALL {
+            assert!(names.insert(reason.as_str()), "{reason} twice");
+            assert!(exits.insert(reason.exit_code()), "{reason} exit code twice");
+            assert!(reason.exit_code() > 2, "0-2 are success, failure, usage");
+            assert_eq!(Reason::from_name(reason.as_str()), Some(*reason));
+        }
+    }
+
+    #[test]
+    fn status_round_trip() {
+        let failure = Failure::new(Reason::PinWrong, "wrong PIN for alice")
+            .with_meta("tries_left", 3)
+            .with_hint("try again");
+        let status = failure.to_status();
+        assert_eq!(status.code(), Code::Unauthenticated);
+        assert_eq!(Failure::from_status(&status), failure);
+    }
+
+    #[test]
+    fn foreign_status_gets_a_reason() {
+        let status = tonic::Status::permission_denied("no");
+        assert_eq!(
+            Failure::from_status(&status).reason,
+            Reason::PermissionDenied
+        );
+        let status = tonic::Status::unknown("boom");
+        assert_eq!(Failure::from_status(&status).reason, Reason::Internal);
+    }
+}

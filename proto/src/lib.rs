@@ -1,0 +1,24 @@
+//! Every wire format of fleetkey, in one place: the daemon and portal gRPC
+//! APIs (generated from `proto/`), the activation code, the enrollment
+//! payload URI carried by QR codes, the messages devices sign for the
+//! portal, and the stable error reasons.
+
+pub mod binding;
+pub mod code;
+pub mod failure;
+pub mod payload;
+pub mod time;
+
+pub use code::{ActivationCode, CodeError};
+pub use failure::{Failure, Reason};
+pub use payload::{EnrollmentInput, EnrollmentPayload, PayloadError};
+
+/// The daemon API, `fleetkey.v1`.
+pub mod daemon {
+    tonic::include_proto!("fleetkey.v1");
+}
+
+/// The portal API, `fleetkey.portal.v1`.
+pub mod portal {
+    tonic::include_proto!("fleetkey.portal.v1");
+}
