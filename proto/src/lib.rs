@@ -6,6 +6,7 @@
 pub mod binding;
 pub mod code;
 pub mod failure;
+pub mod paths;
 pub mod payload;
 pub mod time;
 
