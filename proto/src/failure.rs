@@ -192,6 +192,14 @@ impl Failure {
     }
 }
 
+/// Whether a status carries fleetkey's own ErrorInfo (as opposed to a
+/// transport failure or a foreign server's answer).
+pub fn is_fleetkey_status(status: &tonic::Status) -> bool {
+    status.get_error_details().error_info().is_some_and(|info| {
+        info.domain == ERROR_DOMAIN && Reason::from_name(&info.reason).is_some()
+    })
+}
+
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.reason, self.message)

@@ -1,0 +1,170 @@
+//! The key stores this daemon runs with. A backend whose hardware or
+//! setup is missing is kept as unavailable, with the reason, and the
+//! daemon starts with the others.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use fleetkey_plugin::{BackendInfo, KeyStore};
+use fleetkey_proto::{Failure, Reason, daemon};
+
+use crate::config::Config;
+
+enum Entry {
+    Available {
+        info: BackendInfo,
+        store: Arc<dyn KeyStore>,
+    },
+    Unavailable {
+        name: String,
+        description: String,
+        reason: String,
+    },
+}
+
+/// The backends by name, in a fixed order.
+pub struct Backends {
+    entries: Vec<Entry>,
+}
+
+/// A usable backend.
+#[derive(Clone)]
+pub struct Backend {
+    pub info: BackendInfo,
+    pub store: Arc<dyn KeyStore>,
+}
+
+impl Backends {
+    /// Opens every backend the configuration enables.
+    pub fn open(config: &Config, state_dir: &Path) -> Self {
+        let mut backends = Self {
+            entries: Vec::new(),
+        };
+        let soft = &config.backends.soft;
+        let soft_description = "Software keys on disk, encrypted under the PIN";
+        if soft.enabled {
+            match fleetkey_soft::SoftKeyStore::open(
+                &state_dir.join("soft-keys"),
+                soft.soft_config(),
+            ) {
+                Ok(store) => backends.add(Arc::new(store)),
+                Err(e) => backends.add_unavailable("soft", soft_description, e.to_string()),
+            }
+        } else {
+            backends.add_unavailable(
+                "soft",
+                soft_description,
+                "disabled in the configuration".into(),
+            );
+        }
+        backends
+    }
+
+    /// Adds a working key store.
+    pub fn add(&mut self, store: Arc<dyn KeyStore>) {
+        let info = store.describe();
+        tracing::info!(backend = %info.name, hardware_backed = info.hardware_backed, "key store available");
+        self.entries.push(Entry::Available { info, store });
+    }
+
+    /// Records a key store that could not be opened.
+    pub fn add_unavailable(&mut self, name: &str, description: &str, reason: String) {
+        tracing::warn!(backend = name, %reason, "key store unavailable");
+        self.entries.push(Entry::Unavailable {
+            name: name.into(),
+            description: description.into(),
+            reason,
+        });
+    }
+
+    /// The named backend, or why it cannot be used.
+    pub fn get(&self, name: &str) -> Result<Backend, Failure> {
+        for entry in &self.entries {
+            match entry {
+                Entry::Available { info, store } if info.name == name => {
+                    return Ok(Backend {
+                        info: info.clone(),
+                        store: store.clone(),
+                    });
+                }
+                Entry::Unavailable {
+                    name: n, reason, ..
+                } if n == name => {
+                    return Err(Failure::new(
+                        Reason::BackendUnavailable,
+                        format!("key store '{name}' is not available: {reason}"),
+                    )
+                    .with_meta("backend", name));
+                }
+                _ => {}
+            }
+        }
+        let known: Vec<&str> = self.entries.iter().map(Entry::name).collect();
+        Err(Failure::new(
+            Reason::BackendUnknown,
+            format!(
+                "there is no key store named '{name}'; this daemon has: {}",
+                known.join(", ")
+            ),
+        )
+        .with_meta("backend", name))
+    }
+
+    /// Every available backend.
+    pub fn available(&self) -> Vec<Backend> {
+        self.entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Available { info, store } => Some(Backend {
+                    info: info.clone(),
+                    store: store.clone(),
+                }),
+                Entry::Unavailable { .. } => None,
+            })
+            .collect()
+    }
+
+    /// What `status` shows.
+    pub fn describe(&self) -> Vec<daemon::Backend> {
+        self.entries
+            .iter()
+            .map(|entry| match entry {
+                Entry::Available { info, .. } => daemon::Backend {
+                    name: info.name.clone(),
+                    description: info.description.clone(),
+                    available: true,
+                    unavailable_reason: String::new(),
+                    hardware_backed: info.hardware_backed,
+                    attestation_formats: info.attestation_formats.clone(),
+                    capabilities: info.operations.iter().map(|o| o.to_string()).collect(),
+                    pin_min_length: length(info.pin_rules.min_length),
+                    pin_max_length: length(info.pin_rules.max_length),
+                },
+                Entry::Unavailable {
+                    name,
+                    description,
+                    reason,
+                } => daemon::Backend {
+                    name: name.clone(),
+                    description: description.clone(),
+                    available: false,
+                    unavailable_reason: reason.clone(),
+                    ..Default::default()
+                },
+            })
+            .collect()
+    }
+}
+
+impl Entry {
+    fn name(&self) -> &str {
+        match self {
+            Entry::Available { info, .. } => &info.name,
+            Entry::Unavailable { name, .. } => name,
+        }
+    }
+}
+
+fn length(value: Option<usize>) -> u32 {
+    value.map_or(0, |v| u32::try_from(v).unwrap_or(u32::MAX))
+}

@@ -1,0 +1,244 @@
+//! Configuration: built-in defaults, overridden by a TOML file, overridden
+//! by command-line flags. `fleetkeyd.example.toml` at the repository root
+//! documents every option; options are never removed and defaults never
+//! change silently.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config setting {setting} is not valid: {message}")]
+    Invalid {
+        setting: &'static str,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Unix socket the daemon serves on.
+    pub socket: Option<PathBuf>,
+    /// Directory of the state database and software keys.
+    pub state_dir: Option<PathBuf>,
+    /// Portal used for bare typed codes (QR payloads name their own).
+    pub portal_url: Option<String>,
+    /// PEM file with extra CA certificates for https portals.
+    pub portal_ca_file: Option<PathBuf>,
+    /// Members of this group may activate and add or remove users.
+    pub admin_group: Option<String>,
+    /// Backend used when `user add` names none.
+    pub default_backend: String,
+    /// Name the device gives itself at the portal (default: host name).
+    pub device_name: Option<String>,
+    /// error, warn, info, debug or trace.
+    pub log_level: String,
+    pub pin: PinConfig,
+    pub backends: BackendsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            socket: None,
+            state_dir: None,
+            portal_url: None,
+            portal_ca_file: None,
+            admin_group: None,
+            default_backend: "soft".into(),
+            device_name: None,
+            log_level: "info".into(),
+            pin: PinConfig::default(),
+            backends: BackendsConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PinConfig {
+    pub min_length: u32,
+    pub max_length: u32,
+    /// Wrong PINs in a row after which the user is locked.
+    pub max_attempts: u32,
+    /// Only the digits 0-9 (else any printable ASCII but space).
+    pub digits_only: bool,
+}
+
+impl Default for PinConfig {
+    fn default() -> Self {
+        Self {
+            min_length: 4,
+            max_length: 6,
+            max_attempts: 5,
+            digits_only: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendsConfig {
+    pub soft: SoftBackendConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SoftBackendConfig {
+    pub enabled: bool,
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub argon2_parallelism: u32,
+}
+
+impl Default for SoftBackendConfig {
+    fn default() -> Self {
+        let soft = fleetkey_soft::SoftConfig::default();
+        Self {
+            enabled: true,
+            argon2_memory_kib: soft.argon2_memory_kib,
+            argon2_iterations: soft.argon2_iterations,
+            argon2_parallelism: soft.argon2_parallelism,
+        }
+    }
+}
+
+impl SoftBackendConfig {
+    pub fn soft_config(&self) -> fleetkey_soft::SoftConfig {
+        fleetkey_soft::SoftConfig {
+            argon2_memory_kib: self.argon2_memory_kib,
+            argon2_iterations: self.argon2_iterations,
+            argon2_parallelism: self.argon2_parallelism,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`; a missing file is an error only when `required`.
+    pub fn load(path: &Path, required: bool) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                return Ok(Self::default());
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let pin = &self.pin;
+        if pin.min_length == 0 || pin.min_length > pin.max_length || pin.max_length > 64 {
+            return Err(ConfigError::Invalid {
+                setting: "pin.min_length / pin.max_length",
+                message: format!(
+                    "need 1 <= min_length <= max_length <= 64, got {}..{}",
+                    pin.min_length, pin.max_length
+                ),
+            });
+        }
+        if pin.max_attempts == 0 || pin.max_attempts > 100 {
+            return Err(ConfigError::Invalid {
+                setting: "pin.max_attempts",
+                message: format!("must be between 1 and 100, got {}", pin.max_attempts),
+            });
+        }
+        if let Some(url) = &self.portal_url {
+            fleetkey_proto::payload::validate_portal_url(url).map_err(|e| {
+                ConfigError::Invalid {
+                    setting: "portal_url",
+                    message: e.to_string(),
+                }
+            })?;
+        }
+        if !matches!(
+            self.log_level.as_str(),
+            "error" | "warn" | "info" | "debug" | "trace"
+        ) {
+            return Err(ConfigError::Invalid {
+                setting: "log_level",
+                message: format!(
+                    "'{}' is not one of error, warn, info, debug, trace",
+                    self.log_level
+                ),
+            });
+        }
+        if self.backends.soft.enabled {
+            self.backends
+                .soft
+                .soft_config()
+                .validate()
+                .map_err(|e| ConfigError::Invalid {
+                    setting: "backends.soft",
+                    message: e.to_string(),
+                })?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(&path, true)
+    }
+
+    #[test]
+    fn example_config_parses_to_the_defaults() {
+        let example = include_str!("../../fleetkeyd.example.toml");
+        let config = parse(example).unwrap();
+        assert_eq!(config.pin, PinConfig::default());
+        assert_eq!(config.default_backend, "soft");
+        assert!(config.backends.soft.enabled);
+    }
+
+    #[test]
+    fn bad_config_says_what_is_wrong() {
+        let err = parse("sokcet = '/x'").unwrap_err().to_string();
+        assert!(err.contains("sokcet"), "{err}");
+        let err = parse("[pin]\nmin_length = 8\nmax_length = 4")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pin.min_length"), "{err}");
+        let err = parse("portal_url = 'ftp://x'").unwrap_err().to_string();
+        assert!(err.contains("portal_url"), "{err}");
+        let err = parse("[pin]\nmax_attempts = 0").unwrap_err().to_string();
+        assert!(err.contains("max_attempts"), "{err}");
+        let err = parse("log_level = 'loud'").unwrap_err().to_string();
+        assert!(err.contains("log_level"), "{err}");
+        let err = parse("[pin\n").unwrap_err().to_string();
+        assert!(err.contains("not valid"), "{err}");
+    }
+
+    #[test]
+    fn missing_optional_file_is_defaults() {
+        let config = Config::load(Path::new("/nonexistent/fleetkeyd.toml"), false).unwrap();
+        assert_eq!(config.pin.max_attempts, 5);
+        assert!(Config::load(Path::new("/nonexistent/fleetkeyd.toml"), true).is_err());
+    }
+}

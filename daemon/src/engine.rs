@@ -1,0 +1,734 @@
+//! What the daemon does, independent of how it is asked: activation,
+//! enrollment, signing, PIN counting and startup recovery. The gRPC layer
+//! (server.rs) only checks who is calling and converts messages.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use fleetkey_plugin::{Attestation, KeyStoreError, Pin};
+use fleetkey_proto::portal::{self, CodeKind};
+use fleetkey_proto::{EnrollmentInput, Failure, Reason, binding, daemon, time};
+use p256::pkcs8::{DecodePublicKey, EncodePublicKey, LineEnding};
+
+use crate::backends::{Backend, Backends};
+use crate::config::{Config, PinConfig};
+use crate::device_key::DeviceKey;
+use crate::pin_policy;
+use crate::portal_client::PortalConnector;
+use crate::state::{DeviceRecord, StateError, StateStore, UserRecord, UserState};
+
+impl From<StateError> for Failure {
+    fn from(error: StateError) -> Self {
+        tracing::error!(%error, "state store failure");
+        Failure::new(Reason::StateError, error.to_string())
+    }
+}
+
+/// Runs blocking work (hardware, fsync) off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Failure> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Failure::new(Reason::Internal, format!("a worker thread failed: {e}")))
+}
+
+/// A key-store failure other than a PIN check, as the caller sees it.
+fn key_store_failure(backend: &str, error: KeyStoreError) -> Failure {
+    let reason = match &error {
+        KeyStoreError::Unsupported { .. } => Reason::Unsupported,
+        KeyStoreError::PinIncorrect { .. } => Reason::PinWrong,
+        KeyStoreError::PinLocked => Reason::PinLocked,
+        KeyStoreError::PinRules(_) => Reason::PinPolicy,
+        KeyStoreError::Unavailable(_) => Reason::BackendUnavailable,
+        KeyStoreError::KeyNotFound(_)
+        | KeyStoreError::Corrupt { .. }
+        | KeyStoreError::Io { .. }
+        | KeyStoreError::Backend(_) => Reason::Internal,
+    };
+    if reason == Reason::Internal {
+        tracing::error!(backend, %error, "key store failure");
+    }
+    Failure::new(reason, format!("key store '{backend}': {error}")).with_meta("backend", backend)
+}
+
+/// What startup recovery found and cleaned.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    pub pending_rolled_back: usize,
+    pub orphan_keys_deleted: usize,
+}
+
+pub struct Engine {
+    pin_policy: PinConfig,
+    default_portal: Option<String>,
+    default_backend: String,
+    device_name: String,
+    state: Arc<StateStore>,
+    backends: Backends,
+    portal: PortalConnector,
+    /// One activation or enrollment at a time.
+    enroll_lock: tokio::sync::Mutex<()>,
+    /// One PIN-checking operation per user at a time, so concurrent
+    /// guesses cannot outrun the attempt counter.
+    user_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Engine {
+    pub fn new(
+        config: &Config,
+        state: Arc<StateStore>,
+        backends: Backends,
+        portal: PortalConnector,
+    ) -> Self {
+        Self {
+            pin_policy: config.pin,
+            default_portal: config.portal_url.clone(),
+            default_backend: config.default_backend.clone(),
+            device_name: config.device_name.clone().unwrap_or_else(host_name),
+            state,
+            backends,
+            portal,
+            enroll_lock: tokio::sync::Mutex::new(()),
+            user_locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Rolls back enrollments a crash interrupted and deletes keys that no
+    /// user record names. Runs before the daemon serves.
+    pub async fn recover(&self) -> Result<Recovery, Failure> {
+        let mut recovery = Recovery::default();
+        let state = self.state.clone();
+        let users = blocking(move || state.users()).await??;
+        for user in users.iter().filter(|u| u.state == UserState::Pending) {
+            let backend = match self.backends.get(&user.backend) {
+                Ok(backend) => backend,
+                Err(e) => {
+                    tracing::warn!(user = %user.name, reason = %e, "cannot roll back a half-made enrollment now; its key store is unavailable");
+                    continue;
+                }
+            };
+            let key_ref = user.key_ref.clone();
+            let store = backend.store.clone();
+            if let Err(e) = blocking(move || store.delete_key(&key_ref)).await? {
+                tracing::warn!(user = %user.name, error = %e, "could not delete the key of a half-made enrollment");
+                continue;
+            }
+            let state = self.state.clone();
+            let name = user.name.clone();
+            blocking(move || state.delete_user(&name)).await??;
+            tracing::warn!(user = %user.name, "rolled back an enrollment interrupted by a crash");
+            recovery.pending_rolled_back += 1;
+        }
+        let recorded: HashSet<(String, Vec<u8>)> = users
+            .iter()
+            .filter(|u| u.state == UserState::Active)
+            .map(|u| (u.backend.clone(), u.key_ref.clone()))
+            .collect();
+        for backend in self.backends.available() {
+            let store = backend.store.clone();
+            let resident = match blocking(move || store.resident_keys()).await? {
+                Ok(keys) => keys,
+                Err(e) => {
+                    tracing::warn!(backend = %backend.info.name, error = %e, "cannot list keys for orphan cleanup");
+                    continue;
+                }
+            };
+            for key_ref in resident {
+                if recorded.contains(&(backend.info.name.clone(), key_ref.clone())) {
+                    continue;
+                }
+                let store = backend.store.clone();
+                match blocking(move || store.delete_key(&key_ref)).await? {
+                    Ok(()) => recovery.orphan_keys_deleted += 1,
+                    Err(e) => {
+                        tracing::warn!(backend = %backend.info.name, error = %e, "could not delete an orphaned key")
+                    }
+                }
+            }
+        }
+        if recovery != Recovery::default() {
+            tracing::warn!(
+                ?recovery,
+                "startup recovery cleaned up after an interrupted run"
+            );
+        }
+        Ok(recovery)
+    }
+
+    pub async fn status(&self) -> Result<daemon::Status, Failure> {
+        let state = self.state.clone();
+        let (device, user_count) =
+            blocking(move || Ok::<_, StateError>((state.device()?, state.active_user_count()?)))
+                .await??;
+        Ok(daemon::Status {
+            version: env!("CARGO_PKG_VERSION").into(),
+            activated: device.is_some(),
+            device_id: device
+                .as_ref()
+                .map(|d| d.device_id.clone())
+                .unwrap_or_default(),
+            portal_url: device
+                .as_ref()
+                .map(|d| d.portal_url.clone())
+                .or_else(|| self.default_portal.clone())
+                .unwrap_or_default(),
+            backends: self.backends.describe(),
+            user_count,
+            default_backend: self.default_backend.clone(),
+            pin_policy: Some(daemon::PinPolicy {
+                min_length: self.pin_policy.min_length,
+                max_length: self.pin_policy.max_length,
+                max_attempts: self.pin_policy.max_attempts,
+            }),
+            activated_at: device.as_ref().map_or(0, |d| d.activated_at),
+        })
+    }
+
+    /// Activates the device with a device code: makes the device key and
+    /// registers it with the portal.
+    pub async fn activate(&self, input: &str) -> Result<daemon::ActivateResponse, Failure> {
+        let input = EnrollmentInput::parse(input)?;
+        let _guard = self.enroll_lock.lock().await;
+        if let Some(device) = self.device().await? {
+            return Err(Failure::new(
+                Reason::AlreadyActivated,
+                format!(
+                    "this device is already activated as {} with {}",
+                    device.device_id, device.portal_url
+                ),
+            ));
+        }
+        let portal_url = match input.portal_url() {
+            Some(url) => url.to_string(),
+            None => self.default_portal.clone().ok_or_else(|| {
+                Failure::new(
+                    Reason::InvalidArgument,
+                    "a typed code needs a portal, and none is configured",
+                )
+                .with_hint("Set portal_url in fleetkeyd.toml, or use the fleetkey:// URI from the QR code.")
+            })?,
+        };
+        let code = input.code().compact().to_string();
+        let mut portal = self.portal.connect(&portal_url).await?;
+        let checked = portal.check_code(&code).await?;
+        if checked.kind() != CodeKind::Device {
+            return Err(wrong_kind(
+                "an add-user code",
+                "activate this device",
+                "fleetkeyctl user add",
+            ));
+        }
+        let device_key = DeviceKey::generate()?;
+        let public_key = device_key.public_key_der()?;
+        let signature = device_key.sign_digest(&binding::digest(&binding::activation_message(
+            &code,
+            &public_key,
+        )))?;
+        let registered = portal
+            .register_device(portal::RegisterDeviceRequest {
+                code,
+                device_public_key: public_key.clone(),
+                device_name: self.device_name.clone(),
+                signature,
+            })
+            .await?;
+        let record = DeviceRecord {
+            device_id: registered.device_id.clone(),
+            portal_url: portal_url.clone(),
+            key_secret: device_key.secret(),
+            public_key_der: public_key,
+            activated_at: time::now_unix(),
+        };
+        let state = self.state.clone();
+        blocking(move || state.set_device(&record)).await??;
+        tracing::info!(device_id = %registered.device_id, portal = %portal_url, "device activated");
+        Ok(daemon::ActivateResponse {
+            device_id: registered.device_id,
+            portal_url,
+        })
+    }
+
+    /// Enrolls the user an add-user code is bound to: key in the backend,
+    /// pending record, registration with the portal, active record. Any
+    /// failure undoes what was done.
+    pub async fn add_user(
+        &self,
+        input: &str,
+        pin: Pin,
+        backend: &str,
+    ) -> Result<daemon::User, Failure> {
+        let input = EnrollmentInput::parse(input)?;
+        let backend_name = if backend.is_empty() {
+            self.default_backend.as_str()
+        } else {
+            backend
+        };
+        let _guard = self.enroll_lock.lock().await;
+        let device = self.require_device().await?;
+        if let Some(url) = input.portal_url()
+            && !same_url(url, &device.portal_url)
+        {
+            return Err(Failure::new(
+                Reason::InvalidArgument,
+                format!(
+                    "this code is for the portal {url}, but the device is activated with {}",
+                    device.portal_url
+                ),
+            )
+            .with_hint("Ask the device's own portal for an add-user code."));
+        }
+        let backend = self.backends.get(backend_name)?;
+        pin_policy::check(
+            &self.pin_policy,
+            backend_name,
+            &backend.info.pin_rules,
+            &pin,
+        )?;
+
+        let code = input.code().compact().to_string();
+        let mut portal = self.portal.connect(&device.portal_url).await?;
+        let checked = portal.check_code(&code).await?;
+        if checked.kind() != CodeKind::User {
+            return Err(wrong_kind(
+                "a device activation code",
+                "add a user",
+                "fleetkeyctl activate",
+            ));
+        }
+        let name = validate_user_name(&checked.user)?;
+        if self.user_record(&name).await?.is_some() {
+            return Err(already_enrolled(&name));
+        }
+
+        let key_id = random_id("u-")?;
+        let store = backend.store.clone();
+        let key_pin = pin.clone();
+        let created = blocking(move || store.create_key(&key_id, &key_pin))
+            .await?
+            .map_err(|e| key_store_failure(backend_name, e))?;
+        let record = UserRecord {
+            name: name.clone(),
+            credential_id: String::new(),
+            backend: backend.info.name.clone(),
+            key_ref: created.key_ref.clone(),
+            public_key_der: created.public_key_der.clone(),
+            hardware_backed: backend.info.hardware_backed,
+            state: UserState::Pending,
+            failed_attempts: 0,
+            enrolled_at: time::now_unix(),
+        };
+        let state = self.state.clone();
+        let pending = record.clone();
+        if let Err(failure) = blocking(move || state.insert_user(&pending))
+            .await
+            .and_then(|r| r.map_err(Failure::from))
+        {
+            self.delete_key(&backend, &created.key_ref).await;
+            return Err(failure);
+        }
+
+        let registered = self
+            .register_user(&mut portal, &device, &backend, &code, &record, &pin)
+            .await;
+        let registered = match registered {
+            Ok(registered) => registered,
+            Err(failure) => {
+                self.forget_user(&backend, &record).await;
+                return Err(failure);
+            }
+        };
+        let state = self.state.clone();
+        let (user, credential, at) = (
+            name.clone(),
+            registered.credential_id.clone(),
+            registered.enrolled_at,
+        );
+        // Should this fail, the portal has the key but we could not record
+        // it: the pending record is rolled back at the next start.
+        blocking(move || state.activate_user(&user, &credential, at)).await??;
+        tracing::info!(user = %name, backend = %backend.info.name, "user enrolled");
+        let active = UserRecord {
+            credential_id: registered.credential_id,
+            enrolled_at: registered.enrolled_at,
+            state: UserState::Active,
+            ..record
+        };
+        user_message(&active, &self.pin_policy)
+    }
+
+    async fn register_user(
+        &self,
+        portal: &mut crate::portal_client::Portal,
+        device: &DeviceRecord,
+        backend: &Backend,
+        code: &str,
+        record: &UserRecord,
+        pin: &Pin,
+    ) -> Result<portal::EnrollUserResponse, Failure> {
+        let name = &backend.info.name;
+        let store = backend.store.clone();
+        let key_ref = record.key_ref.clone();
+        let attestation = match blocking(move || store.attest(&key_ref)).await? {
+            Ok(attestation) => attestation,
+            Err(KeyStoreError::Unsupported { .. }) => Attestation::none(),
+            Err(e) => return Err(key_store_failure(name, e)),
+        };
+        let message =
+            binding::enrollment_message(&device.device_id, code, &record.public_key_der, name);
+        let digest = binding::digest(&message);
+        let store = backend.store.clone();
+        let key_ref = record.key_ref.clone();
+        let key_pin = pin.clone();
+        let user_signature = blocking(move || store.sign_digest(&key_ref, &key_pin, &digest))
+            .await?
+            .map_err(|e| key_store_failure(name, e))?;
+        let device_signature = DeviceKey::from_secret(&device.key_secret)?.sign_digest(&digest)?;
+        portal
+            .enroll_user(portal::EnrollUserRequest {
+                device_id: device.device_id.clone(),
+                code: code.to_string(),
+                user_public_key: record.public_key_der.clone(),
+                backend: name.clone(),
+                attestation: Some(portal::Attestation {
+                    format: attestation.format,
+                    data: attestation.data,
+                }),
+                user_signature,
+                device_signature,
+            })
+            .await
+    }
+
+    pub async fn list_users(&self) -> Result<Vec<daemon::User>, Failure> {
+        let state = self.state.clone();
+        let users = blocking(move || state.users()).await??;
+        users
+            .iter()
+            .filter(|u| u.state == UserState::Active)
+            .map(|u| user_message(u, &self.pin_policy))
+            .collect()
+    }
+
+    pub async fn get_user(&self, name: &str) -> Result<daemon::User, Failure> {
+        let user = self.require_user(name).await?;
+        user_message(&user, &self.pin_policy)
+    }
+
+    /// Revokes the user at the portal (best effort), then deletes the
+    /// record and the key, in that order, so a crash leaves at worst an
+    /// orphaned key that the next start deletes.
+    pub async fn remove_user(&self, name: &str) -> Result<daemon::RemoveUserResponse, Failure> {
+        let _guard = self.enroll_lock.lock().await;
+        let user = self.require_user(name).await?;
+        let device = self.require_device().await?;
+        let revoked = self.revoke(&device, &user).await;
+        let backend = self.backends.get(&user.backend);
+        let state = self.state.clone();
+        let user_name = user.name.clone();
+        blocking(move || state.delete_user(&user_name)).await??;
+        match backend {
+            Ok(backend) => self.delete_key(&backend, &user.key_ref).await,
+            Err(e) => {
+                tracing::warn!(user = %name, reason = %e, "key store unavailable; the key is deleted at a later start")
+            }
+        }
+        tracing::info!(user = %name, revoked_at_portal = revoked.is_ok(), "user removed");
+        Ok(daemon::RemoveUserResponse {
+            revoked_at_portal: revoked.is_ok(),
+            portal_message: revoked.err().map(|f| f.message).unwrap_or_default(),
+        })
+    }
+
+    async fn revoke(&self, device: &DeviceRecord, user: &UserRecord) -> Result<(), Failure> {
+        let timestamp = time::now_unix();
+        let message = binding::revocation_message(
+            &device.device_id,
+            &user.name,
+            &user.credential_id,
+            timestamp,
+        );
+        let device_signature =
+            DeviceKey::from_secret(&device.key_secret)?.sign_digest(&binding::digest(&message))?;
+        let mut portal = self.portal.connect(&device.portal_url).await?;
+        portal
+            .revoke_user(portal::RevokeUserRequest {
+                device_id: device.device_id.clone(),
+                user: user.name.clone(),
+                credential_id: user.credential_id.clone(),
+                timestamp,
+                device_signature,
+            })
+            .await
+    }
+
+    /// Signs a SHA-256 digest with the user's key, counting wrong PINs.
+    pub async fn sign(
+        &self,
+        name: &str,
+        pin: Pin,
+        digest: &[u8],
+    ) -> Result<daemon::SignResponse, Failure> {
+        let digest: [u8; 32] = digest.try_into().map_err(|_| {
+            Failure::new(
+                Reason::InvalidArgument,
+                format!(
+                    "the digest must be 32 bytes (SHA-256), not {}",
+                    digest.len()
+                ),
+            )
+        })?;
+        let lock = self.user_lock(name)?;
+        let _guard = lock.lock().await;
+        let user = self.require_user(name).await?;
+        self.refuse_if_locked(&user)?;
+        let backend = self.backends.get(&user.backend)?;
+        let store = backend.store.clone();
+        let key_ref = user.key_ref.clone();
+        let outcome = blocking(move || store.sign_digest(&key_ref, &pin, &digest)).await?;
+        let signature = self.count_pin_outcome(&user, outcome).await?;
+        Ok(daemon::SignResponse {
+            signature_der: signature,
+            public_key_pem: public_key_pem(&user.public_key_der)?,
+        })
+    }
+
+    /// Changes a user's PIN, with the old one.
+    pub async fn change_pin(&self, name: &str, old_pin: Pin, new_pin: Pin) -> Result<(), Failure> {
+        let lock = self.user_lock(name)?;
+        let _guard = lock.lock().await;
+        let user = self.require_user(name).await?;
+        self.refuse_if_locked(&user)?;
+        let backend = self.backends.get(&user.backend)?;
+        pin_policy::check(
+            &self.pin_policy,
+            &backend.info.name,
+            &backend.info.pin_rules,
+            &new_pin,
+        )?;
+        let store = backend.store.clone();
+        let key_ref = user.key_ref.clone();
+        let outcome = blocking(move || store.change_pin(&key_ref, &old_pin, &new_pin)).await?;
+        let new_ref = self.count_pin_outcome(&user, outcome).await?;
+        if new_ref != user.key_ref {
+            let state = self.state.clone();
+            let name = user.name.clone();
+            blocking(move || state.set_key_ref(&name, &new_ref)).await??;
+        }
+        tracing::info!(user = %name, "PIN changed");
+        Ok(())
+    }
+
+    /// Turns the result of a PIN-checked operation into the answer, and
+    /// keeps the user's wrong-PIN count.
+    async fn count_pin_outcome<T>(
+        &self,
+        user: &UserRecord,
+        outcome: Result<T, KeyStoreError>,
+    ) -> Result<T, Failure> {
+        let max = self.pin_policy.max_attempts;
+        match outcome {
+            Ok(value) => {
+                if user.failed_attempts > 0 {
+                    let state = self.state.clone();
+                    let name = user.name.clone();
+                    blocking(move || state.reset_failed_attempts(&name)).await??;
+                }
+                Ok(value)
+            }
+            Err(KeyStoreError::PinIncorrect {
+                tries_left: hardware,
+            }) => {
+                let state = self.state.clone();
+                let name = user.name.clone();
+                let failed = blocking(move || state.record_failed_attempt(&name)).await??;
+                let ours = max.saturating_sub(failed);
+                let tries_left = hardware.map_or(ours, |h| h.min(ours));
+                tracing::warn!(user = %user.name, failed, "wrong PIN");
+                if tries_left == 0 {
+                    return Err(Failure::new(
+                        Reason::PinLocked,
+                        format!(
+                            "wrong PIN; user {} is now locked after {failed} wrong PINs",
+                            user.name
+                        ),
+                    )
+                    .with_meta("tries_left", 0));
+                }
+                Err(Failure::new(
+                    Reason::PinWrong,
+                    format!(
+                        "wrong PIN for user {}; {tries_left} {} left",
+                        user.name,
+                        if tries_left == 1 { "try" } else { "tries" }
+                    ),
+                )
+                .with_meta("tries_left", tries_left))
+            }
+            Err(KeyStoreError::PinLocked) => Err(Failure::new(
+                Reason::PinLocked,
+                format!("the key store has blocked the PIN of user {}", user.name),
+            )
+            .with_meta("tries_left", 0)),
+            Err(e) => Err(key_store_failure(&user.backend, e)),
+        }
+    }
+
+    fn refuse_if_locked(&self, user: &UserRecord) -> Result<(), Failure> {
+        if user.failed_attempts >= self.pin_policy.max_attempts {
+            return Err(Failure::new(
+                Reason::PinLocked,
+                format!(
+                    "user {} is locked after {} wrong PINs",
+                    user.name, user.failed_attempts
+                ),
+            )
+            .with_meta("tries_left", 0));
+        }
+        Ok(())
+    }
+
+    fn user_lock(&self, name: &str) -> Result<Arc<tokio::sync::Mutex<()>>, Failure> {
+        let mut locks = self
+            .user_locks
+            .lock()
+            .map_err(|_| Failure::new(Reason::Internal, "the user lock table was poisoned"))?;
+        Ok(locks.entry(name.to_string()).or_default().clone())
+    }
+
+    async fn device(&self) -> Result<Option<DeviceRecord>, Failure> {
+        let state = self.state.clone();
+        Ok(blocking(move || state.device()).await??)
+    }
+
+    async fn require_device(&self) -> Result<DeviceRecord, Failure> {
+        self.device().await?.ok_or_else(|| {
+            Failure::new(
+                Reason::DeviceNotActivated,
+                "this device has not been activated yet",
+            )
+        })
+    }
+
+    async fn user_record(&self, name: &str) -> Result<Option<UserRecord>, Failure> {
+        let state = self.state.clone();
+        let name = name.to_string();
+        Ok(blocking(move || state.user(&name)).await??)
+    }
+
+    async fn require_user(&self, name: &str) -> Result<UserRecord, Failure> {
+        match self.user_record(name).await? {
+            Some(user) if user.state == UserState::Active => Ok(user),
+            _ => Err(Failure::new(
+                Reason::UserUnknown,
+                format!("no user named '{name}' is enrolled on this device"),
+            )),
+        }
+    }
+
+    async fn delete_key(&self, backend: &Backend, key_ref: &[u8]) {
+        let store = backend.store.clone();
+        let key_ref = key_ref.to_vec();
+        match blocking(move || store.delete_key(&key_ref)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(backend = %backend.info.name, error = %e, "could not delete a key; it is retried at the next start")
+            }
+            Err(e) => {
+                tracing::warn!(backend = %backend.info.name, error = %e, "could not delete a key; it is retried at the next start")
+            }
+        }
+    }
+
+    /// Undoes a pending enrollment: record, then key.
+    async fn forget_user(&self, backend: &Backend, record: &UserRecord) {
+        let state = self.state.clone();
+        let name = record.name.clone();
+        match blocking(move || state.delete_user(&name)).await {
+            Ok(Ok(())) => self.delete_key(backend, &record.key_ref).await,
+            _ => {
+                tracing::warn!(user = %record.name, "could not roll back a pending enrollment; it is rolled back at the next start")
+            }
+        }
+    }
+}
+
+fn wrong_kind(is: &str, cannot: &str, instead: &str) -> Failure {
+    Failure::new(
+        Reason::CodeWrongKind,
+        format!("this is {is}; it cannot {cannot}"),
+    )
+    .with_hint(format!(
+        "Use it with {instead}, or ask the portal for the right kind of code."
+    ))
+}
+
+fn already_enrolled(name: &str) -> Failure {
+    Failure::new(
+        Reason::AlreadyEnrolled,
+        format!("user {name} is already enrolled on this device"),
+    )
+    .with_hint(format!(
+        "Remove the user first (fleetkeyctl user remove {name}) to enroll again."
+    ))
+}
+
+fn same_url(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/')
+        .eq_ignore_ascii_case(b.trim_end_matches('/'))
+}
+
+fn validate_user_name(name: &str) -> Result<String, Failure> {
+    let valid = !name.trim().is_empty()
+        && name.chars().count() <= 128
+        && !name.chars().any(char::is_control);
+    if valid {
+        Ok(name.to_string())
+    } else {
+        Err(Failure::new(
+            Reason::PortalError,
+            "the portal bound this code to an empty or unusable user name",
+        ))
+    }
+}
+
+fn random_id(prefix: &str) -> Result<String, Failure> {
+    let mut bytes = [0u8; 12];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| Failure::new(Reason::Internal, format!("no randomness: {e}")))?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("{prefix}{hex}"))
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "fleetkey-device".into())
+}
+
+fn public_key_pem(der: &[u8]) -> Result<String, Failure> {
+    p256::PublicKey::from_public_key_der(der)
+        .and_then(|key| key.to_public_key_pem(LineEnding::LF))
+        .map_err(|e| {
+            Failure::new(
+                Reason::StateError,
+                format!("a stored public key is damaged: {e}"),
+            )
+        })
+}
+
+fn user_message(user: &UserRecord, policy: &PinConfig) -> Result<daemon::User, Failure> {
+    Ok(daemon::User {
+        name: user.name.clone(),
+        credential_id: user.credential_id.clone(),
+        backend: user.backend.clone(),
+        hardware_backed: user.hardware_backed,
+        public_key_pem: public_key_pem(&user.public_key_der)?,
+        enrolled_at: user.enrolled_at,
+        failed_attempts: user.failed_attempts,
+        tries_left: policy.max_attempts.saturating_sub(user.failed_attempts),
+        locked: user.failed_attempts >= policy.max_attempts,
+    })
+}

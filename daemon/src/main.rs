@@ -1,0 +1,157 @@
+//! `fleetkeyd`: starts the daemon. See `fleetkeyd --help`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use fleetkeyd::auth::AdminPolicy;
+use fleetkeyd::backends::Backends;
+use fleetkeyd::config::Config;
+use fleetkeyd::engine::Engine;
+use fleetkeyd::portal_client::PortalConnector;
+use fleetkeyd::server::{self, Service};
+use fleetkeyd::state::StateStore;
+
+/// The fleetkey daemon: hardware-backed user keys for shared Linux devices.
+///
+/// Serves the fleetkey API (gRPC) on a Unix socket; use fleetkeyctl to talk
+/// to it. Run as root it uses /run/fleetkey, /var/lib/fleetkey and
+/// /etc/fleetkey/fleetkeyd.toml; as another user, per-user XDG directories,
+/// so it runs without installing anything.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Configuration file (TOML; see fleetkeyd.example.toml). Default:
+    /// /etc/fleetkey/fleetkeyd.toml as root, else
+    /// $XDG_CONFIG_HOME/fleetkey/fleetkeyd.toml; a missing default file
+    /// means built-in defaults.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Unix socket to serve on (overrides the config file).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// State directory (overrides the config file).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Portal for typed codes (overrides the config file).
+    #[arg(long, value_name = "URL")]
+    portal_url: Option<String>,
+    /// Log level: error, warn, info, debug, trace (overrides the config file).
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("fleetkeyd: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(args: &Args) -> Result<Config, String> {
+    let (path, required) = match &args.config {
+        Some(path) => (path.clone(), true),
+        None => (fleetkey_proto::paths::default_config(), false),
+    };
+    let mut config = Config::load(&path, required).map_err(|e| e.to_string())?;
+    if let Some(socket) = &args.socket {
+        config.socket = Some(socket.clone());
+    }
+    if let Some(dir) = &args.state_dir {
+        config.state_dir = Some(dir.clone());
+    }
+    if let Some(url) = &args.portal_url {
+        config.portal_url = Some(url.clone());
+    }
+    if let Some(level) = &args.log_level {
+        config.log_level = level.clone();
+    }
+    config.validate().map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let config = load_config(&args)?;
+    let level: tracing::Level = config
+        .log_level
+        .parse()
+        .map_err(|_| format!("unknown log level {}", config.log_level))?;
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+
+    let state_dir = config
+        .state_dir
+        .clone()
+        .unwrap_or_else(fleetkey_proto::paths::default_state_dir);
+    let socket = config
+        .socket
+        .clone()
+        .unwrap_or_else(fleetkey_proto::paths::default_socket);
+    std::fs::create_dir_all(&state_dir)
+        .and_then(|()| std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|e| format!("cannot use state directory {}: {e}", state_dir.display()))?;
+    let state = StateStore::open(&state_dir.join("state.db")).map_err(|e| e.to_string())?;
+    let portal_ca = match &config.portal_ca_file {
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| format!("cannot read portal_ca_file {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(async move {
+        let backends = Backends::open(&config, &state_dir);
+        let engine = Arc::new(Engine::new(
+            &config,
+            Arc::new(state),
+            backends,
+            PortalConnector::new(portal_ca),
+        ));
+        engine
+            .recover()
+            .await
+            .map_err(|f| format!("startup recovery failed: {}", f.message))?;
+        let listener = server::bind_socket(&socket).map_err(|e| e.to_string())?;
+        let service = Service::new(engine, AdminPolicy::new(config.admin_group.as_deref()));
+        tracing::info!(
+            socket = %socket.display(),
+            state_dir = %state_dir.display(),
+            version = env!("CARGO_PKG_VERSION"),
+            "fleetkeyd ready"
+        );
+        server::serve(service, listener, &socket, shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!("fleetkeyd stopped");
+        Ok(())
+    })
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
+    }
+}

@@ -1,0 +1,187 @@
+//! The gRPC face of the engine on a Unix socket: who may call what, and
+//! message conversion. Every failure leaves as a Status with a reason.
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fleetkey_plugin::Pin;
+use fleetkey_proto::Failure;
+use fleetkey_proto::daemon::fleetkey_server::{Fleetkey, FleetkeyServer};
+use fleetkey_proto::daemon::{
+    ActivateRequest, ActivateResponse, AddUserRequest, ChangePinRequest, ChangePinResponse,
+    GetStatusRequest, GetUserRequest, ListUsersRequest, ListUsersResponse, RemoveUserRequest,
+    RemoveUserResponse, SignRequest, SignResponse, Status, User,
+};
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::{Request, Response};
+
+use crate::auth::{AdminPolicy, Caller};
+use crate::engine::Engine;
+
+type Reply<T> = Result<Response<T>, tonic::Status>;
+
+fn reply<T>(result: Result<T, Failure>) -> Reply<T> {
+    result.map(Response::new).map_err(|f| f.to_status())
+}
+
+pub struct Service {
+    engine: Arc<Engine>,
+    admins: AdminPolicy,
+}
+
+impl Service {
+    pub fn new(engine: Arc<Engine>, admins: AdminPolicy) -> Self {
+        Self { engine, admins }
+    }
+
+    fn require_admin<T>(
+        &self,
+        request: &Request<T>,
+        action: &str,
+    ) -> Result<Caller, tonic::Status> {
+        let caller = Caller::of(request).map_err(|f| f.to_status())?;
+        self.admins.require_admin(&caller, action).map_err(|f| {
+            tracing::warn!(uid = caller.uid, action, "refused: not an admin");
+            f.to_status()
+        })?;
+        Ok(caller)
+    }
+
+    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, tonic::Status> {
+        Caller::of(request).map_err(|f| f.to_status())
+    }
+}
+
+#[tonic::async_trait]
+impl Fleetkey for Service {
+    async fn get_status(&self, request: Request<GetStatusRequest>) -> Reply<Status> {
+        self.caller(&request)?;
+        reply(self.engine.status().await)
+    }
+
+    async fn activate(&self, request: Request<ActivateRequest>) -> Reply<ActivateResponse> {
+        let caller = self.require_admin(&request, "activate the device")?;
+        tracing::info!(uid = caller.uid, "activation requested");
+        reply(self.engine.activate(&request.into_inner().code).await)
+    }
+
+    async fn add_user(&self, request: Request<AddUserRequest>) -> Reply<User> {
+        let caller = self.require_admin(&request, "add users")?;
+        tracing::info!(uid = caller.uid, "add user requested");
+        let request = request.into_inner();
+        let pin = Pin::new(request.pin);
+        reply(
+            self.engine
+                .add_user(&request.code, pin, &request.backend)
+                .await,
+        )
+    }
+
+    async fn list_users(&self, request: Request<ListUsersRequest>) -> Reply<ListUsersResponse> {
+        self.caller(&request)?;
+        reply(
+            self.engine
+                .list_users()
+                .await
+                .map(|users| ListUsersResponse { users }),
+        )
+    }
+
+    async fn get_user(&self, request: Request<GetUserRequest>) -> Reply<User> {
+        self.caller(&request)?;
+        reply(self.engine.get_user(&request.into_inner().name).await)
+    }
+
+    async fn remove_user(&self, request: Request<RemoveUserRequest>) -> Reply<RemoveUserResponse> {
+        let caller = self.require_admin(&request, "remove users")?;
+        let name = request.into_inner().name;
+        tracing::info!(uid = caller.uid, user = %name, "remove user requested");
+        reply(self.engine.remove_user(&name).await)
+    }
+
+    async fn change_pin(&self, request: Request<ChangePinRequest>) -> Reply<ChangePinResponse> {
+        self.caller(&request)?;
+        let request = request.into_inner();
+        let (old, new) = (Pin::new(request.old_pin), Pin::new(request.new_pin));
+        reply(
+            self.engine
+                .change_pin(&request.user, old, new)
+                .await
+                .map(|()| ChangePinResponse {}),
+        )
+    }
+
+    async fn sign(&self, request: Request<SignRequest>) -> Reply<SignResponse> {
+        self.caller(&request)?;
+        let request = request.into_inner();
+        let pin = Pin::new(request.pin);
+        reply(self.engine.sign(&request.user, pin, &request.digest).await)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("another fleetkeyd is already listening on {0}")]
+    AlreadyRunning(PathBuf),
+    #[error("{path} exists and is not a socket; refusing to replace it")]
+    NotASocket { path: PathBuf },
+    #[error("cannot set up the socket {path}: {source}")]
+    Socket { path: PathBuf, source: io::Error },
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Binds the Unix socket: makes its directory, replaces a stale socket
+/// left by a crash, refuses to take over a live one. Anyone may connect;
+/// authorization is per call, from the caller's credentials.
+pub fn bind_socket(path: &Path) -> Result<UnixListener, ServeError> {
+    let socket_error = |source| ServeError::Socket {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir).map_err(socket_error)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+            .map_err(socket_error)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(ServeError::AlreadyRunning(path.to_path_buf()));
+            }
+            std::fs::remove_file(path).map_err(socket_error)?;
+        }
+        Ok(_) => {
+            return Err(ServeError::NotASocket {
+                path: path.to_path_buf(),
+            });
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(socket_error(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(socket_error)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(socket_error)?;
+    Ok(listener)
+}
+
+/// Serves until `shutdown` completes, then removes the socket.
+pub async fn serve(
+    service: Service,
+    listener: UnixListener,
+    socket_path: &Path,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let result = tonic::transport::Server::builder()
+        .add_service(FleetkeyServer::new(service))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await;
+    if let Err(e) = std::fs::remove_file(socket_path) {
+        tracing::warn!(socket = %socket_path.display(), error = %e, "could not remove the socket");
+    }
+    Ok(result?)
+}

@@ -1,0 +1,350 @@
+//! The daemon's durable state in SQLite: device identity, users and their
+//! PIN counters. WAL with synchronous commits, so whatever the daemon
+//! acknowledged survives a crash or power cut. The schema carries a
+//! version; a database from a newer fleetkeyd is refused, not guessed at.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use zeroize::Zeroizing;
+
+/// The schema version this build reads and writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(
+        "state database {path} has schema version {found}, newer than this fleetkeyd knows ({SCHEMA_VERSION}); run the newer fleetkeyd or restore a backup"
+    )]
+    NewerSchema { path: String, found: i64 },
+    #[error("state database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("state database lock was poisoned by a crashed thread")]
+    Poisoned,
+    #[error("state database holds a damaged record: {0}")]
+    Corrupt(String),
+}
+
+/// The device's identity once activated.
+#[derive(Clone)]
+pub struct DeviceRecord {
+    pub device_id: String,
+    pub portal_url: String,
+    /// The device key's private scalar.
+    pub key_secret: Zeroizing<Vec<u8>>,
+    pub public_key_der: Vec<u8>,
+    pub activated_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserState {
+    /// Key made, portal not yet told; rolled back at startup if left over.
+    Pending,
+    Active,
+}
+
+impl UserState {
+    fn as_str(self) -> &'static str {
+        match self {
+            UserState::Pending => "pending",
+            UserState::Active => "active",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub name: String,
+    pub credential_id: String,
+    pub backend: String,
+    pub key_ref: Vec<u8>,
+    pub public_key_der: Vec<u8>,
+    pub hardware_backed: bool,
+    pub state: UserState,
+    pub failed_attempts: u32,
+    pub enrolled_at: i64,
+}
+
+/// The state database. Calls block briefly (a commit is an fsync); the
+/// daemon makes them from blocking threads where it matters.
+pub struct StateStore {
+    conn: Mutex<Connection>,
+}
+
+impl StateStore {
+    pub fn open(path: &Path) -> Result<Self, StateError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(StateError::NewerSchema {
+                path: path.display().to_string(),
+                found: version,
+            });
+        }
+        if version < 1 {
+            conn.execute_batch(
+                "BEGIN IMMEDIATE;
+                 CREATE TABLE device (
+                     id INTEGER PRIMARY KEY CHECK (id = 1),
+                     device_id TEXT NOT NULL,
+                     portal_url TEXT NOT NULL,
+                     key_secret BLOB NOT NULL,
+                     public_key BLOB NOT NULL,
+                     activated_at INTEGER NOT NULL
+                 );
+                 CREATE TABLE users (
+                     name TEXT PRIMARY KEY,
+                     credential_id TEXT NOT NULL,
+                     backend TEXT NOT NULL,
+                     key_ref BLOB NOT NULL,
+                     public_key BLOB NOT NULL,
+                     hardware_backed INTEGER NOT NULL,
+                     state TEXT NOT NULL CHECK (state IN ('pending', 'active')),
+                     failed_attempts INTEGER NOT NULL DEFAULT 0,
+                     enrolled_at INTEGER NOT NULL
+                 );
+                 PRAGMA user_version = 1;
+                 COMMIT;",
+            )?;
+        }
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> Result<MutexGuard<'_, Connection>, StateError> {
+        self.conn.lock().map_err(|_| StateError::Poisoned)
+    }
+
+    pub fn device(&self) -> Result<Option<DeviceRecord>, StateError> {
+        let conn = self.conn()?;
+        Ok(conn
+            .query_row(
+                "SELECT device_id, portal_url, key_secret, public_key, activated_at FROM device WHERE id = 1",
+                [],
+                |r| {
+                    Ok(DeviceRecord {
+                        device_id: r.get(0)?,
+                        portal_url: r.get(1)?,
+                        key_secret: Zeroizing::new(r.get(2)?),
+                        public_key_der: r.get(3)?,
+                        activated_at: r.get(4)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    pub fn set_device(&self, device: &DeviceRecord) -> Result<(), StateError> {
+        let conn = self.conn()?;
+        conn.execute(
+            "INSERT INTO device (id, device_id, portal_url, key_secret, public_key, activated_at)
+             VALUES (1, ?1, ?2, ?3, ?4, ?5)",
+            params![
+                device.device_id,
+                device.portal_url,
+                device.key_secret.as_slice(),
+                device.public_key_der,
+                device.activated_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn users(&self) -> Result<Vec<UserRecord>, StateError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(&format!("{USER_COLUMNS} ORDER BY name"))?;
+        let rows = stmt.query_map([], user_from_row)?;
+        rows.map(|r| r?.map_err(StateError::Corrupt)).collect()
+    }
+
+    pub fn user(&self, name: &str) -> Result<Option<UserRecord>, StateError> {
+        let conn = self.conn()?;
+        let found = conn
+            .query_row(
+                &format!("{USER_COLUMNS} WHERE name = ?1"),
+                [name],
+                user_from_row,
+            )
+            .optional()?;
+        found.transpose().map_err(StateError::Corrupt)
+    }
+
+    pub fn active_user_count(&self) -> Result<u32, StateError> {
+        let conn = self.conn()?;
+        Ok(conn.query_row(
+            "SELECT COUNT(*) FROM users WHERE state = 'active'",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Records a user; fails if the name is taken.
+    pub fn insert_user(&self, user: &UserRecord) -> Result<(), StateError> {
+        let conn = self.conn()?;
+        conn.execute(
+            "INSERT INTO users (name, credential_id, backend, key_ref, public_key, hardware_backed, state, failed_attempts, enrolled_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                user.name,
+                user.credential_id,
+                user.backend,
+                user.key_ref,
+                user.public_key_der,
+                user.hardware_backed,
+                user.state.as_str(),
+                user.failed_attempts,
+                user.enrolled_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn activate_user(
+        &self,
+        name: &str,
+        credential_id: &str,
+        enrolled_at: i64,
+    ) -> Result<(), StateError> {
+        let conn = self.conn()?;
+        conn.execute(
+            "UPDATE users SET state = 'active', credential_id = ?2, enrolled_at = ?3 WHERE name = ?1",
+            params![name, credential_id, enrolled_at],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_user(&self, name: &str) -> Result<(), StateError> {
+        let conn = self.conn()?;
+        conn.execute("DELETE FROM users WHERE name = ?1", [name])?;
+        Ok(())
+    }
+
+    /// Counts a wrong PIN; returns the new count.
+    pub fn record_failed_attempt(&self, name: &str) -> Result<u32, StateError> {
+        let conn = self.conn()?;
+        Ok(conn.query_row(
+            "UPDATE users SET failed_attempts = failed_attempts + 1 WHERE name = ?1 RETURNING failed_attempts",
+            [name],
+            |r| r.get(0),
+        )?)
+    }
+
+    pub fn reset_failed_attempts(&self, name: &str) -> Result<(), StateError> {
+        let conn = self.conn()?;
+        conn.execute(
+            "UPDATE users SET failed_attempts = 0 WHERE name = ?1",
+            [name],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_key_ref(&self, name: &str, key_ref: &[u8]) -> Result<(), StateError> {
+        let conn = self.conn()?;
+        conn.execute(
+            "UPDATE users SET key_ref = ?2 WHERE name = ?1",
+            params![name, key_ref],
+        )?;
+        Ok(())
+    }
+}
+
+const USER_COLUMNS: &str = "SELECT name, credential_id, backend, key_ref, public_key, hardware_backed, state, failed_attempts, enrolled_at FROM users";
+
+fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<UserRecord, String>> {
+    let name: String = r.get(0)?;
+    let state: String = r.get(6)?;
+    let state = match state.as_str() {
+        "pending" => UserState::Pending,
+        "active" => UserState::Active,
+        other => return Ok(Err(format!("user {name} has unknown state '{other}'"))),
+    };
+    Ok(Ok(UserRecord {
+        name,
+        credential_id: r.get(1)?,
+        backend: r.get(2)?,
+        key_ref: r.get(3)?,
+        public_key_der: r.get(4)?,
+        hardware_backed: r.get(5)?,
+        state,
+        failed_attempts: r.get(7)?,
+        enrolled_at: r.get(8)?,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: &str) -> UserRecord {
+        UserRecord {
+            name: name.into(),
+            credential_id: String::new(),
+            backend: "soft".into(),
+            key_ref: b"k1".to_vec(),
+            public_key_der: vec![1, 2, 3],
+            hardware_backed: false,
+            state: UserState::Pending,
+            failed_attempts: 0,
+            enrolled_at: 10,
+        }
+    }
+
+    #[test]
+    fn users_persist_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let store = StateStore::open(&path).unwrap();
+            store.insert_user(&user("alice")).unwrap();
+            assert!(store.insert_user(&user("alice")).is_err());
+            store.activate_user("alice", "cred-1", 20).unwrap();
+            assert_eq!(store.record_failed_attempt("alice").unwrap(), 1);
+            assert_eq!(store.record_failed_attempt("alice").unwrap(), 2);
+        }
+        let store = StateStore::open(&path).unwrap();
+        let alice = store.user("alice").unwrap().unwrap();
+        assert_eq!(alice.state, UserState::Active);
+        assert_eq!(alice.credential_id, "cred-1");
+        assert_eq!(alice.failed_attempts, 2);
+        assert_eq!(store.active_user_count().unwrap(), 1);
+        store.reset_failed_attempts("alice").unwrap();
+        assert_eq!(store.user("alice").unwrap().unwrap().failed_attempts, 0);
+        store.delete_user("alice").unwrap();
+        assert!(store.user("alice").unwrap().is_none());
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        drop(StateStore::open(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", 7).unwrap();
+        drop(conn);
+        let err = StateStore::open(&path).err().unwrap().to_string();
+        assert!(err.contains("schema version 7"), "{err}");
+    }
+
+    #[test]
+    fn device_is_set_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(&dir.path().join("state.db")).unwrap();
+        assert!(store.device().unwrap().is_none());
+        let device = DeviceRecord {
+            device_id: "dev-1".into(),
+            portal_url: "http://127.0.0.1:1".into(),
+            key_secret: Zeroizing::new(vec![7; 32]),
+            public_key_der: vec![1],
+            activated_at: 5,
+        };
+        store.set_device(&device).unwrap();
+        assert!(store.set_device(&device).is_err());
+        assert_eq!(store.device().unwrap().unwrap().device_id, "dev-1");
+    }
+}
