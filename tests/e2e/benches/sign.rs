@@ -1,0 +1,304 @@
+//! Sign benchmark: the software key store's raw sign (PIN check + sign, in
+//! process) against `Sign` through the real fleetkeyd over its Unix
+//! socket, with 1 and 16 concurrent clients, in one run.
+//!
+//!     cargo build --release --workspace --bins && cargo bench -p fleetkey-e2e --bench sign
+//!
+//! Each of the 16 clients signs as its own user (the daemon serializes PIN
+//! checks per user, so that concurrent guesses cannot outrun the attempt
+//! counter). At one client, raw and daemon samples are interleaved so that
+//! drift in machine speed falls on both alike. Two key-store settings are
+//! measured: the default Argon2id cost (what users get), and a cheap one
+//! that leaves the daemon's own overhead visible.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleetkey_e2e::{Daemon, Portal};
+use fleetkey_plugin::{KeyStore, Pin};
+use fleetkey_proto::daemon::SignRequest;
+use fleetkey_proto::daemon::fleetkey_client::FleetkeyClient;
+use fleetkey_soft::{SoftConfig, SoftKeyStore};
+use sha2::{Digest, Sha256};
+use tonic::transport::{Channel, Endpoint};
+
+const CLIENTS: usize = 16;
+const PIN: &str = "1234";
+
+struct Setting {
+    label: &'static str,
+    soft: SoftConfig,
+    single_ops: usize,
+    per_client_ops: usize,
+}
+
+#[derive(Clone, Copy)]
+struct Stats {
+    ops: usize,
+    p50_us: f64,
+    p99_us: f64,
+    ops_per_s: f64,
+}
+
+fn stats(mut latencies: Vec<Duration>, wall: Duration) -> Stats {
+    latencies.sort();
+    let at = |q: f64| {
+        let index = ((latencies.len() as f64 - 1.0) * q).round() as usize;
+        latencies[index].as_secs_f64() * 1e6
+    };
+    Stats {
+        ops: latencies.len(),
+        p50_us: at(0.50),
+        p99_us: at(0.99),
+        ops_per_s: latencies.len() as f64 / wall.as_secs_f64(),
+    }
+}
+
+fn digest(i: usize) -> [u8; 32] {
+    Sha256::digest(format!("challenge {i}")).into()
+}
+
+async fn connect(socket: &Path) -> FleetkeyClient<Channel> {
+    let socket = socket.to_path_buf();
+    let channel = Endpoint::from_static("http://[::]:50051")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await
+        .expect("connect to fleetkeyd");
+    FleetkeyClient::new(channel)
+}
+
+async fn daemon_sign(client: &mut FleetkeyClient<Channel>, user: &str, i: usize) -> Duration {
+    let start = Instant::now();
+    client
+        .sign(SignRequest {
+            user: user.into(),
+            pin: PIN.into(),
+            digest: digest(i).to_vec(),
+        })
+        .await
+        .expect("daemon sign");
+    start.elapsed()
+}
+
+fn raw_sign(store: &SoftKeyStore, key_ref: &[u8], i: usize) -> Duration {
+    let start = Instant::now();
+    store
+        .sign_digest(key_ref, &Pin::new(PIN), &digest(i))
+        .expect("raw sign");
+    start.elapsed()
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are fields 14 and 15; index 11 and 12 after the name.
+    fields
+        .get(11)
+        .and_then(|f| f.parse::<u64>().ok())
+        .unwrap_or(0)
+        + fields
+            .get(12)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+}
+
+fn config_text(soft: &SoftConfig) -> String {
+    format!(
+        "log_level = \"warn\"\n[backends.soft]\nargon2_memory_kib = {}\nargon2_iterations = {}\nargon2_parallelism = {}\n",
+        soft.argon2_memory_kib, soft.argon2_iterations, soft.argon2_parallelism
+    )
+}
+
+fn run_setting(runtime: &tokio::runtime::Runtime, portal: &Portal, setting: &Setting) {
+    // Raw key store with its own keys.
+    let dir = fleetkey_e2e::open_tempdir();
+    let store = Arc::new(
+        SoftKeyStore::open(&dir.path().join("keys"), setting.soft).expect("open store"),
+    );
+    let raw_keys: Vec<Vec<u8>> = (0..CLIENTS)
+        .map(|i| {
+            store
+                .create_key(&format!("bench-{i}"), &Pin::new(PIN))
+                .expect("create")
+                .key_ref
+        })
+        .collect();
+
+    // The daemon with the same settings and one user per client.
+    let daemon = Daemon::start(&config_text(&setting.soft));
+    daemon.activate(portal);
+    let users: Vec<String> = (0..CLIENTS)
+        .map(|i| format!("{}-user{i}", setting.label))
+        .collect();
+    for user in &users {
+        daemon.add_user(portal, user, PIN);
+    }
+
+    let pid = daemon.pid();
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let idle_ticks = cpu_ticks(pid) - before;
+
+    let mut raw1 = Vec::new();
+    let mut daemon1 = Vec::new();
+    let (raw1_wall, daemon1_wall) = runtime.block_on(async {
+        let mut client = connect(&daemon.socket).await;
+        for i in 0..3 {
+            daemon_sign(&mut client, &users[0], i).await;
+            raw_sign(&store, &raw_keys[0], i);
+        }
+        let (mut raw_wall, mut daemon_wall) = (Duration::ZERO, Duration::ZERO);
+        for i in 0..setting.single_ops {
+            let d = raw_sign(&store, &raw_keys[0], i);
+            raw_wall += d;
+            raw1.push(d);
+            let d = daemon_sign(&mut client, &users[0], i).await;
+            daemon_wall += d;
+            daemon1.push(d);
+        }
+        (raw_wall, daemon_wall)
+    });
+    let raw1 = stats(raw1, raw1_wall);
+    let daemon1 = stats(daemon1, daemon1_wall);
+
+    // 16 threads on the raw store.
+    let start = Instant::now();
+    let handles: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let store = store.clone();
+            let key = raw_keys[c].clone();
+            let n = setting.per_client_ops;
+            std::thread::spawn(move || {
+                (0..n)
+                    .map(|i| raw_sign(&store, &key, i))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let raw16_lat: Vec<Duration> = handles
+        .into_iter()
+        .flat_map(|h| h.join().expect("thread"))
+        .collect();
+    let raw16 = stats(raw16_lat, start.elapsed());
+
+    // 16 clients on the daemon.
+    let daemon16 = runtime.block_on(async {
+        let mut clients = Vec::new();
+        for _ in 0..CLIENTS {
+            clients.push(connect(&daemon.socket).await);
+        }
+        let start = Instant::now();
+        let tasks: Vec<_> = clients
+            .into_iter()
+            .zip(users.iter().cloned())
+            .map(|(mut client, user)| {
+                let n = setting.per_client_ops;
+                tokio::spawn(async move {
+                    let mut latencies = Vec::with_capacity(n);
+                    for i in 0..n {
+                        latencies.push(daemon_sign(&mut client, &user, i).await);
+                    }
+                    latencies
+                })
+            })
+            .collect();
+        let mut latencies = Vec::new();
+        for task in tasks {
+            latencies.extend(task.await.expect("client task"));
+        }
+        stats(latencies, start.elapsed())
+    });
+
+    let soft = &setting.soft;
+    println!(
+        "\n== {} (Argon2id m={} KiB, t={}, p={}) ==",
+        setting.label, soft.argon2_memory_kib, soft.argon2_iterations, soft.argon2_parallelism
+    );
+    println!(
+        "{:<22}{:>8}{:>8}{:>12}{:>12}{:>10}",
+        "", "clients", "ops", "p50 ms", "p99 ms", "ops/s"
+    );
+    for (name, clients, s) in [
+        ("raw (in process)", 1, raw1),
+        ("daemon (gRPC/UDS)", 1, daemon1),
+        ("raw (in process)", CLIENTS, raw16),
+        ("daemon (gRPC/UDS)", CLIENTS, daemon16),
+    ] {
+        println!(
+            "{:<22}{:>8}{:>8}{:>12.3}{:>12.3}{:>10.1}",
+            name,
+            clients,
+            s.ops,
+            s.p50_us / 1000.0,
+            s.p99_us / 1000.0,
+            s.ops_per_s
+        );
+    }
+    println!(
+        "added latency at 1 client (daemon p50 - raw p50): {:.0} us (target < 100 us)",
+        daemon1.p50_us - raw1.p50_us
+    );
+    println!(
+        "ratio daemon/raw at 1 client: p50 {:.3}",
+        daemon1.p50_us / raw1.p50_us
+    );
+    println!(
+        "ratio daemon/raw at {CLIENTS} clients: throughput {:.3} (overhead {:.1}%, target < 10%), p50 {:.3}",
+        daemon16.ops_per_s / raw16.ops_per_s,
+        (1.0 - daemon16.ops_per_s / raw16.ops_per_s) * 100.0,
+        daemon16.p50_us / raw16.p50_us
+    );
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    println!(
+        "daemon CPU while idle for 2 s: {:.2}% of one core (no busy-spinning listener)",
+        idle_ticks as f64 / ticks_per_s / 2.0 * 100.0
+    );
+}
+
+fn main() {
+    // `cargo bench` passes --bench; anything else is ignored.
+    let quick = std::env::args().any(|a| a == "--quick");
+    let scale = if quick { 4 } else { 1 };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let portal = Portal::start();
+    println!(
+        "fleetkey sign benchmark: {} cores, {} clients for the concurrent runs",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        CLIENTS
+    );
+    let settings = [
+        Setting {
+            label: "default",
+            soft: SoftConfig::default(),
+            single_ops: 100 / scale,
+            per_client_ops: 12 / scale,
+        },
+        Setting {
+            label: "cheap-kdf",
+            soft: SoftConfig {
+                argon2_memory_kib: 8,
+                argon2_iterations: 1,
+                argon2_parallelism: 1,
+            },
+            single_ops: 2000 / scale,
+            per_client_ops: 400 / scale,
+        },
+    ];
+    for setting in &settings {
+        run_setting(&runtime, &portal, setting);
+    }
+}
