@@ -200,10 +200,7 @@ mod tests {
         let zero = ActivationCode::from_body(*b"000000000000000");
         let with_o = zero.compact().replace('0', "O");
         assert_eq!(ActivationCode::parse(&with_o).unwrap(), zero);
-        assert_eq!(
-            ActivationCode::parse(&format!("  {}  ", code.to_string())).unwrap(),
-            code
-        );
+        assert_eq!(ActivationCode::parse(&format!("  {code}  ")).unwrap(), code);
     }
 
     #[test]

@@ -54,7 +54,7 @@ macro_rules! reasons {
 
 reasons! {
     CodeMalformed = "CODE_MALFORMED", 10, InvalidArgument,
-        "An activation code is 16 characters, 0-9 and A-Z, in four groups of four; check what was typed.";
+        "An activation code is 16 characters (0-9 and letters other than U) in four groups of four; check what was typed.";
     CodeMistyped = "CODE_MISTYPED", 11, InvalidArgument,
         "One character of the code is wrong; compare it with the code shown by the portal.";
     CodeUnknown = "CODE_UNKNOWN", 12, NotFound,
@@ -272,5 +272,69 @@ mod tests {
         );
         let status = tonic::Status::unknown("boom");
         assert_eq!(Failure::from_status(&status).reason, Reason::Internal);
+    }
+
+    #[test]
+    fn errors_doc_lists_every_reason_with_its_exit_code() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/errors.md");
+        let doc = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+        let rows: Vec<Vec<&str>> = doc
+            .lines()
+            .map(str::trim)
+            .filter(|line| line.starts_with('|'))
+            .map(|line| line.trim_matches('|').split('|').map(str::trim).collect())
+            .collect();
+        let name_of = |cell: &str| cell.trim_matches('`').to_string();
+        // Rows of the reasons table: an upper-case name, then an exit code.
+        let reason_rows: Vec<&Vec<&str>> = rows
+            .iter()
+            .filter(|cells| {
+                let name = name_of(cells[0]);
+                cells.len() >= 2
+                    && !name.is_empty()
+                    && name.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+                    && cells[1].parse::<u8>().is_ok()
+            })
+            .collect();
+        for reason in Reason::ALL {
+            let matching: Vec<_> = reason_rows
+                .iter()
+                .filter(|cells| name_of(cells[0]) == reason.as_str())
+                .collect();
+            assert_eq!(
+                matching.len(),
+                1,
+                "docs/errors.md needs exactly one table row for {reason}"
+            );
+            let cells = matching[0];
+            assert_eq!(
+                cells[1],
+                reason.exit_code().to_string(),
+                "docs/errors.md gives {reason} the wrong exit code"
+            );
+            let mut grpc_name = String::new();
+            for (i, c) in format!("{:?}", reason.grpc_code()).chars().enumerate() {
+                if c.is_ascii_uppercase() && i > 0 {
+                    grpc_name.push('_');
+                }
+                grpc_name.push(c.to_ascii_uppercase());
+            }
+            let grpc = format!("`{grpc_name}` ({})", i32::from(reason.grpc_code()));
+            assert!(
+                cells.contains(&grpc.as_str()),
+                "docs/errors.md should give {reason} the gRPC code {grpc}"
+            );
+            assert!(
+                cells.contains(&reason.default_hint()),
+                "docs/errors.md should show {reason}'s default hint"
+            );
+        }
+        for cells in reason_rows {
+            assert!(
+                Reason::from_name(&name_of(cells[0])).is_some(),
+                "docs/errors.md lists {}, which is not a reason",
+                cells[0]
+            );
+        }
     }
 }

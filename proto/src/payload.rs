@@ -29,6 +29,8 @@ pub enum PayloadError {
         "enrollment URI version {0} is not supported (this build reads version 1); update fleetkey"
     )]
     UnsupportedVersion(String),
+    #[error("enrollment URI version '{0}' is not a number")]
+    BadVersion(String),
     #[error("enrollment URI lacks its '{0}' field")]
     Missing(&'static str),
     #[error("enrollment URI has the '{0}' field twice")]
@@ -98,8 +100,10 @@ impl EnrollmentPayload {
         let field = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v);
 
         let version = field("v").ok_or(PayloadError::Missing("v"))?;
-        if version.parse::<u32>().ok() != Some(PAYLOAD_VERSION) {
-            return Err(PayloadError::UnsupportedVersion(version.clone()));
+        match version.parse::<u32>() {
+            Ok(PAYLOAD_VERSION) => {}
+            Ok(_) => return Err(PayloadError::UnsupportedVersion(version.clone())),
+            Err(_) => return Err(PayloadError::BadVersion(version.clone())),
         }
         let code = ActivationCode::parse(field("c").ok_or(PayloadError::Missing("c"))?)?;
         let portal_url = field("p").ok_or(PayloadError::Missing("p"))?.clone();
@@ -152,6 +156,10 @@ impl EnrollmentInput {
         let trimmed = input.trim();
         if strip_prefix_ignore_case(trimmed, "fleetkey:").is_some() {
             EnrollmentPayload::parse_uri(trimmed).map(Self::Payload)
+        } else if trimmed.contains(':') {
+            // Codes never hold a colon: this is some other URI (a foreign QR
+            // code, a web link), not a mistyped code.
+            Err(PayloadError::NotFleetkeyUri)
         } else {
             Ok(Self::Code(ActivationCode::parse(trimmed)?))
         }
@@ -221,6 +229,10 @@ mod tests {
             ),
             ("fleetkey://enroll?c=x", PayloadError::Missing("v")),
             (
+                "fleetkey://enroll?v=1.0&c=x",
+                PayloadError::BadVersion("1.0".into()),
+            ),
+            (
                 "fleetkey://enroll?v=1&p=https://x",
                 PayloadError::Missing("c"),
             ),
@@ -265,6 +277,10 @@ mod tests {
         let typed = EnrollmentInput::parse(&payload.code.to_string().to_lowercase()).unwrap();
         assert_eq!(typed, EnrollmentInput::Code(payload.code.clone()));
         assert_eq!(typed.portal_url(), None);
+        assert_eq!(
+            EnrollmentInput::parse("https://example.com/login"),
+            Err(PayloadError::NotFleetkeyUri)
+        );
     }
 
     proptest! {

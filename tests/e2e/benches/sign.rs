@@ -121,9 +121,8 @@ fn config_text(soft: &SoftConfig) -> String {
 fn run_setting(runtime: &tokio::runtime::Runtime, portal: &Portal, setting: &Setting) {
     // Raw key store with its own keys.
     let dir = fleetkey_e2e::open_tempdir();
-    let store = Arc::new(
-        SoftKeyStore::open(&dir.path().join("keys"), setting.soft).expect("open store"),
-    );
+    let store =
+        Arc::new(SoftKeyStore::open(&dir.path().join("keys"), setting.soft).expect("open store"));
     let raw_keys: Vec<Vec<u8>> = (0..CLIENTS)
         .map(|i| {
             store

@@ -1,1 +1,25 @@
+//! fleetkey's reference portal (relying party), `fleetkey-portal`.
+//!
+//! It issues single-use, expiring activation codes (device activation and
+//! add-user), registers devices and enrolls users against them with proof
+//! of possession, and revokes credentials: the `fleetkey.portal.v1.Portal`
+//! gRPC API that fleetkeyd speaks. Tests and demos run against it, and it is
+//! the reference an enterprise follows in its own portal.
+//!
+//! - [`store`]: the SQLite database (codes, devices, enrollments).
+//! - [`service`]: the gRPC service and its checks.
+//! - [`server`]: running it ([`serve`] for tests and benchmarks).
+//! - [`cli`]: the `fleetkey-portal` command line.
+//! - [`qr`]: QR codes for terminals and PNG files.
 
+pub mod cli;
+pub mod error;
+pub mod qr;
+pub mod server;
+pub mod service;
+pub mod store;
+
+pub use error::PortalError;
+pub use server::{run, serve};
+pub use service::PortalService;
+pub use store::Store;

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Runs fleetkey's whole test suite on a fresh Debian machine: installs the
+# system packages the tests use when they are missing (as root), checks
+# formatting and lints, builds every binary and runs every test, the
+# end-to-end ones included (they start their own portal and daemons on
+# loopback and temporary Unix sockets, and stop them).
+#
+#   ./scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the tests run (openssl verifies signatures, setpriv
+# switches users).
+packages=(openssl util-linux ca-certificates)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        echo "== installing ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    else
+        echo "missing Debian packages: ${missing[*]} (run as root, or install them)" >&2
+        exit 1
+    fi
+fi
+
+if [ "$(id -u)" = 0 ]; then
+    # As root the suite must also run the tests that switch users.
+    export FLEETKEY_REQUIRE_ROOT_TESTS=1
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+echo "== build binaries"
+cargo build --workspace --bins
+echo "== tests"
+cargo test --workspace --all-features

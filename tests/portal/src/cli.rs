@@ -1,0 +1,733 @@
+//! The `fleetkey-portal` command line: serve the API, issue codes, look at
+//! users and devices. Data goes to stdout, messages and logs to stderr.
+
+use std::io::{IsTerminal, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+use fleetkey_proto::EnrollmentPayload;
+use fleetkey_proto::time::{now_unix, rfc3339};
+use p256::ecdsa::VerifyingKey;
+use p256::pkcs8::{DecodePublicKey, EncodePublicKey, LineEnding};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tonic::transport::{Identity, ServerTlsConfig};
+
+use crate::error::PortalError;
+use crate::qr;
+use crate::server::{bound_url, check_public_url, check_tls, run};
+use crate::store::{CodeKind, CodeRecord, Enrollment, Store, StoreError};
+
+/// The default lifetime of an activation code, in seconds.
+pub const DEFAULT_TTL_SECS: i64 = 600;
+/// The longest lifetime `code issue` accepts (one year).
+pub const MAX_TTL_SECS: i64 = 365 * 24 * 3600;
+
+/// fleetkey's reference portal: the relying party that fleetkeyd devices
+/// enroll with.
+#[derive(Debug, Parser)]
+#[command(
+    name = "fleetkey-portal",
+    version,
+    about = "fleetkey's reference portal: issues activation codes, registers devices, enrolls users",
+    long_about = "fleetkey's reference portal: the relying party that fleetkeyd devices enroll with.\n\n\
+        A typical session: `fleetkey-portal serve --listen 127.0.0.1:7000 --db portal.db` in one \
+        terminal, then `fleetkey-portal code issue --db portal.db --kind device` to get a code (and \
+        QR code) that activates a device, and `fleetkey-portal code issue --db portal.db --kind user \
+        --user alice` for each user to add to it.\n\n\
+        Data (URLs, codes, JSON) goes to stdout; messages and logs go to stderr. Errors are printed \
+        as `error: ...` with exit status 1; command-line usage errors exit with status 2.\n\n\
+        FLEETKEY_PORTAL_LOG sets the log level (error, warn, info, debug, trace)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the portal's gRPC API (fleetkey.portal.v1) to devices.
+    #[command(
+        long_about = "Serve the portal's gRPC API (fleetkey.portal.v1) to devices.\n\n\
+        Once listening, prints the portal's URL as one line on stdout (e.g. http://127.0.0.1:40123) \
+        and records it in the database, where `code issue` takes it for the QR codes. Listening on \
+        port 0 picks a free port. Plaintext is allowed only on a loopback address; any other \
+        address needs --tls-cert and --tls-key. Stops gracefully on SIGTERM or SIGINT."
+    )]
+    Serve(ServeArgs),
+    /// Issue activation codes.
+    #[command(subcommand)]
+    Code(CodeCommand),
+    /// Look at enrolled users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Look at registered devices.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct DbArg {
+    /// The portal database (SQLite); created by `serve` or `code issue`.
+    #[arg(long, value_name = "FILE", env = "FLEETKEY_PORTAL_DB")]
+    pub db: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on, e.g. 127.0.0.1:7000, [::1]:0 or localhost:7000.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: String,
+    #[command(flatten)]
+    pub db: DbArg,
+    /// URL devices reach the portal at, put in QR codes (default: http:// or
+    /// https:// and the bound address).
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
+    /// TLS certificate chain (PEM); serves https with --tls-key.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CodeCommand {
+    /// Issue a single-use activation code and show it with its QR code.
+    #[command(
+        long_about = "Issue a single-use activation code and show it with its QR code.\n\n\
+        A device code (--kind device) activates a device: `fleetkeyctl activate CODE`. An add-user \
+        code (--kind user --user NAME) adds that user to an activated device: `fleetkeyctl user add \
+        CODE`. The code expires after --ttl seconds and works once.\n\n\
+        The QR code carries the enrollment URI fleetkey://enroll?v=1&c=CODE&p=PORTAL_URL&u=USER&e=EXPIRY, \
+        with the portal URL from --portal-url or else the one `serve` recorded in the database.\n\n\
+        Prints the QR code and Code/Kind/User/URI/Expires lines, or with --json one object: \
+        {\"code\", \"uri\", \"expires_at\" (RFC 3339), \"kind\", \"user\" (null for none)}."
+    )]
+    Issue(IssueArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct IssueArgs {
+    #[command(flatten)]
+    pub db: DbArg,
+    /// What the code redeems for: activating a device, or adding a user.
+    #[arg(long, value_enum)]
+    pub kind: CodeKind,
+    /// The user the code enrolls (required with --kind user; a hint shown
+    /// on the device with --kind device).
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+    /// Seconds until the code expires.
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_TTL_SECS,
+          value_parser = clap::value_parser!(i64).range(1..=MAX_TTL_SECS))]
+    pub ttl: i64,
+    /// Print one JSON object instead of the QR code and text.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the QR code as a PNG image (8 pixels per module).
+    #[arg(long, value_name = "FILE")]
+    pub qr_png: Option<PathBuf>,
+    /// Portal URL to put in the QR code (default: the one `serve` recorded).
+    #[arg(long, value_name = "URL")]
+    pub portal_url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Show a user's active enrollment (credential, public key, backend).
+    #[command(
+        long_about = "Show a user's active enrollment: device, credential id, backend, \
+        whether the key is hardware-backed, and the public key (PEM).\n\n\
+        With --json, one object: {\"user\", \"device_id\", \"credential_id\", \"backend\", \
+        \"attestation_format\", \"hardware_backed\", \"enrolled_at\" (RFC 3339), \"public_key_pem\"}. \
+        A user enrolled on several devices needs --device."
+    )]
+    Show(UserShowArgs),
+    /// List active enrollments, one line per user and device.
+    #[command(
+        long_about = "List active enrollments, one line per user and device.\n\n\
+        With --json, an array of {\"user\", \"device_id\", \"credential_id\", \"backend\", \
+        \"attestation_format\", \"hardware_backed\", \"enrolled_at\" (RFC 3339)}."
+    )]
+    List(ListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UserShowArgs {
+    #[command(flatten)]
+    pub db: DbArg,
+    /// The user's name, as bound to their add-user code.
+    #[arg(value_name = "NAME")]
+    pub user: String,
+    /// The device to show the user's enrollment on.
+    #[arg(long, value_name = "ID")]
+    pub device: Option<String>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// List registered devices with their number of active users.
+    #[command(
+        long_about = "List registered devices with their number of active users.\n\n\
+        With --json, an array of {\"device_id\", \"name\", \"registered_at\" (RFC 3339), \
+        \"active_users\"}."
+    )]
+    List(ListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub db: DbArg,
+    /// Print a JSON array.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs a parsed command line.
+pub fn run_cli(cli: Cli) -> Result<(), PortalError> {
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Code(CodeCommand::Issue(args)) => issue(args),
+        Command::User(UserCommand::Show(args)) => user_show(args),
+        Command::User(UserCommand::List(args)) => user_list(args),
+        Command::Device(DeviceCommand::List(args)) => device_list(args),
+    }
+}
+
+fn stdout_error(error: std::io::Error) -> PortalError {
+    PortalError::io("cannot write to stdout", error)
+}
+
+fn print(text: &str) -> Result<(), PortalError> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes()).map_err(stdout_error)?;
+    out.flush().map_err(stdout_error)
+}
+
+fn print_json(value: &impl Serialize) -> Result<(), PortalError> {
+    let mut text = serde_json::to_string_pretty(value)?;
+    text.push('\n');
+    print(&text)
+}
+
+// ---- serve ----
+
+/// Resolves `--listen` to one socket address.
+pub fn resolve_listen(listen: &str) -> Result<SocketAddr, PortalError> {
+    if let Ok(addr) = listen.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let usage = |why: String| {
+        PortalError::Usage(format!(
+            "--listen {listen:?} {why}; give HOST:PORT, e.g. 127.0.0.1:7000, [::1]:7000 or localhost:0"
+        ))
+    };
+    let mut addrs = listen
+        .to_socket_addrs()
+        .map_err(|e| usage(format!("is not a usable address ({e})")))?;
+    addrs
+        .next()
+        .ok_or_else(|| usage("resolves to no address".into()))
+}
+
+fn load_tls(cert: &Path, key: &Path) -> Result<ServerTlsConfig, PortalError> {
+    let read = |what: &'static str, path: &Path| {
+        std::fs::read(path).map_err(|source| PortalError::ReadFile {
+            what,
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let identity = Identity::from_pem(read("TLS certificate", cert)?, read("TLS key", key)?);
+    let tls = ServerTlsConfig::new().identity(identity);
+    check_tls(&tls)?;
+    Ok(tls)
+}
+
+fn serve(args: ServeArgs) -> Result<(), PortalError> {
+    let addr = resolve_listen(&args.listen)?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(load_tls(cert, key)?),
+        (None, None) => None,
+        _ => {
+            return Err(PortalError::Usage(
+                "--tls-cert and --tls-key go together".into(),
+            ));
+        }
+    };
+    if tls.is_none() && !addr.ip().is_loopback() {
+        return Err(PortalError::Usage(format!(
+            "refusing to serve plaintext on {addr}, which is not a loopback address: \
+             pass --tls-cert and --tls-key, or listen on 127.0.0.1 or [::1]"
+        )));
+    }
+    if let Some(url) = &args.public_url {
+        check_public_url(url)?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| PortalError::io("cannot start the async runtime", e))?;
+    runtime.block_on(async move {
+        // Handlers first: a signal right after the URL is printed must stop
+        // the server gracefully, not kill it.
+        let shutdown = shutdown_signal()?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| PortalError::io(format!("cannot listen on {addr}"), e))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| PortalError::io("cannot read the listener's address", e))?;
+        let url = match args.public_url {
+            Some(url) => url,
+            None => {
+                if bound.ip().is_unspecified() {
+                    tracing::warn!(
+                        %bound,
+                        "listening on an unspecified address: QR codes will carry it; pass --public-url with the name devices use"
+                    );
+                }
+                bound_url(bound, tls.is_some())
+            }
+        };
+        let store = Store::open(&args.db.db)?;
+        store.db().set_public_url(&url)?;
+        print(&format!("{url}\n"))?;
+        tracing::info!(%url, "portal listening");
+        run(store, listener, tls, shutdown).await
+    })
+}
+
+/// Completes on SIGTERM or SIGINT. The handlers are installed on call.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send, PortalError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| PortalError::io("cannot handle SIGTERM", e))?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|e| PortalError::io("cannot handle SIGINT", e))?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    })
+}
+
+// ---- code issue ----
+
+/// What `code issue --json` prints.
+#[derive(Debug, Serialize)]
+pub struct IssuedCode {
+    /// Display form, `XXXX-XXXX-XXXX-XXXX`.
+    pub code: String,
+    /// The enrollment URI carried by the QR code.
+    pub uri: String,
+    /// RFC 3339, UTC.
+    pub expires_at: String,
+    pub kind: CodeKind,
+    pub user: Option<String>,
+}
+
+fn check_user_name(user: &str) -> Result<(), PortalError> {
+    if user.trim().is_empty() {
+        return Err(PortalError::Usage("--user must not be empty".into()));
+    }
+    if user.chars().count() > crate::service::MAX_NAME_LEN || user.chars().any(char::is_control) {
+        return Err(PortalError::Usage(format!(
+            "--user must be at most {} characters without control characters",
+            crate::service::MAX_NAME_LEN
+        )));
+    }
+    Ok(())
+}
+
+fn issue(args: IssueArgs) -> Result<(), PortalError> {
+    match (&args.kind, &args.user) {
+        (CodeKind::User, None) => {
+            return Err(PortalError::Usage(
+                "--kind user needs --user NAME: an add-user code is bound to the user it enrolls"
+                    .into(),
+            ));
+        }
+        (_, Some(user)) => check_user_name(user)?,
+        (CodeKind::Device, None) => {}
+    }
+    if let Some(url) = &args.portal_url {
+        check_public_url(url).map_err(|_| {
+            PortalError::Usage(format!(
+                "--portal-url {url:?} is not an http:// or https:// URL with a host"
+            ))
+        })?;
+    }
+    let mut store = match &args.portal_url {
+        Some(_) => Store::open(&args.db.db)?,
+        None => match Store::open_existing(&args.db.db) {
+            Err(StoreError::Missing(_)) => return Err(PortalError::NoPortalUrl),
+            other => other?,
+        },
+    };
+    let portal_url = match args.portal_url {
+        Some(url) => url,
+        None => store.db().public_url()?.ok_or(PortalError::NoPortalUrl)?,
+    };
+
+    let now = now_unix();
+    let record = store.issue_code(args.kind, args.user.as_deref(), args.ttl, now)?;
+    let code = fleetkey_proto::ActivationCode::parse(&record.code).map_err(|error| {
+        StoreError::Corrupt {
+            what: "new code",
+            value: format!("{} ({error})", record.code),
+        }
+    })?;
+    let payload = EnrollmentPayload {
+        code: code.clone(),
+        portal_url,
+        user_hint: record.user.clone(),
+        expires_at: Some(record.expires_at),
+    };
+    let uri = payload.to_uri();
+    tracing::info!(code = %code, kind = %record.kind, user = ?record.user, "code issued");
+
+    if let Some(path) = &args.qr_png {
+        let bytes = qr::png(&uri)?;
+        std::fs::write(path, bytes).map_err(|source| PortalError::WriteFile {
+            path: path.clone(),
+            source,
+        })?;
+        eprintln!("wrote the QR code to {}", path.display());
+    }
+
+    if args.json {
+        return print_json(&IssuedCode {
+            code: code.to_string(),
+            uri,
+            expires_at: rfc3339(record.expires_at),
+            kind: record.kind,
+            user: record.user,
+        });
+    }
+    let ansi = std::io::stdout().is_terminal();
+    let mut text = qr::terminal(&uri, ansi)?;
+    text.push_str("\n\n");
+    text.push_str(&human_issue(&code, &record, &uri, now));
+    print(&text)
+}
+
+fn human_issue(
+    code: &fleetkey_proto::ActivationCode,
+    record: &CodeRecord,
+    uri: &str,
+    now: i64,
+) -> String {
+    let kind = match record.kind {
+        CodeKind::Device => "device activation (fleetkeyctl activate)",
+        CodeKind::User => "add user (fleetkeyctl user add)",
+    };
+    let mut rows = vec![("Code:", code.to_string()), ("Kind:", kind.to_string())];
+    if let Some(user) = &record.user {
+        rows.push(("User:", user.clone()));
+    }
+    rows.push(("URI:", uri.to_string()));
+    rows.push((
+        "Expires:",
+        format!(
+            "{} (in {})",
+            rfc3339(record.expires_at),
+            duration_text(record.expires_at - now)
+        ),
+    ));
+    aligned(&rows)
+}
+
+/// `90` -> `1 min 30 s`.
+fn duration_text(secs: i64) -> String {
+    let secs = secs.max(0);
+    let (days, hours, minutes, seconds) = (
+        secs / 86_400,
+        secs % 86_400 / 3600,
+        secs % 3600 / 60,
+        secs % 60,
+    );
+    let parts: Vec<String> = [(days, "d"), (hours, "h"), (minutes, "min"), (seconds, "s")]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, unit)| format!("{n} {unit}"))
+        .collect();
+    if parts.is_empty() {
+        "0 s".into()
+    } else {
+        parts.join(" ")
+    }
+}
+
+/// `Label:   value` lines with the values aligned.
+fn aligned(rows: &[(&str, String)]) -> String {
+    let width = rows.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
+    rows.iter()
+        .map(|(label, value)| format!("{label:<width$}  {value}\n"))
+        .collect()
+}
+
+/// A table with a header row and columns padded to their widest cell.
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut text = String::new();
+        for (i, (cell, width)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                text.push_str(cell);
+            } else {
+                text.push_str(&format!("{cell:<width$}  "));
+            }
+        }
+        text.push('\n');
+        text
+    };
+    let mut out = line(headers.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+fn yes_no(value: bool) -> String {
+    if value { "yes" } else { "no" }.into()
+}
+
+// ---- user show / list ----
+
+/// What `user show --json` prints.
+#[derive(Debug, Serialize)]
+pub struct UserDetails {
+    pub user: String,
+    pub device_id: String,
+    pub credential_id: String,
+    pub backend: String,
+    pub attestation_format: String,
+    pub hardware_backed: bool,
+    /// RFC 3339, UTC.
+    pub enrolled_at: String,
+    pub public_key_pem: String,
+}
+
+/// One element of `user list --json`.
+#[derive(Debug, Serialize)]
+pub struct UserListEntry {
+    pub user: String,
+    pub device_id: String,
+    pub credential_id: String,
+    pub backend: String,
+    pub attestation_format: String,
+    pub hardware_backed: bool,
+    /// RFC 3339, UTC.
+    pub enrolled_at: String,
+}
+
+fn public_key_pem(enrollment: &Enrollment) -> Result<String, PortalError> {
+    let corrupt = |error: String| StoreError::Corrupt {
+        what: "user public key",
+        value: format!("credential {}: {error}", enrollment.credential_id),
+    };
+    let key = VerifyingKey::from_public_key_der(&enrollment.public_key)
+        .map_err(|e| corrupt(e.to_string()))?;
+    Ok(key
+        .to_public_key_pem(LineEnding::LF)
+        .map_err(|e| corrupt(e.to_string()))?)
+}
+
+fn user_show(args: UserShowArgs) -> Result<(), PortalError> {
+    let store = Store::open_existing(&args.db.db)?;
+    let mut enrollments = store.db().active_enrollments(Some(&args.user))?;
+    if let Some(device) = &args.device {
+        enrollments.retain(|e| &e.device_id == device);
+    }
+    let enrollment = match enrollments.len() {
+        0 => {
+            return Err(PortalError::NotFound(match &args.device {
+                Some(device) => format!("user {} is not enrolled on device {device}", args.user),
+                None => format!("no user {} is enrolled with this portal", args.user),
+            }));
+        }
+        1 => enrollments.remove(0),
+        _ => {
+            let devices: Vec<&str> = enrollments.iter().map(|e| e.device_id.as_str()).collect();
+            return Err(PortalError::Usage(format!(
+                "user {} is enrolled on {} devices ({}); pick one with --device ID",
+                args.user,
+                devices.len(),
+                devices.join(", ")
+            )));
+        }
+    };
+    let details = UserDetails {
+        public_key_pem: public_key_pem(&enrollment)?,
+        user: enrollment.user,
+        device_id: enrollment.device_id,
+        credential_id: enrollment.credential_id,
+        backend: enrollment.backend,
+        attestation_format: enrollment.attestation_format,
+        hardware_backed: enrollment.hardware_backed,
+        enrolled_at: rfc3339(enrollment.enrolled_at),
+    };
+    if args.json {
+        return print_json(&details);
+    }
+    let mut text = aligned(&[
+        ("User:", details.user),
+        ("Device:", details.device_id),
+        ("Credential:", details.credential_id),
+        ("Backend:", details.backend),
+        ("Hardware-backed:", yes_no(details.hardware_backed)),
+        ("Attestation:", details.attestation_format),
+        ("Enrolled:", details.enrolled_at),
+        ("Public key:", String::new()),
+    ]);
+    text.push_str(&details.public_key_pem);
+    print(&text)
+}
+
+fn user_list(args: ListArgs) -> Result<(), PortalError> {
+    let store = Store::open_existing(&args.db.db)?;
+    let entries: Vec<UserListEntry> = store
+        .db()
+        .active_enrollments(None)?
+        .into_iter()
+        .map(|e| UserListEntry {
+            user: e.user,
+            device_id: e.device_id,
+            credential_id: e.credential_id,
+            backend: e.backend,
+            attestation_format: e.attestation_format,
+            hardware_backed: e.hardware_backed,
+            enrolled_at: rfc3339(e.enrolled_at),
+        })
+        .collect();
+    if args.json {
+        return print_json(&entries);
+    }
+    if entries.is_empty() {
+        eprintln!("No users are enrolled.");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = entries
+        .into_iter()
+        .map(|e| {
+            vec![
+                e.user,
+                e.device_id,
+                e.backend,
+                yes_no(e.hardware_backed),
+                e.enrolled_at,
+                e.credential_id,
+            ]
+        })
+        .collect();
+    print(&table(
+        &[
+            "USER",
+            "DEVICE",
+            "BACKEND",
+            "HARDWARE",
+            "ENROLLED",
+            "CREDENTIAL",
+        ],
+        &rows,
+    ))
+}
+
+// ---- device list ----
+
+/// One element of `device list --json`.
+#[derive(Debug, Serialize)]
+pub struct DeviceListEntry {
+    pub device_id: String,
+    pub name: String,
+    /// RFC 3339, UTC.
+    pub registered_at: String,
+    pub active_users: u64,
+}
+
+fn device_list(args: ListArgs) -> Result<(), PortalError> {
+    let store = Store::open_existing(&args.db.db)?;
+    let entries: Vec<DeviceListEntry> = store
+        .db()
+        .devices()?
+        .into_iter()
+        .map(|d| DeviceListEntry {
+            device_id: d.device.device_id,
+            name: d.device.name,
+            registered_at: rfc3339(d.device.registered_at),
+            active_users: d.active_users,
+        })
+        .collect();
+    if args.json {
+        return print_json(&entries);
+    }
+    if entries.is_empty() {
+        eprintln!("No devices are registered.");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = entries
+        .into_iter()
+        .map(|d| {
+            vec![
+                d.device_id,
+                d.active_users.to_string(),
+                d.registered_at,
+                d.name,
+            ]
+        })
+        .collect();
+    print(&table(&["DEVICE", "USERS", "REGISTERED", "NAME"], &rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn help_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(duration_text(600), "10 min");
+        assert_eq!(duration_text(90), "1 min 30 s");
+        assert_eq!(duration_text(0), "0 s");
+        assert_eq!(duration_text(86_400 + 3600), "1 d 1 h");
+    }
+
+    #[test]
+    fn tables_align() {
+        let text = table(
+            &["A", "BB"],
+            &[vec!["xxx".into(), "y".into()], vec!["z".into(), "w".into()]],
+        );
+        assert_eq!(text, "A    BB\nxxx  y\nz    w\n");
+    }
+
+    #[test]
+    fn listen_addresses_resolve() {
+        assert!(resolve_listen("127.0.0.1:0").unwrap().ip().is_loopback());
+        assert!(resolve_listen("[::1]:7000").unwrap().ip().is_loopback());
+        assert!(resolve_listen("localhost:0").unwrap().ip().is_loopback());
+        assert!(matches!(
+            resolve_listen("no port"),
+            Err(PortalError::Usage(_))
+        ));
+    }
+}

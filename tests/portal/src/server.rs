@@ -1,0 +1,121 @@
+//! Running the gRPC server.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use fleetkey_proto::payload::validate_portal_url;
+use fleetkey_proto::portal::portal_server::PortalServer;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Server, ServerTlsConfig};
+
+use crate::error::PortalError;
+use crate::service::PortalService;
+use crate::store::Store;
+
+/// How long a shutdown waits for open connections to finish.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The URL a listener is reached at when no public URL is configured:
+/// `http://` or `https://` and the bound address (`[v6]:port` for IPv6).
+pub fn bound_url(addr: SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{addr}")
+}
+
+/// Checks a URL to be advertised in QR codes.
+pub fn check_public_url(url: &str) -> Result<(), PortalError> {
+    validate_portal_url(url).map_err(|error| {
+        PortalError::Usage(format!(
+            "--public-url {url:?} is not usable: it must be an http:// or https:// URL with a host ({error})"
+        ))
+    })
+}
+
+/// Checks that a TLS configuration (certificate and key) is usable.
+pub fn check_tls(tls: &ServerTlsConfig) -> Result<(), PortalError> {
+    Server::builder()
+        .tls_config(tls.clone())
+        .map(|_| ())
+        .map_err(|error| PortalError::Tls(tls_error_text(&error)))
+}
+
+fn tls_error_text(error: &tonic::transport::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Serves the portal API in plaintext on `listener` until `shutdown`
+/// completes, with the database at `db`.
+///
+/// The advertised URL (`public_url`, else `http://` and the bound address)
+/// is stored in the database first, so that `code issue` finds it.
+pub async fn serve(
+    db: &Path,
+    listener: TcpListener,
+    public_url: Option<String>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), PortalError> {
+    let addr = listener
+        .local_addr()
+        .map_err(|e| PortalError::io("cannot read the listener's address", e))?;
+    let url = public_url.unwrap_or_else(|| bound_url(addr, false));
+    check_public_url(&url)?;
+    let store = Store::open(db)?;
+    store.db().set_public_url(&url)?;
+    run(store, listener, None, shutdown).await
+}
+
+/// Serves the portal API on `listener` (with TLS when `tls` is given) until
+/// `shutdown` completes, then waits up to [`SHUTDOWN_GRACE`] for open
+/// connections to finish. The caller has set up the store.
+pub async fn run(
+    store: Store,
+    listener: TcpListener,
+    tls: Option<ServerTlsConfig>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), PortalError> {
+    let addr = listener
+        .local_addr()
+        .map_err(|e| PortalError::io("cannot read the listener's address", e))?;
+    let mut builder = Server::builder();
+    let tls_on = tls.is_some();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|error| PortalError::Tls(tls_error_text(&error)))?;
+    }
+    tracing::info!(%addr, tls = tls_on, db = %store.path().display(), "serving the portal API");
+    let (drain, draining) = oneshot::channel::<()>();
+    let server = builder
+        .add_service(PortalServer::new(PortalService::new(store)))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = draining.await;
+        });
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => return result.map_err(PortalError::from),
+        () = shutdown => {}
+    }
+    // Stop accepting, let the calls in progress finish, but do not wait
+    // forever for clients that keep their connections open.
+    let _ = drain.send(());
+    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+        Ok(result) => result?,
+        Err(_) => tracing::warn!(
+            grace_secs = SHUTDOWN_GRACE.as_secs(),
+            "clients still connected after the grace period; closing"
+        ),
+    }
+    tracing::info!("portal stopped");
+    Ok(())
+}

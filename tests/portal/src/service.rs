@@ -1,0 +1,560 @@
+//! The `fleetkey.portal.v1.Portal` gRPC service.
+//!
+//! Every refusal is a [`Failure`] with a stable reason and a one-line
+//! message naming what was wrong, carried as a google.rpc.ErrorInfo on the
+//! status. Redemptions run in one `BEGIN IMMEDIATE` transaction, so a code
+//! is redeemed at most once even when devices race, and are idempotent: a
+//! device that retries after losing the answer gets the same result again.
+//!
+//! Checks, in order:
+//! - RegisterDevice: code syntax, device key, device signature, then in the
+//!   transaction: code known, code kind, code used (unless by this very
+//!   key: a retry), code expired.
+//! - EnrollUser: code syntax, user key, backend, then in the transaction:
+//!   device known, device signature, user signature (proof of possession),
+//!   code known, kind, used (unless a retry), expired, user not already
+//!   enrolled on the device, attestation format.
+//! - RevokeUser: device known, timestamp within 5 minutes, device
+//!   signature, an active credential to revoke.
+
+use std::sync::{Arc, Mutex};
+
+use fleetkey_proto::portal::portal_server::Portal;
+use fleetkey_proto::portal::{
+    CheckCodeRequest, CheckCodeResponse, EnrollUserRequest, EnrollUserResponse,
+    RegisterDeviceRequest, RegisterDeviceResponse, RevokeUserRequest, RevokeUserResponse,
+};
+use fleetkey_proto::time::{now_unix, rfc3339};
+use fleetkey_proto::{ActivationCode, Failure, Reason, binding};
+use p256::ecdsa::signature::hazmat::PrehashVerifier;
+use p256::ecdsa::{Signature, VerifyingKey};
+use p256::pkcs8::DecodePublicKey;
+use tonic::{Request, Response, Status};
+
+use crate::store::{
+    CodeKind, CodeRecord, CodeState, Db, Device, Enrollment, Store, StoreError, new_credential_id,
+    new_device_id,
+};
+
+/// How far a revocation's timestamp may be from the portal's clock.
+pub const MAX_CLOCK_SKEW_SECS: u64 = 300;
+/// The longest device name, user name or backend name accepted.
+pub const MAX_NAME_LEN: usize = 256;
+/// The attestation format of keys that come without attestation.
+pub const ATTESTATION_NONE: &str = "none";
+
+impl From<StoreError> for Failure {
+    fn from(error: StoreError) -> Self {
+        tracing::error!(error = %error, "portal database failure");
+        Failure::new(
+            Reason::Internal,
+            "the portal's database failed; nothing was changed",
+        )
+        .with_hint("Try again later; the portal's log says what failed.")
+    }
+}
+
+/// The portal service over a [`Store`].
+#[derive(Debug, Clone)]
+pub struct PortalService {
+    store: Arc<Mutex<Store>>,
+}
+
+impl PortalService {
+    pub fn new(store: Store) -> Self {
+        Self::shared(Arc::new(Mutex::new(store)))
+    }
+
+    /// A service over a store that others (e.g. a test) also use.
+    pub fn shared(store: Arc<Mutex<Store>>) -> Self {
+        Self { store }
+    }
+
+    /// The store the service works on.
+    pub fn store(&self) -> &Arc<Mutex<Store>> {
+        &self.store
+    }
+
+    /// Runs blocking database work off the async executor.
+    async fn with_store<T, F>(&self, work: F) -> Result<T, Failure>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Store) -> Result<T, Failure> + Send + 'static,
+    {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = store
+                .lock()
+                .map_err(|_| internal("the portal's store lock is poisoned"))?;
+            work(&mut guard)
+        })
+        .await
+        .map_err(|error| internal(format!("a portal worker task failed: {error}")))?
+    }
+
+    /// What a code is for.
+    pub async fn check_code(
+        &self,
+        request: CheckCodeRequest,
+    ) -> Result<CheckCodeResponse, Failure> {
+        let code = parse_code(&request.code)?;
+        let now = now_unix();
+        let record = self
+            .with_store(move |store| lookup_code(&store.db(), &code))
+            .await?;
+        usable(&record, now)?;
+        Ok(CheckCodeResponse {
+            kind: proto_kind(record.kind) as i32,
+            user: match record.kind {
+                CodeKind::User => record.user.unwrap_or_default(),
+                CodeKind::Device => String::new(),
+            },
+            expires_at: record.expires_at,
+        })
+    }
+
+    /// Redeems a device activation code; returns the device id and whether
+    /// this was a retry of an earlier, successful registration.
+    pub async fn register_device(
+        &self,
+        request: RegisterDeviceRequest,
+    ) -> Result<(String, bool), Failure> {
+        let code = parse_code(&request.code)?;
+        let key = parse_public_key(&request.device_public_key, "device_public_key")?;
+        let message = binding::activation_message(code.compact(), &request.device_public_key);
+        verify(&key, &message, &request.signature, "device signature")?;
+        let name = check_name(&request.device_name, "device_name", true)?;
+        let now = now_unix();
+        self.with_store(move |store| {
+            store.immediate(|db| {
+                let record = lookup_code(db, &code)?;
+                if record.kind != CodeKind::Device {
+                    return Err(wrong_kind(&code, &record));
+                }
+                if let CodeState::Used {
+                    by_device: Some(device_id),
+                    ..
+                } = record.state(now)
+                    && let Some(device) = db.device(&device_id)?
+                    && device.public_key == request.device_public_key
+                {
+                    return Ok((device_id, true));
+                }
+                usable(&record, now)?;
+                let device_id = new_device_id()?;
+                db.insert_device(&Device {
+                    device_id: device_id.clone(),
+                    public_key: request.device_public_key,
+                    name,
+                    registered_at: now,
+                })?;
+                mark_used(db, &record, &device_id, now)?;
+                Ok((device_id, false))
+            })
+        })
+        .await
+    }
+
+    /// Redeems an add-user code; returns the enrollment and whether this was
+    /// a retry of an earlier, successful enrollment.
+    pub async fn enroll_user(
+        &self,
+        request: EnrollUserRequest,
+    ) -> Result<(Enrollment, bool), Failure> {
+        let code = parse_code(&request.code)?;
+        let user_key = parse_public_key(&request.user_public_key, "user_public_key")?;
+        let backend = check_name(&request.backend, "backend", false)?;
+        let message = binding::enrollment_message(
+            &request.device_id,
+            code.compact(),
+            &request.user_public_key,
+            &request.backend,
+        );
+        let format = request
+            .attestation
+            .as_ref()
+            .map(|a| a.format.clone())
+            .unwrap_or_default();
+        let now = now_unix();
+        self.with_store(move |store| {
+            store.immediate(|db| {
+                let device = known_device(db, &request.device_id)?;
+                let device_key = registered_key(&device)?;
+                verify(
+                    &device_key,
+                    &message,
+                    &request.device_signature,
+                    "device signature",
+                )?;
+                verify(
+                    &user_key,
+                    &message,
+                    &request.user_signature,
+                    "user signature (proof of possession of the user key)",
+                )?;
+                let record = lookup_code(db, &code)?;
+                if record.kind != CodeKind::User {
+                    return Err(wrong_kind(&code, &record));
+                }
+                let user = record.user.clone().ok_or_else(|| {
+                    internal(format!("add-user code {code} has no user in the database"))
+                })?;
+                if matches!(record.state(now), CodeState::Used { .. })
+                    && let Some(existing) = db.enrollment_by_code(code.compact())?
+                    && existing.device_id == request.device_id
+                    && existing.public_key == request.user_public_key
+                    && existing.revoked_at.is_none()
+                {
+                    return Ok((existing, true));
+                }
+                usable(&record, now)?;
+                if let Some(existing) = db.active_enrollment(&device.device_id, &user)? {
+                    return Err(Failure::new(
+                        Reason::AlreadyEnrolled,
+                        format!(
+                            "user {user} is already enrolled on device {} (credential {}, since {})",
+                            device.device_id,
+                            existing.credential_id,
+                            rfc3339(existing.enrolled_at)
+                        ),
+                    ));
+                }
+                let (attestation_format, hardware_backed) = match format.as_str() {
+                    "" | ATTESTATION_NONE => (ATTESTATION_NONE.to_string(), false),
+                    other => {
+                        return Err(Failure::new(
+                            Reason::InvalidArgument,
+                            format!("attestation format {other:?} is not supported by this portal"),
+                        )
+                        .with_hint(
+                            "This portal accepts keys without attestation (format \"none\") only.",
+                        ));
+                    }
+                };
+                let enrollment = Enrollment {
+                    device_id: device.device_id.clone(),
+                    user,
+                    credential_id: new_credential_id()?,
+                    public_key: request.user_public_key,
+                    backend,
+                    attestation_format,
+                    hardware_backed,
+                    enrolled_at: now,
+                    revoked_at: None,
+                    code: Some(code.compact().to_string()),
+                };
+                db.insert_enrollment(&enrollment)?;
+                mark_used(db, &record, &device.device_id, now)?;
+                Ok((enrollment, false))
+            })
+        })
+        .await
+    }
+
+    /// Revokes a user's credential on a device.
+    pub async fn revoke_user(&self, request: RevokeUserRequest) -> Result<(), Failure> {
+        let now = now_unix();
+        self.with_store(move |store| {
+            store.immediate(|db| {
+                let device = known_device(db, &request.device_id)?;
+                let skew = request.timestamp.abs_diff(now);
+                if skew > MAX_CLOCK_SKEW_SECS {
+                    return Err(Failure::new(
+                        Reason::InvalidArgument,
+                        format!(
+                            "the request's timestamp ({}) is {skew} s off the portal's clock; at most {MAX_CLOCK_SKEW_SECS} s are allowed",
+                            rfc3339(request.timestamp)
+                        ),
+                    )
+                    .with_hint("Check the device's clock (timedatectl) and try again."));
+                }
+                let message = binding::revocation_message(
+                    &request.device_id,
+                    &request.user,
+                    &request.credential_id,
+                    request.timestamp,
+                );
+                verify(
+                    &registered_key(&device)?,
+                    &message,
+                    &request.device_signature,
+                    "device signature",
+                )?;
+                if !db.revoke(&request.device_id, &request.user, &request.credential_id, now)? {
+                    return Err(Failure::new(
+                        Reason::UserUnknown,
+                        format!(
+                            "user {} has no active credential {} on device {}",
+                            request.user, request.credential_id, request.device_id
+                        ),
+                    ));
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+}
+
+fn internal(message: impl Into<String>) -> Failure {
+    let message = message.into();
+    tracing::error!(%message, "internal portal failure");
+    Failure::new(Reason::Internal, message)
+        .with_hint("Try again later; the portal's log says what failed.")
+}
+
+fn proto_kind(kind: CodeKind) -> fleetkey_proto::portal::CodeKind {
+    match kind {
+        CodeKind::Device => fleetkey_proto::portal::CodeKind::Device,
+        CodeKind::User => fleetkey_proto::portal::CodeKind::User,
+    }
+}
+
+fn parse_code(text: &str) -> Result<ActivationCode, Failure> {
+    ActivationCode::parse(text).map_err(Failure::from)
+}
+
+fn parse_public_key(der: &[u8], field: &str) -> Result<VerifyingKey, Failure> {
+    if der.is_empty() {
+        return Err(Failure::new(
+            Reason::InvalidArgument,
+            format!("{field} is empty; it must be a P-256 SubjectPublicKeyInfo (DER)"),
+        ));
+    }
+    VerifyingKey::from_public_key_der(der).map_err(|error| {
+        Failure::new(
+            Reason::InvalidArgument,
+            format!("{field} is not a P-256 SubjectPublicKeyInfo (DER): {error}"),
+        )
+    })
+}
+
+/// Checks an ECDSA P-256 DER signature over SHA-256 of `message`.
+fn verify(key: &VerifyingKey, message: &[u8], signature: &[u8], what: &str) -> Result<(), Failure> {
+    let signature = Signature::from_der(signature).map_err(|_| {
+        Failure::new(
+            Reason::SignatureInvalid,
+            format!("the {what} is not a DER-encoded ECDSA P-256 signature"),
+        )
+    })?;
+    key.verify_prehash(&binding::digest(message), &signature)
+        .map_err(|_| {
+            Failure::new(
+                Reason::SignatureInvalid,
+                format!("the {what} does not verify"),
+            )
+        })
+}
+
+fn check_name(value: &str, field: &str, may_be_empty: bool) -> Result<String, Failure> {
+    if value.is_empty() && !may_be_empty {
+        return Err(Failure::new(
+            Reason::InvalidArgument,
+            format!("{field} is empty"),
+        ));
+    }
+    if value.chars().count() > MAX_NAME_LEN || value.chars().any(char::is_control) {
+        return Err(Failure::new(
+            Reason::InvalidArgument,
+            format!("{field} must be at most {MAX_NAME_LEN} characters without control characters"),
+        ));
+    }
+    Ok(value.to_string())
+}
+
+fn lookup_code(db: &Db<'_>, code: &ActivationCode) -> Result<CodeRecord, Failure> {
+    db.code(code.compact())?.ok_or_else(|| {
+        Failure::new(
+            Reason::CodeUnknown,
+            format!("code {code} was not issued by this portal"),
+        )
+    })
+}
+
+/// Refuses a used or expired code.
+fn usable(record: &CodeRecord, now: i64) -> Result<(), Failure> {
+    let shown = shown_code(record);
+    match record.state(now) {
+        CodeState::Usable => Ok(()),
+        CodeState::Used { at, .. } => Err(Failure::new(
+            Reason::CodeAlreadyUsed,
+            format!("code {shown} was already used at {}", rfc3339(at)),
+        )),
+        CodeState::Expired { at } => Err(Failure::new(
+            Reason::CodeExpired,
+            format!("code {shown} expired at {}", rfc3339(at)),
+        )),
+    }
+}
+
+fn shown_code(record: &CodeRecord) -> String {
+    ActivationCode::parse(&record.code)
+        .map(|c| c.to_string())
+        .unwrap_or_else(|_| record.code.clone())
+}
+
+/// A code of the other kind than the RPC redeems.
+fn wrong_kind(code: &ActivationCode, record: &CodeRecord) -> Failure {
+    let message = match record.kind {
+        CodeKind::User => format!(
+            "code {code} is an add-user code{}, not a device activation code",
+            record
+                .user
+                .as_deref()
+                .map(|u| format!(" (for user {u})"))
+                .unwrap_or_default()
+        ),
+        CodeKind::Device => {
+            format!("code {code} is a device activation code, not an add-user code")
+        }
+    };
+    Failure::new(Reason::CodeWrongKind, message)
+}
+
+fn mark_used(db: &Db<'_>, record: &CodeRecord, device_id: &str, now: i64) -> Result<(), Failure> {
+    // The IMMEDIATE transaction holds the write lock since the code was
+    // read, so it cannot have been used in between.
+    if db.mark_code_used(&record.code, device_id, now)? {
+        Ok(())
+    } else {
+        Err(internal(format!(
+            "code {} changed while it was being redeemed",
+            shown_code(record)
+        )))
+    }
+}
+
+fn known_device(db: &Db<'_>, device_id: &str) -> Result<Device, Failure> {
+    if device_id.is_empty() {
+        return Err(Failure::new(
+            Reason::DeviceUnknown,
+            "the request names no device (device_id is empty)",
+        ));
+    }
+    db.device(device_id)?.ok_or_else(|| {
+        Failure::new(
+            Reason::DeviceUnknown,
+            format!("device {device_id} is not registered with this portal"),
+        )
+    })
+}
+
+fn registered_key(device: &Device) -> Result<VerifyingKey, Failure> {
+    VerifyingKey::from_public_key_der(&device.public_key).map_err(|_| {
+        internal(format!(
+            "device {}'s registered key cannot be read",
+            device.device_id
+        ))
+    })
+}
+
+/// Logs a refusal and turns it into a status.
+fn refused(rpc: &'static str, peer: Option<std::net::SocketAddr>, failure: Failure) -> Status {
+    tracing::info!(
+        rpc,
+        peer = ?peer,
+        reason = %failure.reason,
+        message = %failure.message,
+        "refused"
+    );
+    failure.to_status()
+}
+
+#[tonic::async_trait]
+impl Portal for PortalService {
+    async fn check_code(
+        &self,
+        request: Request<CheckCodeRequest>,
+    ) -> Result<Response<CheckCodeResponse>, Status> {
+        let peer = request.remote_addr();
+        match PortalService::check_code(self, request.into_inner()).await {
+            Ok(response) => {
+                tracing::info!(
+                    rpc = "CheckCode",
+                    peer = ?peer,
+                    kind = response.kind,
+                    user = %response.user,
+                    "code is usable"
+                );
+                Ok(Response::new(response))
+            }
+            Err(failure) => Err(refused("CheckCode", peer, failure)),
+        }
+    }
+
+    async fn register_device(
+        &self,
+        request: Request<RegisterDeviceRequest>,
+    ) -> Result<Response<RegisterDeviceResponse>, Status> {
+        let peer = request.remote_addr();
+        match PortalService::register_device(self, request.into_inner()).await {
+            Ok((device_id, retry)) => {
+                tracing::info!(
+                    rpc = "RegisterDevice",
+                    peer = ?peer,
+                    device_id = %device_id,
+                    retry,
+                    "device registered"
+                );
+                Ok(Response::new(RegisterDeviceResponse { device_id }))
+            }
+            Err(failure) => Err(refused("RegisterDevice", peer, failure)),
+        }
+    }
+
+    async fn enroll_user(
+        &self,
+        request: Request<EnrollUserRequest>,
+    ) -> Result<Response<EnrollUserResponse>, Status> {
+        let peer = request.remote_addr();
+        match PortalService::enroll_user(self, request.into_inner()).await {
+            Ok((enrollment, retry)) => {
+                tracing::info!(
+                    rpc = "EnrollUser",
+                    peer = ?peer,
+                    user = %enrollment.user,
+                    device_id = %enrollment.device_id,
+                    credential_id = %enrollment.credential_id,
+                    backend = %enrollment.backend,
+                    hardware_backed = enrollment.hardware_backed,
+                    retry,
+                    "user enrolled"
+                );
+                Ok(Response::new(EnrollUserResponse {
+                    user: enrollment.user,
+                    credential_id: enrollment.credential_id,
+                    enrolled_at: enrollment.enrolled_at,
+                    hardware_backed: enrollment.hardware_backed,
+                }))
+            }
+            Err(failure) => Err(refused("EnrollUser", peer, failure)),
+        }
+    }
+
+    async fn revoke_user(
+        &self,
+        request: Request<RevokeUserRequest>,
+    ) -> Result<Response<RevokeUserResponse>, Status> {
+        let peer = request.remote_addr();
+        let request = request.into_inner();
+        let (device_id, user, credential_id) = (
+            request.device_id.clone(),
+            request.user.clone(),
+            request.credential_id.clone(),
+        );
+        match PortalService::revoke_user(self, request).await {
+            Ok(()) => {
+                tracing::info!(
+                    rpc = "RevokeUser",
+                    peer = ?peer,
+                    user = %user,
+                    device_id = %device_id,
+                    credential_id = %credential_id,
+                    "credential revoked"
+                );
+                Ok(Response::new(RevokeUserResponse {}))
+            }
+            Err(failure) => Err(refused("RevokeUser", peer, failure)),
+        }
+    }
+}

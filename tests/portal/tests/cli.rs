@@ -1,0 +1,698 @@
+//! The `fleetkey-portal` binary: its stdout, exit statuses and files.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use fleetkey_portal::store::{CodeKind, Device, Enrollment, Store};
+use fleetkey_proto::time::now_unix;
+use fleetkey_proto::{ActivationCode, EnrollmentPayload};
+use p256::ecdsa::SigningKey;
+use p256::pkcs8::EncodePublicKey;
+use serde_json::Value;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+
+const BIN: &str = env!("CARGO_BIN_EXE_fleetkey-portal");
+
+fn portal(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("FLEETKEY_PORTAL_DB")
+        .env_remove("FLEETKEY_PORTAL_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8(output.stderr.clone()).unwrap()
+}
+
+#[track_caller]
+fn assert_ok(output: &Output) {
+    assert!(
+        output.status.success(),
+        "status {:?}\nstdout: {}\nstderr: {}",
+        output.status,
+        stdout(output),
+        stderr(output)
+    );
+}
+
+/// Exit status 1 with an `error: ...` line on stderr and nothing on stdout.
+#[track_caller]
+fn assert_error(output: &Output, needle: &str) {
+    assert_eq!(output.status.code(), Some(1), "stderr: {}", stderr(output));
+    let err = stderr(output);
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    assert!(output.stdout.is_empty(), "stdout: {}", stdout(output));
+}
+
+fn db_in(dir: &tempfile::TempDir) -> String {
+    dir.path().join("portal.db").to_str().unwrap().to_string()
+}
+
+fn issue_json(args: &[&str]) -> Value {
+    let output = portal(&[&["code", "issue", "--json"], args].concat());
+    assert_ok(&output);
+    serde_json::from_str(&stdout(&output)).unwrap()
+}
+
+#[test]
+fn code_issue_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = db_in(&dir);
+    let before = now_unix();
+    let json = issue_json(&[
+        "--db",
+        &db,
+        "--kind",
+        "user",
+        "--user",
+        "alice smith",
+        "--ttl",
+        "120",
+        "--portal-url",
+        "https://portal.example:8443/fleet",
+    ]);
+    let code = ActivationCode::parse(json["code"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        json["code"].as_str().unwrap(),
+        code.to_string(),
+        "grouped form"
+    );
+    let payload = EnrollmentPayload::parse_uri(json["uri"].as_str().unwrap()).unwrap();
+    assert_eq!(payload.code, code);
+    assert_eq!(payload.portal_url, "https://portal.example:8443/fleet");
+    assert_eq!(payload.user_hint.as_deref(), Some("alice smith"));
+    let expires_at = payload.expires_at.unwrap();
+    assert!((before + 120..=now_unix() + 120).contains(&expires_at));
+    assert_eq!(
+        json["expires_at"].as_str().unwrap(),
+        fleetkey_proto::time::rfc3339(expires_at)
+    );
+    assert_eq!(json["kind"], "user");
+    assert_eq!(json["user"], "alice smith");
+
+    // The code is in the database, unused, bound to the user.
+    let store = Store::open(Path::new(&db)).unwrap();
+    let record = store.db().code(code.compact()).unwrap().unwrap();
+    assert_eq!(record.kind, CodeKind::User);
+    assert_eq!(record.user.as_deref(), Some("alice smith"));
+    assert_eq!(record.expires_at, expires_at);
+    assert!(record.used_at.is_none());
+
+    // A device code needs no user.
+    let json = issue_json(&[
+        "--db",
+        &db,
+        "--kind",
+        "device",
+        "--portal-url",
+        "http://127.0.0.1:1",
+    ]);
+    assert_eq!(json["kind"], "device");
+    assert!(json["user"].is_null());
+    let payload = EnrollmentPayload::parse_uri(json["uri"].as_str().unwrap()).unwrap();
+    assert_eq!(payload.user_hint, None);
+}
+
+#[test]
+fn code_issue_human_output_has_qr_and_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = db_in(&dir);
+    let output = portal(&[
+        "code",
+        "issue",
+        "--db",
+        &db,
+        "--kind",
+        "device",
+        "--portal-url",
+        "http://127.0.0.1:7000",
+    ]);
+    assert_ok(&output);
+    let text = stdout(&output);
+    assert!(
+        text.contains('\u{2580}') || text.contains('\u{2584}'),
+        "{text}"
+    );
+    assert!(!text.contains('\x1b'), "no colours when not on a terminal");
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {name} line in {text}"))
+            .to_string()
+    };
+    let code = ActivationCode::parse(&field("Code:")).unwrap();
+    let payload = EnrollmentPayload::parse_uri(&field("URI:")).unwrap();
+    assert_eq!(payload.code, code);
+    assert!(field("Expires:").contains("(in 10 min)"), "default TTL");
+}
+
+#[test]
+fn code_issue_writes_a_png() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = db_in(&dir);
+    let png_path = dir.path().join("code.png");
+    let json = issue_json(&[
+        "--db",
+        &db,
+        "--kind",
+        "device",
+        "--portal-url",
+        "http://127.0.0.1:7000",
+        "--qr-png",
+        png_path.to_str().unwrap(),
+    ]);
+    assert!(
+        json["uri"]
+            .as_str()
+            .unwrap()
+            .starts_with("fleetkey://enroll?")
+    );
+    let bytes = std::fs::read(&png_path).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    let mut reader = decoder.read_info().unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut pixels).unwrap();
+    assert_eq!(info.width, info.height);
+    assert_eq!(info.width % 8, 0, "8 pixels per module");
+    // At least version 1 (21 modules) plus the 4-module quiet zone.
+    assert!(info.width >= (21 + 8) * 8);
+    assert_eq!(info.color_type, png::ColorType::Grayscale);
+    // White quiet zone, black finder pattern corner.
+    assert_eq!(pixels[0], 255);
+    let corner = 4 * 8;
+    assert_eq!(pixels[corner * info.width as usize + corner], 0);
+
+    // An unwritable path fails the command.
+    let output = portal(&[
+        "code",
+        "issue",
+        "--db",
+        &db,
+        "--kind",
+        "device",
+        "--portal-url",
+        "http://127.0.0.1:7000",
+        "--qr-png",
+        dir.path().join("missing/dir/code.png").to_str().unwrap(),
+    ]);
+    assert_error(&output, "cannot write");
+}
+
+#[test]
+fn code_issue_refuses_bad_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = db_in(&dir);
+    let url = "http://127.0.0.1:7000";
+    let output = portal(&[
+        "code",
+        "issue",
+        "--db",
+        &db,
+        "--kind",
+        "user",
+        "--portal-url",
+        url,
+    ]);
+    assert_error(&output, "--user");
+    let output = portal(&[
+        "code",
+        "issue",
+        "--db",
+        &db,
+        "--kind",
+        "user",
+        "--user",
+        "",
+        "--portal-url",
+        url,
+    ]);
+    assert_error(&output, "--user");
+    // No URL known: neither --portal-url nor a `serve` before.
+    let output = portal(&["code", "issue", "--db", &db, "--kind", "device"]);
+    assert_error(&output, "no portal URL known");
+    let output = portal(&[
+        "code",
+        "issue",
+        "--db",
+        &db,
+        "--kind",
+        "device",
+        "--portal-url",
+        "ftp://x",
+    ]);
+    assert_error(&output, "--portal-url");
+    // Usage errors from the parser: exit status 2.
+    let output = portal(&["code", "issue", "--db", &db, "--kind", "admin"]);
+    assert_eq!(output.status.code(), Some(2));
+    let output = portal(&[
+        "code",
+        "issue",
+        "--db",
+        &db,
+        "--kind",
+        "device",
+        "--ttl",
+        "0",
+        "--portal-url",
+        url,
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn help_explains_the_commands() {
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["code", "issue", "--help"],
+        &["user", "show", "--help"],
+        &["user", "list", "--help"],
+        &["device", "list", "--help"],
+    ] {
+        let output = portal(args);
+        assert_ok(&output);
+        assert!(stdout(&output).contains("Usage:"), "{args:?}");
+    }
+    let text = stdout(&portal(&["serve", "--help"]));
+    assert!(
+        text.contains("loopback") && text.contains("--tls-cert"),
+        "{text}"
+    );
+}
+
+/// A running `serve`, killed (SIGKILL) if a test fails before stopping it.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .args(args)
+            .env_remove("FLEETKEY_PORTAL_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        if line.is_empty() {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            panic!("serve printed no URL: {err}");
+        }
+        Self {
+            child,
+            url: line.trim_end().to_string(),
+        }
+    }
+
+    /// Sends SIGTERM and waits (at most 20 s) for the exit status.
+    fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        (status, err)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+// Multi-threaded, so that the client's connection task closes its
+// connection while the test thread waits for the server to exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_prints_its_url_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = db_in(&dir);
+    let server = Server::start(&["--listen", "127.0.0.1:0", "--db", &db]);
+    let port: u16 = server
+        .url
+        .strip_prefix("http://127.0.0.1:")
+        .unwrap_or_else(|| panic!("unexpected URL {}", server.url))
+        .parse()
+        .unwrap();
+    assert_ne!(port, 0);
+
+    // `code issue` takes the URL serve recorded.
+    let json = issue_json(&["--db", &db, "--kind", "device"]);
+    let payload = EnrollmentPayload::parse_uri(json["uri"].as_str().unwrap()).unwrap();
+    assert_eq!(payload.portal_url, server.url);
+
+    // And the server answers at that URL.
+    let mut client =
+        fleetkey_proto::portal::portal_client::PortalClient::connect(server.url.clone())
+            .await
+            .unwrap();
+    let checked = client
+        .check_code(fleetkey_proto::portal::CheckCodeRequest {
+            code: payload.code.compact().into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        checked.kind,
+        fleetkey_proto::portal::CodeKind::Device as i32
+    );
+    drop(client);
+
+    let (status, log) = server.terminate();
+    assert!(status.success(), "{status:?}: {log}");
+    assert!(log.contains("SIGTERM"), "{log}");
+    assert!(log.contains("CheckCode"), "RPC outcomes are logged: {log}");
+}
+
+#[test]
+fn serve_advertises_the_public_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = db_in(&dir);
+    let server = Server::start(&[
+        "--listen",
+        "localhost:0",
+        "--db",
+        &db,
+        "--public-url",
+        "https://portal.example/fleet",
+    ]);
+    assert_eq!(server.url, "https://portal.example/fleet");
+    let json = issue_json(&["--db", &db, "--kind", "device"]);
+    let payload = EnrollmentPayload::parse_uri(json["uri"].as_str().unwrap()).unwrap();
+    assert_eq!(payload.portal_url, "https://portal.example/fleet");
+    let (status, _) = server.terminate();
+    assert!(status.success());
+}
+
+#[test]
+fn serve_refuses_plaintext_on_a_public_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = db_in(&dir);
+    for listen in ["0.0.0.0:0", "[::]:0", "192.0.2.1:7000"] {
+        let output = portal(&["serve", "--listen", listen, "--db", &db]);
+        assert_error(&output, "not a loopback address");
+    }
+    assert!(!Path::new(&db).exists(), "nothing was created");
+    let output = portal(&["serve", "--listen", "nonsense", "--db", &db]);
+    assert_error(&output, "--listen");
+    let output = portal(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--db",
+        &db,
+        "--public-url",
+        "portal.example",
+    ]);
+    assert_error(&output, "--public-url");
+    // --tls-cert without --tls-key is a usage error.
+    let output = portal(&[
+        "serve",
+        "--listen",
+        "0.0.0.0:0",
+        "--db",
+        &db,
+        "--tls-cert",
+        "cert.pem",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+}
+
+fn openssl_cert(dir: &Path) -> Option<(PathBuf, PathBuf)> {
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    made.then_some((cert, key))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = db_in(&dir);
+    let Some((cert, key)) = openssl_cert(dir.path()) else {
+        eprintln!("openssl is not available: skipping the TLS serve test");
+        return;
+    };
+    let server = Server::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--db",
+        &db,
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(
+        server.url.starts_with("https://127.0.0.1:"),
+        "{}",
+        server.url
+    );
+
+    // A client that trusts the certificate gets an answer over TLS.
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(&cert).unwrap()))
+        .domain_name("localhost");
+    let channel = Channel::from_shared(server.url.clone())
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = fleetkey_proto::portal::portal_client::PortalClient::new(channel);
+    let status = client
+        .check_code(fleetkey_proto::portal::CheckCodeRequest {
+            code: ActivationCode::generate().unwrap().compact().into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        fleetkey_proto::Failure::from_status(&status).reason,
+        fleetkey_proto::Reason::CodeUnknown
+    );
+    drop(client);
+
+    let (status, log) = server.terminate();
+    assert!(status.success(), "{log}");
+
+    // A key that is not a key is refused before anything listens.
+    let bad = dir.path().join("bad.pem");
+    std::fs::write(&bad, "not a key").unwrap();
+    let output = portal(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--db",
+        &db,
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        bad.to_str().unwrap(),
+    ]);
+    assert_error(&output, "TLS");
+}
+
+fn new_key() -> SigningKey {
+    loop {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).unwrap();
+        if let Ok(key) = SigningKey::from_slice(&bytes) {
+            return key;
+        }
+    }
+}
+
+fn enrollment(device_id: &str, user: &str, key: &SigningKey, n: u32) -> Enrollment {
+    Enrollment {
+        device_id: device_id.into(),
+        user: user.into(),
+        credential_id: format!("cred-{n}"),
+        public_key: key
+            .verifying_key()
+            .to_public_key_der()
+            .unwrap()
+            .as_bytes()
+            .to_vec(),
+        backend: "soft".into(),
+        attestation_format: "none".into(),
+        hardware_backed: false,
+        enrolled_at: 1_795_918_359,
+        revoked_at: None,
+        code: None,
+    }
+}
+
+#[test]
+fn users_and_devices_are_listed_and_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = db_in(&dir);
+    let alice_key = new_key();
+    {
+        let store = Store::open(Path::new(&db)).unwrap();
+        let db = store.db();
+        for (id, name) in [("dev-a", "front desk"), ("dev-b", "back office")] {
+            db.insert_device(&Device {
+                device_id: id.into(),
+                public_key: vec![0],
+                name: name.into(),
+                registered_at: 1_795_918_000,
+            })
+            .unwrap();
+        }
+        db.insert_enrollment(&enrollment("dev-a", "alice", &alice_key, 1))
+            .unwrap();
+        db.insert_enrollment(&enrollment("dev-a", "bob", &new_key(), 2))
+            .unwrap();
+        db.insert_enrollment(&enrollment("dev-b", "bob", &new_key(), 3))
+            .unwrap();
+    }
+
+    let output = portal(&["user", "show", "--db", &db, "alice", "--json"]);
+    assert_ok(&output);
+    let json: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(json["user"], "alice");
+    assert_eq!(json["device_id"], "dev-a");
+    assert_eq!(json["credential_id"], "cred-1");
+    assert_eq!(json["backend"], "soft");
+    assert_eq!(json["attestation_format"], "none");
+    assert_eq!(json["hardware_backed"], false);
+    assert_eq!(json["enrolled_at"], "2026-11-29T02:12:39Z");
+    let pem = json["public_key_pem"].as_str().unwrap();
+    assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----\n"), "{pem}");
+    assert_eq!(
+        pem,
+        alice_key
+            .verifying_key()
+            .to_public_key_pem(p256::pkcs8::LineEnding::LF)
+            .unwrap()
+    );
+
+    let output = portal(&["user", "show", "--db", &db, "alice"]);
+    assert_ok(&output);
+    let text = stdout(&output);
+    assert!(
+        text.contains("Credential:") && text.contains("cred-1"),
+        "{text}"
+    );
+    assert!(text.contains("BEGIN PUBLIC KEY"), "{text}");
+
+    // bob is on two devices.
+    let output = portal(&["user", "show", "--db", &db, "bob"]);
+    assert_error(&output, "dev-a, dev-b");
+    let output = portal(&[
+        "user", "show", "--db", &db, "bob", "--device", "dev-b", "--json",
+    ]);
+    assert_ok(&output);
+    let json: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(json["credential_id"], "cred-3");
+
+    let output = portal(&["user", "show", "--db", &db, "carol"]);
+    assert_error(&output, "carol");
+    let output = portal(&["user", "show", "--db", &db, "alice", "--device", "dev-b"]);
+    assert_error(&output, "dev-b");
+
+    let output = portal(&["user", "list", "--db", &db, "--json"]);
+    assert_ok(&output);
+    let json: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let users: Vec<(&str, &str)> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["user"].as_str().unwrap(),
+                e["device_id"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        users,
+        [("alice", "dev-a"), ("bob", "dev-a"), ("bob", "dev-b")]
+    );
+    let output = portal(&["user", "list", "--db", &db]);
+    assert_ok(&output);
+    assert_eq!(stdout(&output).lines().count(), 4, "header and three rows");
+
+    let output = portal(&["device", "list", "--db", &db, "--json"]);
+    assert_ok(&output);
+    let json: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(json[0]["device_id"], "dev-a");
+    assert_eq!(json[0]["name"], "front desk");
+    assert_eq!(json[0]["active_users"], 2);
+    assert_eq!(json[1]["active_users"], 1);
+    assert!(json[0]["registered_at"].as_str().unwrap().ends_with('Z'));
+    let output = portal(&["device", "list", "--db", &db]);
+    assert_ok(&output);
+    assert!(stdout(&output).contains("back office"));
+}
+
+#[test]
+fn reading_commands_need_an_existing_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = db_in(&dir);
+    let output = portal(&["user", "list", "--db", &db]);
+    assert_error(&output, "no portal database");
+    assert!(!Path::new(&db).exists());
+}
