@@ -39,4 +39,12 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 echo "== build binaries"
 cargo build --workspace --bins
 echo "== tests"
-cargo test --workspace --all-features
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --all-features 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole suite (cargo prints one per test binary).
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "\ntests: %d passed, %d failed\n", passed, failed }' "$log"
+exit "$status"

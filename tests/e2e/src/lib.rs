@@ -59,7 +59,7 @@ pub fn is_root() -> bool {
 
 /// A running `fleetkey-portal serve`.
 pub struct Portal {
-    child: Child,
+    child: Option<Child>,
     pub url: String,
     pub db: PathBuf,
     _dir: TempDir,
@@ -76,9 +76,19 @@ impl Portal {
     pub fn start() -> Portal {
         let dir = open_tempdir();
         let db = dir.path().join("portal.db");
+        let (child, url) = Self::spawn(&db, "127.0.0.1:0");
+        Portal {
+            child: Some(child),
+            url,
+            db,
+            _dir: dir,
+        }
+    }
+
+    fn spawn(db: &Path, listen: &str) -> (Child, String) {
         let mut child = Command::new(bin("fleetkey-portal"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--db"])
-            .arg(&db)
+            .args(["serve", "--listen", listen, "--db"])
+            .arg(db)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -93,12 +103,24 @@ impl Portal {
             url.starts_with("http://127.0.0.1:"),
             "portal printed {url:?}"
         );
-        Portal {
-            child,
-            url,
-            db,
-            _dir: dir,
+        (child, url)
+    }
+
+    /// Stops the portal process; its database stays.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
+    }
+
+    /// Starts it again on the same address and database.
+    pub fn start_again(&mut self) {
+        self.stop();
+        let listen = self.url.trim_start_matches("http://").to_string();
+        let (child, url) = Self::spawn(&self.db, &listen);
+        assert_eq!(url, self.url);
+        self.child = Some(child);
     }
 
     /// Runs a `fleetkey-portal` subcommand on this portal's database.
@@ -149,8 +171,7 @@ impl Portal {
 
 impl Drop for Portal {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 

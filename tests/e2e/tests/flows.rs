@@ -654,3 +654,79 @@ fn bad_config_is_a_clear_startup_error() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("max_atempts"), "{stderr}");
 }
+
+#[test]
+fn portal_outage_and_portal_refusal_leave_nothing_behind() {
+    let mut portal = Portal::start();
+    let daemon = Daemon::start_default();
+    daemon.activate(&portal);
+    // PINs from files made on Windows end in CRLF; only the line end goes.
+    let code = portal.user_code("alice");
+    daemon
+        .ctl_with_stdin(
+            &["--json", "user", "add", &code.uri, "--pin-stdin"],
+            Some("1234\r\n"),
+        )
+        .assert_ok();
+    daemon
+        .ctl_with_stdin(
+            &[
+                "sign",
+                "--user",
+                "alice",
+                "--in",
+                "/etc/hostname",
+                "--pin-stdin",
+            ],
+            Some("1234\n"),
+        )
+        .assert_ok();
+
+    // The portal is down: removal still deletes the local key, and says the
+    // portal was not told.
+    let pending = portal.user_code("bob");
+    portal.stop();
+    let removed = daemon.ctl(&["--json", "user", "remove", "alice"]);
+    removed.assert_ok();
+    let json = removed.json();
+    assert_eq!(json["revoked_at_portal"], false);
+    assert!(
+        json["portal_message"].as_str().unwrap().contains("portal"),
+        "{removed:?}"
+    );
+    daemon
+        .ctl_with_stdin(
+            &["--json", "user", "add", &pending.uri, "--pin-stdin"],
+            Some("1234\n"),
+        )
+        .assert_reason(Reason::PortalUnreachable);
+    let keys = daemon.state_dir().join("soft-keys");
+    assert_eq!(std::fs::read_dir(&keys).unwrap().count(), 0);
+
+    // Back up: the portal still has alice (it was never told), so it
+    // refuses her new enrollment after the key was made; the daemon rolls
+    // back the record and the key.
+    portal.start_again();
+    let again = portal.user_code("alice");
+    daemon
+        .ctl_with_stdin(
+            &["--json", "user", "add", &again.uri, "--pin-stdin"],
+            Some("1234\n"),
+        )
+        .assert_reason(Reason::AlreadyEnrolled);
+    assert_eq!(
+        std::fs::read_dir(&keys).unwrap().count(),
+        0,
+        "key left behind"
+    );
+    daemon
+        .ctl(&["--json", "user", "show", "alice"])
+        .assert_reason(Reason::UserUnknown);
+    // The code that waited through the outage still works.
+    daemon
+        .ctl_with_stdin(
+            &["--json", "user", "add", &pending.uri, "--pin-stdin"],
+            Some("1234\n"),
+        )
+        .assert_ok();
+}

@@ -1,0 +1,126 @@
+//! `fleetkeyctl activate CODE|URI`: registers this device with a portal.
+
+use fleetkey_proto::daemon::{ActivateRequest, ActivateResponse};
+use fleetkey_proto::{EnrollmentInput, Failure};
+use serde::Serialize;
+
+use super::Context;
+use crate::output;
+
+/// Activate this device with a device activation code or enrollment URI
+#[derive(Debug, clap::Args)]
+#[command(
+    long_about = "\
+Activates this device with the portal that issued the device activation \
+code: the device gets its device ID and from then on users can be added. \
+The code is the one printed under the portal's QR code (any case, with or \
+without hyphens and spaces; I and L read as 1, O as 0), or the QR code's \
+fleetkey://enroll?... URI. A mistyped code is caught before anything is \
+contacted. A bare code goes to the daemon's configured default portal. \
+Admins only.",
+    after_long_help = "\
+Examples:
+  fleetkeyctl activate K7QF-9XWM-2HPD-TR4Q
+  fleetkeyctl activate 'fleetkey://enroll?v=1&c=K7QF-9XWM-2HPD-TR4Q&p=https%3A%2F%2Fportal.example.com'"
+)]
+pub struct Activate {
+    /// The device activation code, or a fleetkey://enroll URI
+    #[arg(value_name = "CODE|URI")]
+    pub code: String,
+}
+
+impl Activate {
+    pub async fn run(&self, ctx: &Context) -> Result<(), Failure> {
+        let code = checked_enrollment_input(&self.code)?;
+        let mut client = ctx.client().await?;
+        let response = client
+            .activate(ActivateRequest { code })
+            .await
+            .map_err(|s| ctx.rpc_failure(s))?
+            .into_inner();
+        if ctx.json {
+            output::json(&activate_json(&response))
+        } else {
+            output::data(&activate_text(&response))
+        }
+    }
+}
+
+/// Checks a code or URI locally (a typo is caught without contacting
+/// anything) and returns the trimmed text to send: the daemon parses it
+/// again.
+pub fn checked_enrollment_input(input: &str) -> Result<String, Failure> {
+    EnrollmentInput::parse(input).map_err(Failure::from)?;
+    Ok(input.trim().to_string())
+}
+
+/// `activate --json`.
+#[derive(Debug, Serialize)]
+pub struct ActivateJson {
+    pub device_id: String,
+    pub portal_url: String,
+}
+
+pub fn activate_json(response: &ActivateResponse) -> ActivateJson {
+    ActivateJson {
+        device_id: response.device_id.clone(),
+        portal_url: response.portal_url.clone(),
+    }
+}
+
+pub fn activate_text(response: &ActivateResponse) -> String {
+    format!(
+        "Device activated: {} ({})",
+        response.device_id, response.portal_url
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleetkey_proto::{ActivationCode, Reason};
+    use serde_json::json;
+
+    #[test]
+    fn json_and_text() {
+        let response = ActivateResponse {
+            device_id: "dev-42".into(),
+            portal_url: "https://portal.example.com".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(activate_json(&response)).unwrap(),
+            json!({"device_id": "dev-42", "portal_url": "https://portal.example.com"})
+        );
+        assert_eq!(
+            activate_text(&response),
+            "Device activated: dev-42 (https://portal.example.com)"
+        );
+    }
+
+    #[test]
+    fn local_validation() {
+        let code = ActivationCode::from_body(*b"K7QF9XWM2HPDTR4");
+        let typed = format!("  {}\n", code.to_string().to_lowercase());
+        assert_eq!(
+            checked_enrollment_input(&typed).unwrap(),
+            code.to_string().to_lowercase()
+        );
+
+        let mut mistyped = code.compact().to_string();
+        let last = if mistyped.ends_with('0') { "1" } else { "0" };
+        mistyped.replace_range(15..16, last);
+        let failure = checked_enrollment_input(&mistyped).unwrap_err();
+        assert_eq!(failure.reason, Reason::CodeMistyped);
+        assert_eq!(failure.reason.exit_code(), 11);
+
+        let failure = checked_enrollment_input("ABC").unwrap_err();
+        assert_eq!(failure.reason, Reason::CodeMalformed);
+
+        let failure = checked_enrollment_input("fleetkey://pair?v=1").unwrap_err();
+        assert_eq!(failure.reason, Reason::PayloadInvalid);
+
+        let uri = format!("fleetkey://enroll?v=9&c={code}&p=https://x");
+        let failure = checked_enrollment_input(&uri).unwrap_err();
+        assert_eq!(failure.reason, Reason::PayloadVersion);
+    }
+}

@@ -1,0 +1,78 @@
+//! One file per subcommand, each a clap `Args` struct with a `run` method
+//! and pure functions shaping its output (tested without a daemon).
+
+pub mod activate;
+pub mod sign;
+pub mod status;
+pub mod user;
+pub mod user_add;
+pub mod user_list;
+pub mod user_pin_change;
+pub mod user_remove;
+pub mod user_show;
+
+use std::path::PathBuf;
+
+use fleetkey_proto::Failure;
+
+use crate::connection::{self, Client};
+
+/// What every subcommand gets: where the daemon is and how to print.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub socket: PathBuf,
+    pub json: bool,
+}
+
+impl Context {
+    /// Connects to the daemon (DAEMON_UNREACHABLE when it is not there).
+    pub async fn client(&self) -> Result<Client, Failure> {
+        connection::connect(&self.socket).await
+    }
+
+    /// The failure carried by an RPC's status.
+    pub fn rpc_failure(&self, status: tonic::Status) -> Failure {
+        connection::rpc_failure(&self.socket, &status)
+    }
+}
+
+/// fleetkeyctl's commands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Subcommand {
+    Status(status::Status),
+    Activate(activate::Activate),
+    /// Enroll, list, show and remove users; change a user's PIN
+    #[command(subcommand)]
+    User(user::UserCommand),
+    Sign(sign::Sign),
+}
+
+impl Subcommand {
+    /// Runs the command against the daemon.
+    pub async fn run(&self, ctx: &Context) -> Result<(), Failure> {
+        match self {
+            Subcommand::Status(cmd) => cmd.run(ctx).await,
+            Subcommand::Activate(cmd) => cmd.run(ctx).await,
+            Subcommand::User(cmd) => cmd.run(ctx).await,
+            Subcommand::Sign(cmd) => cmd.run(ctx).await,
+        }
+    }
+
+    /// The top-level command name, as typed.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Subcommand::Status(_) => "status",
+            Subcommand::Activate(_) => "activate",
+            Subcommand::User(_) => "user",
+            Subcommand::Sign(_) => "sign",
+        }
+    }
+
+    /// A usage error clap's declarations cannot catch, if any.
+    pub fn usage_problem(&self) -> Option<String> {
+        match self {
+            Subcommand::Sign(cmd) => cmd.usage_problem(),
+            _ => None,
+        }
+    }
+}
