@@ -1,6 +1,9 @@
 //! The CLI contract without a daemon: local validation, usage errors, an
 //! absent daemon, and the shape of errors in both output modes.
 
+// Test code: a failed step should stop the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 

@@ -98,8 +98,7 @@ impl Engine {
     /// user record names. Runs before the daemon serves.
     pub async fn recover(&self) -> Result<Recovery, Failure> {
         let mut recovery = Recovery::default();
-        let state = self.state.clone();
-        let users = blocking(move || state.users()).await??;
+        let users = self.state.users()?;
         for user in users.iter().filter(|u| u.state == UserState::Pending) {
             let backend = match self.backends.get(&user.backend) {
                 Ok(backend) => backend,
@@ -157,10 +156,8 @@ impl Engine {
     }
 
     pub async fn status(&self) -> Result<daemon::Status, Failure> {
-        let state = self.state.clone();
-        let (device, user_count) =
-            blocking(move || Ok::<_, StateError>((state.device()?, state.active_user_count()?)))
-                .await??;
+        let device = self.state.device()?;
+        let user_count = self.state.active_user_count()?;
         Ok(daemon::Status {
             version: env!("CARGO_PKG_VERSION").into(),
             activated: device.is_some(),
@@ -190,7 +187,7 @@ impl Engine {
     pub async fn activate(&self, input: &str) -> Result<daemon::ActivateResponse, Failure> {
         let input = EnrollmentInput::parse(input)?;
         let _guard = self.enroll_lock.lock().await;
-        if let Some(device) = self.device().await? {
+        if let Some(device) = self.device()? {
             return Err(Failure::new(
                 Reason::AlreadyActivated,
                 format!(
@@ -265,7 +262,7 @@ impl Engine {
             backend
         };
         let _guard = self.enroll_lock.lock().await;
-        let device = self.require_device().await?;
+        let device = self.require_device()?;
         if let Some(url) = input.portal_url()
             && !same_url(url, &device.portal_url)
         {
@@ -297,7 +294,7 @@ impl Engine {
             ));
         }
         let name = validate_user_name(&checked.user)?;
-        if self.user_record(&name).await?.is_some() {
+        if self.user_record(&name)?.is_some() {
             return Err(already_enrolled(&name));
         }
 
@@ -401,8 +398,7 @@ impl Engine {
     }
 
     pub async fn list_users(&self) -> Result<Vec<daemon::User>, Failure> {
-        let state = self.state.clone();
-        let users = blocking(move || state.users()).await??;
+        let users = self.state.users()?;
         users
             .iter()
             .filter(|u| u.state == UserState::Active)
@@ -411,7 +407,7 @@ impl Engine {
     }
 
     pub async fn get_user(&self, name: &str) -> Result<daemon::User, Failure> {
-        let user = self.require_user(name).await?;
+        let user = self.require_user(name)?;
         user_message(&user, &self.pin_policy)
     }
 
@@ -420,8 +416,8 @@ impl Engine {
     /// orphaned key that the next start deletes.
     pub async fn remove_user(&self, name: &str) -> Result<daemon::RemoveUserResponse, Failure> {
         let _guard = self.enroll_lock.lock().await;
-        let user = self.require_user(name).await?;
-        let device = self.require_device().await?;
+        let user = self.require_user(name)?;
+        let device = self.require_device()?;
         let revoked = self.revoke(&device, &user).await;
         let backend = self.backends.get(&user.backend);
         let state = self.state.clone();
@@ -480,7 +476,7 @@ impl Engine {
         })?;
         let lock = self.user_lock(name)?;
         let _guard = lock.lock().await;
-        let user = self.require_user(name).await?;
+        let user = self.require_user(name)?;
         self.refuse_if_locked(&user)?;
         let backend = self.backends.get(&user.backend)?;
         let store = backend.store.clone();
@@ -497,7 +493,7 @@ impl Engine {
     pub async fn change_pin(&self, name: &str, old_pin: Pin, new_pin: Pin) -> Result<(), Failure> {
         let lock = self.user_lock(name)?;
         let _guard = lock.lock().await;
-        let user = self.require_user(name).await?;
+        let user = self.require_user(name)?;
         self.refuse_if_locked(&user)?;
         let backend = self.backends.get(&user.backend)?;
         pin_policy::check(
@@ -596,13 +592,12 @@ impl Engine {
         Ok(locks.entry(name.to_string()).or_default().clone())
     }
 
-    async fn device(&self) -> Result<Option<DeviceRecord>, Failure> {
-        let state = self.state.clone();
-        Ok(blocking(move || state.device()).await??)
+    fn device(&self) -> Result<Option<DeviceRecord>, Failure> {
+        Ok(self.state.device()?)
     }
 
-    async fn require_device(&self) -> Result<DeviceRecord, Failure> {
-        self.device().await?.ok_or_else(|| {
+    fn require_device(&self) -> Result<DeviceRecord, Failure> {
+        self.device()?.ok_or_else(|| {
             Failure::new(
                 Reason::DeviceNotActivated,
                 "this device has not been activated yet",
@@ -610,14 +605,12 @@ impl Engine {
         })
     }
 
-    async fn user_record(&self, name: &str) -> Result<Option<UserRecord>, Failure> {
-        let state = self.state.clone();
-        let name = name.to_string();
-        Ok(blocking(move || state.user(&name)).await??)
+    fn user_record(&self, name: &str) -> Result<Option<UserRecord>, Failure> {
+        Ok(self.state.user(name)?)
     }
 
-    async fn require_user(&self, name: &str) -> Result<UserRecord, Failure> {
-        match self.user_record(name).await? {
+    fn require_user(&self, name: &str) -> Result<UserRecord, Failure> {
+        match self.user_record(name)? {
             Some(user) if user.state == UserState::Active => Ok(user),
             _ => Err(Failure::new(
                 Reason::UserUnknown,

@@ -2,9 +2,14 @@
 //! PIN counters. WAL with synchronous commits, so whatever the daemon
 //! acknowledged survives a crash or power cut. The schema carries a
 //! version; a database from a newer fleetkeyd is refused, not guessed at.
+//!
+//! Reads are served from an in-memory copy, written through: each change
+//! is committed to SQLite first and applied to the copy only once durable,
+//! so signing reads no disk and the copy never runs ahead of the disk.
 
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use zeroize::Zeroizing;
@@ -70,6 +75,13 @@ pub struct UserRecord {
 /// daemon makes them from blocking threads where it matters.
 pub struct StateStore {
     conn: Mutex<Connection>,
+    cache: RwLock<Cache>,
+}
+
+#[derive(Default)]
+struct Cache {
+    device: Option<DeviceRecord>,
+    users: BTreeMap<String, UserRecord>,
 }
 
 impl StateStore {
@@ -112,8 +124,16 @@ impl StateStore {
                  COMMIT;",
             )?;
         }
+        let cache = Cache {
+            device: load_device(&conn)?,
+            users: load_users(&conn)?
+                .into_iter()
+                .map(|u| (u.name.clone(), u))
+                .collect(),
+        };
         Ok(Self {
             conn: Mutex::new(conn),
+            cache: RwLock::new(cache),
         })
     }
 
@@ -121,28 +141,36 @@ impl StateStore {
         self.conn.lock().map_err(|_| StateError::Poisoned)
     }
 
+    fn read(&self) -> Result<RwLockReadGuard<'_, Cache>, StateError> {
+        self.cache.read().map_err(|_| StateError::Poisoned)
+    }
+
+    /// Applies a change to the in-memory copy, after SQLite committed it.
+    fn apply(&self, change: impl FnOnce(&mut Cache)) -> Result<(), StateError> {
+        let mut cache = self.cache.write().map_err(|_| StateError::Poisoned)?;
+        change(&mut cache);
+        Ok(())
+    }
+
+    /// Applies a change to one user in the in-memory copy.
+    fn apply_user(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut UserRecord),
+    ) -> Result<(), StateError> {
+        self.apply(|cache| {
+            if let Some(user) = cache.users.get_mut(name) {
+                change(user);
+            }
+        })
+    }
+
     pub fn device(&self) -> Result<Option<DeviceRecord>, StateError> {
-        let conn = self.conn()?;
-        Ok(conn
-            .query_row(
-                "SELECT device_id, portal_url, key_secret, public_key, activated_at FROM device WHERE id = 1",
-                [],
-                |r| {
-                    Ok(DeviceRecord {
-                        device_id: r.get(0)?,
-                        portal_url: r.get(1)?,
-                        key_secret: Zeroizing::new(r.get(2)?),
-                        public_key_der: r.get(3)?,
-                        activated_at: r.get(4)?,
-                    })
-                },
-            )
-            .optional()?)
+        Ok(self.read()?.device.clone())
     }
 
     pub fn set_device(&self, device: &DeviceRecord) -> Result<(), StateError> {
-        let conn = self.conn()?;
-        conn.execute(
+        self.conn()?.execute(
             "INSERT INTO device (id, device_id, portal_url, key_secret, public_key, activated_at)
              VALUES (1, ?1, ?2, ?3, ?4, ?5)",
             params![
@@ -153,41 +181,31 @@ impl StateStore {
                 device.activated_at
             ],
         )?;
-        Ok(())
+        self.apply(|cache| cache.device = Some(device.clone()))
     }
 
+    /// Every user, by name.
     pub fn users(&self) -> Result<Vec<UserRecord>, StateError> {
-        let conn = self.conn()?;
-        let mut stmt = conn.prepare(&format!("{USER_COLUMNS} ORDER BY name"))?;
-        let rows = stmt.query_map([], user_from_row)?;
-        rows.map(|r| r?.map_err(StateError::Corrupt)).collect()
+        Ok(self.read()?.users.values().cloned().collect())
     }
 
     pub fn user(&self, name: &str) -> Result<Option<UserRecord>, StateError> {
-        let conn = self.conn()?;
-        let found = conn
-            .query_row(
-                &format!("{USER_COLUMNS} WHERE name = ?1"),
-                [name],
-                user_from_row,
-            )
-            .optional()?;
-        found.transpose().map_err(StateError::Corrupt)
+        Ok(self.read()?.users.get(name).cloned())
     }
 
     pub fn active_user_count(&self) -> Result<u32, StateError> {
-        let conn = self.conn()?;
-        Ok(conn.query_row(
-            "SELECT COUNT(*) FROM users WHERE state = 'active'",
-            [],
-            |r| r.get(0),
-        )?)
+        let cache = self.read()?;
+        let count = cache
+            .users
+            .values()
+            .filter(|u| u.state == UserState::Active)
+            .count();
+        Ok(u32::try_from(count).unwrap_or(u32::MAX))
     }
 
     /// Records a user; fails if the name is taken.
     pub fn insert_user(&self, user: &UserRecord) -> Result<(), StateError> {
-        let conn = self.conn()?;
-        conn.execute(
+        self.conn()?.execute(
             "INSERT INTO users (name, credential_id, backend, key_ref, public_key, hardware_backed, state, failed_attempts, enrolled_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
@@ -202,7 +220,9 @@ impl StateStore {
                 user.enrolled_at
             ],
         )?;
-        Ok(())
+        self.apply(|cache| {
+            cache.users.insert(user.name.clone(), user.clone());
+        })
     }
 
     pub fn activate_user(
@@ -211,47 +231,75 @@ impl StateStore {
         credential_id: &str,
         enrolled_at: i64,
     ) -> Result<(), StateError> {
-        let conn = self.conn()?;
-        conn.execute(
+        self.conn()?.execute(
             "UPDATE users SET state = 'active', credential_id = ?2, enrolled_at = ?3 WHERE name = ?1",
             params![name, credential_id, enrolled_at],
         )?;
-        Ok(())
+        self.apply_user(name, |user| {
+            user.state = UserState::Active;
+            user.credential_id = credential_id.to_string();
+            user.enrolled_at = enrolled_at;
+        })
     }
 
     pub fn delete_user(&self, name: &str) -> Result<(), StateError> {
-        let conn = self.conn()?;
-        conn.execute("DELETE FROM users WHERE name = ?1", [name])?;
-        Ok(())
+        self.conn()?
+            .execute("DELETE FROM users WHERE name = ?1", [name])?;
+        self.apply(|cache| {
+            cache.users.remove(name);
+        })
     }
 
     /// Counts a wrong PIN; returns the new count.
     pub fn record_failed_attempt(&self, name: &str) -> Result<u32, StateError> {
-        let conn = self.conn()?;
-        Ok(conn.query_row(
+        let failed: u32 = self.conn()?.query_row(
             "UPDATE users SET failed_attempts = failed_attempts + 1 WHERE name = ?1 RETURNING failed_attempts",
             [name],
             |r| r.get(0),
-        )?)
+        )?;
+        self.apply_user(name, |user| user.failed_attempts = failed)?;
+        Ok(failed)
     }
 
     pub fn reset_failed_attempts(&self, name: &str) -> Result<(), StateError> {
-        let conn = self.conn()?;
-        conn.execute(
+        self.conn()?.execute(
             "UPDATE users SET failed_attempts = 0 WHERE name = ?1",
             [name],
         )?;
-        Ok(())
+        self.apply_user(name, |user| user.failed_attempts = 0)
     }
 
     pub fn set_key_ref(&self, name: &str, key_ref: &[u8]) -> Result<(), StateError> {
-        let conn = self.conn()?;
-        conn.execute(
+        self.conn()?.execute(
             "UPDATE users SET key_ref = ?2 WHERE name = ?1",
             params![name, key_ref],
         )?;
-        Ok(())
+        self.apply_user(name, |user| user.key_ref = key_ref.to_vec())
     }
+}
+
+fn load_device(conn: &Connection) -> Result<Option<DeviceRecord>, StateError> {
+    Ok(conn
+        .query_row(
+            "SELECT device_id, portal_url, key_secret, public_key, activated_at FROM device WHERE id = 1",
+            [],
+            |r| {
+                Ok(DeviceRecord {
+                    device_id: r.get(0)?,
+                    portal_url: r.get(1)?,
+                    key_secret: Zeroizing::new(r.get(2)?),
+                    public_key_der: r.get(3)?,
+                    activated_at: r.get(4)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
+fn load_users(conn: &Connection) -> Result<Vec<UserRecord>, StateError> {
+    let mut stmt = conn.prepare(&format!("{USER_COLUMNS} ORDER BY name"))?;
+    let rows = stmt.query_map([], user_from_row)?;
+    rows.map(|r| r?.map_err(StateError::Corrupt)).collect()
 }
 
 const USER_COLUMNS: &str = "SELECT name, credential_id, backend, key_ref, public_key, hardware_backed, state, failed_attempts, enrolled_at FROM users";

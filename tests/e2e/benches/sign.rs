@@ -142,6 +142,21 @@ fn run_setting(runtime: &tokio::runtime::Runtime, portal: &Portal, setting: &Set
         daemon.add_user(portal, user, PIN);
     }
 
+    // The transport alone: an RPC that does no key work.
+    let status_p50_us = runtime.block_on(async {
+        let mut client = connect(&daemon.socket).await;
+        let mut latencies = Vec::new();
+        for _ in 0..500 {
+            let start = Instant::now();
+            client
+                .get_status(fleetkey_proto::daemon::GetStatusRequest {})
+                .await
+                .expect("status");
+            latencies.push(start.elapsed());
+        }
+        stats(latencies, Duration::from_secs(1)).p50_us
+    });
+
     let pid = daemon.pid();
     let before = cpu_ticks(pid);
     std::thread::sleep(Duration::from_secs(2));
@@ -246,6 +261,7 @@ fn run_setting(runtime: &tokio::runtime::Runtime, portal: &Portal, setting: &Set
         "added latency at 1 client (daemon p50 - raw p50): {:.0} us (target < 100 us)",
         daemon1.p50_us - raw1.p50_us
     );
+    println!("of which the gRPC round trip alone (GetStatus p50): {status_p50_us:.0} us");
     println!(
         "ratio daemon/raw at 1 client: p50 {:.3}",
         daemon1.p50_us / raw1.p50_us
@@ -283,7 +299,7 @@ fn main() {
         Setting {
             label: "default",
             soft: SoftConfig::default(),
-            single_ops: 100 / scale,
+            single_ops: 200 / scale,
             per_client_ops: 12 / scale,
         },
         Setting {
@@ -297,7 +313,11 @@ fn main() {
             per_client_ops: 400 / scale,
         },
     ];
+    let only = std::env::var("FLEETKEY_BENCH_ONLY").ok();
     for setting in &settings {
+        if only.as_deref().is_some_and(|o| o != setting.label) {
+            continue;
+        }
         run_setting(&runtime, &portal, setting);
     }
 }

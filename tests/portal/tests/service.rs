@@ -1,6 +1,9 @@
 //! The portal API over real gRPC: a server on 127.0.0.1:0 in-process, the
 //! generated client, real P-256 keys.
 
+// Test code: a failed step should stop the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::PathBuf;
 
 use fleetkey_portal::store::{CodeKind, CodeRecord, Store};
