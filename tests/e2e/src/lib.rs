@@ -387,3 +387,142 @@ impl Ctl {
         json
     }
 }
+
+/// A running swtpm (started by `tests/swtpm/start.sh`), with an EK
+/// certificate from a local test CA, on free loopback ports and its own
+/// state directory. swtpm serves one client at a time, so each test starts
+/// its own. Stopped on drop; `restart` keeps the TPM's state, as a reboot.
+pub struct Swtpm {
+    pub tcti: String,
+    pub port: u16,
+    pub state: PathBuf,
+    pub ca: PathBuf,
+    _dir: Option<TempDir>,
+}
+
+impl Swtpm {
+    /// A new TPM with its own test CA.
+    pub fn start() -> Swtpm {
+        let mut tpm = Swtpm::start_unspawned();
+        tpm.spawn();
+        tpm
+    }
+
+    /// A new TPM whose EK certificate is signed by `other`'s test CA.
+    pub fn start_with_ca_of(other: &Swtpm) -> Swtpm {
+        let mut tpm = Swtpm::start_unspawned();
+        tpm.ca = other.ca.clone();
+        tpm.spawn();
+        tpm
+    }
+
+    fn start_unspawned() -> Swtpm {
+        let dir = open_tempdir();
+        Swtpm {
+            tcti: String::new(),
+            port: 0,
+            state: dir.path().join("tpm"),
+            ca: dir.path().join("ca"),
+            _dir: Some(dir),
+        }
+    }
+
+    /// The repository's swtpm start script.
+    pub fn script() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../swtpm/start.sh")
+    }
+
+    fn spawn(&mut self) {
+        let port = free_port_pair();
+        let output = Command::new(Self::script())
+            .arg(&self.state)
+            .arg(port.to_string())
+            .arg(&self.ca)
+            .output()
+            .expect("run tests/swtpm/start.sh");
+        assert!(
+            output.status.success(),
+            "tests/swtpm/start.sh failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        self.tcti = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        self.port = port;
+    }
+
+    /// The TPM's EK certificate chain root (the test CA's root certificate).
+    pub fn ca_root(&self) -> PathBuf {
+        self.ca.join("swtpm-localca-rootca-cert.pem")
+    }
+
+    fn pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.state.join("swtpm.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+    }
+
+    /// Stops swtpm; its state stays.
+    pub fn stop(&mut self) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: signalling the swtpm this harness started.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            // SAFETY: signal 0 only checks that the process exists.
+            while unsafe { libc::kill(pid, 0) } == 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = std::fs::remove_file(self.state.join("swtpm.pid"));
+        }
+    }
+
+    /// Stops swtpm and starts it again on the same state and port.
+    pub fn restart(&mut self) {
+        self.stop();
+        let output = Command::new(Self::script())
+            .arg(&self.state)
+            .arg(self.port.to_string())
+            .arg(&self.ca)
+            .output()
+            .expect("run tests/swtpm/start.sh");
+        assert!(
+            output.status.success(),
+            "restarting swtpm failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// Runs a tpm2-tools command against this TPM (while no one else is
+    /// connected: swtpm serves one client at a time).
+    pub fn tpm2(&self, tool: &str, args: &[&str]) -> Output {
+        Command::new(tool)
+            .args(args)
+            .env("TPM2TOOLS_TCTI", &self.tcti)
+            .output()
+            .unwrap_or_else(|e| panic!("{tool} (tpm2-tools) must be installed: {e}"))
+    }
+
+    /// `[backends.tpm]` config for a daemon using this TPM.
+    pub fn daemon_config(&self) -> String {
+        format!(
+            "{FAST_SOFT_KEYS}\n[backends.tpm]\nenabled = true\ntcti = \"{}\"\n",
+            self.tcti
+        )
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A loopback port whose successor is free too (swtpm's control port).
+fn free_port_pair() -> u16 {
+    for _ in 0..100 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no two free adjacent loopback ports");
+}
