@@ -1,6 +1,9 @@
 //! The TPM key store against a real software TPM (swtpm, started by
 //! tests/swtpm/start.sh with an EK certificate), one TPM per test.
 
+// Test helpers outside #[test] functions may panic too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use fleetkey_e2e::Swtpm;
 use fleetkey_plugin::{KeyStore, KeyStoreError, Pin};
 use fleetkey_tpm::{TpmConfig, TpmError, TpmKeyStore};

@@ -202,6 +202,71 @@ impl Daemon {
         daemon
     }
 
+    /// Starts a daemon on a copy of another daemon's state directory (as if
+    /// the disk were moved to another machine).
+    pub fn start_with_state_of(config: &str, other: &Daemon) -> Daemon {
+        let dir = open_tempdir();
+        let socket = dir.path().join("fleetkeyd.sock");
+        let config_path = dir.path().join("fleetkeyd.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let mut daemon = Daemon {
+            child: None,
+            log: dir.path().join("fleetkeyd.log"),
+            dir,
+            socket,
+            config: config_path,
+        };
+        let to = daemon.state_dir();
+        std::fs::create_dir_all(&to).expect("state dir");
+        for entry in std::fs::read_dir(other.state_dir()).expect("read state dir") {
+            let entry = entry.expect("state entry");
+            if entry.file_type().expect("file type").is_file() {
+                std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy state");
+            }
+        }
+        daemon.spawn();
+        daemon
+    }
+
+    /// Signs `data` as `user` with `pin` (`--json`); writes the DER
+    /// signature next to the data, as `<data>.sig`.
+    pub fn sign(&self, user: &str, pin: &str, data: &Path) -> Ctl {
+        let sig = data.with_extension("sig");
+        self.ctl_with_stdin(
+            &[
+                "--json",
+                "sign",
+                "--user",
+                user,
+                "--in",
+                data.to_str().expect("utf-8 path"),
+                "--out",
+                sig.to_str().expect("utf-8 path"),
+                "--pin-stdin",
+            ],
+            Some(&format!("{pin}\n")),
+        )
+    }
+
+    /// Enrolls a user in the named key store; returns the JSON answer.
+    pub fn add_user_with(&self, portal: &Portal, user: &str, pin: &str, backend: &str) -> Value {
+        let code = portal.user_code(user);
+        let out = self.ctl_with_stdin(
+            &[
+                "--json",
+                "user",
+                "add",
+                &code.uri,
+                "--backend",
+                backend,
+                "--pin-stdin",
+            ],
+            Some(&format!("{pin}\n")),
+        );
+        out.assert_ok();
+        out.json()
+    }
+
     /// A daemon with fast software keys and no default portal.
     pub fn start_default() -> Daemon {
         Self::start(FAST_SOFT_KEYS)
@@ -273,6 +338,7 @@ impl Daemon {
         child.wait().expect("wait")
     }
 
+    /// Stops the daemon (SIGKILL, if it runs) and starts it again.
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn();
@@ -474,9 +540,28 @@ impl Swtpm {
         }
     }
 
-    /// Stops swtpm and starts it again on the same state and port.
+    /// A power cut and power on: stops swtpm without TPM2_Shutdown and
+    /// starts it again on the same state and port. (A TPM counts an
+    /// unorderly restart as one dictionary-attack failure.)
     pub fn restart(&mut self) {
         self.stop();
+        self.start_again();
+    }
+
+    /// An orderly reboot, as the OS does it: TPM2_Shutdown(CLEAR), then
+    /// stop and start. Needs the TPM free (no daemon connected).
+    pub fn reboot(&mut self) {
+        let out = Command::new("timeout")
+            .args(["20", "tpm2_shutdown"])
+            .env("TPM2TOOLS_TCTI", &self.tcti)
+            .output()
+            .expect("tpm2_shutdown (tpm2-tools) must be installed");
+        assert!(out.status.success(), "tpm2_shutdown: {out:?}");
+        self.stop();
+        self.start_again();
+    }
+
+    fn start_again(&mut self) {
         let output = Command::new(Self::script())
             .arg(&self.state)
             .arg(self.port.to_string())
@@ -513,6 +598,23 @@ impl Drop for Swtpm {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Whether `openssl dgst -sha256 -verify` accepts a DER signature of
+/// `data` by the PEM public key.
+pub fn openssl_verify(public_key_pem: &str, signature_der: &Path, data: &Path) -> bool {
+    let dir = open_tempdir();
+    let pem = dir.path().join("pub.pem");
+    std::fs::write(&pem, public_key_pem).expect("write PEM");
+    let output = Command::new("openssl")
+        .args(["dgst", "-sha256", "-verify"])
+        .arg(&pem)
+        .arg("-signature")
+        .arg(signature_der)
+        .arg(data)
+        .output()
+        .expect("openssl must be installed");
+    output.status.success() && String::from_utf8_lossy(&output.stdout).contains("Verified OK")
 }
 
 /// A loopback port whose successor is free too (swtpm's control port).
