@@ -40,7 +40,7 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 echo "== build binaries"
-cargo build --workspace --bins
+cargo build --workspace --all-features --bins
 echo "== tests"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -499,20 +499,25 @@ impl Swtpm {
     }
 
     fn spawn(&mut self) {
-        let port = free_port_pair();
-        let output = Command::new(Self::script())
-            .arg(&self.state)
-            .arg(port.to_string())
-            .arg(&self.ca)
-            .output()
-            .expect("run tests/swtpm/start.sh");
-        assert!(
-            output.status.success(),
-            "tests/swtpm/start.sh failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        self.tcti = String::from_utf8_lossy(&output.stdout).trim().to_string();
-        self.port = port;
+        // Another test may take the probed ports before swtpm binds them:
+        // try a few pairs.
+        let mut failure = String::new();
+        for _ in 0..5 {
+            let port = free_port_pair();
+            let output = Command::new(Self::script())
+                .arg(&self.state)
+                .arg(port.to_string())
+                .arg(&self.ca)
+                .output()
+                .expect("run tests/swtpm/start.sh");
+            if output.status.success() {
+                self.tcti = String::from_utf8_lossy(&output.stdout).trim().to_string();
+                self.port = port;
+                return;
+            }
+            failure = String::from_utf8_lossy(&output.stderr).into_owned();
+        }
+        panic!("tests/swtpm/start.sh failed: {failure}");
     }
 
     /// The TPM's EK certificate chain root (the test CA's root certificate).
