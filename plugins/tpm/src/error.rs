@@ -157,3 +157,58 @@ impl From<TpmError> for KeyStoreError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tss_esapi::constants::response_code::Tss2ResponseCode;
+
+    fn tss(rc: u32) -> tss_esapi::Error {
+        tss_esapi::Error::Tss2Error(Tss2ResponseCode::from(rc))
+    }
+
+    #[test]
+    fn tpm_codes_map_to_key_store_errors() {
+        // TPM_RC_AUTH_FAIL for session 1, TPM_RC_LOCKOUT.
+        assert_eq!(raw_code(&tss(0x98e)), Some(0x98e));
+        assert_eq!(kind(&tss(0x98e)), Some(Tss2ResponseCodeKind::AuthFail));
+        assert_eq!(kind(&tss(0x921)), Some(Tss2ResponseCodeKind::Lockout));
+        // The same number from a TSS layer (here the ESAPI, layer 7) is not
+        // a TPM answer.
+        assert_eq!(kind(&tss(0x7_098e)), None);
+        assert!(matches!(
+            KeyStoreError::from(TpmError::WrongPin),
+            KeyStoreError::PinIncorrect { tries_left: None }
+        ));
+        let lockout = KeyStoreError::from(TpmError::Lockout {
+            recovery_seconds: Some(1000),
+        });
+        assert!(
+            matches!(
+                lockout,
+                KeyStoreError::HardwareLockout {
+                    retry_after_seconds: Some(1000),
+                    ..
+                }
+            ),
+            "{lockout:?}"
+        );
+        assert!(lockout.to_string().contains("1000 s"), "{lockout}");
+    }
+
+    #[test]
+    fn lost_connections_and_reset_tpms_are_recognised() {
+        // TCTI I/O error (layer 10), TPM_RC_REFERENCE_H0, TPM_RC_INITIALIZE.
+        for rc in [0xa_000a, 0x910, 0x100] {
+            assert!(TpmError::Sign(tss(rc)).is_connection_lost(), "{rc:#x}");
+            assert!(matches!(
+                KeyStoreError::from(TpmError::Load(tss(rc))),
+                KeyStoreError::Unavailable(_)
+            ));
+        }
+        for rc in [0x98e, 0x921, 0x9a2] {
+            assert!(!TpmError::Sign(tss(rc)).is_connection_lost(), "{rc:#x}");
+        }
+        assert!(!TpmError::WrongPin.is_connection_lost());
+    }
+}
