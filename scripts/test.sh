@@ -10,8 +10,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests run (openssl verifies signatures, setpriv
-# switches users).
-packages=(openssl util-linux ca-certificates)
+# switches users) and build with (libtss2-dev for the tpm feature; swtpm,
+# swtpm-tools and tpm2-tools for the TPM tests). libcurl4-openssl-dev is
+# named because apt's resolver may otherwise fail on libtss2-dev's
+# "libcurl4-openssl-dev | libcurl-ssl-dev" dependency.
+packages=(openssl util-linux ca-certificates pkg-config libcurl4-openssl-dev libtss2-dev swtpm swtpm-tools tpm2-tools)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -37,7 +40,7 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 echo "== build binaries"
-cargo build --workspace --bins
+cargo build --workspace --all-features --bins
 echo "== tests"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -22,6 +22,9 @@ enum Entry {
     },
 }
 
+const TPM_NAME: &str = "tpm";
+const TPM_DESCRIPTION: &str = "Keys inside the TPM 2.0, PINs checked by the TPM";
+
 /// The backends by name, in a fixed order.
 pub struct Backends {
     entries: Vec<Entry>,
@@ -57,7 +60,40 @@ impl Backends {
                 "disabled in the configuration".into(),
             );
         }
+        backends.open_tpm(config);
         backends
+    }
+
+    #[cfg(feature = "tpm")]
+    fn open_tpm(&mut self, config: &Config) {
+        let tpm = &config.backends.tpm;
+        if !tpm.enabled {
+            self.add_unavailable(
+                TPM_NAME,
+                TPM_DESCRIPTION,
+                "disabled in the configuration".into(),
+            );
+            return;
+        }
+        let tpm_config = fleetkey_tpm::TpmConfig {
+            tcti: tpm.tcti.clone(),
+            persistent_handle: tpm.persistent_handle,
+        };
+        match fleetkey_tpm::TpmKeyStore::open(&tpm_config) {
+            Ok(store) => self.add(Arc::new(store)),
+            Err(e) => self.add_unavailable(TPM_NAME, TPM_DESCRIPTION, e.to_string()),
+        }
+    }
+
+    #[cfg(not(feature = "tpm"))]
+    fn open_tpm(&mut self, config: &Config) {
+        if config.backends.tpm.enabled {
+            self.add_unavailable(
+                TPM_NAME,
+                TPM_DESCRIPTION,
+                "this fleetkeyd was built without TPM support (cargo feature `tpm`)".into(),
+            );
+        }
     }
 
     /// Adds a working key store.
@@ -124,12 +160,13 @@ impl Backends {
             .collect()
     }
 
-    /// What `status` shows.
-    pub fn describe(&self) -> Vec<daemon::Backend> {
+    /// What `status` shows, but the hardware `details` (which ask the
+    /// hardware, so the caller fetches them off the async threads).
+    pub fn describe(&self, policy_max_attempts: u32) -> Vec<daemon::Backend> {
         self.entries
             .iter()
             .map(|entry| match entry {
-                Entry::Available { info, .. } => daemon::Backend {
+                Entry::Available { info, store } => daemon::Backend {
                     name: info.name.clone(),
                     description: info.description.clone(),
                     available: true,
@@ -139,6 +176,8 @@ impl Backends {
                     capabilities: info.operations.iter().map(|o| o.to_string()).collect(),
                     pin_min_length: length(info.pin_rules.min_length),
                     pin_max_length: length(info.pin_rules.max_length),
+                    details: Default::default(),
+                    pin_max_attempts: max_attempts(store.as_ref(), policy_max_attempts),
                 },
                 Entry::Unavailable {
                     name,
@@ -163,6 +202,14 @@ impl Entry {
             Entry::Unavailable { name, .. } => name,
         }
     }
+}
+
+/// Wrong PINs in a row after which a user of `store` is locked: the
+/// policy's limit, or the store's own where it is lower.
+pub fn max_attempts(store: &dyn KeyStore, policy_max_attempts: u32) -> u32 {
+    store.max_pin_attempts().map_or(policy_max_attempts, |own| {
+        own.min(policy_max_attempts).max(1)
+    })
 }
 
 fn length(value: Option<usize>) -> u32 {

@@ -90,6 +90,31 @@ impl Default for PinConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct BackendsConfig {
     pub soft: SoftBackendConfig,
+    pub tpm: TpmBackendConfig,
+}
+
+/// `[backends.tpm]`. Read by every build (so one config file suits all);
+/// used when fleetkeyd is built with the `tpm` feature.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TpmBackendConfig {
+    pub enabled: bool,
+    /// TCTI string; None: the TCTI environment variable, else
+    /// /dev/tpmrm0, then /dev/tpm0.
+    pub tcti: Option<String>,
+    /// Keep the storage key at this persistent handle (0x81000000 to
+    /// 0x81FFFFFF) instead of deriving it at each start.
+    pub persistent_handle: Option<u32>,
+}
+
+impl Default for TpmBackendConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            tcti: None,
+            persistent_handle: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -193,6 +218,26 @@ impl Config {
                     message: e.to_string(),
                 })?;
         }
+        if let Some(handle) = self.backends.tpm.persistent_handle
+            && !(0x8100_0000..=0x81ff_ffff).contains(&handle)
+        {
+            return Err(ConfigError::Invalid {
+                setting: "backends.tpm.persistent_handle",
+                message: format!(
+                    "{handle:#010x} is not a persistent handle (0x81000000 to 0x81ffffff)"
+                ),
+            });
+        }
+        if let Some(tcti) = &self.backends.tpm.tcti
+            && tcti.trim().is_empty()
+        {
+            return Err(ConfigError::Invalid {
+                setting: "backends.tpm.tcti",
+                message:
+                    "is empty; leave it out to use the TCTI environment variable or /dev/tpmrm0"
+                        .into(),
+            });
+        }
         Ok(())
     }
 }
@@ -215,6 +260,17 @@ mod tests {
         assert_eq!(config.pin, PinConfig::default());
         assert_eq!(config.default_backend, "soft");
         assert!(config.backends.soft.enabled);
+        assert_eq!(config.backends.tpm, TpmBackendConfig::default());
+    }
+
+    #[test]
+    fn tpm_section_reads_tcti_and_handle() {
+        let config = parse(
+            "[backends.tpm]\nenabled = true\ntcti = 'swtpm:port=2321'\npersistent_handle = 0x81000001",
+        )
+        .unwrap();
+        assert_eq!(config.backends.tpm.tcti.as_deref(), Some("swtpm:port=2321"));
+        assert_eq!(config.backends.tpm.persistent_handle, Some(0x8100_0001));
     }
 
     #[test]
@@ -231,6 +287,12 @@ mod tests {
         assert!(err.contains("max_attempts"), "{err}");
         let err = parse("log_level = 'loud'").unwrap_err().to_string();
         assert!(err.contains("log_level"), "{err}");
+        let err = parse("[backends.tpm]\npersistent_handle = 0x80000001")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("backends.tpm.persistent_handle"), "{err}");
+        let err = parse("[backends.tpm]\ntcti = ''").unwrap_err().to_string();
+        assert!(err.contains("backends.tpm.tcti"), "{err}");
         let err = parse("[pin\n").unwrap_err().to_string();
         assert!(err.contains("not valid"), "{err}");
     }

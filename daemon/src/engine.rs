@@ -41,6 +41,8 @@ fn key_store_failure(backend: &str, error: KeyStoreError) -> Failure {
         KeyStoreError::PinLocked => Reason::PinLocked,
         KeyStoreError::PinRules(_) => Reason::PinPolicy,
         KeyStoreError::Unavailable(_) => Reason::BackendUnavailable,
+        KeyStoreError::HardwareLockout { .. } => Reason::TpmLockout,
+        KeyStoreError::KeyRejected(_) => Reason::TpmKeyRejected,
         KeyStoreError::KeyNotFound(_)
         | KeyStoreError::Corrupt { .. }
         | KeyStoreError::Io { .. }
@@ -49,7 +51,20 @@ fn key_store_failure(backend: &str, error: KeyStoreError) -> Failure {
     if reason == Reason::Internal {
         tracing::error!(backend, %error, "key store failure");
     }
-    Failure::new(reason, format!("key store '{backend}': {error}")).with_meta("backend", backend)
+    let mut failure = Failure::new(reason, format!("key store '{backend}': {error}"))
+        .with_meta("backend", backend);
+    if let KeyStoreError::HardwareLockout {
+        retry_after_seconds: Some(seconds),
+        ..
+    } = error
+    {
+        failure = failure
+            .with_meta("retry_after_seconds", seconds)
+            .with_hint(format!(
+                "The TPM refuses every PIN for now (too many wrong PINs in total); try again in at most {seconds} s, or have an administrator reset it (tpm2_dictionarylockout --clear-lockout)."
+            ));
+    }
+    failure
 }
 
 /// What startup recovery found and cleaned.
@@ -158,6 +173,20 @@ impl Engine {
     pub async fn status(&self) -> Result<daemon::Status, Failure> {
         let device = self.state.device()?;
         let user_count = self.state.active_user_count()?;
+        let mut backends = self.backends.describe(self.pin_policy.max_attempts);
+        let stores = self.backends.available();
+        let details = blocking(move || {
+            stores
+                .into_iter()
+                .map(|b| (b.info.name, b.store.details()))
+                .collect::<Vec<_>>()
+        })
+        .await?;
+        for (name, facts) in details {
+            if let Some(backend) = backends.iter_mut().find(|b| b.name == name) {
+                backend.details = facts.into_iter().collect();
+            }
+        }
         Ok(daemon::Status {
             version: env!("CARGO_PKG_VERSION").into(),
             activated: device.is_some(),
@@ -170,7 +199,7 @@ impl Engine {
                 .map(|d| d.portal_url.clone())
                 .or_else(|| self.default_portal.clone())
                 .unwrap_or_default(),
-            backends: self.backends.describe(),
+            backends,
             user_count,
             default_backend: self.default_backend.clone(),
             pin_policy: Some(daemon::PinPolicy {
@@ -351,7 +380,7 @@ impl Engine {
             state: UserState::Active,
             ..record
         };
-        user_message(&active, &self.pin_policy)
+        user_message(&active, self.max_attempts_for(&active.backend))
     }
 
     async fn register_user(
@@ -402,13 +431,13 @@ impl Engine {
         users
             .iter()
             .filter(|u| u.state == UserState::Active)
-            .map(|u| user_message(u, &self.pin_policy))
+            .map(|u| user_message(u, self.max_attempts_for(&u.backend)))
             .collect()
     }
 
     pub async fn get_user(&self, name: &str) -> Result<daemon::User, Failure> {
         let user = self.require_user(name)?;
-        user_message(&user, &self.pin_policy)
+        user_message(&user, self.max_attempts_for(&user.backend))
     }
 
     /// Revokes the user at the portal (best effort), then deletes the
@@ -522,7 +551,7 @@ impl Engine {
         user: &UserRecord,
         outcome: Result<T, KeyStoreError>,
     ) -> Result<T, Failure> {
-        let max = self.pin_policy.max_attempts;
+        let max = self.max_attempts_for(&user.backend);
         match outcome {
             Ok(value) => {
                 if user.failed_attempts > 0 {
@@ -570,8 +599,18 @@ impl Engine {
         }
     }
 
+    /// Wrong PINs in a row after which a user of this backend is locked.
+    fn max_attempts_for(&self, backend: &str) -> u32 {
+        match self.backends.get(backend) {
+            Ok(backend) => {
+                crate::backends::max_attempts(backend.store.as_ref(), self.pin_policy.max_attempts)
+            }
+            Err(_) => self.pin_policy.max_attempts,
+        }
+    }
+
     fn refuse_if_locked(&self, user: &UserRecord) -> Result<(), Failure> {
-        if user.failed_attempts >= self.pin_policy.max_attempts {
+        if user.failed_attempts >= self.max_attempts_for(&user.backend) {
             return Err(Failure::new(
                 Reason::PinLocked,
                 format!(
@@ -712,7 +751,7 @@ fn public_key_pem(der: &[u8]) -> Result<String, Failure> {
         })
 }
 
-fn user_message(user: &UserRecord, policy: &PinConfig) -> Result<daemon::User, Failure> {
+fn user_message(user: &UserRecord, max_attempts: u32) -> Result<daemon::User, Failure> {
     Ok(daemon::User {
         name: user.name.clone(),
         credential_id: user.credential_id.clone(),
@@ -721,7 +760,7 @@ fn user_message(user: &UserRecord, policy: &PinConfig) -> Result<daemon::User, F
         public_key_pem: public_key_pem(&user.public_key_der)?,
         enrolled_at: user.enrolled_at,
         failed_attempts: user.failed_attempts,
-        tries_left: policy.max_attempts.saturating_sub(user.failed_attempts),
-        locked: user.failed_attempts >= policy.max_attempts,
+        tries_left: max_attempts.saturating_sub(user.failed_attempts),
+        locked: user.failed_attempts >= max_attempts,
     })
 }

@@ -44,6 +44,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    quiet_tss_log();
     let args = Args::parse();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -51,6 +52,17 @@ fn main() -> ExitCode {
             eprintln!("fleetkeyd: error: {message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The TPM library (tpm2-tss) logs every failed TPM command to stderr,
+/// wrong PINs included, which the daemon reports itself in its own log.
+/// Silence it unless the operator set TSS2_LOG.
+fn quiet_tss_log() {
+    if cfg!(feature = "tpm") && std::env::var_os("TSS2_LOG").is_none() {
+        // SAFETY: called first thing in main, before any other thread
+        // exists, so nothing reads the environment concurrently.
+        unsafe { std::env::set_var("TSS2_LOG", "all+none") };
     }
 }
 

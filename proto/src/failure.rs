@@ -107,6 +107,10 @@ reasons! {
         "The daemon's state store failed; see the daemon's log. Nothing was changed.";
     Internal = "INTERNAL", 71, Internal,
         "An unexpected failure; see the daemon's log.";
+    TpmLockout = "TPM_LOCKOUT", 80, Unavailable,
+        "The TPM refuses every PIN until its dictionary-attack counter decays; try again after retry_after_seconds, or have an administrator reset it (tpm2_dictionarylockout --clear-lockout).";
+    TpmKeyRejected = "TPM_KEY_REJECTED", 81, FailedPrecondition,
+        "This TPM cannot open the user's key (made by another TPM, or the TPM was cleared); remove the user and enroll them again.";
 }
 
 impl fmt::Display for Reason {

@@ -68,6 +68,11 @@ pub struct BackendJson {
     pub capabilities: Vec<String>,
     pub pin_min_length: u32,
     pub pin_max_length: u32,
+    /// Wrong PINs in a row after which a user of this backend is locked.
+    pub pin_max_attempts: u32,
+    /// Facts about the hardware (e.g. a TPM's manufacturer and firmware);
+    /// `warning` holds what the operator must know.
+    pub details: std::collections::BTreeMap<String, String>,
 }
 
 /// Shapes the daemon's status for `--json`.
@@ -103,6 +108,12 @@ fn backend_json(backend: &daemon::Backend) -> BackendJson {
         capabilities: backend.capabilities.clone(),
         pin_min_length: backend.pin_min_length,
         pin_max_length: backend.pin_max_length,
+        pin_max_attempts: backend.pin_max_attempts,
+        details: backend
+            .details
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     }
 }
 
@@ -199,6 +210,30 @@ pub fn status_text(status: &daemon::Status) -> String {
         ],
         &rows,
     ));
+    for backend in status.backends.iter().filter(|b| b.available) {
+        let policy_max = policy.max_attempts;
+        if backend.pin_max_attempts != 0 && backend.pin_max_attempts < policy_max {
+            text.push_str(&format!(
+                "\n{}: users are locked after {} wrong PINs (fewer than the policy's {policy_max}: the hardware needs it)\n",
+                backend.name, backend.pin_max_attempts
+            ));
+        }
+        let mut details: Vec<(&String, &String)> = backend
+            .details
+            .iter()
+            .filter(|(k, _)| k.as_str() != "warning")
+            .collect();
+        details.sort();
+        if !details.is_empty() {
+            text.push_str(&format!("\n{}:\n", backend.name));
+            for (key, value) in details {
+                text.push_str(&format!("  {key}: {value}\n"));
+            }
+        }
+        if let Some(warning) = backend.details.get("warning") {
+            text.push_str(&format!("warning: {}: {warning}\n", backend.name));
+        }
+    }
     let unavailable: Vec<&daemon::Backend> =
         status.backends.iter().filter(|b| !b.available).collect();
     if !unavailable.is_empty() {
@@ -245,6 +280,8 @@ pub(crate) mod tests {
                     capabilities: vec!["create".into(), "sign".into()],
                     pin_min_length: 0,
                     pin_max_length: 0,
+                    details: Default::default(),
+                    pin_max_attempts: 5,
                 },
                 daemon::Backend {
                     name: "pcsc".into(),
@@ -256,6 +293,10 @@ pub(crate) mod tests {
                     capabilities: vec!["create".into(), "sign".into(), "attest".into()],
                     pin_min_length: 6,
                     pin_max_length: 8,
+                    details: [("manufacturer".to_string(), "Yubico".to_string())]
+                        .into_iter()
+                        .collect(),
+                    pin_max_attempts: 0,
                 },
             ],
             user_count: 2,
@@ -293,7 +334,9 @@ pub(crate) mod tests {
                         "attestation_formats": [],
                         "capabilities": ["create", "sign"],
                         "pin_min_length": 0,
-                        "pin_max_length": 0
+                        "pin_max_length": 0,
+                        "pin_max_attempts": 5,
+                        "details": {}
                     },
                     {
                         "name": "pcsc",
@@ -304,7 +347,9 @@ pub(crate) mod tests {
                         "attestation_formats": ["piv"],
                         "capabilities": ["create", "sign", "attest"],
                         "pin_min_length": 6,
-                        "pin_max_length": 8
+                        "pin_max_length": 8,
+                        "pin_max_attempts": 0,
+                        "details": {"manufacturer": "Yubico"}
                     }
                 ],
                 "ctl_version": crate::CTL_VERSION,
@@ -346,6 +391,41 @@ pub(crate) mod tests {
         assert!(text.contains("soft     yes        no (software)"), "{text}");
         assert!(text.contains("6 to 8 characters"));
         assert!(text.contains("pcsc is unavailable: no smartcard reader"));
+    }
+
+    #[test]
+    fn hardware_details_and_warnings_are_shown() {
+        let mut status = sample_status();
+        status.backends.push(daemon::Backend {
+            name: "tpm".into(),
+            available: true,
+            hardware_backed: true,
+            pin_max_attempts: 2,
+            details: [
+                ("manufacturer".to_string(), "IBM".to_string()),
+                ("firmware".to_string(), "8217.4131".to_string()),
+                ("warning".to_string(), "this TPM is a simulator".to_string()),
+            ]
+            .into_iter()
+            .collect(),
+            ..Default::default()
+        });
+        let text = status_text(&status);
+        assert!(
+            text.contains("tpm:\n  firmware: 8217.4131\n  manufacturer: IBM\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("warning: tpm: this TPM is a simulator"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tpm: users are locked after 2 wrong PINs"),
+            "{text}"
+        );
+        let json = serde_json::to_value(status_json(&status)).unwrap();
+        assert_eq!(json["backends"][2]["details"]["manufacturer"], "IBM");
+        assert_eq!(json["backends"][2]["pin_max_attempts"], 2);
     }
 
     #[test]

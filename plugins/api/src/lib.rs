@@ -150,12 +150,25 @@ pub enum KeyStoreError {
     },
     #[error("the PIN is blocked by the key store")]
     PinLocked,
+    /// The hardware refuses every PIN for a while, for every key (a TPM in
+    /// dictionary-attack lockout). Not the user's fault: not counted as a
+    /// wrong PIN.
+    #[error("{detail}")]
+    HardwareLockout {
+        detail: String,
+        /// When the hardware accepts PINs again, where it can tell.
+        retry_after_seconds: Option<u64>,
+    },
     #[error("the PIN does not meet the key store's rules: {0}")]
     PinRules(String),
     #[error("no key {0} in the key store")]
     KeyNotFound(String),
     #[error("the key store is not available: {0}")]
     Unavailable(String),
+    /// The hardware refuses to use the stored key: it was made by other
+    /// hardware (a key blob copied from another TPM, a TPM cleared since).
+    #[error("{0}")]
+    KeyRejected(String),
     #[error("stored key {key} is damaged: {detail}")]
     Corrupt { key: String, detail: String },
     #[error("{context}: {source}")]
@@ -222,6 +235,21 @@ pub trait KeyStore: Send + Sync {
     fn attest(&self, key_ref: &[u8]) -> Result<Attestation, KeyStoreError> {
         let _ = key_ref;
         Err(self.unsupported(Operation::Attest))
+    }
+
+    /// The most wrong PINs in a row one key may see before its user must be
+    /// locked, where the hardware needs fewer than the deployment's
+    /// `pin.max_attempts` (a TPM locks every key after a few failures in
+    /// total, so one user's guesses must stop earlier). None: no limit of
+    /// the store's own.
+    fn max_pin_attempts(&self) -> Option<u32> {
+        None
+    }
+
+    /// Facts for `status` (e.g. a TPM's manufacturer and firmware), as
+    /// key/value pairs; a key `warning` is shown prominently.
+    fn details(&self) -> Vec<(String, String)> {
+        Vec::new()
     }
 
     /// Every key this store holds, as `key_ref`s, for orphan cleanup.

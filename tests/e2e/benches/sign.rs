@@ -4,6 +4,13 @@
 //!
 //!     cargo build --release --workspace --bins && cargo bench -p fleetkey-e2e --bench sign
 //!
+//! With the `tpm` feature (`cargo bench -p fleetkey-e2e --all-features
+//! --bench sign`), it also measures the TPM key store on swtpm: the raw
+//! store's operations in process (create; create + the proof-of-possession
+//! sign that enrollment makes; load + sign) against `AddUser` and `Sign`
+//! through the daemon on the same swtpm, one after the other (swtpm serves
+//! one client at a time). `FLEETKEY_BENCH_ONLY=tpm` runs only that part.
+//!
 //! Each of the 16 clients signs as its own user (the daemon serializes PIN
 //! checks per user, so that concurrent guesses cannot outrun the attempt
 //! counter). At one client, raw and daemon samples are interleaved so that
@@ -314,10 +321,156 @@ fn main() {
         },
     ];
     let only = std::env::var("FLEETKEY_BENCH_ONLY").ok();
+    #[cfg(feature = "tpm")]
+    if only.as_deref().is_none_or(|o| o == "tpm") {
+        tpm::run(&runtime, &portal, 40 / scale.min(4), 200 / scale);
+        if only.is_some() {
+            return;
+        }
+    }
     for setting in &settings {
         if only.as_deref().is_some_and(|o| o != setting.label) {
             continue;
         }
         run_setting(&runtime, &portal, setting);
+    }
+}
+
+#[cfg(feature = "tpm")]
+mod tpm {
+    //! The TPM key store on swtpm: raw in process against the daemon.
+
+    use std::time::{Duration, Instant};
+
+    use fleetkey_e2e::{Daemon, Portal, Swtpm};
+    use fleetkey_plugin::{KeyStore, Pin};
+    use fleetkey_tpm::{TpmConfig, TpmKeyStore};
+
+    use super::{PIN, Stats, connect, daemon_sign, digest, stats};
+
+    fn row(name: &str, s: Stats) {
+        println!(
+            "{:<38}{:>6}{:>12.3}{:>12.3}{:>10.1}",
+            name,
+            s.ops,
+            s.p50_us / 1000.0,
+            s.p99_us / 1000.0,
+            s.ops_per_s
+        );
+    }
+
+    fn timed(latencies: &mut Vec<Duration>, work: impl FnOnce()) {
+        let start = Instant::now();
+        work();
+        latencies.push(start.elapsed());
+    }
+
+    pub fn run(runtime: &tokio::runtime::Runtime, portal: &Portal, users: usize, signs: usize) {
+        let tpm = Swtpm::start();
+
+        // Raw: the key store in this process, alone on the TPM.
+        let store = TpmKeyStore::open(&TpmConfig {
+            tcti: Some(tpm.tcti.clone()),
+            persistent_handle: None,
+        })
+        .expect("open the TPM key store");
+        let pin = Pin::new(PIN);
+        let (mut create, mut create_pop, mut sign) = (Vec::new(), Vec::new(), Vec::new());
+        let mut keys = Vec::new();
+        let wall = Instant::now();
+        for i in 0..users {
+            timed(&mut create, || {
+                keys.push(store.create_key(&format!("b-{i}"), &pin).expect("create"));
+            });
+        }
+        let create_wall = wall.elapsed();
+        let wall = Instant::now();
+        for i in 0..users {
+            timed(&mut create_pop, || {
+                let key = store.create_key(&format!("p-{i}"), &pin).expect("create");
+                store
+                    .sign_digest(&key.key_ref, &pin, &digest(i))
+                    .expect("proof of possession");
+            });
+        }
+        let create_pop_wall = wall.elapsed();
+        let wall = Instant::now();
+        for i in 0..signs {
+            let key = &keys[i % keys.len()];
+            timed(&mut sign, || {
+                store
+                    .sign_digest(&key.key_ref, &pin, &digest(i))
+                    .expect("sign");
+            });
+        }
+        let sign_wall = wall.elapsed();
+        let identity = store.identity().clone();
+        // Frees swtpm (one client at a time) for the daemon.
+        drop(store);
+
+        // The daemon on the same TPM.
+        // Top-level keys come before the config's tables.
+        let config = format!(
+            "default_backend = \"tpm\"\nlog_level = \"warn\"\n{}",
+            tpm.daemon_config()
+        );
+        let daemon = Daemon::start(&config);
+        daemon.activate(portal);
+        let mut add = Vec::new();
+        let wall = Instant::now();
+        let names: Vec<String> = (0..users).map(|i| format!("tpm-user{i}")).collect();
+        for name in &names {
+            timed(&mut add, || {
+                daemon.add_user(portal, name, PIN);
+            });
+        }
+        let add_wall = wall.elapsed();
+        let (daemon_sign_stats, status_p50_us) = runtime.block_on(async {
+            let mut client = connect(&daemon.socket).await;
+            let mut latencies = Vec::new();
+            let wall = Instant::now();
+            for i in 0..signs {
+                latencies.push(daemon_sign(&mut client, &names[i % names.len()], i).await);
+            }
+            let sign = stats(latencies, wall.elapsed());
+            let mut status = Vec::new();
+            for _ in 0..50 {
+                let start = Instant::now();
+                client
+                    .get_status(fleetkey_proto::daemon::GetStatusRequest {})
+                    .await
+                    .expect("status");
+                status.push(start.elapsed());
+            }
+            (sign, stats(status, Duration::from_secs(1)).p50_us)
+        });
+
+        let create = stats(create, create_wall);
+        let create_pop = stats(create_pop, create_pop_wall);
+        let sign = stats(sign, sign_wall);
+        let add = stats(add, add_wall);
+        println!(
+            "\n== tpm on swtpm ({} {}, firmware {}) ==",
+            identity.manufacturer, identity.vendor, identity.firmware
+        );
+        println!(
+            "{:<38}{:>6}{:>12}{:>12}{:>10}",
+            "", "ops", "p50 ms", "p99 ms", "ops/s"
+        );
+        row("raw create (in process)", create);
+        row("raw create + PoP sign", create_pop);
+        row("user add (fleetkeyctl+daemon+portal)", add);
+        row("raw load + sign (in process)", sign);
+        row("daemon Sign (gRPC/UDS)", daemon_sign_stats);
+        println!(
+            "ratio user add / raw create + PoP sign: p50 {:.2} (user add also runs fleetkeyctl and two portal round trips)",
+            add.p50_us / create_pop.p50_us
+        );
+        println!(
+            "ratio daemon Sign / raw load + sign: p50 {:.3}, added {:.0} us (status RPC with TPM details: {:.0} us)",
+            daemon_sign_stats.p50_us / sign.p50_us,
+            daemon_sign_stats.p50_us - sign.p50_us,
+            status_p50_us
+        );
     }
 }

@@ -202,6 +202,71 @@ impl Daemon {
         daemon
     }
 
+    /// Starts a daemon on a copy of another daemon's state directory (as if
+    /// the disk were moved to another machine).
+    pub fn start_with_state_of(config: &str, other: &Daemon) -> Daemon {
+        let dir = open_tempdir();
+        let socket = dir.path().join("fleetkeyd.sock");
+        let config_path = dir.path().join("fleetkeyd.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let mut daemon = Daemon {
+            child: None,
+            log: dir.path().join("fleetkeyd.log"),
+            dir,
+            socket,
+            config: config_path,
+        };
+        let to = daemon.state_dir();
+        std::fs::create_dir_all(&to).expect("state dir");
+        for entry in std::fs::read_dir(other.state_dir()).expect("read state dir") {
+            let entry = entry.expect("state entry");
+            if entry.file_type().expect("file type").is_file() {
+                std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy state");
+            }
+        }
+        daemon.spawn();
+        daemon
+    }
+
+    /// Signs `data` as `user` with `pin` (`--json`); writes the DER
+    /// signature next to the data, as `<data>.sig`.
+    pub fn sign(&self, user: &str, pin: &str, data: &Path) -> Ctl {
+        let sig = data.with_extension("sig");
+        self.ctl_with_stdin(
+            &[
+                "--json",
+                "sign",
+                "--user",
+                user,
+                "--in",
+                data.to_str().expect("utf-8 path"),
+                "--out",
+                sig.to_str().expect("utf-8 path"),
+                "--pin-stdin",
+            ],
+            Some(&format!("{pin}\n")),
+        )
+    }
+
+    /// Enrolls a user in the named key store; returns the JSON answer.
+    pub fn add_user_with(&self, portal: &Portal, user: &str, pin: &str, backend: &str) -> Value {
+        let code = portal.user_code(user);
+        let out = self.ctl_with_stdin(
+            &[
+                "--json",
+                "user",
+                "add",
+                &code.uri,
+                "--backend",
+                backend,
+                "--pin-stdin",
+            ],
+            Some(&format!("{pin}\n")),
+        );
+        out.assert_ok();
+        out.json()
+    }
+
     /// A daemon with fast software keys and no default portal.
     pub fn start_default() -> Daemon {
         Self::start(FAST_SOFT_KEYS)
@@ -273,6 +338,7 @@ impl Daemon {
         child.wait().expect("wait")
     }
 
+    /// Stops the daemon (SIGKILL, if it runs) and starts it again.
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn();
@@ -386,4 +452,184 @@ impl Ctl {
         assert!(!message.is_empty(), "a failure needs a message: {self:?}");
         json
     }
+}
+
+/// A running swtpm (started by `tests/swtpm/start.sh`), with an EK
+/// certificate from a local test CA, on free loopback ports and its own
+/// state directory. swtpm serves one client at a time, so each test starts
+/// its own. Stopped on drop; `restart` keeps the TPM's state, as a reboot.
+pub struct Swtpm {
+    pub tcti: String,
+    pub port: u16,
+    pub state: PathBuf,
+    pub ca: PathBuf,
+    _dir: Option<TempDir>,
+}
+
+impl Swtpm {
+    /// A new TPM with its own test CA.
+    pub fn start() -> Swtpm {
+        let mut tpm = Swtpm::start_unspawned();
+        tpm.spawn();
+        tpm
+    }
+
+    /// A new TPM whose EK certificate is signed by `other`'s test CA.
+    pub fn start_with_ca_of(other: &Swtpm) -> Swtpm {
+        let mut tpm = Swtpm::start_unspawned();
+        tpm.ca = other.ca.clone();
+        tpm.spawn();
+        tpm
+    }
+
+    fn start_unspawned() -> Swtpm {
+        let dir = open_tempdir();
+        Swtpm {
+            tcti: String::new(),
+            port: 0,
+            state: dir.path().join("tpm"),
+            ca: dir.path().join("ca"),
+            _dir: Some(dir),
+        }
+    }
+
+    /// The repository's swtpm start script.
+    pub fn script() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../swtpm/start.sh")
+    }
+
+    fn spawn(&mut self) {
+        // Another test may take the probed ports before swtpm binds them:
+        // try a few pairs.
+        let mut failure = String::new();
+        for _ in 0..5 {
+            let port = free_port_pair();
+            let output = Command::new(Self::script())
+                .arg(&self.state)
+                .arg(port.to_string())
+                .arg(&self.ca)
+                .output()
+                .expect("run tests/swtpm/start.sh");
+            if output.status.success() {
+                self.tcti = String::from_utf8_lossy(&output.stdout).trim().to_string();
+                self.port = port;
+                return;
+            }
+            failure = String::from_utf8_lossy(&output.stderr).into_owned();
+        }
+        panic!("tests/swtpm/start.sh failed: {failure}");
+    }
+
+    /// The TPM's EK certificate chain root (the test CA's root certificate).
+    pub fn ca_root(&self) -> PathBuf {
+        self.ca.join("swtpm-localca-rootca-cert.pem")
+    }
+
+    fn pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.state.join("swtpm.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+    }
+
+    /// Stops swtpm; its state stays.
+    pub fn stop(&mut self) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: signalling the swtpm this harness started.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            // SAFETY: signal 0 only checks that the process exists.
+            while unsafe { libc::kill(pid, 0) } == 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = std::fs::remove_file(self.state.join("swtpm.pid"));
+        }
+    }
+
+    /// A power cut and power on: stops swtpm without TPM2_Shutdown and
+    /// starts it again on the same state and port. (A TPM counts an
+    /// unorderly restart as one dictionary-attack failure.)
+    pub fn restart(&mut self) {
+        self.stop();
+        self.start_again();
+    }
+
+    /// An orderly reboot, as the OS does it: TPM2_Shutdown(CLEAR), then
+    /// stop and start. Needs the TPM free (no daemon connected).
+    pub fn reboot(&mut self) {
+        let out = Command::new("timeout")
+            .args(["20", "tpm2_shutdown"])
+            .env("TPM2TOOLS_TCTI", &self.tcti)
+            .output()
+            .expect("tpm2_shutdown (tpm2-tools) must be installed");
+        assert!(out.status.success(), "tpm2_shutdown: {out:?}");
+        self.stop();
+        self.start_again();
+    }
+
+    fn start_again(&mut self) {
+        let output = Command::new(Self::script())
+            .arg(&self.state)
+            .arg(self.port.to_string())
+            .arg(&self.ca)
+            .output()
+            .expect("run tests/swtpm/start.sh");
+        assert!(
+            output.status.success(),
+            "restarting swtpm failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// Runs a tpm2-tools command against this TPM (while no one else is
+    /// connected: swtpm serves one client at a time).
+    pub fn tpm2(&self, tool: &str, args: &[&str]) -> Output {
+        Command::new(tool)
+            .args(args)
+            .env("TPM2TOOLS_TCTI", &self.tcti)
+            .output()
+            .unwrap_or_else(|e| panic!("{tool} (tpm2-tools) must be installed: {e}"))
+    }
+
+    /// `[backends.tpm]` config for a daemon using this TPM.
+    pub fn daemon_config(&self) -> String {
+        format!(
+            "{FAST_SOFT_KEYS}\n[backends.tpm]\nenabled = true\ntcti = \"{}\"\n",
+            self.tcti
+        )
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Whether `openssl dgst -sha256 -verify` accepts a DER signature of
+/// `data` by the PEM public key.
+pub fn openssl_verify(public_key_pem: &str, signature_der: &Path, data: &Path) -> bool {
+    let dir = open_tempdir();
+    let pem = dir.path().join("pub.pem");
+    std::fs::write(&pem, public_key_pem).expect("write PEM");
+    let output = Command::new("openssl")
+        .args(["dgst", "-sha256", "-verify"])
+        .arg(&pem)
+        .arg("-signature")
+        .arg(signature_der)
+        .arg(data)
+        .output()
+        .expect("openssl must be installed");
+    output.status.success() && String::from_utf8_lossy(&output.stdout).contains("Verified OK")
+}
+
+/// A loopback port whose successor is free too (swtpm's control port).
+fn free_port_pair() -> u16 {
+    for _ in 0..100 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no two free adjacent loopback ports");
 }

@@ -312,7 +312,7 @@ fn code_errors_have_their_own_reasons() {
                 "add",
                 &erin.uri,
                 "--backend",
-                "tpm",
+                "hsm",
                 "--pin-stdin",
             ],
             Some("1234\n"),

@@ -1,0 +1,390 @@
+//! The TPM 2.0 key store: each user's P-256 key is made inside the TPM
+//! and never leaves it; the user's PIN is the key's authorization value, so
+//! the TPM itself checks it, under its dictionary-attack protection.
+//!
+//! # How it works
+//!
+//! - **Connection.** One ESAPI context for the whole daemon, behind a
+//!   mutex (a poisoned mutex is [`TpmError::Poisoned`], not a panic). The
+//!   TCTI is the configured one, else the `TCTI` environment variable,
+//!   else `/dev/tpmrm0`, then `/dev/tpm0`. When the connection breaks (the
+//!   TPM or simulator restarted) the store reconnects once and retries.
+//! - **Keys.** A storage primary key (ECC P-256, the TCG storage template)
+//!   is derived from the owner seed at startup, so it is the same key every
+//!   time and need not be stored; or it is kept at a configured persistent
+//!   handle. User keys are made under it; their public and private areas
+//!   ([`keys::KeyBlob`]) are the `key_ref` the daemon keeps in its state
+//!   store. A key is loaded for each operation and flushed right after, so
+//!   any number of users fits in the TPM's few object slots. The private
+//!   area is sealed by this TPM's storage key: a blob copied to another TPM
+//!   does not load there ([`KeyStoreError::KeyRejected`]).
+//! - **PIN.** Every command that carries or proves the PIN runs in a salted
+//!   HMAC session with AES-128-CFB parameter encryption: the PIN never
+//!   crosses the bus in clear, and the HMAC cannot be attacked offline. A
+//!   wrong PIN is the TPM's TPM_RC_AUTH_FAIL.
+//! - **Dictionary attack.** The TPM counts every wrong PIN, for all keys
+//!   together, and locks every key after `max_tries` (TPM_PT_MAX_AUTH_FAIL;
+//!   swtpm: 3, then one more try per 1000 s). So one user's guesses must
+//!   stop before that: [`KeyStore::max_pin_attempts`] is `max_tries - 1`,
+//!   read from the TPM, and the daemon locks the user there. If the TPM is
+//!   in lockout anyway (several users guessing, or another program), the
+//!   answer is [`KeyStoreError::HardwareLockout`] with the longest wait.
+//! - **Deleting** a key is forgetting its blob: nothing of it stays in the
+//!   TPM.
+
+pub mod connection;
+pub mod error;
+pub mod keys;
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use fleetkey_plugin::{BackendInfo, CreatedKey, KeyStore, KeyStoreError, Operation, Pin, PinRules};
+use tss_esapi::constants::response_code::Tss2ResponseCodeKind;
+use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
+use tss_esapi::handles::KeyHandle;
+use tss_esapi::interface_types::session_handles::AuthSession;
+use tss_esapi::structures::{Auth, Digest, HashcheckTicket, SignatureScheme};
+use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
+
+pub use connection::{DaState, Tpm, TpmIdentity};
+pub use error::TpmError;
+use keys::KeyBlob;
+
+/// The backend's name in config, on the wire and in user records.
+pub const BACKEND_NAME: &str = "tpm";
+
+/// Longest authorization value the TPM takes for a SHA-256 key: the PIN's
+/// UTF-8 bytes are used as they are (so tpm2-tools can use the key too).
+pub const MAX_PIN_BYTES: usize = 32;
+
+/// How to reach the TPM.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TpmConfig {
+    /// A TCTI string (`device:/dev/tpmrm0`, `swtpm:host=127.0.0.1,port=2321`,
+    /// `tabrmd:`); None: the `TCTI` environment variable, else the devices.
+    pub tcti: Option<String>,
+    /// Keep the storage key at this persistent handle (0x81000000-0x81ffffff)
+    /// instead of deriving it again at each start.
+    pub persistent_handle: Option<u32>,
+}
+
+/// User keys in a TPM 2.0.
+pub struct TpmKeyStore {
+    candidates: Vec<String>,
+    persistent_handle: Option<u32>,
+    tpm: Mutex<Option<Tpm>>,
+    identity: TpmIdentity,
+    per_key_limit: AtomicU32,
+}
+
+impl TpmKeyStore {
+    /// Connects to the TPM and prepares the storage key. Fails (and the
+    /// daemon reports the backend unavailable) when no TPM answers.
+    pub fn open(config: &TpmConfig) -> Result<Self, TpmError> {
+        let env = std::env::var("TCTI").ok();
+        let candidates = connection::tcti_candidates(config.tcti.as_deref(), env.as_deref());
+        let mut tpm = Tpm::open(&candidates, config.persistent_handle)?;
+        let identity = tpm.identity()?;
+        let da = tpm.da_state()?;
+        if identity.simulator {
+            tracing::warn!(tcti = %identity.tcti, manufacturer = %identity.manufacturer, "the TPM is a simulator: keys are not protected by hardware");
+        }
+        tracing::info!(
+            tcti = %identity.tcti,
+            manufacturer = %identity.manufacturer,
+            firmware = %identity.firmware,
+            da_max_tries = da.max_tries,
+            da_counter = da.counter,
+            da_interval_s = da.interval,
+            "TPM ready"
+        );
+        if da.in_lockout {
+            tracing::warn!(
+                recovery_s = ?da.recovery_seconds(),
+                "the TPM is in dictionary-attack lockout"
+            );
+        }
+        Ok(Self {
+            candidates,
+            persistent_handle: config.persistent_handle,
+            tpm: Mutex::new(Some(tpm)),
+            identity,
+            per_key_limit: AtomicU32::new(da.per_key_limit()),
+        })
+    }
+
+    /// Which TPM this is.
+    pub fn identity(&self) -> &TpmIdentity {
+        &self.identity
+    }
+
+    /// The TPM's dictionary-attack settings and state, read now.
+    pub fn da_state(&self) -> Result<DaState, TpmError> {
+        self.with_tpm(|tpm| tpm.da_state())
+    }
+
+    /// Runs `op` on the TPM under the lock; reconnects once if the
+    /// connection broke.
+    fn with_tpm<T>(
+        &self,
+        mut op: impl FnMut(&mut Tpm) -> Result<T, TpmError>,
+    ) -> Result<T, TpmError> {
+        let mut guard = self.tpm.lock().map_err(|_| TpmError::Poisoned)?;
+        if let Some(tpm) = guard.as_mut() {
+            match op(tpm) {
+                Err(e) if e.is_connection_lost() => {
+                    tracing::warn!(error = %e, "lost the TPM connection; reconnecting");
+                    *guard = None;
+                }
+                other => return other,
+            }
+        }
+        let mut tpm = Tpm::open(&self.candidates, self.persistent_handle)?;
+        let result = op(&mut tpm);
+        *guard = Some(tpm);
+        result
+    }
+
+    /// Runs `op` with a fresh HMAC session and flushes the session after.
+    fn with_session<T>(
+        &self,
+        mut op: impl FnMut(&mut Tpm, AuthSession) -> Result<T, TpmError>,
+    ) -> Result<T, TpmError> {
+        self.with_tpm(|tpm| {
+            let session = tpm.hmac_session()?;
+            let result = op(tpm, session);
+            tpm.flush_session(session);
+            result
+        })
+    }
+
+    fn pin_failure(&self, tpm: &mut Tpm, error: tss_esapi::Error) -> TpmError {
+        match error::kind(&error) {
+            Some(Tss2ResponseCodeKind::AuthFail | Tss2ResponseCodeKind::BadAuth) => {
+                if let Ok(da) = tpm.da_state() {
+                    self.per_key_limit
+                        .store(da.per_key_limit(), Ordering::Relaxed);
+                    tracing::info!(
+                        da_counter = da.counter,
+                        da_max_tries = da.max_tries,
+                        "the TPM counted a wrong PIN"
+                    );
+                }
+                TpmError::WrongPin
+            }
+            Some(Tss2ResponseCodeKind::Lockout) => TpmError::Lockout {
+                recovery_seconds: tpm.da_state().ok().and_then(|da| da.recovery_seconds()),
+            },
+            _ => TpmError::Sign(error),
+        }
+    }
+}
+
+/// The PIN as the key's authorization value.
+fn pin_auth(pin: &Pin) -> Result<Auth, TpmError> {
+    let bytes = pin.as_bytes();
+    if bytes.len() > MAX_PIN_BYTES {
+        return Err(TpmError::PinTooLong(bytes.len()));
+    }
+    Auth::try_from(bytes.to_vec()).map_err(TpmError::Structure)
+}
+
+/// Loads a key blob under the storage key.
+fn load(tpm: &mut Tpm, session: AuthSession, blob: &KeyBlob) -> Result<KeyHandle, TpmError> {
+    tpm.set_encryption(session, true, false)?;
+    let primary = tpm.primary;
+    let (private, public) = (blob.private.clone(), blob.public.clone());
+    tpm.context
+        .execute_with_session(Some(session), |ctx| ctx.load(primary, private, public))
+        .map_err(|e| match error::kind(&e) {
+            Some(
+                Tss2ResponseCodeKind::Integrity
+                | Tss2ResponseCodeKind::Binding
+                | Tss2ResponseCodeKind::Size
+                | Tss2ResponseCodeKind::Value,
+            ) => TpmError::KeyRejected(format!(
+                "this key was not made by this TPM (its storage key cannot open it; a key copied from another machine, or the TPM was cleared since it was made): {e}"
+            )),
+            _ => TpmError::Load(e),
+        })
+}
+
+fn null_ticket() -> Result<HashcheckTicket, TpmError> {
+    HashcheckTicket::try_from(TPMT_TK_HASHCHECK {
+        tag: TPM2_ST_HASHCHECK,
+        hierarchy: TPM2_RH_NULL,
+        digest: Default::default(),
+    })
+    .map_err(TpmError::Structure)
+}
+
+impl KeyStore for TpmKeyStore {
+    fn describe(&self) -> BackendInfo {
+        let id = &self.identity;
+        BackendInfo {
+            name: BACKEND_NAME.into(),
+            description: format!(
+                "Keys inside the TPM 2.0 ({} {}, firmware {}){}",
+                id.manufacturer,
+                id.vendor,
+                id.firmware,
+                if id.simulator { " - a SIMULATOR" } else { "" }
+            ),
+            hardware_backed: true,
+            attestation_formats: vec!["none".into()],
+            pin_rules: PinRules {
+                min_length: None,
+                max_length: Some(MAX_PIN_BYTES),
+            },
+            operations: vec![
+                Operation::Create,
+                Operation::Sign,
+                Operation::Delete,
+                Operation::ChangePin,
+            ],
+        }
+    }
+
+    fn create_key(&self, key_id: &str, pin: &Pin) -> Result<CreatedKey, KeyStoreError> {
+        let auth = pin_auth(pin)?;
+        let template = keys::user_key_template()?;
+        let created = self.with_session(|tpm, session| {
+            tpm.set_encryption(session, true, true)?;
+            let primary = tpm.primary;
+            tpm.context
+                .execute_with_session(Some(session), |ctx| {
+                    ctx.create(
+                        primary,
+                        template.clone(),
+                        Some(auth.clone()),
+                        None,
+                        None,
+                        None,
+                    )
+                })
+                .map_err(TpmError::Create)
+        })?;
+        let public_key_der = keys::public_key_der(&created.out_public)?;
+        let key_ref = KeyBlob {
+            public: created.out_public,
+            private: created.out_private,
+        }
+        .encode()?;
+        tracing::debug!(key_id, "TPM key created");
+        Ok(CreatedKey {
+            key_ref,
+            public_key_der,
+        })
+    }
+
+    fn sign_digest(
+        &self,
+        key_ref: &[u8],
+        pin: &Pin,
+        digest: &[u8; 32],
+    ) -> Result<Vec<u8>, KeyStoreError> {
+        let blob = KeyBlob::decode(key_ref)?;
+        let auth = pin_auth(pin)?;
+        let digest = Digest::try_from(digest.to_vec()).map_err(TpmError::Structure)?;
+        let signature = self.with_session(|tpm, session| {
+            let key = load(tpm, session, &blob)?;
+            let result = (|| {
+                tpm.context
+                    .tr_set_auth(key.into(), auth.clone())
+                    .map_err(TpmError::Sign)?;
+                tpm.set_encryption(session, true, false)?;
+                let (digest, ticket) = (digest.clone(), null_ticket()?);
+                let signed = tpm.context.execute_with_session(Some(session), |ctx| {
+                    ctx.sign(key, digest, SignatureScheme::Null, ticket)
+                });
+                signed.map_err(|e| self.pin_failure(tpm, e))
+            })();
+            tpm.flush_key(key);
+            result
+        })?;
+        Ok(keys::signature_der(&signature)?)
+    }
+
+    /// Nothing of a key stays in the TPM: it exists only as the blob the
+    /// daemon keeps, which the daemon deletes.
+    fn delete_key(&self, _key_ref: &[u8]) -> Result<(), KeyStoreError> {
+        Ok(())
+    }
+
+    /// TPM2_ObjectChangeAuth: a new private area under the new PIN. The old
+    /// blob (if someone kept a copy) still opens with the old PIN; the
+    /// daemon replaces it.
+    fn change_pin(
+        &self,
+        key_ref: &[u8],
+        old_pin: &Pin,
+        new_pin: &Pin,
+    ) -> Result<Vec<u8>, KeyStoreError> {
+        let blob = KeyBlob::decode(key_ref)?;
+        let old = pin_auth(old_pin)?;
+        let new = pin_auth(new_pin)?;
+        let private = self.with_session(|tpm, session| {
+            let key = load(tpm, session, &blob)?;
+            let result = (|| {
+                tpm.context
+                    .tr_set_auth(key.into(), old.clone())
+                    .map_err(TpmError::ChangeAuth)?;
+                tpm.set_encryption(session, true, true)?;
+                let primary = tpm.primary;
+                let changed = tpm.context.execute_with_session(Some(session), |ctx| {
+                    ctx.object_change_auth(key.into(), primary.into(), new.clone())
+                });
+                changed.map_err(|e| match self.pin_failure(tpm, e) {
+                    TpmError::Sign(e) => TpmError::ChangeAuth(e),
+                    other => other,
+                })
+            })();
+            tpm.flush_key(key);
+            result
+        })?;
+        Ok(KeyBlob {
+            public: blob.public,
+            private,
+        }
+        .encode()?)
+    }
+
+    fn max_pin_attempts(&self) -> Option<u32> {
+        Some(self.per_key_limit.load(Ordering::Relaxed))
+    }
+
+    fn details(&self) -> Vec<(String, String)> {
+        let id = &self.identity;
+        let mut details = vec![
+            ("manufacturer".to_string(), id.manufacturer.clone()),
+            ("vendor".to_string(), id.vendor.clone()),
+            ("firmware".to_string(), id.firmware.clone()),
+            ("tcti".to_string(), id.tcti.clone()),
+        ];
+        match self.da_state() {
+            Ok(da) => {
+                self.per_key_limit
+                    .store(da.per_key_limit(), Ordering::Relaxed);
+                details.push((
+                    "lockout".to_string(),
+                    format!(
+                        "{} of {} failures counted, one forgiven every {} s{}",
+                        da.counter,
+                        da.max_tries,
+                        da.interval,
+                        if da.in_lockout { " (IN LOCKOUT)" } else { "" }
+                    ),
+                ));
+            }
+            Err(e) => details.push(("lockout".to_string(), format!("cannot be read: {e}"))),
+        }
+        if id.simulator {
+            details.push((
+                "warning".to_string(),
+                "this TPM is a simulator: keys are not protected by hardware".to_string(),
+            ));
+        }
+        details
+    }
+}

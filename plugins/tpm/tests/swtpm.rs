@@ -1,0 +1,187 @@
+//! The TPM key store against a real software TPM (swtpm, started by
+//! tests/swtpm/start.sh with an EK certificate), one TPM per test.
+
+// Test helpers outside #[test] functions may panic too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use fleetkey_e2e::Swtpm;
+use fleetkey_plugin::{KeyStore, KeyStoreError, Pin};
+use fleetkey_tpm::{TpmConfig, TpmError, TpmKeyStore};
+use p256::ecdsa::signature::hazmat::PrehashVerifier;
+use p256::ecdsa::{Signature, VerifyingKey};
+use p256::pkcs8::DecodePublicKey;
+use sha2::{Digest, Sha256};
+
+fn open(tpm: &Swtpm) -> TpmKeyStore {
+    TpmKeyStore::open(&TpmConfig {
+        tcti: Some(tpm.tcti.clone()),
+        persistent_handle: None,
+    })
+    .expect("open the TPM key store on swtpm")
+}
+
+fn verifies(public_key_der: &[u8], digest: &[u8; 32], signature_der: &[u8]) -> bool {
+    let key = VerifyingKey::from_public_key_der(public_key_der).unwrap();
+    let signature = Signature::from_der(signature_der).unwrap();
+    key.verify_prehash(digest, &signature).is_ok()
+}
+
+#[test]
+fn keys_sign_with_the_pin_and_many_users_fit() {
+    let tpm = Swtpm::start();
+    let store = open(&tpm);
+    let id = store.identity();
+    assert_eq!(id.manufacturer, "IBM");
+    assert!(id.simulator, "{id:?}");
+    assert!(store.describe().hardware_backed);
+    let details = store.details();
+    assert!(details.iter().any(|(k, _)| k == "warning"), "{details:?}");
+    assert!(
+        details
+            .iter()
+            .any(|(k, v)| k == "firmware" && !v.is_empty())
+    );
+    // swtpm's defaults: 3 failures lock the TPM, so 2 per key.
+    assert_eq!(store.max_pin_attempts(), Some(2));
+
+    // More users than the TPM has object slots (swtpm: 3): keys are
+    // loaded per use and flushed.
+    let digest: [u8; 32] = Sha256::digest(b"approve login 42").into();
+    let mut keys = Vec::new();
+    for i in 0..8 {
+        let pin = Pin::new(format!("pin{i}"));
+        let key = store.create_key(&format!("u-{i}"), &pin).unwrap();
+        keys.push((key, pin));
+    }
+    for (key, pin) in &keys {
+        let signature = store.sign_digest(&key.key_ref, pin, &digest).unwrap();
+        assert!(verifies(&key.public_key_der, &digest, &signature));
+    }
+    let (alice, alice_pin) = &keys[0];
+    let (bob, _) = &keys[1];
+    assert_ne!(alice.public_key_der, bob.public_key_der);
+
+    // Another user's PIN does not open alice's key.
+    let err = store
+        .sign_digest(&alice.key_ref, &Pin::new("pin1"), &digest)
+        .unwrap_err();
+    assert!(matches!(err, KeyStoreError::PinIncorrect { .. }), "{err:?}");
+
+    // Change the PIN: the new blob opens with the new PIN only.
+    let new_ref = store
+        .change_pin(&alice.key_ref, alice_pin, &Pin::new("new-pin"))
+        .unwrap();
+    let signature = store
+        .sign_digest(&new_ref, &Pin::new("new-pin"), &digest)
+        .unwrap();
+    assert!(verifies(&alice.public_key_der, &digest, &signature));
+    let err = store.sign_digest(&new_ref, alice_pin, &digest).unwrap_err();
+    assert!(matches!(err, KeyStoreError::PinIncorrect { .. }), "{err:?}");
+
+    // PINs longer than the TPM takes are refused before the TPM sees them.
+    let err = store
+        .create_key("u-long", &Pin::new("x".repeat(33)))
+        .unwrap_err();
+    assert!(matches!(err, KeyStoreError::PinRules(_)), "{err:?}");
+    // Damaged blobs say so.
+    let err = store.sign_digest(b"junk", alice_pin, &digest).unwrap_err();
+    assert!(matches!(err, KeyStoreError::Corrupt { .. }), "{err:?}");
+}
+
+#[test]
+fn a_key_blob_from_another_tpm_does_not_load() {
+    let first = Swtpm::start();
+    let second = Swtpm::start();
+    let store_a = open(&first);
+    let store_b = open(&second);
+    let pin = Pin::new("2468");
+    let key = store_a.create_key("u-a", &pin).unwrap();
+    let digest = [7u8; 32];
+    assert!(store_a.sign_digest(&key.key_ref, &pin, &digest).is_ok());
+    let err = store_b
+        .sign_digest(&key.key_ref, &pin, &digest)
+        .unwrap_err();
+    assert!(matches!(err, KeyStoreError::KeyRejected(_)), "{err:?}");
+    assert!(err.to_string().contains("not made by this TPM"), "{err}");
+}
+
+#[test]
+fn wrong_pins_are_counted_by_the_tpm_until_lockout() {
+    let tpm = Swtpm::start();
+    let store = open(&tpm);
+    let pin = Pin::new("1357");
+    let key = store.create_key("u-x", &pin).unwrap();
+    let digest = [1u8; 32];
+    assert_eq!(store.da_state().unwrap().counter, 0);
+    for expected in 1..=3 {
+        let err = store
+            .sign_digest(&key.key_ref, &Pin::new("0000"), &digest)
+            .unwrap_err();
+        assert!(matches!(err, KeyStoreError::PinIncorrect { .. }), "{err:?}");
+        assert_eq!(store.da_state().unwrap().counter, expected);
+    }
+    // The TPM now refuses every PIN, the right one too, and says how long.
+    let da = store.da_state().unwrap();
+    assert!(da.in_lockout, "{da:?}");
+    let err = store.sign_digest(&key.key_ref, &pin, &digest).unwrap_err();
+    match err {
+        KeyStoreError::HardwareLockout {
+            retry_after_seconds,
+            ref detail,
+        } => {
+            assert_eq!(retry_after_seconds, Some(1000), "{detail}");
+            assert!(detail.contains("lockout"), "{detail}");
+        }
+        other => panic!("expected a lockout, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_store_reconnects_when_the_tpm_restarts() {
+    let mut tpm = Swtpm::start();
+    let store = open(&tpm);
+    let pin = Pin::new("8642");
+    let key = store.create_key("u-r", &pin).unwrap();
+    let digest = [9u8; 32];
+    tpm.restart();
+    // Same TPM state (owner seed), so the same storage key: the blob loads.
+    let signature = store.sign_digest(&key.key_ref, &pin, &digest).unwrap();
+    assert!(verifies(&key.public_key_der, &digest, &signature));
+}
+
+#[test]
+fn a_persistent_storage_key_is_made_once_and_reused() {
+    let tpm = Swtpm::start();
+    let config = TpmConfig {
+        tcti: Some(tpm.tcti.clone()),
+        persistent_handle: Some(0x8100_0101),
+    };
+    let pin = Pin::new("1111");
+    let digest = [3u8; 32];
+    let key = {
+        let store = TpmKeyStore::open(&config).unwrap();
+        store.create_key("u-p", &pin).unwrap()
+    };
+    let store = TpmKeyStore::open(&config).unwrap();
+    let signature = store.sign_digest(&key.key_ref, &pin, &digest).unwrap();
+    assert!(verifies(&key.public_key_der, &digest, &signature));
+    drop(store);
+    let out = tpm.tpm2("tpm2_getcap", &["handles-persistent"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("0x81000101"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn no_tpm_is_a_clear_error() {
+    let err = match TpmKeyStore::open(&TpmConfig {
+        tcti: Some("swtpm:host=127.0.0.1,port=1".into()),
+        persistent_handle: None,
+    }) {
+        Ok(_) => panic!("nothing listens on port 1"),
+        Err(e) => e,
+    };
+    assert!(matches!(err, TpmError::NoTpm { .. }), "{err:?}");
+    assert!(err.to_string().contains("port=1"), "{err}");
+}

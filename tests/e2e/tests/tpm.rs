@@ -1,0 +1,300 @@
+//! End to end with the `tpm` key store: the real portal, daemon and CLI on
+//! a real software TPM (swtpm with an EK certificate, started by
+//! tests/swtpm/start.sh), one TPM per test. Cross-checked with tpm2-tools.
+
+use std::path::Path;
+
+use fleetkey_e2e::{Daemon, Portal, Swtpm, open_tempdir, openssl_verify};
+use fleetkey_proto::Reason;
+use serde_json::Value;
+
+fn tpm_backend(status: &Value) -> Value {
+    status["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .find(|b| b["name"] == "tpm")
+        .cloned()
+        .expect("a tpm backend in status")
+}
+
+fn write(dir: &Path, name: &str, data: &[u8]) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, data).unwrap();
+    path
+}
+
+/// Signs and checks the signature with openssl against the key the portal
+/// registered.
+fn sign_and_verify(daemon: &Daemon, portal: &Portal, user: &str, pin: &str, dir: &Path) {
+    let data = write(
+        dir,
+        &format!("{user}.txt"),
+        format!("approve {user}").as_bytes(),
+    );
+    let signed = daemon.sign(user, pin, &data);
+    signed.assert_ok();
+    let registered = portal.user_show(user).expect("portal knows the user");
+    assert_eq!(
+        signed.json()["public_key_pem"],
+        registered["public_key_pem"]
+    );
+    assert!(
+        openssl_verify(
+            registered["public_key_pem"].as_str().unwrap(),
+            &data.with_extension("sig"),
+            &data
+        ),
+        "openssl does not verify {user}'s TPM signature"
+    );
+}
+
+/// A TPM property from `tpm2_getcap`, e.g. "TPM2_PT_MANUFACTURER".
+fn getcap_value(tpm: &Swtpm, group: &str, property: &str) -> String {
+    let out = tpm.tpm2("tpm2_getcap", &[group]);
+    assert!(out.status.success(), "tpm2_getcap {group}: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if let Some(rest) = line.strip_prefix(&format!("{property}:")) {
+            if !rest.trim().is_empty() {
+                return rest.trim().to_string();
+            }
+            // properties-fixed: "  raw: 0x..." then "  value: ..." lines.
+            let mut value = String::new();
+            for next in lines.by_ref() {
+                if !next.starts_with(' ') {
+                    break;
+                }
+                if let Some(v) = next.trim().strip_prefix("value:") {
+                    value = v.trim().trim_matches('"').to_string();
+                }
+            }
+            return value;
+        }
+    }
+    panic!("tpm2_getcap {group} shows no {property}: {text}");
+}
+
+#[test]
+fn tpm_users_enroll_sign_verify_with_openssl_and_survive_restarts() {
+    let mut tpm = Swtpm::start();
+    let portal = Portal::start();
+    let mut daemon = Daemon::start(&tpm.daemon_config());
+
+    let status = daemon.ctl(&["--json", "status"]).json();
+    let backend = tpm_backend(&status);
+    assert_eq!(backend["available"], true, "{backend}");
+    assert_eq!(backend["hardware_backed"], true);
+    assert_eq!(backend["details"]["manufacturer"], "IBM");
+    assert!(!backend["details"]["firmware"].as_str().unwrap().is_empty());
+    assert!(
+        backend["details"]["warning"]
+            .as_str()
+            .unwrap()
+            .contains("simulator"),
+        "{backend}"
+    );
+    // swtpm locks the TPM after 3 failures: users are locked after 2.
+    assert_eq!(backend["pin_max_attempts"], 2);
+    let human = daemon.ctl(&["status"]);
+    human.assert_ok();
+    assert!(
+        human
+            .stdout
+            .contains("warning: tpm: this TPM is a simulator"),
+        "{human:?}"
+    );
+
+    daemon.activate(&portal);
+    let users = [
+        ("alice", "1234"),
+        ("bob", "5678"),
+        ("carol", "9012"),
+        ("dave", "3456"),
+    ];
+    for (user, pin) in users {
+        let added = daemon.add_user_with(&portal, user, pin, "tpm");
+        assert_eq!(added["backend"], "tpm");
+        assert_eq!(added["hardware_backed"], true);
+    }
+    let dir = open_tempdir();
+    for (user, pin) in users {
+        sign_and_verify(&daemon, &portal, user, pin, dir.path());
+    }
+    let list = daemon.ctl(&["--json", "user", "list"]).json();
+    for user in list["users"].as_array().unwrap() {
+        assert_eq!(user["tries_left"], 2, "{user}");
+    }
+
+    // The daemon crashes and comes back: the keys' blobs are in its state.
+    daemon.restart();
+    sign_and_verify(&daemon, &portal, "alice", "1234", dir.path());
+    // The TPM loses power under the running daemon: it reconnects. (The
+    // TPM counts the unorderly restart as one DA failure.)
+    tpm.restart();
+    sign_and_verify(&daemon, &portal, "bob", "5678", dir.path());
+    // Both go down in order and come back.
+    daemon.terminate();
+    tpm.reboot();
+    daemon.restart();
+    sign_and_verify(&daemon, &portal, "carol", "9012", dir.path());
+
+    // PIN change through the TPM (TPM2_ObjectChangeAuth).
+    daemon
+        .ctl_with_stdin(
+            &["--json", "user", "pin", "change", "dave", "--pin-stdin"],
+            Some("3456\n6543\n"),
+        )
+        .assert_ok();
+    sign_and_verify(&daemon, &portal, "dave", "6543", dir.path());
+    let data = write(dir.path(), "old.txt", b"old pin");
+    daemon
+        .sign("dave", "3456", &data)
+        .assert_reason(Reason::PinWrong);
+
+    // tpm2-tools sees the same TPM the daemon reported (swtpm serves one
+    // client at a time, so the daemon is stopped first).
+    let status = daemon.ctl(&["--json", "status"]).json();
+    let backend = tpm_backend(&status);
+    daemon.terminate();
+    assert_eq!(
+        getcap_value(&tpm, "properties-fixed", "TPM2_PT_MANUFACTURER"),
+        backend["details"]["manufacturer"].as_str().unwrap()
+    );
+    let counter = getcap_value(&tpm, "properties-variable", "TPM2_PT_LOCKOUT_COUNTER");
+    assert_eq!(counter, "0x2", "the power cut and dave's wrong PIN");
+    assert!(
+        backend["details"]["lockout"]
+            .as_str()
+            .unwrap()
+            .starts_with("2 of 3 failures"),
+        "{backend}"
+    );
+}
+
+#[test]
+fn one_users_wrong_pins_never_lock_the_tpm_and_lockout_is_reported() {
+    let tpm = Swtpm::start();
+    let portal = Portal::start();
+    let mut daemon = Daemon::start(&tpm.daemon_config());
+    daemon.activate(&portal);
+    daemon.add_user_with(&portal, "alice", "1111", "tpm");
+    daemon.add_user_with(&portal, "bob", "2222", "tpm");
+    let dir = open_tempdir();
+    let data = write(dir.path(), "challenge", b"login 7");
+
+    // Alice guesses: the TPM checks the PIN; the daemon locks her one
+    // failure before the TPM would lock everyone.
+    let wrong = daemon.sign("alice", "0000", &data);
+    let json = wrong.assert_reason(Reason::PinWrong);
+    assert_eq!(json["error"]["tries_left"], 1);
+    let locked = daemon.sign("alice", "0001", &data);
+    locked.assert_reason(Reason::PinLocked);
+    // She keeps guessing: the daemon refuses without asking the TPM.
+    for guess in ["0002", "0003", "1111"] {
+        daemon
+            .sign("alice", guess, &data)
+            .assert_reason(Reason::PinLocked);
+    }
+    let status = daemon.ctl(&["--json", "status"]).json();
+    let lockout = tpm_backend(&status)["details"]["lockout"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(lockout.starts_with("2 of 3 failures"), "{lockout}");
+    assert!(!lockout.contains("IN LOCKOUT"), "{lockout}");
+    // ... so Bob still signs, also after a daemon restart (the count is
+    // durable).
+    daemon.sign("bob", "2222", &data).assert_ok();
+    daemon.restart();
+    daemon
+        .sign("alice", "1111", &data)
+        .assert_reason(Reason::PinLocked);
+    daemon.sign("bob", "2222", &data).assert_ok();
+
+    // A second user's wrong PIN uses up the TPM's own limit (3 in total):
+    // now the TPM refuses every PIN, and says for how long.
+    daemon
+        .sign("bob", "9999", &data)
+        .assert_reason(Reason::PinWrong);
+    let refused = daemon.sign("bob", "2222", &data);
+    let json = refused.assert_reason(Reason::TpmLockout);
+    assert_eq!(json["error"]["retry_after_seconds"], "1000", "{json}");
+    assert!(
+        json["error"]["hint"].as_str().unwrap().contains("1000 s"),
+        "{json}"
+    );
+    // The lockout is not Bob's wrong PIN.
+    let bob = daemon.ctl(&["--json", "user", "show", "bob"]).json();
+    assert_eq!(bob["failed_attempts"], 1, "{bob}");
+    assert_eq!(bob["locked"], false);
+    let status = daemon.ctl(&["--json", "status"]).json();
+    assert!(
+        tpm_backend(&status)["details"]["lockout"]
+            .as_str()
+            .unwrap()
+            .contains("IN LOCKOUT")
+    );
+}
+
+#[test]
+fn tpm_state_copied_to_another_machine_does_not_sign() {
+    let tpm_a = Swtpm::start();
+    let tpm_b = Swtpm::start();
+    let portal = Portal::start();
+    let mut daemon_a = Daemon::start(&tpm_a.daemon_config());
+    daemon_a.activate(&portal);
+    daemon_a.add_user_with(&portal, "alice", "1234", "tpm");
+    daemon_a.terminate();
+
+    // The whole state directory, key blobs included, on another machine.
+    let daemon_b = Daemon::start_with_state_of(&tpm_b.daemon_config(), &daemon_a);
+    let dir = open_tempdir();
+    let data = write(dir.path(), "challenge", b"stolen disk");
+    let refused = daemon_b.sign("alice", "1234", &data);
+    let json = refused.assert_reason(Reason::TpmKeyRejected);
+    assert!(
+        json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not made by this TPM"),
+        "{json}"
+    );
+    // A refused load is not a wrong PIN.
+    let alice = daemon_b.ctl(&["--json", "user", "show", "alice"]).json();
+    assert_eq!(alice["failed_attempts"], 0);
+}
+
+#[test]
+fn no_tpm_means_unavailable_and_the_daemon_still_runs() {
+    let portal = Portal::start();
+    let config = format!(
+        "{}\n[backends.tpm]\ntcti = \"swtpm:host=127.0.0.1,port=1\"\n",
+        fleetkey_e2e::FAST_SOFT_KEYS
+    );
+    let daemon = Daemon::start(&config);
+    let status = daemon.ctl(&["--json", "status"]).json();
+    let backend = tpm_backend(&status);
+    assert_eq!(backend["available"], false);
+    let reason = backend["unavailable_reason"].as_str().unwrap();
+    assert!(reason.contains("no TPM answers"), "{reason}");
+    daemon.activate(&portal);
+    let code = portal.user_code("alice");
+    daemon
+        .ctl_with_stdin(
+            &[
+                "--json",
+                "user",
+                "add",
+                &code.uri,
+                "--backend",
+                "tpm",
+                "--pin-stdin",
+            ],
+            Some("1234\n"),
+        )
+        .assert_reason(Reason::BackendUnavailable);
+    // The software store still works.
+    daemon.add_user(&portal, "bob", "1234");
+}
