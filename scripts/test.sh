@@ -9,9 +9,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests run (openssl verifies signatures, setpriv
-# switches users).
-packages=(openssl util-linux ca-certificates)
+# Debian packages the build and tests need (openssl verifies signatures, setpriv
+# switches users, libpcsclite-dev builds the pcsc backend, pcscd with the
+# vsmartcard-vpcd driver hosts the simulated PIV cards, opensc checks them).
+packages=(openssl util-linux ca-certificates libpcsclite-dev pcscd vsmartcard-vpcd opensc)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -37,7 +38,7 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 echo "== build binaries"
-cargo build --workspace --bins
+cargo build --workspace --bins --all-features
 echo "== tests"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

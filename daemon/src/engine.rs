@@ -55,7 +55,28 @@ fn key_store_failure(backend: &str, error: KeyStoreError) -> Failure {
     if reason == Reason::Internal {
         tracing::error!(backend, %error, "key store failure");
     }
-    Failure::new(reason, format!("key store '{backend}': {error}")).with_meta("backend", backend)
+    let mut failure = Failure::new(reason, format!("key store '{backend}': {error}"))
+        .with_meta("backend", backend);
+    match error {
+        KeyStoreError::PinIncorrect {
+            tries_left: Some(tries_left),
+        } => {
+            failure = Failure::new(
+                reason,
+                format!("key store '{backend}': wrong PIN; the card allows {tries_left} more"),
+            )
+            .with_meta("backend", backend)
+            .with_meta("tries_left", tries_left)
+            .with_hint("This card's PIN is already set: give the card's PIN (or unblock the card with its PUK first).");
+        }
+        KeyStoreError::PinLocked => {
+            failure = failure
+                .with_meta("tries_left", 0)
+                .with_hint("The card has blocked its PIN; unblock it with its PUK (e.g. ykman piv access unblock-pin) before enrolling.");
+        }
+        _ => {}
+    }
+    failure
 }
 
 /// What startup recovery found and cleaned.

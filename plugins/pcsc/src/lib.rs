@@ -150,6 +150,11 @@ impl Transmit for PcscCard {
     fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, pcsc::Error> {
         let mut buffer = vec![0u8; pcsc::MAX_BUFFER_SIZE_EXTENDED];
         let answer = self.0.transmit(apdu, &mut buffer)?;
+        if answer.is_empty() {
+            // No answer at all: the card stopped answering (vpcd reports
+            // a card that left this way).
+            return Err(pcsc::Error::UnresponsiveCard);
+        }
         Ok(answer.to_vec())
     }
 }
@@ -424,7 +429,7 @@ fn card_error(card: &CardLabel, error: PivError) -> KeyStoreError {
     match error {
         PivError::Transport { source, command } if is_card_gone(source) => {
             KeyStoreError::CardNotPresent(format!(
-                "{} was removed from reader '{}' during {command}; nothing was signed or changed after that point",
+                "{} was removed from reader '{}' (or stopped answering) during {command}; the operation did not complete",
                 describe_card(&card.card_id, card.serial),
                 card.reader
             ))
