@@ -486,10 +486,10 @@ impl Card {
         Ok(Vec::new())
     }
 
-    fn new_secret(reference: u8, bytes: &[u8]) -> Result<String, u16> {
+    /// A new PIN or PUK: 6 to 8 bytes, as YubiKeys accept them.
+    fn new_secret(bytes: &[u8]) -> Result<String, u16> {
         let secret = unpad(bytes).ok_or(SW_WRONG_DATA)?;
-        let (min, max) = if reference == PIN_REF { (6, 8) } else { (6, 8) };
-        if secret.len() < min || secret.len() > max {
+        if !(6..=8).contains(&secret.len()) {
             return Err(SW_WRONG_DATA);
         }
         Ok(secret)
@@ -499,7 +499,7 @@ impl Card {
         if c.data.len() != 16 {
             return Err(SW_WRONG_LENGTH);
         }
-        let new = Self::new_secret(c.p2, &c.data[8..])?;
+        let new = Self::new_secret(&c.data[8..])?;
         self.check_secret(c.p2, &c.data[..8])?;
         if c.p2 == PIN_REF {
             self.state.pin = new;
@@ -519,7 +519,7 @@ impl Card {
         if c.data.len() != 16 {
             return Err(SW_WRONG_LENGTH);
         }
-        let new = Self::new_secret(PIN_REF, &c.data[8..])?;
+        let new = Self::new_secret(&c.data[8..])?;
         self.check_secret(PUK_REF, &c.data[..8])?;
         self.state.pin = new;
         self.state.pin_is_default = false;
