@@ -36,8 +36,8 @@ use std::ffi::CString;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use fleetkey_plugin::{
-    BackendInfo, CardInfo, CreateOptions, CreatedKey, Enrolled, KeyStore, KeyStoreError, Operation,
-    Pin, PinRules, PinStatus,
+    Attestation, BackendInfo, CardInfo, CreateOptions, CreatedKey, Enrolled, KeyStore,
+    KeyStoreError, Operation, Pin, PinRules, PinStatus,
 };
 use p256::pkcs8::EncodePublicKey;
 
@@ -52,6 +52,12 @@ pub const PIN_RULES: PinRules = PinRules {
     min_length: Some(6),
     max_length: Some(8),
 };
+
+/// The attestation format of keys on cards that attest them (YubiKey
+/// style): the key's certificate, signed by the card's attestation key
+/// (slot F9), followed by that key's certificate, signed by the card's
+/// maker.
+pub const ATTESTATION_FORMAT: &str = "piv-attestation";
 
 /// The key store's settings.
 #[derive(Debug, Clone)]
@@ -474,7 +480,7 @@ impl KeyStore for PcscKeyStore {
             name: BACKEND_NAME.into(),
             description: "PIV smartcards and tokens over PC/SC (keys generated on the card)".into(),
             hardware_backed: true,
-            attestation_formats: vec!["none".into()],
+            attestation_formats: vec![ATTESTATION_FORMAT.into(), "none".into()],
             pin_rules: PIN_RULES,
             operations: vec![
                 Operation::Create,
@@ -484,6 +490,7 @@ impl KeyStore for PcscKeyStore {
                 Operation::PinStatus,
                 Operation::UnblockPin,
                 Operation::ListCards,
+                Operation::Attest,
             ],
         }
     }
@@ -609,6 +616,35 @@ impl KeyStore for PcscKeyStore {
         card.piv
             .sign_p256(key.slot, digest)
             .map_err(|e| card_error(&label, e))
+    }
+
+    /// YubiKey-style PIV attestation: format [`ATTESTATION_FORMAT`], data
+    /// the key's attestation certificate then the card's F9 certificate
+    /// (DER, one after the other). Cards that cannot attest give "none".
+    fn attest(&self, key_ref: &[u8]) -> Result<Attestation, KeyStoreError> {
+        let key = KeyRef::decode(key_ref)?;
+        let mut card = self.find_card(&key)?;
+        let label = card.label();
+        let Some(attested) = card
+            .piv
+            .attest(key.slot)
+            .map_err(|e| card_error(&label, e))?
+        else {
+            return Ok(Attestation::none());
+        };
+        let Some(intermediate) = card
+            .piv
+            .attestation_certificate()
+            .map_err(|e| card_error(&label, e))?
+        else {
+            return Ok(Attestation::none());
+        };
+        let mut data = attested;
+        data.extend_from_slice(&intermediate);
+        Ok(Attestation {
+            format: ATTESTATION_FORMAT.into(),
+            data,
+        })
     }
 
     fn delete_key(&self, key_ref: &[u8]) -> Result<(), KeyStoreError> {

@@ -16,6 +16,7 @@ const PUK_REF: u8 = 0x81;
 const MGMT_REF: u8 = 0x9B;
 const ALG_P256: u8 = 0x11;
 const CHUID: u32 = 0x5FC102;
+const ATTESTATION_OBJECT: u32 = 0x5FFF01;
 
 /// Sends raw APDUs to a card.
 pub trait Transmit {
@@ -322,6 +323,29 @@ impl<T: Transmit> Piv<T> {
             ));
         }
         Ok(true)
+    }
+
+    /// YubiKey ATTEST: the attestation certificate (DER) of a key
+    /// generated in `slot`, signed by the card's F9 attestation key; None
+    /// on cards that cannot attest.
+    pub fn attest(&mut self, slot: u8) -> Result<Option<Vec<u8>>, PivError> {
+        let response = self.command("ATTEST", 0xF9, slot, 0x00, &[])?;
+        match response.sw {
+            apdu::SW_OK if response.data.first() == Some(&0x30) => Ok(Some(response.data)),
+            apdu::SW_OK => Err(PivError::malformed("ATTEST", "not a certificate")),
+            apdu::SW_INS_NOT_SUPPORTED | 0x6A80 | 0x6A86 | 0x6E00 => Ok(None),
+            sw => Err(PivError::Status {
+                command: "ATTEST",
+                sw,
+            }),
+        }
+    }
+
+    /// The F9 attestation key's own certificate (object 5FFF01).
+    pub fn attestation_certificate(&mut self) -> Result<Option<Vec<u8>>, PivError> {
+        Ok(self
+            .get_data(ATTESTATION_OBJECT)?
+            .and_then(|object| apdu::find(&object, &[0x70]).map(<[u8]>::to_vec)))
     }
 
     /// GENERATE ASYMMETRIC KEY PAIR (P-256) in `slot`; the public point

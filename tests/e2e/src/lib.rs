@@ -74,9 +74,14 @@ pub struct Issued {
 
 impl Portal {
     pub fn start() -> Portal {
+        Self::start_with(&[])
+    }
+
+    /// A portal with extra `serve` arguments.
+    pub fn start_with(extra: &[&str]) -> Portal {
         let dir = open_tempdir();
         let db = dir.path().join("portal.db");
-        let (child, url) = Self::spawn(&db, "127.0.0.1:0");
+        let (child, url) = Self::spawn(&db, "127.0.0.1:0", extra);
         Portal {
             child: Some(child),
             url,
@@ -85,10 +90,11 @@ impl Portal {
         }
     }
 
-    fn spawn(db: &Path, listen: &str) -> (Child, String) {
+    fn spawn(db: &Path, listen: &str, extra: &[&str]) -> (Child, String) {
         let mut child = Command::new(bin("fleetkey-portal"))
             .args(["serve", "--listen", listen, "--db"])
             .arg(db)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -118,7 +124,7 @@ impl Portal {
     pub fn start_again(&mut self) {
         self.stop();
         let listen = self.url.trim_start_matches("http://").to_string();
-        let (child, url) = Self::spawn(&self.db, &listen);
+        let (child, url) = Self::spawn(&self.db, &listen, &[]);
         assert_eq!(url, self.url);
         self.child = Some(child);
     }
@@ -522,6 +528,7 @@ pub struct SimCard {
     child: Option<Child>,
     pub state: PathBuf,
     pub reader: usize,
+    attestation_ca: Option<PathBuf>,
     _dir: Option<TempDir>,
 }
 
@@ -529,12 +536,24 @@ impl SimCard {
     /// A new card (factory PIN 123456, PUK 12345678) inserted into reader
     /// `reader` (0 or 1).
     pub fn new(reader: usize) -> SimCard {
+        Self::make(reader, None)
+    }
+
+    /// A new card that can attest its keys, certified by the simulated
+    /// manufacturer CA in `ca` (created if missing; its certificate is
+    /// written as `ca` with the extension `.pem`).
+    pub fn attesting(reader: usize, ca: &Path) -> SimCard {
+        Self::make(reader, Some(ca.to_path_buf()))
+    }
+
+    fn make(reader: usize, attestation_ca: Option<PathBuf>) -> SimCard {
         let dir = open_tempdir();
         let state = dir.path().join("card.json");
         let mut card = SimCard {
             child: None,
             state,
             reader,
+            attestation_ca,
             _dir: Some(dir),
         };
         card.insert(reader, false);
@@ -556,6 +575,9 @@ impl SimCard {
             .stderr(Stdio::null());
         if pull_on_sign {
             command.arg("--pull-on-sign");
+        }
+        if let Some(ca) = &self.attestation_ca {
+            command.arg("--attestation-ca").arg(ca);
         }
         let mut child = command.spawn().expect("start fleetkey-piv-sim");
         let stdout = child.stdout.take().expect("sim stdout");

@@ -620,3 +620,66 @@ fn opensc_tools_accept_the_simulated_card_and_its_keys() {
     assert!(ok, "{cert_key}");
     assert_eq!(cert_key, pem);
 }
+
+#[test]
+fn piv_attestation_is_verified_by_the_portal_against_its_roots() {
+    if !pcsc_tests_can_run() {
+        return;
+    }
+    let _lock = pcscd_lock();
+    let _pcscd = Pcscd::start();
+    let dir = open_tempdir();
+    let maker = dir.path().join("maker-ca.json");
+    let other_maker = dir.path().join("other-ca.json");
+    let _card = SimCard::attesting(0, &maker);
+    let _other = SimCard::attesting(1, &other_maker);
+    let roots = maker.with_extension("pem");
+    let portal = Portal::start_with(&["--piv-attestation-roots", roots.to_str().unwrap()]);
+    let daemon = Daemon::start(&config());
+    let status = daemon.ctl(&["--json", "status"]).json();
+    assert_eq!(
+        status["backends"][1]["attestation_formats"],
+        serde_json::json!(["piv-attestation", "none"])
+    );
+    daemon.activate(&portal);
+
+    // The card attests the key; the portal checks the chain to its root.
+    let alice = add_pcsc_user(
+        &daemon,
+        &portal,
+        "alice",
+        "24681357",
+        &["--reader", VPCD_READERS[0].0],
+    );
+    alice.assert_ok();
+    assert!(
+        !alice.json()["notes"].to_string().contains("no attestation"),
+        "{}",
+        alice.stdout
+    );
+    let registered = portal.user_show("alice").unwrap();
+    assert_eq!(registered["attestation_format"], "piv-attestation");
+    assert_eq!(registered["hardware_backed"], true);
+    assert_eq!(registered["public_key_pem"], alice.json()["public_key_pem"]);
+
+    // A card from a maker the portal does not trust is refused, and the
+    // enrollment is rolled back (the slot is free again).
+    let bob = add_pcsc_user(
+        &daemon,
+        &portal,
+        "bob",
+        "13572468",
+        &["--reader", VPCD_READERS[1].0],
+    );
+    let error = bob.assert_reason(Reason::SignatureInvalid);
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("trusted root"),
+        "{error}"
+    );
+    let list = daemon.ctl(&["--json", "user", "list"]).json();
+    assert_eq!(list["users"].as_array().unwrap().len(), 1);
+    assert!(portal.user_show("bob").is_none());
+}

@@ -7,7 +7,8 @@
 //! external authentication with 3DES or AES; ECDSA P-256 signing with keys
 //! 9A, 9C, 9D, 9E and 82-95), GENERATE ASYMMETRIC KEY PAIR (P-256),
 //! command chaining and GET RESPONSE. YubiKey extensions: GET VERSION
-//! (FD), GET SERIAL (F8), GET METADATA (F7) for the PIN and PUK.
+//! (FD), GET SERIAL (F8), GET METADATA (F7) for the PIN and PUK, and
+//! ATTEST (F9) on cards made with a manufacturer attestation CA.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -78,7 +79,46 @@ struct State {
     keys: BTreeMap<String, String>,
     /// Data object tag (hex) to content (hex).
     objects: BTreeMap<String, String>,
+    /// The attestation key (slot F9), hex; none: the card cannot attest.
+    #[serde(default)]
+    attestation_key: Option<String>,
 }
+
+/// The simulated manufacturer's attestation CA, shared by the cards made
+/// with it (a file: its key and certificate; the certificate also as
+/// `FILE.pem`, for the portal to trust).
+#[derive(Debug, Serialize, Deserialize)]
+struct ManufacturerCa {
+    key: String,
+    cert: String,
+}
+
+const CA_NAME: &str = "fleetkey PIV simulator attestation CA";
+
+impl ManufacturerCa {
+    fn load_or_create(path: &Path) -> Result<ManufacturerCa, String> {
+        if let Ok(bytes) = std::fs::read(path) {
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| format!("attestation CA {} is damaged: {e}", path.display()));
+        }
+        let key = SigningKey::try_generate().map_err(|e| format!("key generation: {e}"))?;
+        let public = p256::PublicKey::from(key.verifying_key());
+        let cert =
+            crate::x509::certificate(CA_NAME, &public, CA_NAME, &key, &random::<8>()?, true)?;
+        let ca = ManufacturerCa {
+            key: hex(&key.to_bytes()),
+            cert: hex(&cert),
+        };
+        let text = serde_json::to_vec_pretty(&ca).map_err(|e| e.to_string())?;
+        std::fs::write(path, text)
+            .and_then(|()| std::fs::write(path.with_extension("pem"), crate::x509::pem(&cert)))
+            .map_err(|e| format!("cannot write attestation CA {}: {e}", path.display()))?;
+        Ok(ca)
+    }
+}
+
+/// The F9 attestation certificate object (YubiKey keeps it in 5FFF01).
+const ATTESTATION_OBJECT: &str = "5fff01";
 
 pub struct Card {
     path: PathBuf,
@@ -197,7 +237,11 @@ fn unpad(bytes: &[u8]) -> Option<String> {
 }
 
 impl Card {
-    pub fn load_or_create(path: &Path, serial: Option<u32>) -> Result<Card, String> {
+    pub fn load_or_create(
+        path: &Path,
+        serial: Option<u32>,
+        attestation_ca: Option<&Path>,
+    ) -> Result<Card, String> {
         let state = match std::fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map_err(|e| format!("card state {} is damaged: {e}", path.display()))?,
@@ -221,9 +265,13 @@ impl Card {
                     mgmt_key: hex(&FACTORY_MGMT_KEY),
                     keys: BTreeMap::new(),
                     objects: BTreeMap::new(),
+                    attestation_key: None,
                 };
                 let mut card = Card::new(path, state);
                 card.install_identity()?;
+                if let Some(ca) = attestation_ca {
+                    card.install_attestation(&ManufacturerCa::load_or_create(ca)?)?;
+                }
                 card.save()?;
                 return Ok(card);
             }
@@ -274,6 +322,61 @@ impl Card {
         chuid.extend(tlv(&[0xFE], &[]));
         self.state.objects.insert("5fc102".into(), hex(&chuid));
         Ok(())
+    }
+
+    /// An attestation key (F9) with a certificate from the manufacturer.
+    fn install_attestation(&mut self, ca: &ManufacturerCa) -> Result<(), String> {
+        let ca_key = SigningKey::from_slice(&unhex(&ca.key)?)
+            .map_err(|e| format!("attestation CA key: {e}"))?;
+        let key = SigningKey::try_generate().map_err(|e| format!("key generation: {e}"))?;
+        let public = p256::PublicKey::from(key.verifying_key());
+        let cert = crate::x509::certificate(
+            &format!("fleetkey PIV simulator attestation {}", self.state.serial),
+            &public,
+            CA_NAME,
+            &ca_key,
+            &random::<8>()?,
+            true,
+        )?;
+        let mut object = tlv(&[0x70], &cert);
+        object.extend(tlv(&[0x71], &[0x00]));
+        object.extend(tlv(&[0xFE], &[]));
+        self.state
+            .objects
+            .insert(ATTESTATION_OBJECT.into(), hex(&object));
+        self.state.attestation_key = Some(hex(&key.to_bytes()));
+        Ok(())
+    }
+
+    /// YubiKey ATTEST: a certificate for a key generated in `slot`, signed
+    /// by the F9 key.
+    fn attest(&mut self, c: &Command) -> Result<Vec<u8>, u16> {
+        let Some(attestation_key) = &self.state.attestation_key else {
+            return Err(SW_INS);
+        };
+        if !is_key_slot(c.p1) {
+            return Err(SW_WRONG_P1P2);
+        }
+        let scalar = self
+            .state
+            .keys
+            .get(&format!("{:02x}", c.p1))
+            .ok_or(SW_NOT_FOUND)?;
+        let internal = |_| 0x6581u16;
+        let key =
+            SigningKey::from_slice(&unhex(scalar).map_err(internal)?).map_err(|_| 0x6581u16)?;
+        let signer = SigningKey::from_slice(&unhex(attestation_key).map_err(internal)?)
+            .map_err(|_| 0x6581u16)?;
+        let public = p256::PublicKey::from(key.verifying_key());
+        crate::x509::certificate(
+            &format!("fleetkey PIV simulator attested key {:02x}", c.p1),
+            &public,
+            &format!("fleetkey PIV simulator attestation {}", self.state.serial),
+            &signer,
+            &random::<8>().map_err(internal)?,
+            false,
+        )
+        .map_err(internal)
     }
 
     fn save(&self) -> Result<(), String> {
@@ -357,6 +460,7 @@ impl Card {
             0xFD => Ok(vec![5, 4, 3]),
             0xF8 => Ok(self.state.serial.to_be_bytes().to_vec()),
             0xF7 => self.metadata(c),
+            0xF9 => self.attest(c),
             _ => Err(SW_INS),
         }
     }

@@ -14,6 +14,7 @@
 
 mod card;
 mod vpcd;
+mod x509;
 
 use std::path::PathBuf;
 
@@ -35,6 +36,12 @@ struct Args {
     /// Serial number of a new card (default: random)
     #[arg(long)]
     serial: Option<u32>,
+    /// A new card gets an attestation key (slot F9) certified by this
+    /// simulated manufacturer CA (a file, created if missing; its
+    /// certificate is also written as FILE.pem, for a portal to trust).
+    /// Without it the card cannot attest.
+    #[arg(long, value_name = "FILE")]
+    attestation_ca: Option<PathBuf>,
     /// Test hook: drop off the reader (as a pulled card) on the first
     /// signature request, without answering it
     #[arg(long)]
@@ -43,7 +50,11 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let card = match card::Card::load_or_create(&args.state, args.serial) {
+    let card = match card::Card::load_or_create(
+        &args.state,
+        args.serial,
+        args.attestation_ca.as_deref(),
+    ) {
         Ok(card) => card,
         Err(e) => {
             eprintln!("fleetkey-piv-sim: {e}");
