@@ -67,6 +67,9 @@ enum Entry {
         name: String,
         description: String,
         reason: String,
+        /// Every key store but the software one keeps keys in hardware,
+        /// whether or not it can be used right now.
+        hardware_backed: bool,
     },
 }
 
@@ -152,6 +155,7 @@ impl Backends {
             name: name.into(),
             description: description.into(),
             reason,
+            hardware_backed: name != fleetkey_soft::BACKEND_NAME,
         });
     }
 
@@ -222,11 +226,13 @@ impl Backends {
                     name,
                     description,
                     reason,
+                    hardware_backed,
                 } => daemon::Backend {
                     name: name.clone(),
                     description: description.clone(),
                     available: false,
                     unavailable_reason: reason.clone(),
+                    hardware_backed: *hardware_backed,
                     ..Default::default()
                 },
             })

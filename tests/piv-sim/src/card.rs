@@ -883,3 +883,124 @@ impl Command {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn card() -> (tempfile::TempDir, Card) {
+        let dir = tempfile::tempdir().unwrap();
+        let card =
+            Card::load_or_create(&dir.path().join("card.json"), Some(12345678), None).unwrap();
+        (dir, card)
+    }
+
+    fn send(card: &mut Card, apdu: &[u8]) -> (Vec<u8>, u16) {
+        match card.process(apdu) {
+            Reply::Response(r) => {
+                let split = r.len() - 2;
+                (
+                    r[..split].to_vec(),
+                    u16::from_be_bytes([r[split], r[split + 1]]),
+                )
+            }
+            Reply::Pull => panic!("pulled"),
+        }
+    }
+
+    fn verify(card: &mut Card, pin: &str) -> u16 {
+        let mut apdu = vec![0x00, 0x20, 0x00, 0x80, 0x08];
+        let mut padded = pin.as_bytes().to_vec();
+        padded.resize(8, 0xFF);
+        apdu.extend(padded);
+        send(card, &apdu).1
+    }
+
+    #[test]
+    fn select_answers_only_the_piv_aid() {
+        let (_dir, mut card) = card();
+        let (data, sw) = send(
+            &mut card,
+            &[0, 0xA4, 4, 0, 9, 0xA0, 0, 0, 3, 8, 0, 0, 0x10, 0],
+        );
+        assert_eq!(sw, SW_OK);
+        assert_eq!(data[0], 0x61);
+        assert_eq!(
+            send(&mut card, &[0, 0xA4, 4, 0, 5, 0xA0, 0, 0, 0, 1]).1,
+            SW_NOT_FOUND
+        );
+        assert_eq!(send(&mut card, &[0x80, 0xA4, 4, 0]).1, SW_CLA);
+        assert_eq!(
+            send(&mut card, &[0, 0xF8, 0, 0]).0,
+            12345678u32.to_be_bytes()
+        );
+    }
+
+    #[test]
+    fn pin_retry_counter_blocks_and_puk_unblocks_persistently() {
+        let (dir, mut card) = card();
+        assert_eq!(verify(&mut card, "111111"), 0x63C2);
+        assert_eq!(verify(&mut card, "111111"), 0x63C1);
+        assert_eq!(verify(&mut card, FACTORY_PIN), SW_OK);
+        for expected in [0x63C2, 0x63C1, SW_BLOCKED, SW_BLOCKED] {
+            assert_eq!(verify(&mut card, "111111"), expected);
+        }
+        assert_eq!(verify(&mut card, FACTORY_PIN), SW_BLOCKED);
+        // The state survives the card leaving the reader.
+        let mut card = Card::load_or_create(&dir.path().join("card.json"), None, None).unwrap();
+        assert_eq!(verify(&mut card, FACTORY_PIN), SW_BLOCKED);
+        let mut apdu = vec![0x00, 0x2C, 0x00, 0x80, 16];
+        apdu.extend(b"12345678");
+        apdu.extend(b"654321\xFF\xFF");
+        assert_eq!(send(&mut card, &apdu).1, SW_OK);
+        assert_eq!(verify(&mut card, "654321"), SW_OK);
+        assert_eq!(send(&mut card, &[0, 0x20, 0, 0x80]).1, SW_OK);
+    }
+
+    #[test]
+    fn key_generation_needs_the_management_key() {
+        let (_dir, mut card) = card();
+        let generate = [0, 0x47, 0, 0x9A, 5, 0xAC, 3, 0x80, 1, 0x11];
+        assert_eq!(send(&mut card, &generate).1, SW_SECURITY);
+        // Mutual authentication with the factory 3DES key.
+        let (data, sw) = send(&mut card, &[0, 0x87, 3, 0x9B, 4, 0x7C, 2, 0x80, 0]);
+        assert_eq!(sw, SW_OK);
+        let mut witness = data[4..12].to_vec();
+        let cipher = des::TdesEde3::new_from_slice(&FACTORY_MGMT_KEY).unwrap();
+        cipher.decrypt_block(witness.as_mut_slice().try_into().unwrap());
+        let mut step2 = vec![0, 0x87, 3, 0x9B, 24, 0x7C, 22, 0x80, 8];
+        step2.extend(&witness);
+        step2.extend([0x81, 8, 1, 2, 3, 4, 5, 6, 7, 8, 0x82, 0]);
+        assert_eq!(send(&mut card, &step2).1, SW_OK);
+        let (data, sw) = send(&mut card, &generate);
+        assert_eq!(sw, SW_OK);
+        assert_eq!(&data[..5], &[0x7F, 0x49, 0x43, 0x86, 0x41]);
+    }
+
+    #[test]
+    fn chained_put_and_long_get_response() {
+        let (_dir, mut card) = card();
+        card.mgmt_authenticated = true;
+        let cert = vec![0x42u8; 600];
+        let mut data = tlv(&[0x5C], &[0x5F, 0xC1, 0x05]);
+        data.extend(tlv(&[0x53], &tlv(&[0x70], &cert)));
+        let chunks: Vec<&[u8]> = data.chunks(255).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let cla = if i + 1 < chunks.len() { 0x10 } else { 0x00 };
+            let mut apdu = vec![cla, 0xDB, 0x3F, 0xFF, chunk.len() as u8];
+            apdu.extend_from_slice(chunk);
+            assert_eq!(send(&mut card, &apdu).1, SW_OK);
+        }
+        let (mut got, mut sw) = send(
+            &mut card,
+            &[0, 0xCB, 0x3F, 0xFF, 5, 0x5C, 3, 0x5F, 0xC1, 0x05, 0],
+        );
+        while sw >> 8 == 0x61 {
+            let (more, next) = send(&mut card, &[0, 0xC0, 0, 0, sw as u8]);
+            got.extend(more);
+            sw = next;
+        }
+        assert_eq!(sw, SW_OK);
+        assert_eq!(got, tlv(&[0x53], &tlv(&[0x70], &cert)));
+    }
+}
