@@ -554,7 +554,14 @@ impl KeyStore for PcscKeyStore {
         }
         pin_outcome(card.piv.verify_pin(pin.as_str()).map_err(err)?)?;
 
-        self.authenticate(&mut card)?;
+        self.authenticate(&mut card).map_err(|e| match e {
+            KeyStoreError::ManagementKeyRejected(message) if factory => {
+                KeyStoreError::ManagementKeyRejected(format!(
+                    "{message}; the card's PIN was already changed from the factory PIN to the one you chose"
+                ))
+            }
+            other => other,
+        })?;
         let point = card.piv.generate_p256(slot).map_err(err)?;
         let public_key = p256::PublicKey::from_sec1_bytes(&point).map_err(|e| {
             KeyStoreError::Backend(format!("{card_name} made an invalid public key: {e}"))

@@ -332,8 +332,8 @@ fn main() {
 
 /// Signing on a simulated PIV card (fleetkey-piv-sim in pcscd's vpcd
 /// reader): `Sign` through the daemon against the raw APDUs (VERIFY, then
-/// GENERAL AUTHENTICATE) sent straight to the same card over PC/SC,
-/// interleaved in the same run.
+/// GENERAL AUTHENTICATE) sent straight to the same card over PC/SC, one
+/// after the other in the same run.
 #[cfg(feature = "pcsc")]
 mod piv {
     use std::ffi::CString;
@@ -414,13 +414,18 @@ mod piv {
                         start.elapsed()
                     }
                 };
+            // Raw first, then the daemon: the daemon resets the card after
+            // each operation (so a verified PIN does not outlive it), which
+            // would break a raw session held open in between.
             for i in 0..3 {
                 raw_sign(i);
+            }
+            let raw: Vec<Duration> = (0..ops).map(&mut raw_sign).collect();
+            for i in 0..3 {
                 daemon_sign(&mut client, i).await;
             }
-            let (mut raw, mut via_daemon) = (Vec::new(), Vec::new());
+            let mut via_daemon = Vec::new();
             for i in 0..ops {
-                raw.push(raw_sign(i));
                 via_daemon.push(daemon_sign(&mut client, i).await);
             }
             (raw, via_daemon)

@@ -47,14 +47,34 @@ enum Served {
     Pulled,
 }
 
+/// Acknowledges at once. vpcd writes a message's length and its payload
+/// separately; with a delayed ACK here, Nagle's algorithm on vpcd's side
+/// holds the payload back for ~40 ms, on every APDU.
+fn quick_ack(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket and a c_int option of the right size.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_QUICKACK,
+            std::ptr::from_ref(&on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
 fn serve(mut stream: TcpStream, card: &mut Card, announced: &mut bool) -> io::Result<Served> {
     loop {
         let mut len = [0u8; 2];
+        quick_ack(&stream);
         match stream.read_exact(&mut len) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Served::Closed),
             Err(e) => return Err(e),
         }
+        quick_ack(&stream);
         let mut payload = vec![0u8; usize::from(u16::from_be_bytes(len))];
         stream.read_exact(&mut payload)?;
         let answer = match payload.as_slice() {
