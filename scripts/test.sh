@@ -9,12 +9,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests run (openssl verifies signatures, setpriv
-# switches users) and build with (libtss2-dev for the tpm feature; swtpm,
-# swtpm-tools and tpm2-tools for the TPM tests). libcurl4-openssl-dev is
+# Debian packages the build and tests need: openssl verifies signatures,
+# setpriv switches users; libtss2-dev builds the tpm backend, swtpm,
+# swtpm-tools and tpm2-tools run the TPM tests (libcurl4-openssl-dev is
 # named because apt's resolver may otherwise fail on libtss2-dev's
-# "libcurl4-openssl-dev | libcurl-ssl-dev" dependency.
-packages=(openssl util-linux ca-certificates pkg-config libcurl4-openssl-dev libtss2-dev swtpm swtpm-tools tpm2-tools)
+# "libcurl4-openssl-dev | libcurl-ssl-dev" dependency); libpcsclite-dev
+# builds the pcsc backend, pcscd with the vsmartcard-vpcd driver hosts the
+# simulated PIV cards, opensc checks them.
+packages=(openssl util-linux ca-certificates pkg-config
+    libcurl4-openssl-dev libtss2-dev swtpm swtpm-tools tpm2-tools
+    libpcsclite-dev pcscd vsmartcard-vpcd opensc)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -10,6 +10,54 @@ use fleetkey_proto::{Failure, Reason, daemon};
 
 use crate::config::Config;
 
+const PCSC_DESCRIPTION: &str = "PIV smartcards and tokens over PC/SC";
+
+/// The pcsc key store's settings; the management key read from its file,
+/// which must not be readable by others.
+#[cfg(feature = "pcsc")]
+fn pcsc_config(
+    config: &crate::config::PcscBackendConfig,
+) -> Result<fleetkey_pcsc::PcscConfig, String> {
+    use std::os::unix::fs::MetadataExt;
+
+    let default_slot = fleetkey_pcsc::parse_slot(&config.default_slot)
+        .ok_or_else(|| format!("'{}' is not a PIV key slot", config.default_slot))?;
+    let algorithm =
+        fleetkey_pcsc::Algorithm::parse(&config.management_key_algorithm).ok_or_else(|| {
+            format!(
+                "'{}' is not a management key algorithm",
+                config.management_key_algorithm
+            )
+        })?;
+    let Some(path) = &config.management_key_file else {
+        return Ok(fleetkey_pcsc::PcscConfig {
+            management_key: fleetkey_pcsc::ManagementKey::factory(),
+            management_key_source: "the factory default management key".into(),
+            default_slot,
+        });
+    };
+    let shown = path.display();
+    let meta = std::fs::metadata(path)
+        .map_err(|e| format!("cannot read the management key file {shown}: {e}"))?;
+    if meta.mode() & 0o077 != 0 {
+        return Err(format!(
+            "the management key file {shown} may be read by others (mode {:o}); chmod 600 it",
+            meta.mode() & 0o777
+        ));
+    }
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the management key file {shown}: {e}"))?,
+    );
+    let key = fleetkey_pcsc::ManagementKey::from_hex(algorithm, &text)
+        .map_err(|e| format!("the management key file {shown}: {e}"))?;
+    Ok(fleetkey_pcsc::PcscConfig {
+        management_key: key,
+        management_key_source: format!("the management key in {shown}"),
+        default_slot,
+    })
+}
+
 enum Entry {
     Available {
         info: BackendInfo,
@@ -19,6 +67,9 @@ enum Entry {
         name: String,
         description: String,
         reason: String,
+        /// Every key store but the software one keeps keys in hardware,
+        /// whether or not it can be used right now.
+        hardware_backed: bool,
     },
 }
 
@@ -61,6 +112,7 @@ impl Backends {
             );
         }
         backends.open_tpm(config);
+        backends.open_pcsc(config);
         backends
     }
 
@@ -96,6 +148,35 @@ impl Backends {
         }
     }
 
+    #[cfg(feature = "pcsc")]
+    fn open_pcsc(&mut self, config: &Config) {
+        let pcsc = &config.backends.pcsc;
+        if !pcsc.enabled {
+            self.add_unavailable(
+                "pcsc",
+                PCSC_DESCRIPTION,
+                "disabled in the configuration".into(),
+            );
+            return;
+        }
+        let opened = pcsc_config(pcsc)
+            .and_then(|c| fleetkey_pcsc::PcscKeyStore::open(c).map_err(|e| e.to_string()));
+        match opened {
+            Ok(store) => self.add(Arc::new(store)),
+            Err(reason) => self.add_unavailable("pcsc", PCSC_DESCRIPTION, reason),
+        }
+    }
+
+    #[cfg(not(feature = "pcsc"))]
+    fn open_pcsc(&mut self, config: &Config) {
+        let reason = if config.backends.pcsc.enabled {
+            "this fleetkeyd was built without the pcsc feature"
+        } else {
+            "disabled in the configuration"
+        };
+        self.add_unavailable("pcsc", PCSC_DESCRIPTION, reason.into());
+    }
+
     /// Adds a working key store.
     pub fn add(&mut self, store: Arc<dyn KeyStore>) {
         let info = store.describe();
@@ -110,6 +191,7 @@ impl Backends {
             name: name.into(),
             description: description.into(),
             reason,
+            hardware_backed: name != fleetkey_soft::BACKEND_NAME,
         });
     }
 
@@ -183,11 +265,13 @@ impl Backends {
                     name,
                     description,
                     reason,
+                    hardware_backed,
                 } => daemon::Backend {
                     name: name.clone(),
                     description: description.clone(),
                     available: false,
                     unavailable_reason: reason.clone(),
+                    hardware_backed: *hardware_backed,
                     ..Default::default()
                 },
             })

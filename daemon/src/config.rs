@@ -91,6 +91,7 @@ impl Default for PinConfig {
 pub struct BackendsConfig {
     pub soft: SoftBackendConfig,
     pub tpm: TpmBackendConfig,
+    pub pcsc: PcscBackendConfig,
 }
 
 /// `[backends.tpm]`. Read by every build (so one config file suits all);
@@ -115,6 +116,37 @@ impl Default for TpmBackendConfig {
             persistent_handle: None,
         }
     }
+}
+
+/// PIV smartcards over PC/SC.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PcscBackendConfig {
+    pub enabled: bool,
+    /// File holding the cards' management key as hex (mode 0600 or
+    /// stricter). None: the factory default key.
+    pub management_key_file: Option<PathBuf>,
+    /// 3des, aes128, aes192 or aes256.
+    pub management_key_algorithm: String,
+    /// Slot for new keys when `user add` names none.
+    pub default_slot: String,
+}
+
+impl Default for PcscBackendConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            management_key_file: None,
+            management_key_algorithm: "3des".into(),
+            default_slot: "9a".into(),
+        }
+    }
+}
+
+/// PIV key slots fleetkey may use.
+pub fn is_piv_slot(text: &str) -> bool {
+    matches!(text, "9a" | "9c" | "9d" | "9e")
+        || u8::from_str_radix(text, 16).is_ok_and(|n| (0x82..=0x95).contains(&n)) && text.len() == 2
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -208,6 +240,28 @@ impl Config {
                 ),
             });
         }
+        let pcsc = &self.backends.pcsc;
+        if !matches!(
+            pcsc.management_key_algorithm.as_str(),
+            "3des" | "aes128" | "aes192" | "aes256"
+        ) {
+            return Err(ConfigError::Invalid {
+                setting: "backends.pcsc.management_key_algorithm",
+                message: format!(
+                    "'{}' is not one of 3des, aes128, aes192, aes256",
+                    pcsc.management_key_algorithm
+                ),
+            });
+        }
+        if !is_piv_slot(&pcsc.default_slot) {
+            return Err(ConfigError::Invalid {
+                setting: "backends.pcsc.default_slot",
+                message: format!(
+                    "'{}' is not a PIV key slot (9a, 9c, 9d, 9e or 82 to 95, lower case)",
+                    pcsc.default_slot
+                ),
+            });
+        }
         if self.backends.soft.enabled {
             self.backends
                 .soft
@@ -261,6 +315,7 @@ mod tests {
         assert_eq!(config.default_backend, "soft");
         assert!(config.backends.soft.enabled);
         assert_eq!(config.backends.tpm, TpmBackendConfig::default());
+        assert_eq!(config.backends.pcsc, PcscBackendConfig::default());
     }
 
     #[test]
@@ -271,6 +326,24 @@ mod tests {
         .unwrap();
         assert_eq!(config.backends.tpm.tcti.as_deref(), Some("swtpm:port=2321"));
         assert_eq!(config.backends.tpm.persistent_handle, Some(0x8100_0001));
+    }
+
+    #[test]
+    fn pcsc_settings_are_checked() {
+        let err = parse("[backends.pcsc]\nmanagement_key_algorithm = 'rot13'")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("management_key_algorithm"), "{err}");
+        let err = parse("[backends.pcsc]\ndefault_slot = '9b'")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("default_slot"), "{err}");
+        for slot in ["9a", "9c", "9d", "9e", "82", "95"] {
+            assert!(is_piv_slot(slot), "{slot}");
+        }
+        for slot in ["9b", "96", "81", "f9", "082"] {
+            assert!(!is_piv_slot(slot), "{slot}");
+        }
     }
 
     #[test]

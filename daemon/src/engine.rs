@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use fleetkey_plugin::{Attestation, KeyStoreError, Pin};
+use fleetkey_plugin::{Attestation, CreateOptions, KeyStoreError, Operation, Pin};
 use fleetkey_proto::portal::{self, CodeKind};
 use fleetkey_proto::{EnrollmentInput, Failure, Reason, binding, daemon, time};
 use p256::pkcs8::{DecodePublicKey, EncodePublicKey, LineEnding};
@@ -43,6 +43,12 @@ fn key_store_failure(backend: &str, error: KeyStoreError) -> Failure {
         KeyStoreError::Unavailable(_) => Reason::BackendUnavailable,
         KeyStoreError::HardwareLockout { .. } => Reason::TpmLockout,
         KeyStoreError::KeyRejected(_) => Reason::TpmKeyRejected,
+        KeyStoreError::CardNotPresent(_) => Reason::CardNotPresent,
+        KeyStoreError::CardMismatch(_) => Reason::CardMismatch,
+        KeyStoreError::ManagementKeyRejected(_) => Reason::CardManagementKey,
+        KeyStoreError::CardUnsupported(_) => Reason::CardUnsupported,
+        KeyStoreError::PukIncorrect { .. } => Reason::PukWrong,
+        KeyStoreError::InvalidOption(_) => Reason::InvalidArgument,
         KeyStoreError::KeyNotFound(_)
         | KeyStoreError::Corrupt { .. }
         | KeyStoreError::Io { .. }
@@ -53,16 +59,34 @@ fn key_store_failure(backend: &str, error: KeyStoreError) -> Failure {
     }
     let mut failure = Failure::new(reason, format!("key store '{backend}': {error}"))
         .with_meta("backend", backend);
-    if let KeyStoreError::HardwareLockout {
-        retry_after_seconds: Some(seconds),
-        ..
-    } = error
-    {
-        failure = failure
-            .with_meta("retry_after_seconds", seconds)
-            .with_hint(format!(
-                "The TPM refuses every PIN for now (too many wrong PINs in total); try again in at most {seconds} s, or have an administrator reset it (tpm2_dictionarylockout --clear-lockout)."
-            ));
+    match error {
+        KeyStoreError::HardwareLockout {
+            retry_after_seconds: Some(seconds),
+            ..
+        } => {
+            failure = failure
+                .with_meta("retry_after_seconds", seconds)
+                .with_hint(format!(
+                    "The TPM refuses every PIN for now (too many wrong PINs in total); try again in at most {seconds} s, or have an administrator reset it (tpm2_dictionarylockout --clear-lockout)."
+                ));
+        }
+        KeyStoreError::PinIncorrect {
+            tries_left: Some(tries_left),
+        } => {
+            failure = Failure::new(
+                reason,
+                format!("key store '{backend}': wrong PIN; the card allows {tries_left} more"),
+            )
+            .with_meta("backend", backend)
+            .with_meta("tries_left", tries_left)
+            .with_hint("This card's PIN is already set: give the card's PIN (or unblock the card with its PUK first).");
+        }
+        KeyStoreError::PinLocked => {
+            failure = failure
+                .with_meta("tries_left", 0)
+                .with_hint("The card has blocked its PIN; unblock it with its PUK (e.g. ykman piv access unblock-pin) before enrolling.");
+        }
+        _ => {}
     }
     failure
 }
@@ -283,6 +307,7 @@ impl Engine {
         input: &str,
         pin: Pin,
         backend: &str,
+        options: &CreateOptions,
     ) -> Result<daemon::User, Failure> {
         let input = EnrollmentInput::parse(input)?;
         let backend_name = if backend.is_empty() {
@@ -330,9 +355,11 @@ impl Engine {
         let key_id = random_id("u-")?;
         let store = backend.store.clone();
         let key_pin = pin.clone();
-        let created = blocking(move || store.create_key(&key_id, &key_pin))
+        let key_options = options.clone();
+        let enrolled = blocking(move || store.create_key_with(&key_id, &key_pin, &key_options))
             .await?
             .map_err(|e| key_store_failure(backend_name, e))?;
+        let created = enrolled.key;
         let record = UserRecord {
             name: name.clone(),
             credential_id: String::new(),
@@ -357,7 +384,7 @@ impl Engine {
         let registered = self
             .register_user(&mut portal, &device, &backend, &code, &record, &pin)
             .await;
-        let registered = match registered {
+        let (registered, attestation_format) = match registered {
             Ok(registered) => registered,
             Err(failure) => {
                 self.forget_user(&backend, &record).await;
@@ -380,7 +407,14 @@ impl Engine {
             state: UserState::Active,
             ..record
         };
-        user_message(&active, self.max_attempts_for(&active.backend))
+        let mut message = user_message(&active, self.max_attempts_for(&active.backend))?;
+        message.notes = enrolled.notes;
+        if attestation_format == "none" && backend.info.hardware_backed {
+            message
+                .notes
+                .push("no attestation: the key store cannot prove where the key was made; the portal's policy decides".into());
+        }
+        Ok(message)
     }
 
     async fn register_user(
@@ -391,7 +425,7 @@ impl Engine {
         code: &str,
         record: &UserRecord,
         pin: &Pin,
-    ) -> Result<portal::EnrollUserResponse, Failure> {
+    ) -> Result<(portal::EnrollUserResponse, String), Failure> {
         let name = &backend.info.name;
         let store = backend.store.clone();
         let key_ref = record.key_ref.clone();
@@ -410,6 +444,7 @@ impl Engine {
             .await?
             .map_err(|e| key_store_failure(name, e))?;
         let device_signature = DeviceKey::from_secret(&device.key_secret)?.sign_digest(&digest)?;
+        let format = attestation.format.clone();
         portal
             .enroll_user(portal::EnrollUserRequest {
                 device_id: device.device_id.clone(),
@@ -424,6 +459,7 @@ impl Engine {
                 device_signature,
             })
             .await
+            .map(|registered| (registered, format))
     }
 
     pub async fn list_users(&self) -> Result<Vec<daemon::User>, Failure> {
@@ -544,6 +580,76 @@ impl Engine {
         Ok(())
     }
 
+    /// Sets a new PIN with the PUK (key stores that have one, e.g. PIV
+    /// cards) and clears the user's wrong-PIN count.
+    pub async fn unblock_pin(&self, name: &str, puk: Pin, new_pin: Pin) -> Result<(), Failure> {
+        let lock = self.user_lock(name)?;
+        let _guard = lock.lock().await;
+        let user = self.require_user(name)?;
+        let backend = self.backends.get(&user.backend)?;
+        pin_policy::check(
+            &self.pin_policy,
+            &backend.info.name,
+            &backend.info.pin_rules,
+            &new_pin,
+        )?;
+        let store = backend.store.clone();
+        let key_ref = user.key_ref.clone();
+        match blocking(move || store.unblock_pin(&key_ref, &puk, &new_pin)).await? {
+            Ok(()) => {}
+            Err(KeyStoreError::PukIncorrect { tries_left }) => {
+                let tries_left = tries_left.unwrap_or(0);
+                let failure = if tries_left == 0 {
+                    Failure::new(
+                        Reason::PukWrong,
+                        format!("the PUK of {name}'s card is blocked; the card must be reset and the user enrolled again"),
+                    )
+                    .with_hint(format!(
+                        "Reset the card (e.g. ykman piv reset), then remove and re-enroll {name}."
+                    ))
+                } else {
+                    Failure::new(
+                        Reason::PukWrong,
+                        format!(
+                            "wrong PUK for {name}'s card; {tries_left} {} left",
+                            if tries_left == 1 { "try" } else { "tries" }
+                        ),
+                    )
+                };
+                return Err(failure.with_meta("tries_left", tries_left));
+            }
+            Err(e) => return Err(key_store_failure(&user.backend, e)),
+        }
+        if user.failed_attempts > 0 {
+            let state = self.state.clone();
+            let user_name = user.name.clone();
+            blocking(move || state.reset_failed_attempts(&user_name)).await??;
+        }
+        tracing::info!(user = %name, "PIN unblocked with the PUK");
+        Ok(())
+    }
+
+    /// The readers and cards a key store sees (default: pcsc).
+    pub async fn list_cards(&self, backend: &str) -> Result<Vec<daemon::Card>, Failure> {
+        let name = if backend.is_empty() { "pcsc" } else { backend };
+        let backend = self.backends.get(name)?;
+        let store = backend.store.clone();
+        let cards = blocking(move || store.cards())
+            .await?
+            .map_err(|e| key_store_failure(name, e))?;
+        Ok(cards
+            .into_iter()
+            .map(|c| daemon::Card {
+                reader: c.reader,
+                card_present: c.card_present,
+                piv: c.application_found,
+                card_id: c.card_id,
+                serial: c.serial,
+                problem: c.problem,
+            })
+            .collect())
+    }
+
     /// Turns the result of a PIN-checked operation into the answer, and
     /// keeps the user's wrong-PIN count.
     async fn count_pin_outcome<T>(
@@ -590,11 +696,24 @@ impl Engine {
                 )
                 .with_meta("tries_left", tries_left))
             }
-            Err(KeyStoreError::PinLocked) => Err(Failure::new(
-                Reason::PinLocked,
-                format!("the key store has blocked the PIN of user {}", user.name),
-            )
-            .with_meta("tries_left", 0)),
+            Err(KeyStoreError::PinLocked) => {
+                let mut failure = Failure::new(
+                    Reason::PinLocked,
+                    format!("the key store has blocked the PIN of user {}", user.name),
+                )
+                .with_meta("tries_left", 0);
+                let unblockable = self
+                    .backends
+                    .get(&user.backend)
+                    .is_ok_and(|b| b.info.operations.contains(&Operation::UnblockPin));
+                if unblockable {
+                    failure = failure.with_hint(format!(
+                        "The card has blocked its PIN after too many wrong PINs; unblock it with the card's PUK: fleetkeyctl user pin unblock {}",
+                        user.name
+                    ));
+                }
+                Err(failure)
+            }
             Err(e) => Err(key_store_failure(&user.backend, e)),
         }
     }
@@ -762,5 +881,6 @@ fn user_message(user: &UserRecord, max_attempts: u32) -> Result<daemon::User, Fa
         failed_attempts: user.failed_attempts,
         tries_left: max_attempts.saturating_sub(user.failed_attempts),
         locked: user.failed_attempts >= max_attempts,
+        notes: Vec::new(),
     })
 }

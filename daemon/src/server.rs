@@ -6,13 +6,14 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use fleetkey_plugin::Pin;
+use fleetkey_plugin::{CreateOptions, Pin};
 use fleetkey_proto::Failure;
 use fleetkey_proto::daemon::fleetkey_server::{Fleetkey, FleetkeyServer};
 use fleetkey_proto::daemon::{
     ActivateRequest, ActivateResponse, AddUserRequest, ChangePinRequest, ChangePinResponse,
-    GetStatusRequest, GetUserRequest, ListUsersRequest, ListUsersResponse, RemoveUserRequest,
-    RemoveUserResponse, SignRequest, SignResponse, Status, User,
+    GetStatusRequest, GetUserRequest, ListCardsRequest, ListCardsResponse, ListUsersRequest,
+    ListUsersResponse, RemoveUserRequest, RemoveUserResponse, SignRequest, SignResponse, Status,
+    UnblockPinRequest, UnblockPinResponse, User,
 };
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -73,9 +74,13 @@ impl Fleetkey for Service {
         tracing::info!(uid = caller.uid, "add user requested");
         let request = request.into_inner();
         let pin = Pin::new(request.pin);
+        let options = CreateOptions {
+            reader: Some(request.reader).filter(|r| !r.is_empty()),
+            slot: Some(request.slot).filter(|s| !s.is_empty()),
+        };
         reply(
             self.engine
-                .add_user(&request.code, pin, &request.backend)
+                .add_user(&request.code, pin, &request.backend, &options)
                 .await,
         )
     }
@@ -119,6 +124,29 @@ impl Fleetkey for Service {
         let request = request.into_inner();
         let pin = Pin::new(request.pin);
         reply(self.engine.sign(&request.user, pin, &request.digest).await)
+    }
+
+    async fn list_cards(&self, request: Request<ListCardsRequest>) -> Reply<ListCardsResponse> {
+        self.caller(&request)?;
+        let backend = request.into_inner().backend;
+        reply(
+            self.engine
+                .list_cards(&backend)
+                .await
+                .map(|cards| ListCardsResponse { cards }),
+        )
+    }
+
+    async fn unblock_pin(&self, request: Request<UnblockPinRequest>) -> Reply<UnblockPinResponse> {
+        self.caller(&request)?;
+        let request = request.into_inner();
+        let (puk, new) = (Pin::new(request.puk), Pin::new(request.new_pin));
+        reply(
+            self.engine
+                .unblock_pin(&request.user, puk, new)
+                .await
+                .map(|()| UnblockPinResponse {}),
+        )
     }
 }
 

@@ -111,6 +111,16 @@ reasons! {
         "The TPM refuses every PIN until its dictionary-attack counter decays; try again after retry_after_seconds, or have an administrator reset it (tpm2_dictionarylockout --clear-lockout).";
     TpmKeyRejected = "TPM_KEY_REJECTED", 81, FailedPrecondition,
         "This TPM cannot open the user's key (made by another TPM, or the TPM was cleared); remove the user and enroll them again.";
+    CardNotPresent = "CARD_NOT_PRESENT", 90, FailedPrecondition,
+        "Insert the user's smartcard (fleetkeyctl card list shows the readers and cards) and try again.";
+    CardMismatch = "CARD_MISMATCH", 91, FailedPrecondition,
+        "The card in the reader is not the one the user's key is on; insert the user's own card.";
+    CardManagementKey = "CARD_MANAGEMENT_KEY", 92, FailedPrecondition,
+        "The card refused the PIV management key; set backends.pcsc.management_key_file to this card's management key.";
+    PukWrong = "PUK_WRONG", 93, Unauthenticated,
+        "Check the PUK (the card's PIN unblocking key) and try again; when its tries run out the card must be reset.";
+    CardUnsupported = "CARD_UNSUPPORTED", 94, FailedPrecondition,
+        "This card cannot hold fleetkey keys (no PIV application, or no identity); use a PIV card or token.";
 }
 
 impl fmt::Display for Reason {

@@ -2,12 +2,14 @@
 //! and pure functions shaping its output (tested without a daemon).
 
 pub mod activate;
+pub mod card;
 pub mod sign;
 pub mod status;
 pub mod user;
 pub mod user_add;
 pub mod user_list;
 pub mod user_pin_change;
+pub mod user_pin_unblock;
 pub mod user_remove;
 pub mod user_show;
 
@@ -45,6 +47,9 @@ pub enum Subcommand {
     #[command(subcommand)]
     User(user::UserCommand),
     Sign(sign::Sign),
+    /// Smartcard readers and cards
+    #[command(subcommand)]
+    Card(card::CardCommand),
 }
 
 impl Subcommand {
@@ -55,6 +60,7 @@ impl Subcommand {
             Subcommand::Activate(cmd) => cmd.run(ctx).await,
             Subcommand::User(cmd) => cmd.run(ctx).await,
             Subcommand::Sign(cmd) => cmd.run(ctx).await,
+            Subcommand::Card(cmd) => cmd.run(ctx).await,
         }
     }
 
@@ -65,6 +71,7 @@ impl Subcommand {
             Subcommand::Activate(_) => "activate",
             Subcommand::User(_) => "user",
             Subcommand::Sign(_) => "sign",
+            Subcommand::Card(_) => "card",
         }
     }
 

@@ -10,6 +10,7 @@ use super::Context;
 use super::user_add::UserAdd;
 use super::user_list::UserList;
 use super::user_pin_change::UserPinChange;
+use super::user_pin_unblock::UserPinUnblock;
 use super::user_remove::UserRemove;
 use super::user_show::UserShow;
 
@@ -29,6 +30,7 @@ pub enum UserCommand {
 #[derive(Debug, clap::Subcommand)]
 pub enum PinCommand {
     Change(UserPinChange),
+    Unblock(UserPinUnblock),
 }
 
 impl UserCommand {
@@ -39,6 +41,7 @@ impl UserCommand {
             UserCommand::Show(cmd) => cmd.run(ctx).await,
             UserCommand::Remove(cmd) => cmd.run(ctx).await,
             UserCommand::Pin(PinCommand::Change(cmd)) => cmd.run(ctx).await,
+            UserCommand::Pin(PinCommand::Unblock(cmd)) => cmd.run(ctx).await,
         }
     }
 }
@@ -130,6 +133,7 @@ pub(crate) mod tests {
             failed_attempts: 0,
             tries_left: 5,
             locked: false,
+            notes: vec![],
         }
     }
 
@@ -144,6 +148,7 @@ pub(crate) mod tests {
             failed_attempts: 2,
             tries_left: 3,
             locked: false,
+            notes: vec![],
         }
     }
 

@@ -45,6 +45,14 @@ pub struct UserAdd {
     #[arg(long, value_name = "NAME")]
     pub backend: Option<String>,
 
+    /// Smartcard reader holding the card to enroll on (pcsc; default: the only card present)
+    #[arg(long, value_name = "NAME")]
+    pub reader: Option<String>,
+
+    /// PIV key slot for the key (pcsc): 9a, 9c, 9d, 9e or 82 to 95 (default: from the config, 9a)
+    #[arg(long, value_name = "SLOT")]
+    pub slot: Option<String>,
+
     /// Read the PIN from the first line of standard input instead of the terminal
     #[arg(long)]
     pub pin_stdin: bool,
@@ -77,17 +85,33 @@ impl UserAdd {
                 code,
                 pin: pin.to_string(),
                 backend,
+                reader: self.reader.clone().unwrap_or_default(),
+                slot: self.slot.clone().unwrap_or_default(),
             })
             .await
             .map_err(|s| ctx.rpc_failure(s))?
             .into_inner();
         drop(pin);
         if ctx.json {
-            output::json(&user_json(&user))
+            output::json(&AddedJson {
+                user: user_json(&user),
+                notes: user.notes.clone(),
+            })
         } else {
+            for note in &user.notes {
+                output::message(&format!("note: {note}"));
+            }
             output::data(&added_text(&user))
         }
     }
+}
+
+/// `user add --json`: the user, and what the person should be told.
+#[derive(Debug, serde::Serialize)]
+pub struct AddedJson {
+    #[serde(flatten)]
+    pub user: super::user::UserJson,
+    pub notes: Vec<String>,
 }
 
 /// The PIN length rule for enrolling into `backend` ("" = the default):

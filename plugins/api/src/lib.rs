@@ -58,6 +58,8 @@ pub enum Operation {
     ChangePin,
     PinStatus,
     Attest,
+    UnblockPin,
+    ListCards,
 }
 
 impl Operation {
@@ -69,6 +71,8 @@ impl Operation {
             Operation::ChangePin => "change_pin",
             Operation::PinStatus => "pin_status",
             Operation::Attest => "attest",
+            Operation::UnblockPin => "unblock_pin",
+            Operation::ListCards => "list_cards",
         }
     }
 }
@@ -108,6 +112,47 @@ pub struct CreatedKey {
     pub key_ref: Vec<u8>,
     /// The public key as SubjectPublicKeyInfo DER.
     pub public_key_der: Vec<u8>,
+}
+
+/// Where to make a key, for stores with a choice (a card reader, a key
+/// slot). The default asks for nothing: the store chooses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CreateOptions {
+    /// The reader (or other device) to use, by name.
+    pub reader: Option<String>,
+    /// The key slot to use, in the store's own notation (PIV: `9a`).
+    pub slot: Option<String>,
+}
+
+impl CreateOptions {
+    pub fn is_empty(&self) -> bool {
+        self.reader.is_none() && self.slot.is_none()
+    }
+}
+
+/// A key just made, with what the person enrolling should be told about
+/// it (e.g. "the card's factory PIN was replaced by yours").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrolled {
+    pub key: CreatedKey,
+    pub notes: Vec<String>,
+}
+
+/// A reader (or other device slot) and what is in it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CardInfo {
+    /// The reader's name.
+    pub reader: String,
+    pub card_present: bool,
+    /// Whether the card answers as the store's card application (PIV).
+    pub application_found: bool,
+    /// The card's stable identity (PIV: the CHUID's GUID, hex); empty
+    /// when unknown.
+    pub card_id: String,
+    /// The card's serial number where it tells one; empty otherwise.
+    pub serial: String,
+    /// Why the card could not be read, when it could not.
+    pub problem: String,
 }
 
 /// What the PIN guarding a key allows now.
@@ -177,6 +222,23 @@ pub enum KeyStoreError {
         #[source]
         source: std::io::Error,
     },
+    /// No card (token) that the key lives on is present.
+    #[error("{0}")]
+    CardNotPresent(String),
+    /// A card is present, but not the one the key lives on.
+    #[error("{0}")]
+    CardMismatch(String),
+    /// The card refused the administrative (management) key.
+    #[error("{0}")]
+    ManagementKeyRejected(String),
+    /// The card is not one this store can use (no PIV application, no P-256).
+    #[error("{0}")]
+    CardUnsupported(String),
+    #[error("wrong PUK")]
+    PukIncorrect { tries_left: Option<u32> },
+    /// A creation option (reader, slot) that cannot be used.
+    #[error("{0}")]
+    InvalidOption(String),
     #[error("{0}")]
     Backend(String),
 }
@@ -198,6 +260,27 @@ pub trait KeyStore: Send + Sync {
     /// Makes a P-256 key guarded by `pin`. `key_id` is unique and chosen
     /// by the daemon; a backend may use it to name the key.
     fn create_key(&self, key_id: &str, pin: &Pin) -> Result<CreatedKey, KeyStoreError>;
+
+    /// [`KeyStore::create_key`] with options (reader, slot) and notes for
+    /// the person enrolling. Stores without choices need not implement it:
+    /// the default refuses options and calls `create_key`.
+    fn create_key_with(
+        &self,
+        key_id: &str,
+        pin: &Pin,
+        options: &CreateOptions,
+    ) -> Result<Enrolled, KeyStoreError> {
+        if !options.is_empty() {
+            return Err(KeyStoreError::InvalidOption(format!(
+                "the {} key store has no readers or slots to choose from",
+                self.describe().name
+            )));
+        }
+        Ok(Enrolled {
+            key: self.create_key(key_id, pin)?,
+            notes: Vec::new(),
+        })
+    }
 
     /// ECDSA P-256 over a SHA-256 digest; returns the DER signature.
     /// A wrong PIN is [`KeyStoreError::PinIncorrect`].
@@ -223,6 +306,19 @@ pub trait KeyStore: Send + Sync {
     ) -> Result<Vec<u8>, KeyStoreError> {
         let _ = (key_ref, old_pin, new_pin);
         Err(self.unsupported(Operation::ChangePin))
+    }
+
+    /// Sets a new PIN with the PIN unblocking key (PUK), which also resets
+    /// the key store's wrong-PIN counter. A wrong PUK is
+    /// [`KeyStoreError::PukIncorrect`].
+    fn unblock_pin(&self, key_ref: &[u8], puk: &Pin, new_pin: &Pin) -> Result<(), KeyStoreError> {
+        let _ = (key_ref, puk, new_pin);
+        Err(self.unsupported(Operation::UnblockPin))
+    }
+
+    /// The readers and cards this store can see.
+    fn cards(&self) -> Result<Vec<CardInfo>, KeyStoreError> {
+        Err(self.unsupported(Operation::ListCards))
     }
 
     /// Tries left and lock state as the key store itself counts them.

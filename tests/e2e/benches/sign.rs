@@ -1,8 +1,10 @@
 //! Sign benchmark: the software key store's raw sign (PIN check + sign, in
 //! process) against `Sign` through the real fleetkeyd over its Unix
-//! socket, with 1 and 16 concurrent clients, in one run.
+//! socket, with 1 and 16 concurrent clients, in one run; and, built with
+//! `--all-features` and run as root, signing on a simulated PIV card
+//! through the daemon against raw APDUs to the same card.
 //!
-//!     cargo build --release --workspace --bins && cargo bench -p fleetkey-e2e --bench sign
+//!     cargo build --release --workspace --bins --all-features && cargo bench -p fleetkey-e2e --all-features --bench sign
 //!
 //! With the `tpm` feature (`cargo bench -p fleetkey-e2e --all-features
 //! --bench sign`), it also measures the TPM key store on swtpm: the raw
@@ -32,6 +34,9 @@ use tonic::transport::{Channel, Endpoint};
 
 const CLIENTS: usize = 16;
 const PIN: &str = "1234";
+/// The simulated PIV card's PIN (PIV wants 6 to 8 characters).
+#[cfg_attr(not(feature = "pcsc"), allow(dead_code))]
+const PIN_PIV: &str = "24681357";
 
 struct Setting {
     label: &'static str,
@@ -333,6 +338,146 @@ fn main() {
             continue;
         }
         run_setting(&runtime, &portal, setting);
+    }
+    if only.as_deref().is_none_or(|o| o == "piv") {
+        piv::run(&runtime, &portal, scale);
+    }
+}
+
+/// Signing on a simulated PIV card (fleetkey-piv-sim in pcscd's vpcd
+/// reader): `Sign` through the daemon against the raw APDUs (VERIFY, then
+/// GENERAL AUTHENTICATE) sent straight to the same card over PC/SC, one
+/// after the other in the same run.
+#[cfg(feature = "pcsc")]
+mod piv {
+    use std::ffi::CString;
+    use std::time::{Duration, Instant};
+
+    use fleetkey_e2e::{Daemon, Pcscd, Portal, SimCard, VPCD_READERS, is_root};
+    use fleetkey_pcsc::piv::{Piv, SecretCheck, Transmit};
+
+    use super::{PIN_PIV, connect, digest, stats};
+
+    struct Card(pcsc::Card);
+
+    impl Transmit for Card {
+        fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, pcsc::Error> {
+            let mut buffer = vec![0u8; pcsc::MAX_BUFFER_SIZE_EXTENDED];
+            Ok(self.0.transmit(apdu, &mut buffer)?.to_vec())
+        }
+    }
+
+    pub fn run(runtime: &tokio::runtime::Runtime, portal: &Portal, scale: usize) {
+        if !is_root() {
+            println!("\n== piv: skipped (starting pcscd needs root) ==");
+            return;
+        }
+        let _pcscd = Pcscd::start();
+        let _card = SimCard::new(0);
+        let daemon = Daemon::start("log_level = \"warn\"\n[pin]\nmax_length = 8\n");
+        daemon.activate(portal);
+        let code = portal.user_code("piv-bench");
+        daemon
+            .ctl_with_stdin(
+                &[
+                    "--json",
+                    "user",
+                    "add",
+                    &code.uri,
+                    "--backend",
+                    "pcsc",
+                    "--pin-stdin",
+                ],
+                Some(&format!("{PIN_PIV}\n")),
+            )
+            .assert_ok();
+
+        let context = pcsc::Context::establish(pcsc::Scope::User).expect("pcsc context");
+        let reader = CString::new(VPCD_READERS[0].0).expect("reader name");
+        let card = context
+            .connect(&reader, pcsc::ShareMode::Shared, pcsc::Protocols::ANY)
+            .expect("connect to the simulated card");
+        let mut piv = Piv::new(Card(card));
+        assert!(
+            piv.select().expect("select"),
+            "the simulated card has no PIV application"
+        );
+        let mut raw_sign = |i: usize| {
+            let start = Instant::now();
+            assert_eq!(piv.verify_pin(PIN_PIV).expect("verify"), SecretCheck::Ok);
+            piv.sign_p256(0x9a, &digest(i)).expect("raw sign");
+            start.elapsed()
+        };
+        let ops = 200 / scale;
+        let (raw, daemon_lat) = runtime.block_on(async {
+            let mut client = connect(&daemon.socket).await;
+            let daemon_sign =
+                |client: &mut fleetkey_proto::daemon::fleetkey_client::FleetkeyClient<
+                    tonic::transport::Channel,
+                >,
+                 i: usize| {
+                    let request = fleetkey_proto::daemon::SignRequest {
+                        user: "piv-bench".into(),
+                        pin: PIN_PIV.into(),
+                        digest: digest(i).to_vec(),
+                    };
+                    let mut client = client.clone();
+                    async move {
+                        let start = Instant::now();
+                        client.sign(request).await.expect("daemon sign");
+                        start.elapsed()
+                    }
+                };
+            // Raw first, then the daemon: the daemon resets the card after
+            // each operation (so a verified PIN does not outlive it), which
+            // would break a raw session held open in between.
+            for i in 0..3 {
+                raw_sign(i);
+            }
+            let raw: Vec<Duration> = (0..ops).map(&mut raw_sign).collect();
+            for i in 0..3 {
+                daemon_sign(&mut client, i).await;
+            }
+            let mut via_daemon = Vec::new();
+            for i in 0..ops {
+                via_daemon.push(daemon_sign(&mut client, i).await);
+            }
+            (raw, via_daemon)
+        });
+        let wall = |l: &[Duration]| l.iter().sum::<Duration>();
+        let (raw_wall, daemon_wall) = (wall(&raw), wall(&daemon_lat));
+        let raw = stats(raw, raw_wall);
+        let via_daemon = stats(daemon_lat, daemon_wall);
+        println!("\n== piv (simulated card on pcscd/vpcd, ECDSA P-256, slot 9a) ==");
+        println!(
+            "{:<34}{:>8}{:>12}{:>12}{:>10}",
+            "", "ops", "p50 ms", "p99 ms", "ops/s"
+        );
+        for (name, s) in [
+            ("raw APDUs (VERIFY + GEN. AUTH.)", raw),
+            ("daemon Sign (gRPC/UDS)", via_daemon),
+        ] {
+            println!(
+                "{:<34}{:>8}{:>12.3}{:>12.3}{:>10.1}",
+                name,
+                s.ops,
+                s.p50_us / 1000.0,
+                s.p99_us / 1000.0,
+                s.ops_per_s
+            );
+        }
+        println!(
+            "added by the daemon at p50: {:.2} ms (finding the card: a fresh PC/SC context, SELECT, CHUID and serial in each reader), ratio {:.2}",
+            (via_daemon.p50_us - raw.p50_us) / 1000.0,
+            via_daemon.p50_us / raw.p50_us
+        );
+    }
+}
+
+#[cfg(not(feature = "pcsc"))]
+mod piv {
+    pub fn run(_: &tokio::runtime::Runtime, _: &fleetkey_e2e::Portal, _: usize) {
+        println!("\n== piv: skipped (build with --all-features for the smartcard figures) ==");
     }
 }
 

@@ -16,7 +16,7 @@ use tonic::transport::{Identity, ServerTlsConfig};
 
 use crate::error::PortalError;
 use crate::qr;
-use crate::server::{bound_url, check_public_url, check_tls, run};
+use crate::server::{bound_url, check_public_url, check_tls, run_with};
 use crate::store::{CodeKind, CodeRecord, Enrollment, Store, StoreError};
 
 /// The default lifetime of an activation code, in seconds.
@@ -88,6 +88,11 @@ pub struct ServeArgs {
     /// TLS certificate chain (PEM); serves https with --tls-key.
     #[arg(long, value_name = "PEM", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
+
+    /// Root certificates (PEM) that PIV key attestations must chain to;
+    /// without it PIV-attested keys are recorded as not hardware-backed
+    #[arg(long, value_name = "PEM")]
+    pub piv_attestation_roots: Option<PathBuf>,
     /// TLS private key (PEM) of --tls-cert.
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
@@ -271,6 +276,16 @@ fn serve(args: ServeArgs) -> Result<(), PortalError> {
     if let Some(url) = &args.public_url {
         check_public_url(url)?;
     }
+    let roots = match &args.piv_attestation_roots {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| PortalError::io(format!("cannot read {}", path.display()), e))?;
+            crate::attestation::roots_from_pem(&text).map_err(|why| {
+                PortalError::Usage(format!("--piv-attestation-roots {}: {why}", path.display()))
+            })?
+        }
+        None => Vec::new(),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -301,7 +316,7 @@ fn serve(args: ServeArgs) -> Result<(), PortalError> {
         store.db().set_public_url(&url)?;
         print(&format!("{url}\n"))?;
         tracing::info!(%url, "portal listening");
-        run(store, listener, tls, shutdown).await
+        run_with(store, listener, tls, roots, shutdown).await
     })
 }
 

@@ -12,6 +12,7 @@
 //! - [`cli`]: the `fleetkey-portal` command line.
 //! - [`qr`]: QR codes for terminals and PNG files.
 
+pub mod attestation;
 pub mod cli;
 pub mod error;
 pub mod qr;

@@ -84,6 +84,18 @@ pub async fn run(
     tls: Option<ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), PortalError> {
+    run_with(store, listener, tls, Vec::new(), shutdown).await
+}
+
+/// [`run`], trusting `piv_attestation_roots` (SubjectPublicKeyInfo DER)
+/// for PIV key attestation.
+pub async fn run_with(
+    store: Store,
+    listener: TcpListener,
+    tls: Option<ServerTlsConfig>,
+    piv_attestation_roots: Vec<Vec<u8>>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), PortalError> {
     let addr = listener
         .local_addr()
         .map_err(|e| PortalError::io("cannot read the listener's address", e))?;
@@ -97,7 +109,9 @@ pub async fn run(
     tracing::info!(%addr, tls = tls_on, db = %store.path().display(), "serving the portal API");
     let (drain, draining) = oneshot::channel::<()>();
     let server = builder
-        .add_service(PortalServer::new(PortalService::new(store)))
+        .add_service(PortalServer::new(
+            PortalService::new(store).with_piv_attestation_roots(piv_attestation_roots),
+        ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
             let _ = draining.await;
         });

@@ -58,6 +58,8 @@ impl From<StoreError> for Failure {
 #[derive(Debug, Clone)]
 pub struct PortalService {
     store: Arc<Mutex<Store>>,
+    /// Public keys of the roots PIV attestations must chain to.
+    piv_attestation_roots: Arc<Vec<Vec<u8>>>,
 }
 
 impl PortalService {
@@ -67,7 +69,16 @@ impl PortalService {
 
     /// A service over a store that others (e.g. a test) also use.
     pub fn shared(store: Arc<Mutex<Store>>) -> Self {
-        Self { store }
+        Self {
+            store,
+            piv_attestation_roots: Arc::new(Vec::new()),
+        }
+    }
+
+    /// Trusts these roots (SubjectPublicKeyInfo DER) for PIV attestation.
+    pub fn with_piv_attestation_roots(mut self, roots: Vec<Vec<u8>>) -> Self {
+        self.piv_attestation_roots = Arc::new(roots);
+        self
     }
 
     /// The store the service works on.
@@ -175,6 +186,12 @@ impl PortalService {
             .as_ref()
             .map(|a| a.format.clone())
             .unwrap_or_default();
+        let attestation_data = request
+            .attestation
+            .as_ref()
+            .map(|a| a.data.clone())
+            .unwrap_or_default();
+        let roots = self.piv_attestation_roots.clone();
         let now = now_unix();
         self.with_store(move |store| {
             store.immediate(|db| {
@@ -221,13 +238,33 @@ impl PortalService {
                 }
                 let (attestation_format, hardware_backed) = match format.as_str() {
                     "" | ATTESTATION_NONE => (ATTESTATION_NONE.to_string(), false),
+                    crate::attestation::PIV_ATTESTATION if roots.is_empty() => {
+                        // Nothing to check it against: recorded, not trusted.
+                        tracing::warn!(%user, "PIV attestation received, but no roots are configured (--piv-attestation-roots); the key is recorded as not hardware-backed");
+                        (crate::attestation::PIV_ATTESTATION.to_string(), false)
+                    }
+                    crate::attestation::PIV_ATTESTATION => {
+                        crate::attestation::verify(
+                            &attestation_data,
+                            &request.user_public_key,
+                            &roots,
+                        )
+                        .map_err(|why| {
+                            Failure::new(
+                                Reason::SignatureInvalid,
+                                format!("the PIV attestation of {user}'s key does not verify: {why}"),
+                            )
+                            .with_hint("The card is not one this portal trusts, or its attestation was tampered with.")
+                        })?;
+                        (crate::attestation::PIV_ATTESTATION.to_string(), true)
+                    }
                     other => {
                         return Err(Failure::new(
                             Reason::InvalidArgument,
                             format!("attestation format {other:?} is not supported by this portal"),
                         )
                         .with_hint(
-                            "This portal accepts keys without attestation (format \"none\") only.",
+                            "This portal accepts keys without attestation (format \"none\") and PIV attestation (\"piv-attestation\").",
                         ));
                     }
                 };

@@ -1,0 +1,822 @@
+//! The PIV smartcard key store over PC/SC (pcsc-lite's `pcscd`).
+//!
+//! Each user's P-256 key is generated on a PIV card (NIST SP 800-73-4:
+//! PIV cards, YubiKeys and other tokens) and never leaves it. The card's
+//! own PIN is the user's PIN: the card counts wrong PINs and blocks itself
+//! (`63 CX`, `69 83`); the PUK unblocks it.
+//!
+//! # Key references
+//! A key is named by the card it lives on and its slot, as UTF-8 text:
+//! `piv1 card=<GUID hex> serial=<serial or -> slot=<9a|9c|9d|9e|82..95>`.
+//! The card is known by its CHUID's GUID (else by its serial number), not
+//! by the reader, so a card may be moved between readers.
+//!
+//! # What each operation does on the card
+//! - create: PIN check (a card still at its factory PIN gets the user's
+//!   PIN with CHANGE REFERENCE DATA), management-key authentication,
+//!   GENERATE ASYMMETRIC KEY PAIR, then a self-signed certificate written
+//!   to the slot (so PIV middleware sees the key, and the slot is visibly
+//!   in use). A slot that already holds a certificate is refused.
+//! - sign: VERIFY PIN, GENERAL AUTHENTICATE.
+//! - delete: the slot's certificate is deleted. PIV has no command to
+//!   delete a key; it stays until the slot is used again.
+//!
+//! Every operation connects afresh through a new PC/SC context, so pcscd
+//! restarting or a reader coming and going between operations is
+//! harmless. A watcher thread follows reader and card events with
+//! `SCardGetStatusChange` (blocking, not polling) and logs them.
+
+pub mod apdu;
+pub mod cert;
+pub mod mgmt;
+pub mod piv;
+mod watch;
+
+use std::ffi::CString;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use fleetkey_plugin::{
+    Attestation, BackendInfo, CardInfo, CreateOptions, CreatedKey, Enrolled, KeyStore,
+    KeyStoreError, Operation, Pin, PinRules, PinStatus,
+};
+use p256::pkcs8::EncodePublicKey;
+
+pub use mgmt::{Algorithm, ManagementKey};
+use piv::{Piv, PivError, SecretCheck, Transmit};
+
+/// The backend's name in config, on the wire and in user records.
+pub const BACKEND_NAME: &str = "pcsc";
+
+/// PIV's PIN length rule (SP 800-73-4: 6 to 8 bytes, padded with 0xFF).
+pub const PIN_RULES: PinRules = PinRules {
+    min_length: Some(6),
+    max_length: Some(8),
+};
+
+/// The attestation format of keys on cards that attest them (YubiKey
+/// style): the key's certificate, signed by the card's attestation key
+/// (slot F9), followed by that key's certificate, signed by the card's
+/// maker.
+pub const ATTESTATION_FORMAT: &str = "piv-attestation";
+
+/// The key store's settings.
+#[derive(Debug, Clone)]
+pub struct PcscConfig {
+    pub management_key: ManagementKey,
+    /// Where the management key came from, for messages ("the factory
+    /// default", "/etc/fleetkey/piv-management-key").
+    pub management_key_source: String,
+    /// Slot used when `user add` names none.
+    pub default_slot: u8,
+}
+
+/// Parses a slot: `9a`, `9c`, `9d`, `9e` or a retired slot `82`..`95`.
+pub fn parse_slot(text: &str) -> Option<u8> {
+    let slot = u8::from_str_radix(text.trim_start_matches("0x"), 16).ok()?;
+    piv::cert_object(slot).map(|_| slot)
+}
+
+/// Where a key lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRef {
+    pub card_id: String,
+    pub serial: Option<u32>,
+    pub slot: u8,
+}
+
+impl KeyRef {
+    pub fn encode(&self) -> Vec<u8> {
+        let serial = self
+            .serial
+            .map_or_else(|| "-".to_string(), |s| s.to_string());
+        format!(
+            "piv1 card={} serial={serial} slot={:02x}",
+            self.card_id, self.slot
+        )
+        .into_bytes()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<KeyRef, KeyStoreError> {
+        let bad = || KeyStoreError::Corrupt {
+            key: String::from_utf8_lossy(bytes).into_owned(),
+            detail: "not a PIV key reference".into(),
+        };
+        let text = std::str::from_utf8(bytes).map_err(|_| bad())?;
+        let mut parts = text.split(' ');
+        if parts.next() != Some("piv1") {
+            return Err(bad());
+        }
+        let mut field = |name: &str| {
+            parts
+                .next()
+                .and_then(|p| p.strip_prefix(name))
+                .and_then(|p| p.strip_prefix('='))
+                .map(str::to_string)
+                .ok_or_else(bad)
+        };
+        let card_id = field("card")?;
+        let serial = field("serial")?;
+        let slot = field("slot")?;
+        let serial = match serial.as_str() {
+            "-" => None,
+            s => Some(s.parse().map_err(|_| bad())?),
+        };
+        let slot = parse_slot(&slot).ok_or_else(bad)?;
+        if card_id.is_empty() || parts.next().is_some() {
+            return Err(bad());
+        }
+        Ok(KeyRef {
+            card_id,
+            serial,
+            slot,
+        })
+    }
+
+    /// "card 1f2e... (serial 12345678)", for messages.
+    pub fn describe_card(&self) -> String {
+        describe_card(&self.card_id, self.serial)
+    }
+}
+
+fn describe_card(card_id: &str, serial: Option<u32>) -> String {
+    match serial {
+        Some(serial) => format!("card {card_id} (serial {serial})"),
+        None => format!("card {card_id}"),
+    }
+}
+
+/// The card's identity: GUID, else serial.
+fn card_id(guid: Option<String>, serial: Option<u32>) -> Option<String> {
+    guid.or_else(|| serial.map(|s| format!("serial-{s}")))
+}
+
+struct PcscCard(pcsc::Card);
+
+impl Transmit for PcscCard {
+    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, pcsc::Error> {
+        let mut buffer = vec![0u8; pcsc::MAX_BUFFER_SIZE_EXTENDED];
+        let answer = self.0.transmit(apdu, &mut buffer)?;
+        if answer.is_empty() {
+            // No answer at all: the card stopped answering (vpcd reports
+            // a card that left this way).
+            return Err(pcsc::Error::UnresponsiveCard);
+        }
+        Ok(answer.to_vec())
+    }
+}
+
+/// Which card, in which reader: for messages.
+#[derive(Debug, Clone)]
+struct CardLabel {
+    reader: String,
+    card_id: String,
+    serial: Option<u32>,
+}
+
+/// A PIV card found in a reader.
+struct FoundCard {
+    reader: String,
+    card_id: String,
+    serial: Option<u32>,
+    piv: Piv<PcscCard>,
+}
+
+impl FoundCard {
+    fn label(&self) -> CardLabel {
+        CardLabel {
+            reader: self.reader.clone(),
+            card_id: self.card_id.clone(),
+            serial: self.serial,
+        }
+    }
+}
+
+/// What scanning one reader found.
+enum Slot {
+    Empty,
+    NotPiv { problem: String },
+    Piv(Box<FoundCard>),
+}
+
+fn is_card_gone(error: pcsc::Error) -> bool {
+    matches!(
+        error,
+        pcsc::Error::RemovedCard
+            | pcsc::Error::NoSmartcard
+            | pcsc::Error::ResetCard
+            | pcsc::Error::UnpoweredCard
+            | pcsc::Error::UnresponsiveCard
+            | pcsc::Error::ReaderUnavailable
+            | pcsc::Error::UnknownReader
+            | pcsc::Error::CommError
+    )
+}
+
+fn is_service_gone(error: pcsc::Error) -> bool {
+    matches!(
+        error,
+        pcsc::Error::NoService | pcsc::Error::ServiceStopped | pcsc::Error::InvalidHandle
+    )
+}
+
+fn service_error(error: pcsc::Error) -> KeyStoreError {
+    KeyStoreError::Unavailable(format!("cannot talk to pcscd ({error}); is pcscd running?"))
+}
+
+/// The PIV key store.
+pub struct PcscKeyStore {
+    config: PcscConfig,
+    _watcher: watch::Watcher,
+}
+
+impl std::fmt::Debug for PcscKeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PcscKeyStore")
+            .field("management_key_source", &self.config.management_key_source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PcscKeyStore {
+    /// Connects to pcscd; unavailable when pcscd is not running.
+    pub fn open(config: PcscConfig) -> Result<Self, KeyStoreError> {
+        let context = pcsc::Context::establish(pcsc::Scope::User).map_err(service_error)?;
+        let readers = list_readers(&context)?;
+        tracing::info!(readers = ?readers, "PC/SC readers");
+        if config.management_key.is_factory() {
+            tracing::warn!(
+                "the PIV management key is the factory default; configure backends.pcsc.management_key_file to use the cards' own key"
+            );
+        }
+        Ok(PcscKeyStore {
+            config,
+            _watcher: watch::Watcher::start(),
+        })
+    }
+
+    fn context(&self) -> Result<pcsc::Context, KeyStoreError> {
+        pcsc::Context::establish(pcsc::Scope::User).map_err(service_error)
+    }
+
+    /// Connects to the card in `reader` and reads its PIV identity.
+    fn scan(&self, context: &pcsc::Context, reader: &str) -> Result<Slot, KeyStoreError> {
+        let name = CString::new(reader)
+            .map_err(|_| KeyStoreError::Backend(format!("reader name {reader:?} has a NUL")))?;
+        let card = match context.connect(&name, pcsc::ShareMode::Shared, pcsc::Protocols::ANY) {
+            Ok(card) => card,
+            Err(pcsc::Error::NoSmartcard | pcsc::Error::RemovedCard) => return Ok(Slot::Empty),
+            Err(e) if is_service_gone(e) => return Err(service_error(e)),
+            Err(e) => {
+                return Ok(Slot::NotPiv {
+                    problem: format!("cannot connect to the card: {e}"),
+                });
+            }
+        };
+        let mut piv = Piv::new(PcscCard(card));
+        let identity = (|| {
+            if !piv.select()? {
+                return Ok(None);
+            }
+            let guid = piv.guid()?;
+            let serial = piv.serial()?;
+            Ok::<_, PivError>(Some((guid, serial)))
+        })();
+        match identity {
+            Ok(None) => Ok(Slot::NotPiv {
+                problem: "the card has no PIV application".into(),
+            }),
+            Ok(Some((guid, serial))) => match card_id(guid, serial) {
+                Some(card_id) => Ok(Slot::Piv(Box::new(FoundCard {
+                    reader: reader.to_string(),
+                    card_id,
+                    serial,
+                    piv,
+                }))),
+                None => Ok(Slot::NotPiv {
+                    problem:
+                        "the PIV card has neither a CHUID GUID nor a serial number to know it by"
+                            .into(),
+                }),
+            },
+            Err(PivError::Transport { source, .. }) if is_card_gone(source) => Ok(Slot::Empty),
+            Err(e) => Ok(Slot::NotPiv {
+                problem: e.to_string(),
+            }),
+        }
+    }
+
+    /// Finds the card a key lives on, or says which card is missing and
+    /// what is there instead.
+    fn find_card(&self, key: &KeyRef) -> Result<FoundCard, KeyStoreError> {
+        let context = self.context()?;
+        let readers = list_readers(&context)?;
+        let mut others = Vec::new();
+        for reader in &readers {
+            match self.scan(&context, reader)? {
+                Slot::Piv(card) if card.card_id == key.card_id => return Ok(*card),
+                Slot::Piv(card) => others.push(format!(
+                    "reader '{}' holds {}",
+                    card.reader,
+                    describe_card(&card.card_id, card.serial)
+                )),
+                Slot::NotPiv { problem } => others.push(format!(
+                    "reader '{reader}' holds a card that is not usable ({problem})"
+                )),
+                Slot::Empty => {}
+            }
+        }
+        if others.is_empty() {
+            let readers = if readers.is_empty() {
+                "no smartcard reader is connected".to_string()
+            } else {
+                format!("no card is in reader {}", quoted_list(&readers))
+            };
+            return Err(KeyStoreError::CardNotPresent(format!(
+                "{readers}; the key is on {}",
+                key.describe_card()
+            )));
+        }
+        Err(KeyStoreError::CardMismatch(format!(
+            "{}, but the key is on {}",
+            others.join("; "),
+            key.describe_card()
+        )))
+    }
+
+    /// The PIV card for a new key: the one in `reader`, or the only one.
+    fn card_for_enrollment(&self, reader: Option<&str>) -> Result<FoundCard, KeyStoreError> {
+        let context = self.context()?;
+        let readers = list_readers(&context)?;
+        if let Some(wanted) = reader {
+            if !readers.iter().any(|r| r == wanted) {
+                return Err(KeyStoreError::InvalidOption(format!(
+                    "there is no reader '{wanted}'; readers: {}",
+                    quoted_list(&readers)
+                )));
+            }
+            return match self.scan(&context, wanted)? {
+                Slot::Piv(card) => Ok(*card),
+                Slot::Empty => Err(KeyStoreError::CardNotPresent(format!(
+                    "no card is in reader '{wanted}'"
+                ))),
+                Slot::NotPiv { problem } => Err(KeyStoreError::CardUnsupported(format!(
+                    "the card in reader '{wanted}' cannot be used: {problem}"
+                ))),
+            };
+        }
+        let mut cards = Vec::new();
+        let mut unusable = Vec::new();
+        for reader in &readers {
+            match self.scan(&context, reader)? {
+                Slot::Piv(card) => cards.push(*card),
+                Slot::NotPiv { problem } => unusable.push(format!("'{reader}': {problem}")),
+                Slot::Empty => {}
+            }
+        }
+        match cards.len() {
+            1 => Ok(cards.remove(0)),
+            0 if !unusable.is_empty() => Err(KeyStoreError::CardUnsupported(format!(
+                "no PIV card is present; cards that cannot be used: {}",
+                unusable.join("; ")
+            ))),
+            0 if readers.is_empty() => Err(KeyStoreError::CardNotPresent(
+                "no smartcard reader is connected".into(),
+            )),
+            0 => Err(KeyStoreError::CardNotPresent(format!(
+                "no card is in reader {}",
+                quoted_list(&readers)
+            ))),
+            _ => Err(KeyStoreError::InvalidOption(format!(
+                "PIV cards are in several readers ({}); choose one with --reader",
+                quoted_list(&cards.iter().map(|c| c.reader.clone()).collect::<Vec<_>>())
+            ))),
+        }
+    }
+
+    fn authenticate(&self, card: &mut FoundCard) -> Result<(), KeyStoreError> {
+        let accepted = card
+            .piv
+            .authenticate(&self.config.management_key)
+            .map_err(|e| card_error(&card.label(), e))?;
+        if accepted {
+            Ok(())
+        } else {
+            Err(KeyStoreError::ManagementKeyRejected(format!(
+                "{} in reader '{}' refused the management key ({})",
+                describe_card(&card.card_id, card.serial),
+                card.reader,
+                self.config.management_key_source
+            )))
+        }
+    }
+}
+
+fn quoted_list(items: &[String]) -> String {
+    items
+        .iter()
+        .map(|r| format!("'{r}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn list_readers(context: &pcsc::Context) -> Result<Vec<String>, KeyStoreError> {
+    match context.list_readers_owned() {
+        Ok(names) => Ok(names
+            .into_iter()
+            .map(|n| n.to_string_lossy().into_owned())
+            .collect()),
+        Err(pcsc::Error::NoReadersAvailable) => Ok(Vec::new()),
+        Err(e) => Err(service_error(e)),
+    }
+}
+
+/// A card command's failure, as the daemon sees it.
+fn card_error(card: &CardLabel, error: PivError) -> KeyStoreError {
+    match error {
+        PivError::Transport { source, command } if is_card_gone(source) => {
+            KeyStoreError::CardNotPresent(format!(
+                "{} was removed from reader '{}' (or stopped answering) during {command}; the operation did not complete",
+                describe_card(&card.card_id, card.serial),
+                card.reader
+            ))
+        }
+        PivError::Transport { source, .. } if is_service_gone(source) => service_error(source),
+        other => KeyStoreError::Backend(format!(
+            "{} in reader '{}': {other}",
+            describe_card(&card.card_id, card.serial),
+            card.reader
+        )),
+    }
+}
+
+fn pin_outcome(check: SecretCheck) -> Result<(), KeyStoreError> {
+    match check {
+        SecretCheck::Ok => Ok(()),
+        SecretCheck::Wrong { tries_left } => Err(KeyStoreError::PinIncorrect {
+            tries_left: Some(tries_left),
+        }),
+        SecretCheck::Blocked => Err(KeyStoreError::PinLocked),
+    }
+}
+
+fn check_pin_rules(pin: &Pin) -> Result<(), KeyStoreError> {
+    let length = pin.as_bytes().len();
+    if !(6..=8).contains(&length) {
+        return Err(KeyStoreError::PinRules(format!(
+            "a PIV PIN is 6 to 8 bytes (padded with 0xFF on the card), not {length}"
+        )));
+    }
+    if pin.as_bytes().contains(&0xFF) {
+        return Err(KeyStoreError::PinRules(
+            "a PIV PIN cannot contain the byte 0xFF (the card's padding)".into(),
+        ));
+    }
+    Ok(())
+}
+
+impl KeyStore for PcscKeyStore {
+    fn describe(&self) -> BackendInfo {
+        BackendInfo {
+            name: BACKEND_NAME.into(),
+            description: "PIV smartcards and tokens over PC/SC (keys generated on the card)".into(),
+            hardware_backed: true,
+            attestation_formats: vec![ATTESTATION_FORMAT.into(), "none".into()],
+            pin_rules: PIN_RULES,
+            operations: vec![
+                Operation::Create,
+                Operation::Sign,
+                Operation::Delete,
+                Operation::ChangePin,
+                Operation::PinStatus,
+                Operation::UnblockPin,
+                Operation::ListCards,
+                Operation::Attest,
+            ],
+        }
+    }
+
+    fn create_key(&self, key_id: &str, pin: &Pin) -> Result<CreatedKey, KeyStoreError> {
+        self.create_key_with(key_id, pin, &CreateOptions::default())
+            .map(|enrolled| enrolled.key)
+    }
+
+    fn create_key_with(
+        &self,
+        key_id: &str,
+        pin: &Pin,
+        options: &CreateOptions,
+    ) -> Result<Enrolled, KeyStoreError> {
+        let slot = match &options.slot {
+            Some(text) => parse_slot(text).ok_or_else(|| {
+                KeyStoreError::InvalidOption(format!(
+                    "'{text}' is not a PIV key slot; use 9a, 9c, 9d, 9e or 82 to 95"
+                ))
+            })?,
+            None => self.config.default_slot,
+        };
+        check_pin_rules(pin)?;
+        if pin.as_str() == piv::FACTORY_PIN {
+            return Err(KeyStoreError::PinRules(
+                "123456 is every PIV card's factory PIN; choose another".into(),
+            ));
+        }
+        let mut card = self.card_for_enrollment(options.reader.as_deref())?;
+        let mut notes = Vec::new();
+        let card_name = describe_card(&card.card_id, card.serial);
+        let label = card.label();
+        let err = |e| card_error(&label, e);
+
+        // The slot must be free: a certificate means a key in use.
+        let object = piv::cert_object(slot)
+            .ok_or_else(|| KeyStoreError::InvalidOption(format!("{slot:02x} is not a key slot")))?;
+        if card.piv.get_data(object).map_err(err)?.is_some() {
+            return Err(KeyStoreError::InvalidOption(format!(
+                "slot {slot:02x} of {card_name} already holds a certificate (a key in use); choose another slot with --slot, or remove the user whose key it is"
+            )));
+        }
+
+        // The PIN: a card at its factory PIN takes the user's; otherwise
+        // the user must know the card's PIN.
+        let factory = card
+            .piv
+            .secret_metadata(false)
+            .map_err(err)?
+            .is_some_and(|m| m.is_default);
+        if factory {
+            let changed = card
+                .piv
+                .change_secret(false, piv::FACTORY_PIN, pin.as_str())
+                .map_err(err)?;
+            pin_outcome(changed)?;
+            notes.push(format!(
+                "{card_name} still had its factory PIN; its PIN is now the one you chose"
+            ));
+        }
+        pin_outcome(card.piv.verify_pin(pin.as_str()).map_err(err)?)?;
+
+        self.authenticate(&mut card).map_err(|e| match e {
+            KeyStoreError::ManagementKeyRejected(message) if factory => {
+                KeyStoreError::ManagementKeyRejected(format!(
+                    "{message}; the card's PIN was already changed from the factory PIN to the one you chose"
+                ))
+            }
+            other => other,
+        })?;
+        let point = card.piv.generate_p256(slot).map_err(err)?;
+        let public_key = p256::PublicKey::from_sec1_bytes(&point).map_err(|e| {
+            KeyStoreError::Backend(format!("{card_name} made an invalid public key: {e}"))
+        })?;
+        let spki = public_key
+            .to_public_key_der()
+            .map_err(|e| KeyStoreError::Backend(format!("encoding the public key: {e}")))?;
+
+        let mut serial = [0u8; 16];
+        getrandom::fill(&mut serial)
+            .map_err(|e| KeyStoreError::Backend(format!("no randomness: {e}")))?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let tbs =
+            cert::tbs_certificate(&format!("fleetkey {key_id}"), spki.as_bytes(), &serial, now);
+        pin_outcome(card.piv.verify_pin(pin.as_str()).map_err(err)?)?;
+        let signature = card
+            .piv
+            .sign_p256(slot, &cert::tbs_digest(&tbs))
+            .map_err(err)?;
+        let certificate = cert::certificate(&tbs, &signature);
+        card.piv
+            .put_data(object, &cert::piv_certificate_object(&certificate))
+            .map_err(err)?;
+        notes.push(format!(
+            "key made in slot {slot:02x} of {card_name} in reader '{}'",
+            card.reader
+        ));
+        tracing::info!(card = %card.card_id, slot = format!("{slot:02x}"), reader = %card.reader, "PIV key generated");
+        let key_ref = KeyRef {
+            card_id: card.card_id.clone(),
+            serial: card.serial,
+            slot,
+        };
+        Ok(Enrolled {
+            key: CreatedKey {
+                key_ref: key_ref.encode(),
+                public_key_der: spki.as_bytes().to_vec(),
+            },
+            notes,
+        })
+    }
+
+    fn sign_digest(
+        &self,
+        key_ref: &[u8],
+        pin: &Pin,
+        digest: &[u8; 32],
+    ) -> Result<Vec<u8>, KeyStoreError> {
+        let key = KeyRef::decode(key_ref)?;
+        let mut card = self.find_card(&key)?;
+        let label = card.label();
+        pin_outcome(
+            card.piv
+                .verify_pin(pin.as_str())
+                .map_err(|e| card_error(&label, e))?,
+        )?;
+        card.piv
+            .sign_p256(key.slot, digest)
+            .map_err(|e| card_error(&label, e))
+    }
+
+    /// YubiKey-style PIV attestation: format [`ATTESTATION_FORMAT`], data
+    /// the key's attestation certificate then the card's F9 certificate
+    /// (DER, one after the other). Cards that cannot attest give "none".
+    fn attest(&self, key_ref: &[u8]) -> Result<Attestation, KeyStoreError> {
+        let key = KeyRef::decode(key_ref)?;
+        let mut card = self.find_card(&key)?;
+        let label = card.label();
+        let Some(attested) = card
+            .piv
+            .attest(key.slot)
+            .map_err(|e| card_error(&label, e))?
+        else {
+            return Ok(Attestation::none());
+        };
+        let Some(intermediate) = card
+            .piv
+            .attestation_certificate()
+            .map_err(|e| card_error(&label, e))?
+        else {
+            return Ok(Attestation::none());
+        };
+        let mut data = attested;
+        data.extend_from_slice(&intermediate);
+        Ok(Attestation {
+            format: ATTESTATION_FORMAT.into(),
+            data,
+        })
+    }
+
+    fn delete_key(&self, key_ref: &[u8]) -> Result<(), KeyStoreError> {
+        let key = KeyRef::decode(key_ref)?;
+        let mut card = self.find_card(&key)?;
+        let label = card.label();
+        let object = piv::cert_object(key.slot)
+            .ok_or_else(|| KeyStoreError::Backend(format!("{:02x} is not a key slot", key.slot)))?;
+        self.authenticate(&mut card)?;
+        card.piv
+            .put_data(object, &[])
+            .map_err(|e| card_error(&label, e))
+    }
+
+    fn change_pin(
+        &self,
+        key_ref: &[u8],
+        old_pin: &Pin,
+        new_pin: &Pin,
+    ) -> Result<Vec<u8>, KeyStoreError> {
+        check_pin_rules(new_pin)?;
+        let key = KeyRef::decode(key_ref)?;
+        let mut card = self.find_card(&key)?;
+        let label = card.label();
+        let check = card
+            .piv
+            .change_secret(false, old_pin.as_str(), new_pin.as_str())
+            .map_err(|e| card_error(&label, e))?;
+        pin_outcome(check)?;
+        Ok(key_ref.to_vec())
+    }
+
+    fn pin_status(&self, key_ref: &[u8]) -> Result<PinStatus, KeyStoreError> {
+        let key = KeyRef::decode(key_ref)?;
+        let mut card = self.find_card(&key)?;
+        let label = card.label();
+        if let Some(meta) = card
+            .piv
+            .secret_metadata(false)
+            .map_err(|e| card_error(&label, e))?
+        {
+            return Ok(PinStatus {
+                tries_left: Some(u32::from(meta.tries_left)),
+                locked: meta.tries_left == 0,
+            });
+        }
+        Ok(
+            match card.piv.pin_state().map_err(|e| card_error(&label, e))? {
+                SecretCheck::Ok => PinStatus {
+                    tries_left: None,
+                    locked: false,
+                },
+                SecretCheck::Wrong { tries_left } => PinStatus {
+                    tries_left: Some(tries_left),
+                    locked: false,
+                },
+                SecretCheck::Blocked => PinStatus {
+                    tries_left: Some(0),
+                    locked: true,
+                },
+            },
+        )
+    }
+
+    fn unblock_pin(&self, key_ref: &[u8], puk: &Pin, new_pin: &Pin) -> Result<(), KeyStoreError> {
+        check_pin_rules(new_pin)?;
+        let key = KeyRef::decode(key_ref)?;
+        let mut card = self.find_card(&key)?;
+        let label = card.label();
+        match card
+            .piv
+            .unblock_pin(puk.as_str(), new_pin.as_str())
+            .map_err(|e| card_error(&label, e))?
+        {
+            SecretCheck::Ok => Ok(()),
+            SecretCheck::Wrong { tries_left } => Err(KeyStoreError::PukIncorrect {
+                tries_left: Some(tries_left),
+            }),
+            SecretCheck::Blocked => Err(KeyStoreError::PukIncorrect {
+                tries_left: Some(0),
+            }),
+        }
+    }
+
+    fn cards(&self) -> Result<Vec<CardInfo>, KeyStoreError> {
+        let context = self.context()?;
+        let mut cards = Vec::new();
+        for reader in list_readers(&context)? {
+            let mut info = CardInfo {
+                reader: reader.clone(),
+                ..CardInfo::default()
+            };
+            match self.scan(&context, &reader)? {
+                Slot::Empty => {}
+                Slot::NotPiv { problem } => {
+                    info.card_present = true;
+                    info.problem = problem;
+                }
+                Slot::Piv(card) => {
+                    info.card_present = true;
+                    info.application_found = true;
+                    info.card_id = card.card_id.clone();
+                    info.serial = card.serial.map(|s| s.to_string()).unwrap_or_default();
+                }
+            }
+            cards.push(info);
+        }
+        Ok(cards)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_refs_round_trip_and_reject_garbage() {
+        let key = KeyRef {
+            card_id: "00112233445566778899aabbccddeeff".into(),
+            serial: Some(12345678),
+            slot: 0x9a,
+        };
+        let encoded = key.encode();
+        assert_eq!(
+            String::from_utf8(encoded.clone()).unwrap(),
+            "piv1 card=00112233445566778899aabbccddeeff serial=12345678 slot=9a"
+        );
+        assert_eq!(KeyRef::decode(&encoded).unwrap(), key);
+        let no_serial = KeyRef {
+            serial: None,
+            slot: 0x95,
+            ..key
+        };
+        assert_eq!(KeyRef::decode(&no_serial.encode()).unwrap(), no_serial);
+        for bad in [
+            &b"u-1234"[..],
+            b"piv1 card=x serial=1 slot=9b",
+            b"piv1 card= serial=1 slot=9a",
+            b"piv1 card=x serial=abc slot=9a",
+            b"piv1 card=x serial=1 slot=9a extra",
+            b"piv1 serial=1 card=x slot=9a",
+            &[0xff, 0xfe],
+        ] {
+            assert!(
+                matches!(KeyRef::decode(bad), Err(KeyStoreError::Corrupt { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn slots() {
+        for (text, slot) in [("9a", 0x9a), ("9C", 0x9c), ("82", 0x82), ("95", 0x95)] {
+            assert_eq!(parse_slot(text), Some(slot));
+        }
+        for text in ["9b", "96", "81", "f9", "", "zz"] {
+            assert_eq!(parse_slot(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn pin_rules_are_piv_rules() {
+        assert!(check_pin_rules(&Pin::new("12345")).is_err());
+        assert!(check_pin_rules(&Pin::new("123456789")).is_err());
+        assert!(check_pin_rules(&Pin::new("654321")).is_ok());
+        assert!(check_pin_rules(&Pin::new("abcdefgh")).is_ok());
+    }
+}

@@ -1,0 +1,138 @@
+//! Follows readers and cards coming and going with
+//! `SCardGetStatusChange`, which blocks until something changes (no busy
+//! polling). When pcscd goes away (restart, crash) the watcher waits and
+//! connects again; readers that vanish are dropped from the watch list.
+
+use std::ffi::CString;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// The watcher thread; stops when dropped (at the next event or within a
+/// minute).
+pub struct Watcher {
+    stop: Arc<AtomicBool>,
+    context: Arc<std::sync::Mutex<Option<pcsc::Context>>>,
+}
+
+impl Watcher {
+    pub fn start() -> Watcher {
+        let stop = Arc::new(AtomicBool::new(false));
+        let context = Arc::new(std::sync::Mutex::new(None));
+        let (thread_stop, thread_context) = (stop.clone(), context.clone());
+        let spawned = std::thread::Builder::new()
+            .name("pcsc-watch".into())
+            .spawn(move || run(&thread_stop, &thread_context));
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the PC/SC watcher; card events are not logged");
+        }
+        Watcher { stop, context }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Ok(guard) = self.context.lock()
+            && let Some(context) = guard.as_ref()
+        {
+            let _ = context.cancel();
+        }
+    }
+}
+
+fn run(stop: &AtomicBool, shared: &std::sync::Mutex<Option<pcsc::Context>>) {
+    let mut backoff = Duration::from_millis(250);
+    let mut announced_down = false;
+    while !stop.load(Ordering::SeqCst) {
+        let context = match pcsc::Context::establish(pcsc::Scope::User) {
+            Ok(context) => context,
+            Err(e) => {
+                if !announced_down {
+                    tracing::warn!(error = %e, "pcscd is not reachable; waiting for it");
+                    announced_down = true;
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        if announced_down {
+            tracing::info!("pcscd is reachable again");
+            announced_down = false;
+        }
+        backoff = Duration::from_millis(250);
+        if let Ok(mut guard) = shared.lock() {
+            *guard = Some(context.clone());
+        }
+        watch(&context, stop);
+    }
+}
+
+/// Watches until pcscd goes away or the watcher is stopped.
+fn watch(context: &pcsc::Context, stop: &AtomicBool) {
+    let mut states = vec![pcsc::ReaderState::new(
+        pcsc::PNP_NOTIFICATION(),
+        pcsc::State::UNAWARE,
+    )];
+    let mut first = true;
+    while !stop.load(Ordering::SeqCst) {
+        let readers: Vec<CString> = match context.list_readers_owned() {
+            Ok(readers) => readers,
+            Err(pcsc::Error::NoReadersAvailable) => Vec::new(),
+            Err(e) => {
+                tracing::warn!(error = %e, "pcscd went away; watching again when it is back");
+                return;
+            }
+        };
+        // Forget readers that vanished; add new ones.
+        states.retain(|state| {
+            let keep = state.name() == pcsc::PNP_NOTIFICATION()
+                || readers.iter().any(|r| r.as_c_str() == state.name());
+            if !keep {
+                tracing::info!(reader = %state.name().to_string_lossy(), "reader removed");
+            }
+            keep
+        });
+        for reader in &readers {
+            if !states.iter().any(|s| s.name() == reader.as_c_str()) {
+                if !first {
+                    tracing::info!(reader = %reader.to_string_lossy(), "reader connected");
+                }
+                states.push(pcsc::ReaderState::new(reader.clone(), pcsc::State::UNAWARE));
+            }
+        }
+        first = false;
+        for state in &mut states {
+            state.sync_current_state();
+        }
+        match context.get_status_change(Duration::from_secs(60), &mut states) {
+            Ok(()) => {
+                for state in &states {
+                    if state.name() == pcsc::PNP_NOTIFICATION() {
+                        continue;
+                    }
+                    let (before, now) = (state.current_state(), state.event_state());
+                    if !now.contains(pcsc::State::CHANGED) {
+                        continue;
+                    }
+                    let reader = state.name().to_string_lossy();
+                    let was = before.contains(pcsc::State::PRESENT);
+                    let is = now.contains(pcsc::State::PRESENT);
+                    if is && !was {
+                        tracing::info!(%reader, "card inserted");
+                    } else if was && !is && !before.contains(pcsc::State::UNAWARE) {
+                        tracing::info!(%reader, "card removed");
+                    }
+                }
+            }
+            Err(pcsc::Error::Timeout) => {}
+            Err(pcsc::Error::Cancelled) => return,
+            Err(pcsc::Error::UnknownReader) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "pcscd went away; watching again when it is back");
+                return;
+            }
+        }
+    }
+}
