@@ -419,7 +419,7 @@ fn wrong_management_key_and_unprotected_key_file() {
     );
     let daemon = Daemon::start(&config);
     let status = daemon.ctl(&["--json", "status"]).json();
-    let pcsc = status["backends"][1].clone();
+    let pcsc = backend(&status, "pcsc");
     assert_eq!(pcsc["name"], "pcsc");
     assert_eq!(pcsc["available"], false);
     assert!(
@@ -454,7 +454,7 @@ fn daemon_starts_without_pcscd_and_survives_pcscd_restarting() {
     // No pcscd: the backend is unavailable, the daemon runs.
     let daemon = Daemon::start(&config());
     let status = daemon.ctl(&["--json", "status"]).json();
-    let pcsc = status["backends"][1].clone();
+    let pcsc = backend(&status, "pcsc");
     assert_eq!(pcsc["available"], false);
     assert!(
         pcsc["unavailable_reason"]
@@ -638,7 +638,7 @@ fn piv_attestation_is_verified_by_the_portal_against_its_roots() {
     let daemon = Daemon::start(&config());
     let status = daemon.ctl(&["--json", "status"]).json();
     assert_eq!(
-        status["backends"][1]["attestation_formats"],
+        backend(&status, "pcsc")["attestation_formats"],
         serde_json::json!(["piv-attestation", "none"])
     );
     daemon.activate(&portal);
@@ -682,4 +682,13 @@ fn piv_attestation_is_verified_by_the_portal_against_its_roots() {
     let list = daemon.ctl(&["--json", "user", "list"]).json();
     assert_eq!(list["users"].as_array().unwrap().len(), 1);
     assert!(portal.user_show("bob").is_none());
+}
+
+/// The `status --json` entry of one backend, by name.
+fn backend(status: &serde_json::Value, name: &str) -> serde_json::Value {
+    status["backends"]
+        .as_array()
+        .and_then(|all| all.iter().find(|b| b["name"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("no backend {name} in {status}"))
 }
