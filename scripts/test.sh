@@ -10,8 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests run (openssl verifies signatures, setpriv
-# switches users).
-packages=(openssl util-linux ca-certificates)
+# switches users; libclang-dev is for the v4l crate's bindgen, built with
+# --all-features; zbar-tools is the QR bench's reference decoder).
+packages=(openssl util-linux ca-certificates libclang-dev zbar-tools)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

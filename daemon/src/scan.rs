@@ -16,7 +16,7 @@ use fleetkey_proto::daemon::{
 };
 use fleetkey_proto::{EnrollmentPayload, Failure, Reason};
 use fleetkey_v4l::{
-    CameraInfo, CaptureError, FrameSource, ImageSource, Opener, ScanEvent, ScanOptions, Scanner,
+    CameraInfo, FrameSource, ImageSource, Opener, ScanEvent, ScanOptions, Scanner,
     scan_for_enrollment,
 };
 use tokio::sync::mpsc;
@@ -63,7 +63,9 @@ fn camera_opener(selector: &str) -> Result<Opener, Failure> {
 
 #[cfg(not(feature = "v4l"))]
 fn camera_opener(_selector: &str) -> Result<Opener, Failure> {
-    Err(fleetkey_v4l::scan::capture_failure(&CaptureError::NotBuilt))
+    Err(fleetkey_v4l::scan::capture_failure(
+        &fleetkey_v4l::CaptureError::NotBuilt,
+    ))
 }
 
 /// The cameras, as `ListCameras` answers.

@@ -2,6 +2,8 @@
 //! and pure functions shaping its output (tested without a daemon).
 
 pub mod activate;
+pub mod camera;
+pub mod qr;
 pub mod sign;
 pub mod status;
 pub mod user;
@@ -45,6 +47,12 @@ pub enum Subcommand {
     #[command(subcommand)]
     User(user::UserCommand),
     Sign(sign::Sign),
+    /// List the cameras fleetkeyd can scan QR codes with
+    #[command(subcommand)]
+    Camera(camera::CameraCommand),
+    /// Decode QR codes in images, offline
+    #[command(subcommand)]
+    Qr(qr::QrCommand),
 }
 
 impl Subcommand {
@@ -55,6 +63,9 @@ impl Subcommand {
             Subcommand::Activate(cmd) => cmd.run(ctx).await,
             Subcommand::User(cmd) => cmd.run(ctx).await,
             Subcommand::Sign(cmd) => cmd.run(ctx).await,
+            Subcommand::Camera(cmd) => cmd.run(ctx).await,
+            // Offline; lib.rs runs it before any runtime is made.
+            Subcommand::Qr(_) => Ok(()),
         }
     }
 
@@ -65,6 +76,8 @@ impl Subcommand {
             Subcommand::Activate(_) => "activate",
             Subcommand::User(_) => "user",
             Subcommand::Sign(_) => "sign",
+            Subcommand::Camera(_) => "camera",
+            Subcommand::Qr(_) => "qr",
         }
     }
 
