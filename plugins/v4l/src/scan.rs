@@ -207,7 +207,13 @@ fn scan_loop(
             Some(Err(Some(e))) => return Err(capture_failure(&e)),
             Some(Ok((frame, dropped))) => {
                 scanned += 1;
-                for text in scanner.scan(&frame) {
+                // An image gets every pass; camera frames share them out.
+                let texts = if is_image {
+                    scanner.scan(&frame)
+                } else {
+                    scanner.scan_live(&frame, scanned)
+                };
+                for text in texts {
                     if is_fleetkey(&text) {
                         EnrollmentPayload::parse_uri(&text)?;
                         return Ok(Found {
@@ -506,10 +512,14 @@ mod tests {
         // The camera is far faster than the scanner on a code-free frame.
         let (opener, delivered) = camera(frame, 1, None);
         let mut last = (0, 0);
+        let options = ScanOptions {
+            timeout: Duration::from_millis(1500),
+            progress_interval: Duration::ZERO,
+        };
         let failure = scan_for_enrollment(
             opener,
             &Scanner::new(),
-            options(400),
+            options,
             &AtomicBool::new(false),
             |e| {
                 if let ScanEvent::Progress { scanned, dropped } = e {
@@ -520,6 +530,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(failure.reason, Reason::QrNotFound);
         let (scanned, dropped) = last;
+        assert!(scanned >= 2, "too few frames scanned: {last:?}");
         assert!(dropped > 0, "nothing dropped: {last:?}");
         assert!(scanned as usize + dropped as usize <= delivered.load(Ordering::Relaxed));
     }
