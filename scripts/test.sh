@@ -15,10 +15,13 @@ cd "$(dirname "$0")/.."
 # named because apt's resolver may otherwise fail on libtss2-dev's
 # "libcurl4-openssl-dev | libcurl-ssl-dev" dependency); libpcsclite-dev
 # builds the pcsc backend, pcscd with the vsmartcard-vpcd driver hosts the
-# simulated PIV cards, opensc checks them.
+# simulated PIV cards, opensc checks them; libclang-dev is for the v4l
+# crate's bindgen (the daemon's v4l feature); zbar-tools is the QR bench's
+# reference decoder.
 packages=(openssl util-linux ca-certificates pkg-config
     libcurl4-openssl-dev libtss2-dev swtpm swtpm-tools tpm2-tools
-    libpcsclite-dev pcscd vsmartcard-vpcd opensc)
+    libpcsclite-dev pcscd vsmartcard-vpcd opensc
+    libclang-dev zbar-tools)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

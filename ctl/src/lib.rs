@@ -23,6 +23,9 @@ pub const CTL_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// the process exit code (0 on success, `Reason::exit_code()` otherwise).
 pub fn run(cli: Cli) -> u8 {
     let json = cli.json;
+    if let subcommands::Subcommand::Qr(command) = &cli.command {
+        return command.run(json);
+    }
     match execute(cli) {
         Ok(()) => 0,
         Err(failure) => {

@@ -299,6 +299,20 @@ impl Engine {
         })
     }
 
+    /// What can be checked before a code is known (device activated, key
+    /// store usable, PIN policy), so that a scan does not open the camera
+    /// for an enrollment bound to fail.
+    pub fn check_add_user(&self, pin: &Pin, backend: &str) -> Result<(), Failure> {
+        let backend_name = if backend.is_empty() {
+            self.default_backend.as_str()
+        } else {
+            backend
+        };
+        self.require_device()?;
+        let store = self.backends.get(backend_name)?;
+        pin_policy::check(&self.pin_policy, backend_name, &store.info.pin_rules, pin)
+    }
+
     /// Enrolls the user an add-user code is bound to: key in the backend,
     /// pending record, registration with the portal, active record. Any
     /// failure undoes what was done.

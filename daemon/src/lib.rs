@@ -10,5 +10,6 @@ pub mod device_key;
 pub mod engine;
 pub mod pin_policy;
 pub mod portal_client;
+pub mod scan;
 pub mod server;
 pub mod state;

@@ -10,17 +10,19 @@ use fleetkey_plugin::{CreateOptions, Pin};
 use fleetkey_proto::Failure;
 use fleetkey_proto::daemon::fleetkey_server::{Fleetkey, FleetkeyServer};
 use fleetkey_proto::daemon::{
-    ActivateRequest, ActivateResponse, AddUserRequest, ChangePinRequest, ChangePinResponse,
-    GetStatusRequest, GetUserRequest, ListCardsRequest, ListCardsResponse, ListUsersRequest,
-    ListUsersResponse, RemoveUserRequest, RemoveUserResponse, SignRequest, SignResponse, Status,
-    UnblockPinRequest, UnblockPinResponse, User,
+    ActivateRequest, ActivateResponse, AddUserRequest, AddUserScanRequest, ChangePinRequest,
+    ChangePinResponse, GetStatusRequest, GetUserRequest, ListCamerasRequest, ListCamerasResponse,
+    ListCardsRequest, ListCardsResponse, ListUsersRequest, ListUsersResponse, RemoveUserRequest,
+    RemoveUserResponse, SignRequest, SignResponse, Status, UnblockPinRequest, UnblockPinResponse,
+    User,
 };
 use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tonic::{Request, Response};
 
 use crate::auth::{AdminPolicy, Caller};
 use crate::engine::Engine;
+use crate::scan;
 
 type Reply<T> = Result<Response<T>, tonic::Status>;
 
@@ -56,8 +58,16 @@ impl Service {
     }
 }
 
+/// The progress stream of `AddUserScan`.
+pub type ScanStream = ReceiverStream<scan::ProgressItem>;
+
+/// The largest request: an image for `AddUserScan`, and some room.
+const MAX_REQUEST_BYTES: usize = fleetkey_v4l::image_file::MAX_IMAGE_BYTES + 64 * 1024;
+
 #[tonic::async_trait]
 impl Fleetkey for Service {
+    type AddUserScanStream = ScanStream;
+
     async fn get_status(&self, request: Request<GetStatusRequest>) -> Reply<Status> {
         self.caller(&request)?;
         reply(self.engine.status().await)
@@ -83,6 +93,46 @@ impl Fleetkey for Service {
                 .add_user(&request.code, pin, &request.backend, &options)
                 .await,
         )
+    }
+
+    async fn add_user_scan(
+        &self,
+        request: Request<AddUserScanRequest>,
+    ) -> Reply<Self::AddUserScanStream> {
+        let caller = self.require_admin(&request, "add users")?;
+        let request = request.into_inner();
+        let from_camera = matches!(
+            request.source,
+            Some(fleetkey_proto::daemon::add_user_scan_request::Source::Camera(_))
+        );
+        tracing::info!(
+            uid = caller.uid,
+            from_camera,
+            "add user from a QR code requested"
+        );
+        let pin = Pin::new(request.pin);
+        self.engine
+            .check_add_user(&pin, &request.backend)
+            .map_err(|f| f.to_status())?;
+        let open = scan::opener(request.source).map_err(|f| f.to_status())?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(scan::scan_and_enroll(
+            self.engine.clone(),
+            open,
+            pin,
+            request.backend,
+            scan::timeout(request.timeout_seconds),
+            sender,
+        ));
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
+    async fn list_cameras(
+        &self,
+        request: Request<ListCamerasRequest>,
+    ) -> Reply<ListCamerasResponse> {
+        self.caller(&request)?;
+        reply(scan::list_cameras().await)
     }
 
     async fn list_users(&self, request: Request<ListUsersRequest>) -> Reply<ListUsersResponse> {
@@ -205,7 +255,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let result = tonic::transport::Server::builder()
-        .add_service(FleetkeyServer::new(service))
+        .add_service(FleetkeyServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;
     if let Err(e) = std::fs::remove_file(socket_path) {

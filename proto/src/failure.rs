@@ -121,6 +121,16 @@ reasons! {
         "Check the PUK (the card's PIN unblocking key) and try again; when its tries run out the card must be reset.";
     CardUnsupported = "CARD_UNSUPPORTED", 94, FailedPrecondition,
         "This card cannot hold fleetkey keys (no PIV application, or no identity); use a PIV card or token.";
+    CameraNotFound = "CAMERA_NOT_FOUND", 85, NotFound,
+        "Connect a camera and check fleetkeyctl camera list, or enroll from a picture of the code (--qr-image FILE) or by typing the code.";
+    CameraBusy = "CAMERA_BUSY", 86, Unavailable,
+        "Another program is using the camera; close it (video calls, camera apps) and try again, or choose another camera.";
+    CameraLost = "CAMERA_LOST", 87, Unavailable,
+        "The camera stopped delivering frames (unplugged or failed); reconnect it and try again.";
+    QrNotFound = "QR_NOT_FOUND", 88, NotFound,
+        "Move the code closer or farther, light it evenly without glare, try another camera, or type the code printed under the QR code.";
+    QrNotEnrollment = "QR_NOT_ENROLLMENT", 89, InvalidArgument,
+        "This QR code is not a fleetkey enrollment code; show the code the portal gives for adding a user.";
 }
 
 impl fmt::Display for Reason {

@@ -3,6 +3,8 @@
 
 pub mod activate;
 pub mod card;
+pub mod camera;
+pub mod qr;
 pub mod sign;
 pub mod status;
 pub mod user;
@@ -50,6 +52,12 @@ pub enum Subcommand {
     /// Smartcard readers and cards
     #[command(subcommand)]
     Card(card::CardCommand),
+    /// List the cameras fleetkeyd can scan QR codes with
+    #[command(subcommand)]
+    Camera(camera::CameraCommand),
+    /// Decode QR codes in images, offline
+    #[command(subcommand)]
+    Qr(qr::QrCommand),
 }
 
 impl Subcommand {
@@ -61,6 +69,9 @@ impl Subcommand {
             Subcommand::User(cmd) => cmd.run(ctx).await,
             Subcommand::Sign(cmd) => cmd.run(ctx).await,
             Subcommand::Card(cmd) => cmd.run(ctx).await,
+            Subcommand::Camera(cmd) => cmd.run(ctx).await,
+            // Offline; lib.rs runs it before any runtime is made.
+            Subcommand::Qr(_) => Ok(()),
         }
     }
 
@@ -72,6 +83,8 @@ impl Subcommand {
             Subcommand::User(_) => "user",
             Subcommand::Sign(_) => "sign",
             Subcommand::Card(_) => "card",
+            Subcommand::Camera(_) => "camera",
+            Subcommand::Qr(_) => "qr",
         }
     }
 

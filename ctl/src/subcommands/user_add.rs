@@ -1,7 +1,13 @@
-//! `fleetkeyctl user add CODE|URI`: enrolls a user with an add-user code.
+//! `fleetkeyctl user add CODE|URI`: enrolls a user with an add-user code,
+//! typed, or read from a QR code by the daemon (`--camera`, `--qr-image`).
 
-use fleetkey_proto::daemon::{self, AddUserRequest, GetStatusRequest, User};
-use fleetkey_proto::{EnrollmentInput, Failure};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use fleetkey_proto::daemon::add_user_scan_request::Source;
+use fleetkey_proto::daemon::scan_progress::Event;
+use fleetkey_proto::daemon::{self, AddUserRequest, AddUserScanRequest, GetStatusRequest, User};
+use fleetkey_proto::{EnrollmentInput, Failure, Reason};
 
 use super::Context;
 use super::activate::checked_enrollment_input;
@@ -24,6 +30,11 @@ CODE|URI is the code printed under the portal's QR code (any case, with or \
 without hyphens and spaces), or the QR code's fleetkey://enroll?... URI. A \
 mistyped code is caught before anything is contacted.
 
+Instead of a code, --camera makes fleetkeyd scan the QR code with a camera \
+(the first usable one, or DEVICE: /dev/videoN or N; see fleetkeyctl camera \
+list), showing progress until the code is read or --timeout passes; \
+--qr-image FILE reads it from a PNG or JPEG picture.
+
 The PIN is asked twice on the terminal, without echo. With --pin-stdin it is \
 the first line of standard input instead (asked once). It is never taken \
 from the command line.",
@@ -32,14 +43,32 @@ Examples:
   # Interactive: asks for the PIN twice on the terminal
   fleetkeyctl user add K7QF-9XWM-2HPD-TR4Q
 
+  # Scan the QR code shown by the portal with the first camera
+  fleetkeyctl user add --camera
+
+  # From the portal's PNG (fleetkey-portal code issue --qr-png FILE)
+  fleetkeyctl user add --qr-image alice.png
+
   # In a script, into a given key store, JSON out
   printf '%s\\n' \"$PIN\" | fleetkeyctl --json user add --backend tpm --pin-stdin \\
       'fleetkey://enroll?v=1&c=K7QF-9XWM-2HPD-TR4Q&p=https%3A%2F%2Fportal.example.com'"
 )]
 pub struct UserAdd {
     /// The add-user code, or a fleetkey://enroll URI
-    #[arg(value_name = "CODE|URI")]
-    pub code: String,
+    #[arg(value_name = "CODE|URI", required_unless_present_any = ["camera", "qr_image"], conflicts_with_all = ["camera", "qr_image"])]
+    pub code: Option<String>,
+
+    /// Scan the QR code with a camera: the first usable one, or DEVICE (/dev/videoN or N)
+    #[arg(long, value_name = "DEVICE", num_args = 0..=1, default_missing_value = "", conflicts_with = "qr_image")]
+    pub camera: Option<String>,
+
+    /// Read the QR code from a PNG or JPEG image
+    #[arg(long, value_name = "FILE")]
+    pub qr_image: Option<PathBuf>,
+
+    /// With --camera: seconds to scan before giving up (default 60)
+    #[arg(long, value_name = "SECONDS", requires = "camera")]
+    pub timeout: Option<u32>,
 
     /// Key store to create the key in (default: the daemon's default backend; see status)
     #[arg(long, value_name = "NAME")]
@@ -60,7 +89,22 @@ pub struct UserAdd {
 
 impl UserAdd {
     pub async fn run(&self, ctx: &Context) -> Result<(), Failure> {
-        let code = checked_enrollment_input(&self.code)?;
+        let source = match (&self.code, &self.camera, &self.qr_image) {
+            (Some(code), _, _) => return self.run_with_code(ctx, code).await,
+            (None, Some(camera), _) => Source::Camera(camera.clone()),
+            (None, None, Some(path)) => Source::Image(read_image(path)?),
+            (None, None, None) => {
+                return Err(Failure::new(
+                    Reason::InvalidArgument,
+                    "give a code, --camera or --qr-image",
+                ));
+            }
+        };
+        self.run_scan(ctx, source).await
+    }
+
+    async fn run_with_code(&self, ctx: &Context, code: &str) -> Result<(), Failure> {
+        let code = checked_enrollment_input(code)?;
         let mut client = ctx.client().await?;
         let backend = self.backend.clone().unwrap_or_default();
 
@@ -112,6 +156,177 @@ pub struct AddedJson {
     #[serde(flatten)]
     pub user: super::user::UserJson,
     pub notes: Vec<String>,
+}
+
+impl UserAdd {
+    /// Enrolls from a QR code the daemon reads, showing its progress.
+    async fn run_scan(&self, ctx: &Context, source: Source) -> Result<(), Failure> {
+        let mut client = ctx.client().await?;
+        let backend = self.backend.clone().unwrap_or_default();
+        let mut pins = PinInput::from_flag(self.pin_stdin)?;
+        if matches!(pins, PinInput::Terminal)
+            && let Ok(status) = client.get_status(GetStatusRequest {}).await
+            && let Some(rule) = pin_rule(&status.into_inner(), &backend)
+        {
+            output::message(&format!("Choose a PIN: {rule}."));
+        }
+        let pin = pins.new_pin("PIN: ", "Repeat PIN: ", "PIN")?;
+        let mut stream = client
+            .add_user_scan(AddUserScanRequest {
+                source: Some(source),
+                pin: pin.to_string(),
+                backend,
+                timeout_seconds: self.timeout.unwrap_or(0),
+            })
+            .await
+            .map_err(|s| ctx.rpc_failure(s))?
+            .into_inner();
+        drop(pin);
+        let mut progress = Progress::new();
+        loop {
+            let message = match stream.message().await {
+                Ok(Some(message)) => message,
+                Ok(None) => {
+                    progress.finish_line();
+                    return Err(Failure::new(
+                        Reason::Internal,
+                        "fleetkeyd ended the scan without an answer",
+                    ));
+                }
+                Err(status) => {
+                    progress.finish_line();
+                    return Err(ctx.rpc_failure(status));
+                }
+            };
+            let Some(event) = message.event else { continue };
+            if let Event::Done(user) = event {
+                progress.finish_line();
+                return if ctx.json {
+                    output::json(&AddedJson {
+                        user: user_json(&user),
+                        notes: user.notes.clone(),
+                    })
+                } else {
+                    for note in &user.notes {
+                        output::message(&format!("note: {note}"));
+                    }
+                    output::data(&added_text(&user))
+                };
+            }
+            progress.show(&event);
+        }
+    }
+}
+
+/// Reads `--qr-image`, checking locally that it is an image fleetkey reads.
+pub fn read_image(path: &Path) -> Result<Vec<u8>, Failure> {
+    let bad = |message: String| {
+        Failure::new(Reason::InvalidArgument, message).with_hint(
+            "Give a PNG or JPEG picture of the QR code (the portal's --qr-png file, or a screenshot).",
+        )
+    };
+    let metadata =
+        std::fs::metadata(path).map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
+    if metadata.len() > fleetkey_v4l::image_file::MAX_IMAGE_BYTES as u64 {
+        return Err(bad(format!(
+            "{} is {} bytes; fleetkey reads images up to {} bytes",
+            path.display(),
+            metadata.len(),
+            fleetkey_v4l::image_file::MAX_IMAGE_BYTES
+        )));
+    }
+    let bytes =
+        std::fs::read(path).map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
+    fleetkey_v4l::decode_image(&bytes)
+        .map_err(|e| bad(format!("{} cannot be used: {e}", path.display())))?;
+    Ok(bytes)
+}
+
+/// Progress of a scan on stderr. Frame counts overwrite one line on a
+/// terminal and are left out elsewhere; events get lines of their own.
+struct Progress {
+    terminal: bool,
+    open_line: bool,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            terminal: std::io::stderr().is_terminal(),
+            open_line: false,
+        }
+    }
+
+    fn show(&mut self, event: &Event) {
+        if let Event::FramesScanned(frames) = event {
+            if self.terminal {
+                use std::io::Write;
+                let mut err = std::io::stderr().lock();
+                let _ = write!(err, "\r{}", progress_text(event).unwrap_or_default());
+                let _ = err.flush();
+                self.open_line = frames.scanned > 0;
+            }
+            return;
+        }
+        if let Some(text) = progress_text(event) {
+            self.finish_line();
+            output::message(&text);
+        }
+    }
+
+    fn finish_line(&mut self) {
+        if self.open_line {
+            output::message("");
+            self.open_line = false;
+        }
+    }
+}
+
+/// The line shown for a progress event (`None` for the final answer).
+pub fn progress_text(event: &Event) -> Option<String> {
+    Some(match event {
+        Event::CameraOpened(c) if c.name == "image" => {
+            format!("Reading the image ({} {}x{}).", c.format, c.width, c.height)
+        }
+        Event::CameraOpened(c) => format!(
+            "Camera opened: {} ({}, {} {}x{}). Point it at the QR code.",
+            c.name, c.path, c.format, c.width, c.height
+        ),
+        Event::FramesScanned(f) => format!(
+            "Scanning: {} frames read{}",
+            f.scanned,
+            if f.dropped > 0 {
+                format!(" ({} skipped while busy)", f.dropped)
+            } else {
+                String::new()
+            }
+        ),
+        Event::ForeignCode(code) => format!(
+            "warning: a QR code was read, but it is not a fleetkey enrollment code (QR_NOT_ENROLLMENT): \"{}\"; still scanning",
+            shorten(&code.text)
+        ),
+        Event::CodeFound(found) if found.user_hint.is_empty() => {
+            format!("QR code found ({} frames).", found.frames_scanned)
+        }
+        Event::CodeFound(found) => format!(
+            "QR code found ({} frames): enrolling {}.",
+            found.frames_scanned, found.user_hint
+        ),
+        Event::Enrolling(_) => "Enrolling: registering the key with the portal...".to_string(),
+        Event::Done(_) => return None,
+    })
+}
+
+fn shorten(text: &str) -> String {
+    let clean: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if clean.chars().count() > 60 {
+        format!("{}...", clean.chars().take(60).collect::<String>())
+    } else {
+        clean
+    }
 }
 
 /// The PIN length rule for enrolling into `backend` ("" = the default):
@@ -180,6 +395,63 @@ mod tests {
         ];
         expected.sort_unstable();
         assert_eq!(keys, expected);
+    }
+
+    #[test]
+    fn progress_lines() {
+        use fleetkey_proto::daemon::{CameraOpened, CodeFound, ForeignCode, FramesScanned};
+        let opened = Event::CameraOpened(CameraOpened {
+            name: "Integrated Camera".into(),
+            path: "/dev/video0".into(),
+            format: "YUYV".into(),
+            width: 640,
+            height: 480,
+        });
+        assert_eq!(
+            progress_text(&opened).unwrap(),
+            "Camera opened: Integrated Camera (/dev/video0, YUYV 640x480). Point it at the QR code."
+        );
+        let frames = Event::FramesScanned(FramesScanned {
+            scanned: 42,
+            dropped: 3,
+        });
+        assert_eq!(
+            progress_text(&frames).unwrap(),
+            "Scanning: 42 frames read (3 skipped while busy)"
+        );
+        let foreign = Event::ForeignCode(ForeignCode {
+            text: "https://example.com".into(),
+        });
+        assert!(
+            progress_text(&foreign)
+                .unwrap()
+                .contains("QR_NOT_ENROLLMENT")
+        );
+        let found = Event::CodeFound(CodeFound {
+            user_hint: "alice".into(),
+            portal_url: String::new(),
+            frames_scanned: 7,
+        });
+        assert_eq!(
+            progress_text(&found).unwrap(),
+            "QR code found (7 frames): enrolling alice."
+        );
+        assert_eq!(progress_text(&Event::Done(alice())), None);
+    }
+
+    #[test]
+    fn images_are_checked_locally() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = read_image(&dir.path().join("absent.png")).unwrap_err();
+        assert_eq!(missing.reason, Reason::InvalidArgument);
+        let text = dir.path().join("code.txt");
+        std::fs::write(&text, "K7QF-9XWM-2HPD-TR4Q").unwrap();
+        let failure = read_image(&text).unwrap_err();
+        assert!(
+            failure.message.contains("not a PNG or JPEG"),
+            "{}",
+            failure.message
+        );
     }
 
     #[test]

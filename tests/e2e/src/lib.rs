@@ -165,6 +165,26 @@ impl Portal {
         self.issue(Some(user), 600)
     }
 
+    /// Issues an add-user code and writes its QR code as a PNG
+    /// (`code issue --qr-png FILE`), as an admin would screenshot it.
+    pub fn user_code_png(&self, user: &str, png: &Path) -> Issued {
+        let png_arg = png.to_str().expect("UTF-8 path");
+        let output = self.cli(&[
+            "code", "issue", "--json", "--kind", "user", "--user", user, "--qr-png", png_arg,
+        ]);
+        assert!(
+            output.status.success(),
+            "code issue failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let json: Value = serde_json::from_slice(&output.stdout).expect("code issue JSON");
+        assert!(png.exists(), "code issue wrote no PNG");
+        Issued {
+            code: json["code"].as_str().expect("code").to_string(),
+            uri: json["uri"].as_str().expect("uri").to_string(),
+        }
+    }
+
     /// `fleetkey-portal user show NAME --json`, or None when it fails.
     pub fn user_show(&self, user: &str) -> Option<Value> {
         let output = self.cli(&["user", "show", user, "--json"]);
