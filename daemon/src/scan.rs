@@ -173,7 +173,15 @@ pub async fn scan_and_enroll(
         tracing::info!("the client left before enrolling; nothing was enrolled");
         return;
     }
-    let answer = match engine.add_user(&found.uri, pin, &backend).await {
+    let answer = match engine
+        .add_user(
+            &found.uri,
+            pin,
+            &backend,
+            &fleetkey_plugin::CreateOptions::default(),
+        )
+        .await
+    {
         Ok(user) => event(Event::Done(user)),
         Err(failure) => Err(failure.to_status()),
     };

@@ -2,8 +2,8 @@
 //! and pure functions shaping its output (tested without a daemon).
 
 pub mod activate;
-pub mod card;
 pub mod camera;
+pub mod card;
 pub mod qr;
 pub mod sign;
 pub mod status;
