@@ -442,7 +442,11 @@ impl Ctl {
         let mut child = command.spawn().expect("run fleetkeyctl");
         if let Some(text) = stdin {
             let mut pipe = child.stdin.take().expect("stdin");
-            pipe.write_all(text.as_bytes()).expect("write stdin");
+            // A command that fails before reading its input (a bad image,
+            // a mistyped code) closes stdin early: that is not an error.
+            if let Err(e) = pipe.write_all(text.as_bytes()) {
+                assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "write stdin: {e}");
+            }
         }
         let output = child.wait_with_output().expect("fleetkeyctl output");
         Ctl {
