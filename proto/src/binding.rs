@@ -21,6 +21,26 @@ pub fn activation_message(code: &str, device_public_key: &[u8]) -> Vec<u8> {
     message("activate", &[code.as_bytes(), device_public_key])
 }
 
+/// Signed by the device key to finish a TPM-attested activation: the
+/// secret is what the device's TPM recovered from the portal's credential
+/// challenge (TPM2_ActivateCredential).
+pub fn tpm_activation_message(code: &str, device_public_key: &[u8], secret: &[u8]) -> Vec<u8> {
+    message(
+        "activate-tpm",
+        &[code.as_bytes(), device_public_key, secret],
+    )
+}
+
+/// The qualifying data of a user key's attestation (TPM2_Certify's
+/// `qualifyingData`): SHA-256 of a message naming the enrollment, so a
+/// certification made for one enrollment cannot be replayed for another.
+pub fn key_attestation_nonce(device_id: &str, code: &str) -> [u8; 32] {
+    digest(&message(
+        "key-attestation",
+        &[device_id.as_bytes(), code.as_bytes()],
+    ))
+}
+
 /// Signed by both the new user key (proof of possession) and the device key.
 pub fn enrollment_message(
     device_id: &str,
@@ -75,6 +95,14 @@ mod tests {
         assert_ne!(
             activation_message("c", b"k"),
             revocation_message("c", "k", "", 0)
+        );
+        assert_ne!(
+            tpm_activation_message("c", b"k", b""),
+            activation_message("c", b"k")
+        );
+        assert_ne!(
+            key_attestation_nonce("ab", "c"),
+            key_attestation_nonce("a", "bc")
         );
     }
 }
