@@ -5,7 +5,10 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use fleetkey_plugin::{Attestation, CreateOptions, KeyStoreError, Operation, Pin};
+use fleetkey_plugin::{
+    Attestation, CreateOptions, CredentialChallenge, HardwareIdentity, KeyStoreError, Operation,
+    Pin,
+};
 use fleetkey_proto::portal::{self, CodeKind};
 use fleetkey_proto::{EnrollmentInput, Failure, Reason, binding, daemon, time};
 use p256::pkcs8::{DecodePublicKey, EncodePublicKey, LineEnding};
@@ -232,6 +235,10 @@ impl Engine {
                 max_attempts: self.pin_policy.max_attempts,
             }),
             activated_at: device.as_ref().map_or(0, |d| d.activated_at),
+            device_attestation: device
+                .as_ref()
+                .map(|d| d.attestation.clone())
+                .unwrap_or_default(),
         })
     }
 
@@ -269,6 +276,7 @@ impl Engine {
                 "fleetkeyctl user add",
             ));
         }
+        let identity = self.hardware_identity().await?;
         let device_key = DeviceKey::generate()?;
         let public_key = device_key.public_key_der()?;
         let signature = device_key.sign_digest(&binding::digest(&binding::activation_message(
@@ -277,26 +285,109 @@ impl Engine {
         )))?;
         let registered = portal
             .register_device(portal::RegisterDeviceRequest {
-                code,
+                code: code.clone(),
                 device_public_key: public_key.clone(),
                 device_name: self.device_name.clone(),
                 signature,
+                tpm: identity.as_ref().map(|(_, id)| portal::TpmIdentity {
+                    ek_public: id.ek_public.clone(),
+                    ek_certificate: id.ek_certificate.clone(),
+                    ak_public: id.ak_public.clone(),
+                }),
             })
             .await?;
+        let registered = match (identity, registered.tpm_challenge.clone()) {
+            (Some((backend, _)), Some(challenge)) => {
+                self.complete_tpm_activation(
+                    &mut portal,
+                    &backend,
+                    &code,
+                    &device_key,
+                    &public_key,
+                    challenge,
+                )
+                .await?
+            }
+            (Some((backend, _)), None) => {
+                tracing::warn!(backend = %backend.info.name, "the portal registered the device without checking its TPM identity");
+                registered
+            }
+            (None, _) => registered,
+        };
+        if registered.device_id.is_empty() {
+            return Err(Failure::new(
+                Reason::PortalError,
+                format!("the portal at {portal_url} answered the activation without a device id"),
+            ));
+        }
         let record = DeviceRecord {
             device_id: registered.device_id.clone(),
             portal_url: portal_url.clone(),
             key_secret: device_key.secret(),
             public_key_der: public_key,
             activated_at: time::now_unix(),
+            attestation: registered.attestation_detail.clone(),
         };
         let state = self.state.clone();
         blocking(move || state.set_device(&record)).await??;
-        tracing::info!(device_id = %registered.device_id, portal = %portal_url, "device activated");
+        tracing::info!(device_id = %registered.device_id, portal = %portal_url, attestation = %registered.attestation_detail, "device activated");
         Ok(daemon::ActivateResponse {
             device_id: registered.device_id,
             portal_url,
+            attestation: registered.attestation_detail,
         })
+    }
+
+    /// The hardware identity the device activates with: that of the first
+    /// available key store that has one (the TPM). A key store that has
+    /// one but cannot produce it fails the activation, rather than
+    /// activating the device unattested behind the operator's back.
+    async fn hardware_identity(&self) -> Result<Option<(Backend, HardwareIdentity)>, Failure> {
+        for backend in self.backends.available() {
+            if !backend.info.operations.contains(&Operation::Attest) {
+                continue;
+            }
+            let store = backend.store.clone();
+            let identity = blocking(move || store.hardware_identity())
+                .await?
+                .map_err(|e| key_store_failure(&backend.info.name, e))?;
+            if let Some(identity) = identity {
+                return Ok(Some((backend, identity)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Answers the portal's credential challenge with the TPM and sends
+    /// the recovered secret back, signed with the new device key.
+    async fn complete_tpm_activation(
+        &self,
+        portal: &mut crate::portal_client::Portal,
+        backend: &Backend,
+        code: &str,
+        device_key: &DeviceKey,
+        public_key: &[u8],
+        challenge: portal::TpmChallenge,
+    ) -> Result<portal::RegisterDeviceResponse, Failure> {
+        let store = backend.store.clone();
+        let challenge = CredentialChallenge {
+            credential_blob: challenge.credential_blob,
+            encrypted_secret: challenge.encrypted_secret,
+        };
+        let secret = blocking(move || store.activate_credential(&challenge))
+            .await?
+            .map_err(|e| key_store_failure(&backend.info.name, e))?;
+        let signature = device_key.sign_digest(&binding::digest(
+            &binding::tpm_activation_message(code, public_key, &secret),
+        ))?;
+        portal
+            .complete_tpm_activation(portal::CompleteTpmActivationRequest {
+                code: code.to_string(),
+                device_public_key: public_key.to_vec(),
+                secret: secret.to_vec(),
+                signature,
+            })
+            .await
     }
 
     /// What can be checked before a code is known (device activated, key
@@ -405,6 +496,10 @@ impl Engine {
                 return Err(failure);
             }
         };
+        let (portal_hardware_backed, portal_detail) = (
+            registered.hardware_backed,
+            registered.attestation_detail.clone(),
+        );
         let state = self.state.clone();
         let (user, credential, at) = (
             name.clone(),
@@ -427,6 +522,15 @@ impl Engine {
             message
                 .notes
                 .push("no attestation: the key store cannot prove where the key was made; the portal's policy decides".into());
+        } else if attestation_format != "none" && !portal_hardware_backed {
+            message.notes.push(format!(
+                "the portal did not record the key as hardware-backed: {}",
+                if portal_detail.is_empty() {
+                    "it could not check the attestation"
+                } else {
+                    &portal_detail
+                }
+            ));
         }
         Ok(message)
     }
@@ -443,7 +547,9 @@ impl Engine {
         let name = &backend.info.name;
         let store = backend.store.clone();
         let key_ref = record.key_ref.clone();
-        let attestation = match blocking(move || store.attest(&key_ref)).await? {
+        let nonce = binding::key_attestation_nonce(&device.device_id, code);
+        let key_pin = pin.clone();
+        let attestation = match blocking(move || store.attest(&key_ref, &key_pin, &nonce)).await? {
             Ok(attestation) => attestation,
             Err(KeyStoreError::Unsupported { .. }) => Attestation::none(),
             Err(e) => return Err(key_store_failure(name, e)),

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use fleetkey_proto::portal::portal_client::PortalClient as Grpc;
 use fleetkey_proto::portal::{
-    CheckCodeRequest, CheckCodeResponse, EnrollUserRequest, EnrollUserResponse,
-    RegisterDeviceRequest, RegisterDeviceResponse, RevokeUserRequest,
+    CheckCodeRequest, CheckCodeResponse, CompleteTpmActivationRequest, EnrollUserRequest,
+    EnrollUserResponse, RegisterDeviceRequest, RegisterDeviceResponse, RevokeUserRequest,
 };
 use fleetkey_proto::{Failure, Reason};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -84,6 +84,16 @@ impl Portal {
         request: RegisterDeviceRequest,
     ) -> Result<RegisterDeviceResponse, Failure> {
         match self.client.register_device(request).await {
+            Ok(response) => Ok(response.into_inner()),
+            Err(status) => Err(self.failure(&status)),
+        }
+    }
+
+    pub async fn complete_tpm_activation(
+        &mut self,
+        request: CompleteTpmActivationRequest,
+    ) -> Result<RegisterDeviceResponse, Failure> {
+        match self.client.complete_tpm_activation(request).await {
             Ok(response) => Ok(response.into_inner()),
             Err(status) => Err(self.failure(&status)),
         }

@@ -15,7 +15,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use zeroize::Zeroizing;
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -40,6 +40,10 @@ pub struct DeviceRecord {
     pub key_secret: Zeroizing<Vec<u8>>,
     pub public_key_der: Vec<u8>,
     pub activated_at: i64,
+    /// What the portal verified of the device's hardware identity at
+    /// activation (e.g. the TPM's attestation key); empty when the device
+    /// presented none.
+    pub attestation: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +128,16 @@ impl StateStore {
                  COMMIT;",
             )?;
         }
+        if version < 2 {
+            // Version 2: what the portal verified of the device's hardware
+            // identity (TPM attestation) at activation.
+            conn.execute_batch(
+                "BEGIN IMMEDIATE;
+                 ALTER TABLE device ADD COLUMN attestation TEXT NOT NULL DEFAULT '';
+                 PRAGMA user_version = 2;
+                 COMMIT;",
+            )?;
+        }
         let cache = Cache {
             device: load_device(&conn)?,
             users: load_users(&conn)?
@@ -171,14 +185,15 @@ impl StateStore {
 
     pub fn set_device(&self, device: &DeviceRecord) -> Result<(), StateError> {
         self.conn()?.execute(
-            "INSERT INTO device (id, device_id, portal_url, key_secret, public_key, activated_at)
-             VALUES (1, ?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO device (id, device_id, portal_url, key_secret, public_key, activated_at, attestation)
+             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 device.device_id,
                 device.portal_url,
                 device.key_secret.as_slice(),
                 device.public_key_der,
-                device.activated_at
+                device.activated_at,
+                device.attestation
             ],
         )?;
         self.apply(|cache| cache.device = Some(device.clone()))
@@ -281,7 +296,7 @@ impl StateStore {
 fn load_device(conn: &Connection) -> Result<Option<DeviceRecord>, StateError> {
     Ok(conn
         .query_row(
-            "SELECT device_id, portal_url, key_secret, public_key, activated_at FROM device WHERE id = 1",
+            "SELECT device_id, portal_url, key_secret, public_key, activated_at, attestation FROM device WHERE id = 1",
             [],
             |r| {
                 Ok(DeviceRecord {
@@ -290,6 +305,7 @@ fn load_device(conn: &Connection) -> Result<Option<DeviceRecord>, StateError> {
                     key_secret: Zeroizing::new(r.get(2)?),
                     public_key_der: r.get(3)?,
                     activated_at: r.get(4)?,
+                    attestation: r.get(5)?,
                 })
             },
         )
@@ -379,6 +395,43 @@ mod tests {
         assert!(err.contains("schema version 7"), "{err}");
     }
 
+    /// A version-1 database (before device attestation) opens, keeps its
+    /// device, and reads as a device without attestation.
+    #[test]
+    fn version_1_databases_are_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE device (
+                 id INTEGER PRIMARY KEY CHECK (id = 1),
+                 device_id TEXT NOT NULL, portal_url TEXT NOT NULL,
+                 key_secret BLOB NOT NULL, public_key BLOB NOT NULL,
+                 activated_at INTEGER NOT NULL);
+             CREATE TABLE users (
+                 name TEXT PRIMARY KEY, credential_id TEXT NOT NULL,
+                 backend TEXT NOT NULL, key_ref BLOB NOT NULL,
+                 public_key BLOB NOT NULL, hardware_backed INTEGER NOT NULL,
+                 state TEXT NOT NULL CHECK (state IN ('pending', 'active')),
+                 failed_attempts INTEGER NOT NULL DEFAULT 0,
+                 enrolled_at INTEGER NOT NULL);
+             INSERT INTO device VALUES (1, 'dev-old', 'http://127.0.0.1:1', x'07', x'01', 5);
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        drop(conn);
+        let store = StateStore::open(&path).unwrap();
+        let device = store.device().unwrap().unwrap();
+        assert_eq!(device.device_id, "dev-old");
+        assert_eq!(device.attestation, "");
+        drop(store);
+        let conn = Connection::open(&path).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+
     #[test]
     fn device_is_set_once() {
         let dir = tempfile::tempdir().unwrap();
@@ -390,6 +443,7 @@ mod tests {
             key_secret: Zeroizing::new(vec![7; 32]),
             public_key_der: vec![1],
             activated_at: 5,
+            attestation: "TPM".into(),
         };
         store.set_device(&device).unwrap();
         assert!(store.set_device(&device).is_err());

@@ -59,20 +59,28 @@ pub fn checked_enrollment_input(input: &str) -> Result<String, Failure> {
 pub struct ActivateJson {
     pub device_id: String,
     pub portal_url: String,
+    /// What the portal verified of the device's TPM; empty when the device
+    /// has no TPM that attests.
+    pub attestation: String,
 }
 
 pub fn activate_json(response: &ActivateResponse) -> ActivateJson {
     ActivateJson {
         device_id: response.device_id.clone(),
         portal_url: response.portal_url.clone(),
+        attestation: response.attestation.clone(),
     }
 }
 
 pub fn activate_text(response: &ActivateResponse) -> String {
-    format!(
+    let mut text = format!(
         "Device activated: {} ({})",
         response.device_id, response.portal_url
-    )
+    );
+    if !response.attestation.is_empty() {
+        text.push_str(&format!("\nAttestation: {}", response.attestation));
+    }
+    text
 }
 
 #[cfg(test)]
@@ -83,17 +91,23 @@ mod tests {
 
     #[test]
     fn json_and_text() {
-        let response = ActivateResponse {
+        let mut response = ActivateResponse {
             device_id: "dev-42".into(),
             portal_url: "https://portal.example.com".into(),
+            attestation: String::new(),
         };
         assert_eq!(
             serde_json::to_value(activate_json(&response)).unwrap(),
-            json!({"device_id": "dev-42", "portal_url": "https://portal.example.com"})
+            json!({"device_id": "dev-42", "portal_url": "https://portal.example.com", "attestation": ""})
         );
         assert_eq!(
             activate_text(&response),
             "Device activated: dev-42 (https://portal.example.com)"
+        );
+        response.attestation = "TPM attestation key bound to the EK".into();
+        assert_eq!(
+            activate_text(&response),
+            "Device activated: dev-42 (https://portal.example.com)\nAttestation: TPM attestation key bound to the EK"
         );
     }
 

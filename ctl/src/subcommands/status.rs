@@ -43,6 +43,9 @@ pub struct StatusJson {
     pub portal_url: String,
     /// RFC 3339; null when not activated.
     pub activated_at: Option<String>,
+    /// What the portal verified of the device's TPM at activation; empty
+    /// when none.
+    pub device_attestation: String,
     pub default_backend: String,
     pub user_count: u32,
     pub pin_policy: PinPolicyJson,
@@ -85,6 +88,7 @@ pub fn status_json(status: &daemon::Status) -> StatusJson {
         portal_url: status.portal_url.clone(),
         activated_at: (status.activated && status.activated_at != 0)
             .then(|| rfc3339(status.activated_at)),
+        device_attestation: status.device_attestation.clone(),
         default_backend: status.default_backend.clone(),
         user_count: status.user_count,
         pin_policy: PinPolicyJson {
@@ -169,6 +173,14 @@ pub fn status_text(status: &daemon::Status) -> String {
         status.default_backend.as_str()
     };
     text.push_str(&format!("Device:           {device}\n"));
+    if status.activated {
+        let attestation = if status.device_attestation.is_empty() {
+            "none (no TPM identity was presented at activation)"
+        } else {
+            status.device_attestation.as_str()
+        };
+        text.push_str(&format!("Attestation:      {attestation}\n"));
+    }
     text.push_str(&format!("Users:            {}\n", status.user_count));
     text.push_str(&format!("Default backend:  {default_backend}\n"));
     text.push_str(&format!("PIN policy:       {}\n", pin_policy_text(&policy)));
@@ -307,6 +319,7 @@ pub(crate) mod tests {
                 max_attempts: 5,
             }),
             activated_at: 1_795_918_359,
+            device_attestation: String::new(),
         }
     }
 
@@ -321,6 +334,7 @@ pub(crate) mod tests {
                 "device_id": "dev-42",
                 "portal_url": "https://portal.example.com",
                 "activated_at": "2026-11-29T02:12:39Z",
+                "device_attestation": "",
                 "default_backend": "soft",
                 "user_count": 2,
                 "pin_policy": {"min_length": 4, "max_length": 64, "max_attempts": 5},

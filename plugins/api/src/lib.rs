@@ -180,6 +180,30 @@ impl Attestation {
     }
 }
 
+/// The identity of the hardware a key store runs on, for the portal to
+/// check at device activation: a TPM's endorsement key (EK), its EK
+/// certificate and an attestation key (AK) made in it, as
+/// `docs/tpm-attestation.md` describes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HardwareIdentity {
+    /// The EK's public area, a marshalled TPMT_PUBLIC.
+    pub ek_public: Vec<u8>,
+    /// The EK certificate (DER) the TPM's maker stored; empty when none.
+    pub ek_certificate: Vec<u8>,
+    /// The AK's public area, a marshalled TPMT_PUBLIC.
+    pub ak_public: Vec<u8>,
+}
+
+/// The portal's challenge to a [`HardwareIdentity`]: TPM2_MakeCredential's
+/// output for the identity's EK and AK.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialChallenge {
+    /// TPM2B_ID_OBJECT contents.
+    pub credential_blob: Vec<u8>,
+    /// TPM2B_ENCRYPTED_SECRET contents.
+    pub encrypted_secret: Vec<u8>,
+}
+
 /// Why a key-store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyStoreError {
@@ -327,9 +351,32 @@ pub trait KeyStore: Send + Sync {
         Err(self.unsupported(Operation::PinStatus))
     }
 
-    /// Evidence about where the key lives, for the portal.
-    fn attest(&self, key_ref: &[u8]) -> Result<Attestation, KeyStoreError> {
-        let _ = key_ref;
+    /// Evidence about where the key lives, for the portal. `pin` is the
+    /// key's PIN (a TPM must authorize the key to certify it); `nonce`
+    /// names the enrollment, where the evidence can carry it.
+    fn attest(
+        &self,
+        key_ref: &[u8],
+        pin: &Pin,
+        nonce: &[u8; 32],
+    ) -> Result<Attestation, KeyStoreError> {
+        let _ = (key_ref, pin, nonce);
+        Err(self.unsupported(Operation::Attest))
+    }
+
+    /// The hardware's identity for device activation, where the store
+    /// has one to prove (a TPM); None otherwise.
+    fn hardware_identity(&self) -> Result<Option<HardwareIdentity>, KeyStoreError> {
+        Ok(None)
+    }
+
+    /// Answers the portal's challenge to [`KeyStore::hardware_identity`]:
+    /// the secret only the hardware named there can recover.
+    fn activate_credential(
+        &self,
+        challenge: &CredentialChallenge,
+    ) -> Result<Zeroizing<Vec<u8>>, KeyStoreError> {
+        let _ = challenge;
         Err(self.unsupported(Operation::Attest))
     }
 
@@ -391,7 +438,7 @@ mod tests {
     #[test]
     fn defaults_answer_unsupported_with_names() {
         let store = SignOnly;
-        let err = store.attest(b"k").unwrap_err();
+        let err = store.attest(b"k", &Pin::new("1"), &[0; 32]).unwrap_err();
         assert_eq!(
             err.to_string(),
             "the sign-only key store does not support attest"
@@ -404,6 +451,7 @@ mod tests {
             })
         ));
         assert!(store.resident_keys().unwrap().is_empty());
+        assert!(store.hardware_identity().unwrap().is_none());
     }
 
     #[test]

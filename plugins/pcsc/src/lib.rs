@@ -628,7 +628,12 @@ impl KeyStore for PcscKeyStore {
     /// YubiKey-style PIV attestation: format [`ATTESTATION_FORMAT`], data
     /// the key's attestation certificate then the card's F9 certificate
     /// (DER, one after the other). Cards that cannot attest give "none".
-    fn attest(&self, key_ref: &[u8]) -> Result<Attestation, KeyStoreError> {
+    fn attest(
+        &self,
+        key_ref: &[u8],
+        _pin: &Pin,
+        _nonce: &[u8; 32],
+    ) -> Result<Attestation, KeyStoreError> {
         let key = KeyRef::decode(key_ref)?;
         let mut card = self.find_card(&key)?;
         let label = card.label();

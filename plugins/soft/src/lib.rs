@@ -470,7 +470,12 @@ impl KeyStore for SoftKeyStore {
         Ok(key_ref.to_vec())
     }
 
-    fn attest(&self, key_ref: &[u8]) -> Result<Attestation, KeyStoreError> {
+    fn attest(
+        &self,
+        key_ref: &[u8],
+        _pin: &Pin,
+        _nonce: &[u8; 32],
+    ) -> Result<Attestation, KeyStoreError> {
         let key_id = key_id_of(key_ref)?;
         if !self.key_path(key_id).exists() {
             return Err(KeyStoreError::KeyNotFound(key_id.to_string()));
@@ -767,7 +772,10 @@ mod tests {
         let signature = store.sign_digest(&created.key_ref, &pin, &DIGEST).unwrap();
         assert!(verifies(&created.public_key_der, &DIGEST, &signature));
         assert!(!verifies(&created.public_key_der, &[0u8; 32], &signature));
-        assert_eq!(store.attest(&created.key_ref).unwrap(), Attestation::none());
+        assert_eq!(
+            store.attest(&created.key_ref, &pin, &DIGEST).unwrap(),
+            Attestation::none()
+        );
     }
 
     #[test]
@@ -826,7 +834,7 @@ mod tests {
             Err(KeyStoreError::KeyNotFound(_))
         ));
         assert!(matches!(
-            store.attest(b"alice"),
+            store.attest(b"alice", &pin, &DIGEST),
             Err(KeyStoreError::KeyNotFound(_))
         ));
     }

@@ -41,6 +41,16 @@ pub enum TpmError {
     Sign(#[source] tss_esapi::Error),
     #[error("changing the key's authorization value failed: {0}")]
     ChangeAuth(#[source] tss_esapi::Error),
+    #[error("making the endorsement or attestation key failed: {0}")]
+    Attest(#[source] tss_esapi::Error),
+    #[error("certifying the key with the attestation key failed: {0}")]
+    Certify(#[source] tss_esapi::Error),
+    #[error(
+        "the TPM could not answer the portal's credential challenge (TPM2_ActivateCredential): {0}; the challenge was not made for this TPM's endorsement and attestation keys"
+    )]
+    ActivateCredential(#[source] tss_esapi::Error),
+    #[error("the portal's credential challenge is malformed: {0}")]
+    BadChallenge(String),
     #[error("building a TPM structure failed: {0}")]
     Structure(#[source] tss_esapi::Error),
     #[error("the TPM rejected the key blob: {0}")]
@@ -81,6 +91,9 @@ impl TpmError {
             | TpmError::Load(e)
             | TpmError::Sign(e)
             | TpmError::ChangeAuth(e)
+            | TpmError::Attest(e)
+            | TpmError::Certify(e)
+            | TpmError::ActivateCredential(e)
             | TpmError::Structure(e) => Some(e),
             _ => None,
         }

@@ -29,9 +29,15 @@
 //!   read from the TPM, and the daemon locks the user there. If the TPM is
 //!   in lockout anyway (several users guessing, or another program), the
 //!   answer is [`KeyStoreError::HardwareLockout`] with the longest wait.
+//! - **Attestation** ([`attest`]): at device activation the store shows
+//!   the portal its endorsement key, EK certificate and attestation key,
+//!   and answers the portal's credential challenge; each new user key is
+//!   then certified by the attestation key (TPM2_Certify). See
+//!   `docs/tpm-attestation.md`.
 //! - **Deleting** a key is forgetting its blob: nothing of it stays in the
 //!   TPM.
 
+pub mod attest;
 pub mod connection;
 pub mod error;
 pub mod keys;
@@ -39,13 +45,19 @@ pub mod keys;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use fleetkey_plugin::{BackendInfo, CreatedKey, KeyStore, KeyStoreError, Operation, Pin, PinRules};
+use fleetkey_plugin::{
+    Attestation, BackendInfo, CreatedKey, CredentialChallenge, HardwareIdentity, KeyStore,
+    KeyStoreError, Operation, Pin, PinRules,
+};
+use prost::Message;
 use tss_esapi::constants::response_code::Tss2ResponseCodeKind;
 use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
 use tss_esapi::handles::KeyHandle;
 use tss_esapi::interface_types::session_handles::AuthSession;
 use tss_esapi::structures::{Auth, Digest, HashcheckTicket, SignatureScheme};
+use tss_esapi::traits::Marshall;
 use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
+use zeroize::Zeroizing;
 
 pub use connection::{DaState, Tpm, TpmIdentity};
 pub use error::TpmError;
@@ -53,6 +65,9 @@ use keys::KeyBlob;
 
 /// The backend's name in config, on the wire and in user records.
 pub const BACKEND_NAME: &str = "tpm";
+
+/// The attestation format of user keys certified by the device's AK.
+pub const ATTESTATION_FORMAT: &str = "tpm2-certify";
 
 /// Longest authorization value the TPM takes for a SHA-256 key: the PIN's
 /// UTF-8 bytes are used as they are (so tpm2-tools can use the key too).
@@ -232,7 +247,7 @@ impl KeyStore for TpmKeyStore {
                 if id.simulator { " - a SIMULATOR" } else { "" }
             ),
             hardware_backed: true,
-            attestation_formats: vec!["none".into()],
+            attestation_formats: vec![ATTESTATION_FORMAT.into()],
             pin_rules: PinRules {
                 min_length: None,
                 max_length: Some(MAX_PIN_BYTES),
@@ -242,6 +257,7 @@ impl KeyStore for TpmKeyStore {
                 Operation::Sign,
                 Operation::Delete,
                 Operation::ChangePin,
+                Operation::Attest,
             ],
         }
     }
@@ -348,6 +364,67 @@ impl KeyStore for TpmKeyStore {
             private,
         }
         .encode()?)
+    }
+
+    /// TPM2_Certify of the key by the device's attestation key, with
+    /// `nonce` as qualifying data: a `TpmCertification` for the portal.
+    fn attest(
+        &self,
+        key_ref: &[u8],
+        pin: &Pin,
+        nonce: &[u8; 32],
+    ) -> Result<Attestation, KeyStoreError> {
+        let blob = KeyBlob::decode(key_ref)?;
+        let auth = pin_auth(pin)?;
+        let (certify_info, signature) = self.with_session(|tpm, session| {
+            let key = load(tpm, session, &blob)?;
+            let result = (|| {
+                tpm.context
+                    .tr_set_auth(key.into(), auth.clone())
+                    .map_err(TpmError::Certify)?;
+                attest::certify(tpm, session, key, nonce, |tpm, e| {
+                    match self.pin_failure(tpm, e) {
+                        TpmError::Sign(e) => TpmError::Certify(e),
+                        other => other,
+                    }
+                })
+            })();
+            tpm.flush_key(key);
+            result
+        })?;
+        let certification = fleetkey_proto::portal::TpmCertification {
+            public_area: blob.public.marshall().map_err(TpmError::Structure)?,
+            certify_info,
+            signature,
+        };
+        Ok(Attestation {
+            format: ATTESTATION_FORMAT.into(),
+            data: certification.encode_to_vec(),
+        })
+    }
+
+    fn hardware_identity(&self) -> Result<Option<HardwareIdentity>, KeyStoreError> {
+        let identity = self.with_tpm(attest::identity)?;
+        Ok(Some(HardwareIdentity {
+            ek_public: identity.ek_public,
+            ek_certificate: identity.ek_certificate,
+            ak_public: identity.ak_public,
+        }))
+    }
+
+    fn activate_credential(
+        &self,
+        challenge: &CredentialChallenge,
+    ) -> Result<Zeroizing<Vec<u8>>, KeyStoreError> {
+        let secret = self.with_session(|tpm, session| {
+            attest::activate_credential(
+                tpm,
+                session,
+                &challenge.credential_blob,
+                &challenge.encrypted_secret,
+            )
+        })?;
+        Ok(Zeroizing::new(secret))
     }
 
     fn max_pin_attempts(&self) -> Option<u32> {

@@ -185,3 +185,121 @@ fn no_tpm_is_a_clear_error() {
     assert!(matches!(err, TpmError::NoTpm { .. }), "{err:?}");
     assert!(err.to_string().contains("port=1"), "{err}");
 }
+
+/// The AK's name as the TPM computes it: nameAlg (SHA-256), then the
+/// SHA-256 of the public area.
+fn name_of(public_area: &[u8]) -> Vec<u8> {
+    let mut name = vec![0x00, 0x0b];
+    name.extend_from_slice(&Sha256::digest(public_area));
+    name
+}
+
+/// A credential made by `tpm2_makecredential` (no TPM: `-T none`) for the
+/// store's EK and AK is recovered by the store's TPM, and only for the AK
+/// named; the identity carries the swtpm's EK certificate.
+#[test]
+fn the_identity_answers_a_credential_challenge_made_by_tpm2_tools() {
+    let tpm = Swtpm::start();
+    let store = open(&tpm);
+    let identity = store.hardware_identity().unwrap().expect("a TPM identity");
+    assert_eq!(
+        identity,
+        store.hardware_identity().unwrap().unwrap(),
+        "the EK and AK come out the same every time"
+    );
+    // The EK certificate is swtpm's, for the EK's RSA key.
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("ek.der");
+    std::fs::write(&cert, &identity.ek_certificate).unwrap();
+    let modulus = std::process::Command::new("openssl")
+        .args(["x509", "-inform", "der", "-noout", "-modulus", "-in"])
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(modulus.status.success(), "{modulus:?}");
+    let modulus = String::from_utf8(modulus.stdout).unwrap();
+    let modulus = modulus.trim().trim_start_matches("Modulus=").to_lowercase();
+    let ek_hex: String = identity
+        .ek_public
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(
+        ek_hex.ends_with(&modulus),
+        "EK certificate is for another key"
+    );
+
+    // tpm2_makecredential takes the EK as TPM2B_PUBLIC.
+    let ek_pub = dir.path().join("ek.pub");
+    let mut tpm2b = (identity.ek_public.len() as u16).to_be_bytes().to_vec();
+    tpm2b.extend_from_slice(&identity.ek_public);
+    std::fs::write(&ek_pub, &tpm2b).unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, b"0123456789abcdef0123456789abcdef").unwrap();
+    let make = |name: &[u8]| {
+        let out = dir.path().join("cred");
+        let hex: String = name.iter().map(|b| format!("{b:02x}")).collect();
+        let made = std::process::Command::new("tpm2_makecredential")
+            .args(["-T", "none", "-n", &hex, "-u"])
+            .arg(&ek_pub)
+            .arg("-s")
+            .arg(&secret)
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{made:?}");
+        // tpm2-tools' file: magic, version, TPM2B_ID_OBJECT, TPM2B_ENCRYPTED_SECRET.
+        let bytes = std::fs::read(&out).unwrap();
+        assert_eq!(bytes[..4], [0xba, 0xdc, 0xc0, 0xde]);
+        let rest = &bytes[8..];
+        let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+        let blob = rest[2..2 + len].to_vec();
+        let rest = &rest[2 + len..];
+        let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+        fleetkey_plugin::CredentialChallenge {
+            credential_blob: blob,
+            encrypted_secret: rest[2..2 + len].to_vec(),
+        }
+    };
+    let challenge = make(&name_of(&identity.ak_public));
+    let recovered = store.activate_credential(&challenge).unwrap();
+    assert_eq!(recovered.as_slice(), b"0123456789abcdef0123456789abcdef");
+
+    // Made for another AK name: the TPM refuses.
+    let mut other = identity.ak_public.clone();
+    let last = other.len() - 1;
+    other[last] ^= 1;
+    let err = store
+        .activate_credential(&make(&name_of(&other)))
+        .unwrap_err();
+    assert!(err.to_string().contains("ActivateCredential"), "{err}");
+    // Garbage is a clear error too.
+    let err = store
+        .activate_credential(&fleetkey_plugin::CredentialChallenge {
+            credential_blob: vec![0; 3],
+            encrypted_secret: vec![1; 2],
+        })
+        .unwrap_err();
+    assert!(!err.to_string().is_empty());
+    // The store still works after the refusals.
+    let pin = Pin::new("2468");
+    let key = store.create_key("u-after", &pin).unwrap();
+    let attestation = store.attest(&key.key_ref, &pin, &[7; 32]).unwrap();
+    assert_eq!(attestation.format, "tpm2-certify");
+    assert!(!attestation.data.is_empty());
+}
+
+/// Certifying needs the key's PIN, and a wrong one is a wrong PIN.
+#[test]
+fn certify_takes_the_pin() {
+    let tpm = Swtpm::start();
+    let store = open(&tpm);
+    let pin = Pin::new("1357");
+    let key = store.create_key("u-c", &pin).unwrap();
+    let err = store
+        .attest(&key.key_ref, &Pin::new("0000"), &[1; 32])
+        .unwrap_err();
+    assert!(matches!(err, KeyStoreError::PinIncorrect { .. }), "{err:?}");
+    assert!(store.attest(&key.key_ref, &pin, &[1; 32]).is_ok());
+}
