@@ -185,6 +185,13 @@ impl Portal {
         }
     }
 
+    /// `fleetkey-portal device list --json`.
+    pub fn device_list(&self) -> Value {
+        let output = self.cli(&["device", "list", "--json"]);
+        assert!(output.status.success(), "device list: {output:?}");
+        serde_json::from_slice(&output.stdout).expect("device list JSON")
+    }
+
     /// `fleetkey-portal user show NAME --json`, or None when it fails.
     pub fn user_show(&self, user: &str) -> Option<Value> {
         let output = self.cli(&["user", "show", user, "--json"]);
@@ -553,6 +560,17 @@ impl Swtpm {
     /// The TPM's EK certificate chain root (the test CA's root certificate).
     pub fn ca_root(&self) -> PathBuf {
         self.ca.join("swtpm-localca-rootca-cert.pem")
+    }
+
+    /// The CA certificates of the TPM's EK certificate chain (the test CA's
+    /// root and the issuing certificate under it) in one PEM file, as
+    /// `fleetkey-portal serve --tpm-ek-roots` takes them.
+    pub fn ek_ca_bundle(&self) -> PathBuf {
+        let mut pem = std::fs::read(self.ca_root()).expect("the test CA's root certificate");
+        pem.extend(std::fs::read(self.ca.join("issuercert.pem")).expect("the test CA's issuer"));
+        let path = self.ca.join("ek-ca-bundle.pem");
+        std::fs::write(&path, pem).expect("write the EK CA bundle");
+        path
     }
 
     fn pid(&self) -> Option<i32> {

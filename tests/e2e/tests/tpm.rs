@@ -298,3 +298,127 @@ fn no_tpm_means_unavailable_and_the_daemon_still_runs() {
     // The software store still works.
     daemon.add_user(&portal, "bob", "1234");
 }
+
+/// Activation binds the device to its TPM (the portal's credential
+/// challenge, answered by TPM2_ActivateCredential, with the EK certificate
+/// checked against the test CA), and each TPM user key comes certified by
+/// the TPM's attestation key: the portal records it as hardware-backed and
+/// says what it verified. A software key on the same device is not.
+#[test]
+fn activation_attests_the_tpm_and_the_portal_verifies_each_tpm_key() {
+    let tpm = Swtpm::start();
+    let roots = tpm.ek_ca_bundle();
+    let portal = Portal::start_with(&["--tpm-ek-roots", roots.to_str().unwrap()]);
+    let daemon = Daemon::start(&tpm.daemon_config());
+
+    let activated = daemon.ctl(&["--json", "activate", &portal.device_code().uri]);
+    activated.assert_ok();
+    let attestation = activated.json()["attestation"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        attestation.contains("EK certificate verified"),
+        "{attestation}"
+    );
+    let status = daemon.ctl(&["--json", "status"]).json();
+    assert_eq!(status["device_attestation"], attestation.as_str());
+    let devices = portal.device_list().to_string();
+    assert!(devices.contains("EK certificate verified"), "{devices}");
+
+    let added = daemon.add_user_with(&portal, "alice", "1234", "tpm");
+    assert_eq!(added["hardware_backed"], true);
+    let notes = added["notes"].to_string();
+    assert!(!notes.contains("portal did not record"), "{notes}");
+    let alice = portal.user_show("alice").unwrap();
+    assert_eq!(alice["attestation_format"], "tpm2-certify", "{alice}");
+    assert_eq!(alice["hardware_backed"], true, "{alice}");
+    let detail = alice["attestation_detail"].as_str().unwrap();
+    for attribute in ["fixedTPM", "fixedParent", "sensitiveDataOrigin"] {
+        assert!(detail.contains(attribute), "{detail}");
+    }
+    let dir = open_tempdir();
+    sign_and_verify(&daemon, &portal, "alice", "1234", dir.path());
+
+    daemon.add_user(&portal, "bob", "5678");
+    let bob = portal.user_show("bob").unwrap();
+    assert_eq!(bob["attestation_format"], "none");
+    assert_eq!(bob["hardware_backed"], false);
+}
+
+/// A TPM whose EK certificate was not issued by a CA the portal trusts
+/// cannot activate, and the code stays unused for a device that can.
+#[test]
+fn a_tpm_from_an_untrusted_maker_cannot_activate() {
+    let tpm = Swtpm::start();
+    let trusted_maker = Swtpm::start();
+    let roots = trusted_maker.ek_ca_bundle();
+    let portal = Portal::start_with(&["--tpm-ek-roots", roots.to_str().unwrap()]);
+    let daemon = Daemon::start(&tpm.daemon_config());
+    let code = portal.device_code();
+    let refused = daemon.ctl(&["--json", "activate", &code.uri]);
+    let json = refused.assert_reason(Reason::SignatureInvalid);
+    let message = json["error"]["message"].as_str().unwrap();
+    assert!(message.contains("EK certificate"), "{message}");
+    let status = daemon.ctl(&["--json", "status"]).json();
+    assert_eq!(status["activated"], false);
+    assert_eq!(portal.device_list()["devices"], serde_json::json!([]));
+
+    // The trusted TPM activates with the same code.
+    let good = Daemon::start(&trusted_maker.daemon_config());
+    good.ctl(&["--json", "activate", &code.uri]).assert_ok();
+}
+
+/// A forged attestation: the device was activated with TPM A, then its
+/// state is moved to a machine with TPM B. A key made there is certified
+/// by B's attestation key, which the portal never bound to this device:
+/// the portal refuses the enrollment, and nothing is left behind.
+#[test]
+fn a_key_certified_by_another_tpm_is_refused_by_the_portal() {
+    let tpm_a = Swtpm::start();
+    let tpm_b = Swtpm::start();
+    let portal = Portal::start();
+    let mut daemon_a = Daemon::start(&tpm_a.daemon_config());
+    daemon_a.activate(&portal);
+    daemon_a.add_user_with(&portal, "alice", "1234", "tpm");
+    daemon_a.terminate();
+
+    let mut daemon_b = Daemon::start_with_state_of(&tpm_b.daemon_config(), &daemon_a);
+    let code = portal.user_code("mallory");
+    let refused = daemon_b.ctl_with_stdin(
+        &[
+            "--json",
+            "user",
+            "add",
+            &code.uri,
+            "--backend",
+            "tpm",
+            "--pin-stdin",
+        ],
+        Some("1234\n"),
+    );
+    let json = refused.assert_reason(Reason::SignatureInvalid);
+    let message = json["error"]["message"].as_str().unwrap();
+    assert!(message.contains("attestation key"), "{message}");
+    assert!(portal.user_show("mallory").is_none());
+    let list = daemon_b.ctl(&["--json", "user", "list"]).json();
+    assert_eq!(list["users"].as_array().unwrap().len(), 1, "{list}");
+    // The code was not used up: the right device can still enroll with it.
+    daemon_b.terminate();
+    let daemon_a = Daemon::start_with_state_of(&tpm_a.daemon_config(), &daemon_b);
+    let added = daemon_a
+        .ctl_with_stdin(
+            &[
+                "--json",
+                "user",
+                "add",
+                &code.uri,
+                "--backend",
+                "tpm",
+                "--pin-stdin",
+            ],
+            Some("1234\n"),
+        )
+        .json();
+    assert_eq!(added["hardware_backed"], true, "{added}");
+}
