@@ -16,7 +16,7 @@ use tonic::transport::{Identity, ServerTlsConfig};
 
 use crate::error::PortalError;
 use crate::qr;
-use crate::server::{bound_url, check_public_url, check_tls, run_with};
+use crate::server::{TrustAnchors, bound_url, check_public_url, check_tls, run_with};
 use crate::store::{CodeKind, CodeRecord, Enrollment, Store, StoreError};
 
 /// The default lifetime of an activation code, in seconds.
@@ -93,6 +93,13 @@ pub struct ServeArgs {
     /// without it PIV-attested keys are recorded as not hardware-backed
     #[arg(long, value_name = "PEM")]
     pub piv_attestation_roots: Option<PathBuf>,
+    /// CA certificates (PEM bundle: roots and intermediates) that TPM EK
+    /// certificates must chain to. With it, a device presenting a TPM
+    /// identity must send its EK certificate, for the EK it presents,
+    /// chaining through these to a self-signed one of them; without it EK
+    /// certificates are not checked (recorded as "not checked").
+    #[arg(long, value_name = "FILE")]
+    pub tpm_ek_roots: Option<PathBuf>,
     /// TLS private key (PEM) of --tls-cert.
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
@@ -286,6 +293,27 @@ fn serve(args: ServeArgs) -> Result<(), PortalError> {
         }
         None => Vec::new(),
     };
+    let tpm_ek_roots = match &args.tpm_ek_roots {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                PortalError::Usage(format!(
+                    "--tpm-ek-roots {}: cannot read it: {e}",
+                    path.display()
+                ))
+            })?;
+            Some(crate::der::pem_certificates(&text).map_err(|why| {
+                PortalError::Usage(format!(
+                    "--tpm-ek-roots {}: {why}; give a PEM file of CA certificates (BEGIN CERTIFICATE)",
+                    path.display()
+                ))
+            })?)
+        }
+        None => None,
+    };
+    let trust = TrustAnchors {
+        piv_attestation_roots: roots,
+        tpm_ek_roots,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -316,7 +344,7 @@ fn serve(args: ServeArgs) -> Result<(), PortalError> {
         store.db().set_public_url(&url)?;
         print(&format!("{url}\n"))?;
         tracing::info!(%url, "portal listening");
-        run_with(store, listener, tls, roots, shutdown).await
+        run_with(store, listener, tls, trust, shutdown).await
     })
 }
 
