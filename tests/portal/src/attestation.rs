@@ -16,67 +16,10 @@ use p256::pkcs8::DecodePublicKey;
 /// The attestation format this module checks.
 pub const PIV_ATTESTATION: &str = "piv-attestation";
 
-/// The parts of an X.509 certificate the chain check needs.
-struct Certificate<'a> {
-    tbs: &'a [u8],
-    spki: &'a [u8],
-    signature: &'a [u8],
-}
+use crate::der::{Certificate, certificate, pem_certificates};
 
-/// One DER element: (tag, whole element, contents, rest).
-type Element<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
-
-fn element(data: &[u8]) -> Option<Element<'_>> {
-    let tag = *data.first()?;
-    let first = *data.get(1)?;
-    let (len, header): (usize, usize) = match first {
-        n if n < 0x80 => (usize::from(n), 2),
-        0x81 => (usize::from(*data.get(2)?), 3),
-        0x82 => (
-            usize::from(*data.get(2)?) << 8 | usize::from(*data.get(3)?),
-            4,
-        ),
-        _ => return None,
-    };
-    let end = header.checked_add(len)?;
-    let whole = data.get(..end)?;
-    Some((tag, whole, &whole[header..], &data[end..]))
-}
-
-/// Parses a certificate; returns it and what follows it.
 fn parse(data: &[u8]) -> Option<(Certificate<'_>, &[u8])> {
-    let (tag, _, body, rest) = element(data)?;
-    if tag != 0x30 {
-        return None;
-    }
-    let (tbs_tag, tbs, tbs_body, after_tbs) = element(body)?;
-    let (_, _, _, after_alg) = element(after_tbs)?;
-    let (sig_tag, _, bits, _) = element(after_alg)?;
-    if tbs_tag != 0x30 || sig_tag != 0x03 || bits.first() != Some(&0) {
-        return None;
-    }
-    // version [0], serial, signature algorithm, issuer, validity, subject,
-    // subjectPublicKeyInfo.
-    let mut fields = tbs_body;
-    let mut spki = None;
-    for index in 0..7 {
-        let (tag, whole, _, rest) = element(fields)?;
-        if index == 0 && tag != 0xA0 {
-            return None;
-        }
-        if index == 6 {
-            spki = Some(whole);
-        }
-        fields = rest;
-    }
-    Some((
-        Certificate {
-            tbs,
-            spki: spki?,
-            signature: &bits[1..],
-        },
-        rest,
-    ))
+    certificate(data)
 }
 
 fn signed_by(cert: &Certificate<'_>, issuer_spki: &[u8]) -> bool {
@@ -92,52 +35,14 @@ fn signed_by(cert: &Certificate<'_>, issuer_spki: &[u8]) -> bool {
 /// The public keys (SubjectPublicKeyInfo DER) of the root certificates in
 /// a PEM file.
 pub fn roots_from_pem(text: &str) -> Result<Vec<Vec<u8>>, String> {
-    let mut roots = Vec::new();
-    let mut inside: Option<String> = None;
-    for line in text.lines().map(str::trim) {
-        match (line, inside.as_mut()) {
-            ("-----BEGIN CERTIFICATE-----", None) => inside = Some(String::new()),
-            ("-----END CERTIFICATE-----", Some(body)) => {
-                let der = base64_decode(body).ok_or("a certificate is not valid base64")?;
-                let (cert, _) = parse(&der).ok_or("a certificate is not valid X.509 DER")?;
-                roots.push(cert.spki.to_vec());
-                inside = None;
-            }
-            (line, Some(body)) => body.push_str(line),
-            _ => {}
-        }
-    }
-    if roots.is_empty() {
-        return Err("no certificate in the file".into());
-    }
-    Ok(roots)
-}
-
-fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let value = |c: u8| match c {
-        b'A'..=b'Z' => Some(c - b'A'),
-        b'a'..=b'z' => Some(c - b'a' + 26),
-        b'0'..=b'9' => Some(c - b'0' + 52),
-        b'+' => Some(62),
-        b'/' => Some(63),
-        _ => None,
-    };
-    let bytes: Vec<u8> = text.bytes().filter(|c| *c != b'=').collect();
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    for chunk in bytes.chunks(4) {
-        let mut n = 0u32;
-        for (i, c) in chunk.iter().enumerate() {
-            n |= u32::from(value(*c)?) << (18 - 6 * i);
-        }
-        out.push((n >> 16) as u8);
-        if chunk.len() > 2 {
-            out.push((n >> 8) as u8);
-        }
-        if chunk.len() > 3 {
-            out.push(n as u8);
-        }
-    }
-    Some(out)
+    pem_certificates(text)?
+        .iter()
+        .map(|der| {
+            parse(der)
+                .map(|(cert, _)| cert.spki.to_vec())
+                .ok_or_else(|| "a certificate is not valid X.509 DER".to_string())
+        })
+        .collect()
 }
 
 /// Checks a PIV attestation of `user_key` (SubjectPublicKeyInfo DER)
@@ -168,13 +73,6 @@ pub fn verify(data: &[u8], user_key: &[u8], roots: &[Vec<u8>]) -> Result<(), Str
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64() {
-        assert_eq!(base64_decode("aGVsbG8=").unwrap(), b"hello");
-        assert_eq!(base64_decode("aGk=").unwrap(), b"hi");
-        assert!(base64_decode("a*==").is_none());
-    }
 
     #[test]
     fn garbage_is_refused() {

@@ -16,8 +16,8 @@ use tonic::transport::{Identity, ServerTlsConfig};
 
 use crate::error::PortalError;
 use crate::qr;
-use crate::server::{bound_url, check_public_url, check_tls, run_with};
-use crate::store::{CodeKind, CodeRecord, Enrollment, Store, StoreError};
+use crate::server::{TrustAnchors, bound_url, check_public_url, check_tls, run_with};
+use crate::store::{CodeKind, CodeRecord, EkCertificateStatus, Enrollment, Store, StoreError};
 
 /// The default lifetime of an activation code, in seconds.
 pub const DEFAULT_TTL_SECS: i64 = 600;
@@ -93,6 +93,13 @@ pub struct ServeArgs {
     /// without it PIV-attested keys are recorded as not hardware-backed
     #[arg(long, value_name = "PEM")]
     pub piv_attestation_roots: Option<PathBuf>,
+    /// CA certificates (PEM bundle: roots and intermediates) that TPM EK
+    /// certificates must chain to. With it, a device presenting a TPM
+    /// identity must send its EK certificate, for the EK it presents,
+    /// chaining through these to a self-signed one of them; without it EK
+    /// certificates are not checked (recorded as "not checked").
+    #[arg(long, value_name = "FILE")]
+    pub tpm_ek_roots: Option<PathBuf>,
     /// TLS private key (PEM) of --tls-cert.
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
@@ -146,16 +153,20 @@ pub enum UserCommand {
     #[command(
         long_about = "Show a user's active enrollment: device, credential id, backend, \
         whether the key is hardware-backed, and the public key (PEM).\n\n\
+        The attestation detail says what the portal verified of the key: nothing (\"none\"), a PIV \
+        attestation chain, or a TPM2_Certify by the device's TPM attestation key (\"tpm2-certify\"), \
+        or why an attestation was not checked.\n\n\
         With --json, one object: {\"user\", \"device_id\", \"credential_id\", \"backend\", \
-        \"attestation_format\", \"hardware_backed\", \"enrolled_at\" (RFC 3339), \"public_key_pem\"}. \
-        A user enrolled on several devices needs --device."
+        \"attestation_format\", \"hardware_backed\", \"attestation_detail\" (what was verified; \
+        empty for enrollments made before portal schema 2), \"enrolled_at\" (RFC 3339), \
+        \"public_key_pem\"}. A user enrolled on several devices needs --device."
     )]
     Show(UserShowArgs),
     /// List active enrollments, one line per user and device.
     #[command(
         long_about = "List active enrollments, one line per user and device.\n\n\
         With --json, an array of {\"user\", \"device_id\", \"credential_id\", \"backend\", \
-        \"attestation_format\", \"hardware_backed\", \"enrolled_at\" (RFC 3339)}."
+        \"attestation_format\", \"hardware_backed\", \"attestation_detail\", \"enrolled_at\" (RFC 3339)}."
     )]
     List(ListArgs),
 }
@@ -177,11 +188,18 @@ pub struct UserShowArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum DeviceCommand {
-    /// List registered devices with their number of active users.
+    /// List registered devices with their number of active users and TPM identity.
     #[command(
-        long_about = "List registered devices with their number of active users.\n\n\
+        long_about = "List registered devices with their number of active users and whether \
+        their TPM identity was verified at activation (the attestation key bound to the \
+        endorsement key by TPM2_ActivateCredential) and what became of the EK certificate: \
+        verified (chained to serve --tpm-ek-roots), not-checked (the portal had no \
+        --tpm-ek-roots), absent (the TPM has none, and nothing required it).\n\n\
         With --json, an array of {\"device_id\", \"name\", \"registered_at\" (RFC 3339), \
-        \"active_users\"}."
+        \"active_users\", \"tpm_verified\" (bool), \"tpm_verified_at\" (RFC 3339 or null), \
+        \"ak_name\" (hex or null), \"ek_certificate\" (\"verified\", \"not-checked\", \"absent\", \
+        or null without a TPM identity), \"ek_certificate_anchor\" (the trusted certificate's \
+        subject, or null), \"attestation_detail\"}."
     )]
     List(ListArgs),
 }
@@ -286,6 +304,27 @@ fn serve(args: ServeArgs) -> Result<(), PortalError> {
         }
         None => Vec::new(),
     };
+    let tpm_ek_roots = match &args.tpm_ek_roots {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                PortalError::Usage(format!(
+                    "--tpm-ek-roots {}: cannot read it: {e}",
+                    path.display()
+                ))
+            })?;
+            Some(crate::der::pem_certificates(&text).map_err(|why| {
+                PortalError::Usage(format!(
+                    "--tpm-ek-roots {}: {why}; give a PEM file of CA certificates (BEGIN CERTIFICATE)",
+                    path.display()
+                ))
+            })?)
+        }
+        None => None,
+    };
+    let trust = TrustAnchors {
+        piv_attestation_roots: roots,
+        tpm_ek_roots,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -316,7 +355,7 @@ fn serve(args: ServeArgs) -> Result<(), PortalError> {
         store.db().set_public_url(&url)?;
         print(&format!("{url}\n"))?;
         tracing::info!(%url, "portal listening");
-        run_with(store, listener, tls, roots, shutdown).await
+        run_with(store, listener, tls, trust, shutdown).await
     })
 }
 
@@ -532,6 +571,8 @@ pub struct UserDetails {
     pub backend: String,
     pub attestation_format: String,
     pub hardware_backed: bool,
+    /// What the portal verified of the key's attestation.
+    pub attestation_detail: String,
     /// RFC 3339, UTC.
     pub enrolled_at: String,
     pub public_key_pem: String,
@@ -546,6 +587,8 @@ pub struct UserListEntry {
     pub backend: String,
     pub attestation_format: String,
     pub hardware_backed: bool,
+    /// What the portal verified of the key's attestation.
+    pub attestation_detail: String,
     /// RFC 3339, UTC.
     pub enrolled_at: String,
 }
@@ -594,6 +637,7 @@ fn user_show(args: UserShowArgs) -> Result<(), PortalError> {
         backend: enrollment.backend,
         attestation_format: enrollment.attestation_format,
         hardware_backed: enrollment.hardware_backed,
+        attestation_detail: enrollment.attestation_detail,
         enrolled_at: rfc3339(enrollment.enrolled_at),
     };
     if args.json {
@@ -606,6 +650,14 @@ fn user_show(args: UserShowArgs) -> Result<(), PortalError> {
         ("Backend:", details.backend),
         ("Hardware-backed:", yes_no(details.hardware_backed)),
         ("Attestation:", details.attestation_format),
+        (
+            "Verified:",
+            if details.attestation_detail.is_empty() {
+                "(not recorded: enrolled before portal schema 2)".to_string()
+            } else {
+                details.attestation_detail
+            },
+        ),
         ("Enrolled:", details.enrolled_at),
         ("Public key:", String::new()),
     ]);
@@ -626,6 +678,7 @@ fn user_list(args: ListArgs) -> Result<(), PortalError> {
             backend: e.backend,
             attestation_format: e.attestation_format,
             hardware_backed: e.hardware_backed,
+            attestation_detail: e.attestation_detail,
             enrolled_at: rfc3339(e.enrolled_at),
         })
         .collect();
@@ -672,6 +725,18 @@ pub struct DeviceListEntry {
     /// RFC 3339, UTC.
     pub registered_at: String,
     pub active_users: u64,
+    /// Whether the device proved a TPM identity (AK bound to EK) at activation.
+    pub tpm_verified: bool,
+    /// RFC 3339, UTC; null without a TPM identity.
+    pub tpm_verified_at: Option<String>,
+    /// The AK's name, hex; null without a TPM identity.
+    pub ak_name: Option<String>,
+    /// `verified`, `not-checked` or `absent`; null without a TPM identity.
+    pub ek_certificate: Option<EkCertificateStatus>,
+    /// The trusted certificate the EK certificate chained to.
+    pub ek_certificate_anchor: Option<String>,
+    /// What the portal verified of the device's identity.
+    pub attestation_detail: String,
 }
 
 fn device_list(args: ListArgs) -> Result<(), PortalError> {
@@ -680,11 +745,24 @@ fn device_list(args: ListArgs) -> Result<(), PortalError> {
         .db()
         .devices()?
         .into_iter()
-        .map(|d| DeviceListEntry {
-            device_id: d.device.device_id,
-            name: d.device.name,
-            registered_at: rfc3339(d.device.registered_at),
-            active_users: d.active_users,
+        .map(|d| {
+            let tpm = d.device.tpm.as_ref();
+            DeviceListEntry {
+                tpm_verified: tpm.is_some(),
+                tpm_verified_at: tpm.map(|t| rfc3339(t.verified_at)),
+                ak_name: tpm.map(|t| crate::tpm::hex(&t.ak_name)),
+                ek_certificate: tpm.map(|t| t.ek_certificate_status),
+                ek_certificate_anchor: tpm.and_then(|t| t.ek_certificate_anchor.clone()),
+                attestation_detail: if d.device.attestation_detail.is_empty() {
+                    crate::service::DETAIL_NO_TPM.to_string()
+                } else {
+                    d.device.attestation_detail.clone()
+                },
+                device_id: d.device.device_id,
+                name: d.device.name,
+                registered_at: rfc3339(d.device.registered_at),
+                active_users: d.active_users,
+            }
         })
         .collect();
     if args.json {
@@ -701,11 +779,18 @@ fn device_list(args: ListArgs) -> Result<(), PortalError> {
                 d.device_id,
                 d.active_users.to_string(),
                 d.registered_at,
+                if d.tpm_verified { "verified" } else { "-" }.to_string(),
+                d.ek_certificate
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_else(|| "-".into()),
                 d.name,
             ]
         })
         .collect();
-    print(&table(&["DEVICE", "USERS", "REGISTERED", "NAME"], &rows))
+    print(&table(
+        &["DEVICE", "USERS", "REGISTERED", "TPM", "EK CERT", "NAME"],
+        &rows,
+    ))
 }
 
 #[cfg(test)]

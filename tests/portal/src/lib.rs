@@ -11,14 +11,19 @@
 //! - [`server`]: running it ([`serve`] for tests and benchmarks).
 //! - [`cli`]: the `fleetkey-portal` command line.
 //! - [`qr`]: QR codes for terminals and PNG files.
+//! - [`tpm`]: TPM 2.0 structures, TPM2_MakeCredential and the checks of
+//!   docs/tpm-attestation.md; [`der`]: the X.509 subset certificate chains
+//!   need; [`attestation`]: PIV attestation.
 
 pub mod attestation;
 pub mod cli;
+pub mod der;
 pub mod error;
 pub mod qr;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod tpm;
 
 pub use error::PortalError;
 pub use server::{run, serve};

@@ -84,16 +84,25 @@ pub async fn run(
     tls: Option<ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), PortalError> {
-    run_with(store, listener, tls, Vec::new(), shutdown).await
+    run_with(store, listener, tls, TrustAnchors::default(), shutdown).await
 }
 
-/// [`run`], trusting `piv_attestation_roots` (SubjectPublicKeyInfo DER)
-/// for PIV key attestation.
+/// What attestations are checked against.
+#[derive(Debug, Clone, Default)]
+pub struct TrustAnchors {
+    /// SubjectPublicKeyInfo DER of the roots PIV attestations chain to.
+    pub piv_attestation_roots: Vec<Vec<u8>>,
+    /// Certificates (DER) EK certificates must chain through to a
+    /// self-signed one; `None`: EK certificates are not checked.
+    pub tpm_ek_roots: Option<Vec<Vec<u8>>>,
+}
+
+/// [`run`], checking attestations against `trust`.
 pub async fn run_with(
     store: Store,
     listener: TcpListener,
     tls: Option<ServerTlsConfig>,
-    piv_attestation_roots: Vec<Vec<u8>>,
+    trust: TrustAnchors,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), PortalError> {
     let addr = listener
@@ -108,10 +117,13 @@ pub async fn run_with(
     }
     tracing::info!(%addr, tls = tls_on, db = %store.path().display(), "serving the portal API");
     let (drain, draining) = oneshot::channel::<()>();
+    let mut service =
+        PortalService::new(store).with_piv_attestation_roots(trust.piv_attestation_roots);
+    if let Some(roots) = trust.tpm_ek_roots {
+        service = service.with_tpm_ek_roots(roots);
+    }
     let server = builder
-        .add_service(PortalServer::new(
-            PortalService::new(store).with_piv_attestation_roots(piv_attestation_roots),
-        ))
+        .add_service(PortalServer::new(service))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
             let _ = draining.await;
         });

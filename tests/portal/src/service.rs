@@ -16,25 +16,36 @@
 //!   enrolled on the device, attestation format.
 //! - RevokeUser: device known, timestamp within 5 minutes, device
 //!   signature, an active credential to revoke.
+//!
+//! A device that presents a TPM identity (docs/tpm-attestation.md) is
+//! registered in two steps: RegisterDevice checks the AK and EK public
+//! areas (and the EK certificate with `--tpm-ek-roots`) and answers with a
+//! credential challenge it keeps, without using the code;
+//! CompleteTpmActivation checks the device signature and the secret, then
+//! redeems the code. A wrong secret discards the challenge.
 
 use std::sync::{Arc, Mutex};
 
 use fleetkey_proto::portal::portal_server::Portal;
 use fleetkey_proto::portal::{
-    CheckCodeRequest, CheckCodeResponse, EnrollUserRequest, EnrollUserResponse,
-    RegisterDeviceRequest, RegisterDeviceResponse, RevokeUserRequest, RevokeUserResponse,
+    CheckCodeRequest, CheckCodeResponse, CompleteTpmActivationRequest, EnrollUserRequest,
+    EnrollUserResponse, RegisterDeviceRequest, RegisterDeviceResponse, RevokeUserRequest,
+    RevokeUserResponse, TpmCertification, TpmChallenge,
 };
 use fleetkey_proto::time::{now_unix, rfc3339};
 use fleetkey_proto::{ActivationCode, Failure, Reason, binding};
 use p256::ecdsa::signature::hazmat::PrehashVerifier;
 use p256::ecdsa::{Signature, VerifyingKey};
 use p256::pkcs8::DecodePublicKey;
+use prost::Message;
+use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
 use crate::store::{
-    CodeKind, CodeRecord, CodeState, Db, Device, Enrollment, Store, StoreError, new_credential_id,
-    new_device_id,
+    CodeKind, CodeRecord, CodeState, Db, Device, EkCertificateStatus, Enrollment,
+    PendingTpmChallenge, Store, StoreError, TpmIdentity, new_credential_id, new_device_id,
 };
+use crate::tpm;
 
 /// How far a revocation's timestamp may be from the portal's clock.
 pub const MAX_CLOCK_SKEW_SECS: u64 = 300;
@@ -42,6 +53,12 @@ pub const MAX_CLOCK_SKEW_SECS: u64 = 300;
 pub const MAX_NAME_LEN: usize = 256;
 /// The attestation format of keys that come without attestation.
 pub const ATTESTATION_NONE: &str = "none";
+/// The attestation format of TPM keys certified by the device's AK.
+pub const ATTESTATION_TPM2_CERTIFY: &str = "tpm2-certify";
+/// The size of the credential secret drawn for a TPM challenge.
+pub const TPM_SECRET_LEN: usize = 32;
+/// `attestation_detail` of a device registered without a TPM identity.
+pub const DETAIL_NO_TPM: &str = "no TPM identity";
 
 impl From<StoreError> for Failure {
     fn from(error: StoreError) -> Self {
@@ -60,6 +77,9 @@ pub struct PortalService {
     store: Arc<Mutex<Store>>,
     /// Public keys of the roots PIV attestations must chain to.
     piv_attestation_roots: Arc<Vec<Vec<u8>>>,
+    /// Certificates (DER) EK certificates must chain through; `None`: EK
+    /// certificates are not checked.
+    tpm_ek_roots: Arc<Option<Vec<Vec<u8>>>>,
 }
 
 impl PortalService {
@@ -72,7 +92,15 @@ impl PortalService {
         Self {
             store,
             piv_attestation_roots: Arc::new(Vec::new()),
+            tpm_ek_roots: Arc::new(None),
         }
+    }
+
+    /// Requires EK certificates chaining through these certificates (DER:
+    /// roots and intermediates) to a self-signed one among them.
+    pub fn with_tpm_ek_roots(mut self, certificates: Vec<Vec<u8>>) -> Self {
+        self.tpm_ek_roots = Arc::new(Some(certificates));
+        self
     }
 
     /// Trusts these roots (SubjectPublicKeyInfo DER) for PIV attestation.
@@ -124,46 +152,200 @@ impl PortalService {
         })
     }
 
-    /// Redeems a device activation code; returns the device id and whether
-    /// this was a retry of an earlier, successful registration.
+    /// Redeems a device activation code; returns the answer and whether
+    /// this was a retry of an earlier, successful registration. With a TPM
+    /// identity the answer is a credential challenge and the code stays
+    /// unused until [`Self::complete_tpm_activation`].
     pub async fn register_device(
         &self,
         request: RegisterDeviceRequest,
-    ) -> Result<(String, bool), Failure> {
+    ) -> Result<(RegisterDeviceResponse, bool), Failure> {
         let code = parse_code(&request.code)?;
         let key = parse_public_key(&request.device_public_key, "device_public_key")?;
         let message = binding::activation_message(code.compact(), &request.device_public_key);
         verify(&key, &message, &request.signature, "device signature")?;
         let name = check_name(&request.device_name, "device_name", true)?;
         let now = now_unix();
+        let challenge = match &request.tpm {
+            Some(identity) => Some(self.tpm_challenge(identity, now)?),
+            None => None,
+        };
         self.with_store(move |store| {
             store.immediate(|db| {
                 let record = lookup_code(db, &code)?;
                 if record.kind != CodeKind::Device {
                     return Err(wrong_kind(&code, &record));
                 }
-                if let CodeState::Used {
-                    by_device: Some(device_id),
-                    ..
-                } = record.state(now)
-                    && let Some(device) = db.device(&device_id)?
-                    && device.public_key == request.device_public_key
-                {
-                    return Ok((device_id, true));
+                if let Some(device) = retried_by(db, &record, &request.device_public_key, now)? {
+                    return Ok((registered(device), true));
                 }
                 usable(&record, now)?;
-                let device_id = new_device_id()?;
-                db.insert_device(&Device {
-                    device_id: device_id.clone(),
+                if let Some((identity, secret, credential)) = challenge {
+                    let detail = tpm_detail(&identity, false);
+                    db.put_tpm_challenge(&PendingTpmChallenge {
+                        code: record.code.clone(),
+                        device_public_key: request.device_public_key,
+                        device_name: name,
+                        secret_sha256: Sha256::digest(secret).to_vec(),
+                        identity,
+                    })?;
+                    return Ok((
+                        RegisterDeviceResponse {
+                            device_id: String::new(),
+                            tpm_challenge: Some(TpmChallenge {
+                                credential_blob: credential.credential_blob,
+                                encrypted_secret: credential.encrypted_secret,
+                            }),
+                            attestation_detail: detail,
+                        },
+                        false,
+                    ));
+                }
+                let device = Device {
+                    device_id: new_device_id()?,
                     public_key: request.device_public_key,
                     name,
                     registered_at: now,
-                })?;
-                mark_used(db, &record, &device_id, now)?;
-                Ok((device_id, false))
+                    tpm: None,
+                    attestation_detail: DETAIL_NO_TPM.to_string(),
+                };
+                db.insert_device(&device)?;
+                mark_used(db, &record, &device.device_id, now)?;
+                Ok((registered(device), false))
             })
         })
         .await
+    }
+
+    /// Checks a TPM identity and makes its credential challenge: the
+    /// identity to keep, the secret, and what to send.
+    fn tpm_challenge(
+        &self,
+        identity: &fleetkey_proto::portal::TpmIdentity,
+        now: i64,
+    ) -> Result<(TpmIdentity, [u8; TPM_SECRET_LEN], tpm::Credential), Failure> {
+        let refuse = |what: &str, error: tpm::TpmError| {
+            Failure::new(
+                Reason::InvalidArgument,
+                format!("the TPM identity's {what} is not acceptable: {error}"),
+            )
+            .with_hint("fleetkeyd makes the AK and EK from the templates of docs/tpm-attestation.md; a different TPM stack or template is not supported.")
+        };
+        let ak =
+            tpm::Public::parse(&identity.ak_public).map_err(|e| refuse("AK public area", e))?;
+        tpm::check_ak_public(&ak).map_err(|e| refuse("AK public area", e))?;
+        let ek =
+            tpm::Public::parse(&identity.ek_public).map_err(|e| refuse("EK public area", e))?;
+        tpm::check_ek_public(&ek).map_err(|e| refuse("EK public area", e))?;
+        let (status, anchor) = match self.tpm_ek_roots.as_ref() {
+            Some(bundle) => {
+                let check = tpm::check_ek_certificate(&identity.ek_certificate, &ek, bundle)
+                    .map_err(|error| {
+                        Failure::new(
+                            Reason::SignatureInvalid,
+                            format!("the TPM's EK certificate does not verify: {error}"),
+                        )
+                        .with_hint("This portal only activates devices whose TPM's EK certificate chains to its --tpm-ek-roots; the TPM is not from a maker it trusts, or the certificate was not sent.")
+                    })?;
+                (EkCertificateStatus::Verified, Some(check.anchor))
+            }
+            None if identity.ek_certificate.is_empty() => (EkCertificateStatus::Absent, None),
+            None => (EkCertificateStatus::NotChecked, None),
+        };
+        let ak_name = ak.name().map_err(|e| refuse("AK public area", e))?;
+        let mut secret = [0u8; TPM_SECRET_LEN];
+        getrandom::fill(&mut secret)
+            .map_err(|e| internal(format!("the random generator failed: {e}")))?;
+        let credential = tpm::make_credential(&ek, &ak_name, &secret)
+            .map_err(|e| internal(format!("TPM2_MakeCredential failed: {e}")))?;
+        Ok((
+            TpmIdentity {
+                ak_public: identity.ak_public.clone(),
+                ak_name,
+                ek_public: identity.ek_public.clone(),
+                ek_certificate: identity.ek_certificate.clone(),
+                ek_certificate_status: status,
+                ek_certificate_anchor: anchor,
+                verified_at: now,
+            },
+            secret,
+            credential,
+        ))
+    }
+
+    /// Finishes a TPM-attested activation: the secret proves the AK lives
+    /// in the EK's TPM. Returns the answer and whether this was a retry.
+    pub async fn complete_tpm_activation(
+        &self,
+        request: CompleteTpmActivationRequest,
+    ) -> Result<(RegisterDeviceResponse, bool), Failure> {
+        let code = parse_code(&request.code)?;
+        let key = parse_public_key(&request.device_public_key, "device_public_key")?;
+        let message = binding::tpm_activation_message(
+            code.compact(),
+            &request.device_public_key,
+            &request.secret,
+        );
+        verify(&key, &message, &request.signature, "device signature")?;
+        let now = now_unix();
+        let outcome = self
+            .with_store(move |store| {
+                store.immediate(|db| {
+                    let record = lookup_code(db, &code)?;
+                    if record.kind != CodeKind::Device {
+                        return Err(wrong_kind(&code, &record));
+                    }
+                    if let Some(device) = retried_by(db, &record, &request.device_public_key, now)?
+                    {
+                        return Ok(Ok((registered(device), true)));
+                    }
+                    let Some(challenge) =
+                        db.tpm_challenge(&record.code, &request.device_public_key)?
+                    else {
+                        return Err(Failure::new(
+                            Reason::DeviceNotActivated,
+                            format!(
+                                "no TPM challenge is pending for code {code} and this device key"
+                            ),
+                        )
+                        .with_hint(
+                            "Send RegisterDevice with the TPM identity first; a challenge answered with a wrong secret is discarded.",
+                        ));
+                    };
+                    let presented = Sha256::digest(&request.secret);
+                    if !tpm::constant_time_eq(&presented, &challenge.secret_sha256) {
+                        // Committed: a wrong secret discards the challenge.
+                        db.delete_tpm_challenges(&record.code, Some(&request.device_public_key))?;
+                        return Ok(Err(Failure::new(
+                            Reason::SignatureInvalid,
+                            format!(
+                                "the TPM credential secret for code {code} is wrong; the challenge is discarded"
+                            ),
+                        )
+                        .with_hint(
+                            "The AK the device presented is not in the TPM of the EK it presented (or the TPM was reset); activate again with RegisterDevice.",
+                        )));
+                    }
+                    usable(&record, now)?;
+                    let mut identity = challenge.identity;
+                    identity.verified_at = now;
+                    let detail = tpm_detail(&identity, true);
+                    let device = Device {
+                        device_id: new_device_id()?,
+                        public_key: challenge.device_public_key,
+                        name: challenge.device_name,
+                        registered_at: now,
+                        tpm: Some(identity),
+                        attestation_detail: detail,
+                    };
+                    db.insert_device(&device)?;
+                    mark_used(db, &record, &device.device_id, now)?;
+                    db.delete_tpm_challenges(&record.code, None)?;
+                    Ok(Ok((registered(device), false)))
+                })
+            })
+            .await?;
+        outcome
     }
 
     /// Redeems an add-user code; returns the enrollment and whether this was
@@ -192,6 +374,7 @@ impl PortalService {
             .map(|a| a.data.clone())
             .unwrap_or_default();
         let roots = self.piv_attestation_roots.clone();
+        let nonce = binding::key_attestation_nonce(&request.device_id, code.compact());
         let now = now_unix();
         self.with_store(move |store| {
             store.immediate(|db| {
@@ -236,12 +419,20 @@ impl PortalService {
                         ),
                     ));
                 }
-                let (attestation_format, hardware_backed) = match format.as_str() {
-                    "" | ATTESTATION_NONE => (ATTESTATION_NONE.to_string(), false),
+                let (attestation_format, hardware_backed, attestation_detail) = match format.as_str() {
+                    "" | ATTESTATION_NONE => (
+                        ATTESTATION_NONE.to_string(),
+                        false,
+                        "no attestation: the key is not known to be hardware-backed".to_string(),
+                    ),
                     crate::attestation::PIV_ATTESTATION if roots.is_empty() => {
                         // Nothing to check it against: recorded, not trusted.
                         tracing::warn!(%user, "PIV attestation received, but no roots are configured (--piv-attestation-roots); the key is recorded as not hardware-backed");
-                        (crate::attestation::PIV_ATTESTATION.to_string(), false)
+                        (
+                            crate::attestation::PIV_ATTESTATION.to_string(),
+                            false,
+                            "PIV attestation not checked: the portal has no --piv-attestation-roots".to_string(),
+                        )
                     }
                     crate::attestation::PIV_ATTESTATION => {
                         crate::attestation::verify(
@@ -256,15 +447,56 @@ impl PortalService {
                             )
                             .with_hint("The card is not one this portal trusts, or its attestation was tampered with.")
                         })?;
-                        (crate::attestation::PIV_ATTESTATION.to_string(), true)
+                        (
+                            crate::attestation::PIV_ATTESTATION.to_string(),
+                            true,
+                            "PIV attestation: the key's certificate chains through the card's attestation key to a configured root".to_string(),
+                        )
                     }
+                    ATTESTATION_TPM2_CERTIFY => match &device.tpm {
+                        None => {
+                            tracing::warn!(%user, device_id = %device.device_id, "tpm2-certify attestation from a device without a TPM identity; the key is recorded as not hardware-backed");
+                            (
+                                ATTESTATION_TPM2_CERTIFY.to_string(),
+                                false,
+                                format!(
+                                    "TPM2_Certify not checked: device {} was activated without a TPM identity, so the portal has no attestation key to check it with",
+                                    device.device_id
+                                ),
+                            )
+                        }
+                        Some(identity) => {
+                            verify_tpm_certification(
+                                identity,
+                                &attestation_data,
+                                &nonce,
+                                &request.user_public_key,
+                            )
+                            .map_err(|why| {
+                                Failure::new(
+                                    Reason::SignatureInvalid,
+                                    format!("the TPM attestation (tpm2-certify) of {user}'s key does not verify: {why}"),
+                                )
+                                .with_hint("The key was not made in this device's TPM, or the attestation was made for another enrollment or tampered with.")
+                            })?;
+                            (
+                                ATTESTATION_TPM2_CERTIFY.to_string(),
+                                true,
+                                format!(
+                                    "TPM2_Certify by the device's AK (name {}): {}; nonce bound to this device and code",
+                                    tpm::hex(&identity.ak_name),
+                                    tpm::CERTIFIED_PROPERTIES
+                                ),
+                            )
+                        }
+                    },
                     other => {
                         return Err(Failure::new(
                             Reason::InvalidArgument,
                             format!("attestation format {other:?} is not supported by this portal"),
                         )
                         .with_hint(
-                            "This portal accepts keys without attestation (format \"none\") and PIV attestation (\"piv-attestation\").",
+                            "This portal accepts keys without attestation (format \"none\"), PIV attestation (\"piv-attestation\") and TPM2_Certify (\"tpm2-certify\").",
                         ));
                     }
                 };
@@ -279,6 +511,7 @@ impl PortalService {
                     enrolled_at: now,
                     revoked_at: None,
                     code: Some(code.compact().to_string()),
+                    attestation_detail,
                 };
                 db.insert_enrollment(&enrollment)?;
                 mark_used(db, &record, &device.device_id, now)?;
@@ -331,6 +564,87 @@ impl PortalService {
         })
         .await
     }
+}
+
+/// The device this key registered with this code earlier: a retry.
+fn retried_by(
+    db: &Db<'_>,
+    record: &CodeRecord,
+    device_public_key: &[u8],
+    now: i64,
+) -> Result<Option<Device>, Failure> {
+    if let CodeState::Used {
+        by_device: Some(device_id),
+        ..
+    } = record.state(now)
+        && let Some(device) = db.device(&device_id)?
+        && device.public_key == device_public_key
+    {
+        return Ok(Some(device));
+    }
+    Ok(None)
+}
+
+/// The answer for a registered device.
+fn registered(device: Device) -> RegisterDeviceResponse {
+    let attestation_detail = match (&device.tpm, device.attestation_detail.is_empty()) {
+        (Some(identity), true) => tpm_detail(identity, true),
+        (None, true) => DETAIL_NO_TPM.to_string(),
+        (_, false) => device.attestation_detail,
+    };
+    RegisterDeviceResponse {
+        device_id: device.device_id,
+        tpm_challenge: None,
+        attestation_detail,
+    }
+}
+
+/// What was (or, while `bound` is false, will be) verified of a TPM
+/// identity, for people.
+fn tpm_detail(identity: &TpmIdentity, bound: bool) -> String {
+    let binding = if bound {
+        "TPM attestation key bound to the EK (TPM2_ActivateCredential)"
+    } else {
+        "TPM credential challenge pending: the attestation key is not bound to the EK yet"
+    };
+    let certificate = match (
+        identity.ek_certificate_status,
+        &identity.ek_certificate_anchor,
+    ) {
+        (EkCertificateStatus::Verified, Some(anchor)) => {
+            format!("EK certificate verified (chains to {anchor})")
+        }
+        (EkCertificateStatus::Verified, None) => "EK certificate verified".to_string(),
+        (EkCertificateStatus::NotChecked, _) => {
+            "EK certificate not checked (the portal has no --tpm-ek-roots)".to_string()
+        }
+        (EkCertificateStatus::Absent, _) => {
+            "no EK certificate (not checked: the portal has no --tpm-ek-roots)".to_string()
+        }
+    };
+    format!("{binding}; {certificate}")
+}
+
+/// Checks a `tpm2-certify` attestation's data against the device's AK.
+fn verify_tpm_certification(
+    identity: &TpmIdentity,
+    data: &[u8],
+    nonce: &[u8],
+    user_public_key: &[u8],
+) -> Result<(), String> {
+    let certification = TpmCertification::decode(data)
+        .map_err(|e| format!("the attestation data is not a TpmCertification message: {e}"))?;
+    let ak = tpm::Public::parse(&identity.ak_public)
+        .map_err(|e| format!("the device's stored attestation key is unreadable: {e}"))?;
+    tpm::verify_certification(
+        &ak,
+        &certification.public_area,
+        &certification.certify_info,
+        &certification.signature,
+        nonce,
+        user_public_key,
+    )
+    .map_err(|e| e.to_string())
 }
 
 fn internal(message: impl Into<String>) -> Failure {
@@ -525,17 +839,47 @@ impl Portal for PortalService {
     ) -> Result<Response<RegisterDeviceResponse>, Status> {
         let peer = request.remote_addr();
         match PortalService::register_device(self, request.into_inner()).await {
-            Ok((device_id, retry)) => {
-                tracing::info!(
-                    rpc = "RegisterDevice",
-                    peer = ?peer,
-                    device_id = %device_id,
-                    retry,
-                    "device registered"
-                );
-                Ok(Response::new(RegisterDeviceResponse { device_id }))
+            Ok((response, retry)) => {
+                if response.tpm_challenge.is_some() {
+                    tracing::info!(
+                        rpc = "RegisterDevice",
+                        peer = ?peer,
+                        "TPM credential challenge sent; the code stays unused until CompleteTpmActivation"
+                    );
+                } else {
+                    tracing::info!(
+                        rpc = "RegisterDevice",
+                        peer = ?peer,
+                        device_id = %response.device_id,
+                        retry,
+                        detail = %response.attestation_detail,
+                        "device registered"
+                    );
+                }
+                Ok(Response::new(response))
             }
             Err(failure) => Err(refused("RegisterDevice", peer, failure)),
+        }
+    }
+
+    async fn complete_tpm_activation(
+        &self,
+        request: Request<CompleteTpmActivationRequest>,
+    ) -> Result<Response<RegisterDeviceResponse>, Status> {
+        let peer = request.remote_addr();
+        match PortalService::complete_tpm_activation(self, request.into_inner()).await {
+            Ok((response, retry)) => {
+                tracing::info!(
+                    rpc = "CompleteTpmActivation",
+                    peer = ?peer,
+                    device_id = %response.device_id,
+                    retry,
+                    detail = %response.attestation_detail,
+                    "device registered with its TPM identity"
+                );
+                Ok(Response::new(response))
+            }
+            Err(failure) => Err(refused("CompleteTpmActivation", peer, failure)),
         }
     }
 
@@ -562,6 +906,7 @@ impl Portal for PortalService {
                     credential_id: enrollment.credential_id,
                     enrolled_at: enrollment.enrolled_at,
                     hardware_backed: enrollment.hardware_backed,
+                    attestation_detail: enrollment.attestation_detail,
                 }))
             }
             Err(failure) => Err(refused("EnrollUser", peer, failure)),

@@ -7,14 +7,16 @@
 //! ([`Store::immediate`]): the write lock is taken before the code is read,
 //! so two devices racing for one code cannot both win.
 //!
-//! Schema version 1 (`PRAGMA user_version`):
+//! Schema version 2 (`PRAGMA user_version`; version 1 databases are
+//! migrated on open):
 //!
 //! | table | columns |
 //! | --- | --- |
 //! | settings | key (PK), value — `public_url` is the URL put in QR codes |
 //! | codes | code (compact form, PK), kind (`device`/`user`), user, created_at, expires_at, used_at, used_by_device |
-//! | devices | device_id (PK), public_key (SPKI DER), name, registered_at |
-//! | enrollments | device_id, user, credential_id (unique), public_key (SPKI DER), backend, attestation_format, hardware_backed, enrolled_at, revoked_at, code (the code redeemed) |
+//! | devices | device_id (PK), public_key (SPKI DER), name, registered_at; since v2: tpm_ak_public, tpm_ak_name, tpm_ek_public, tpm_ek_certificate, tpm_ek_certificate_status (`verified`/`not-checked`/`absent`), tpm_ek_certificate_anchor, tpm_verified_at (all NULL for devices without a verified TPM identity), attestation_detail |
+//! | enrollments | device_id, user, credential_id (unique), public_key (SPKI DER), backend, attestation_format, hardware_backed, enrolled_at, revoked_at, code (the code redeemed); since v2: attestation_detail |
+//! | tpm_challenges (v2) | code, device_public_key (PK together), device_name, secret_sha256 (never the secret), ak_public, ak_name, ek_public, ek_certificate, ek_certificate_status, ek_certificate_anchor, created_at — credential challenges waiting for CompleteTpmActivation |
 //!
 //! A partial unique index allows only one active (not revoked) enrollment
 //! per (device_id, user). Times are Unix seconds.
@@ -28,14 +30,15 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use serde::Serialize;
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 /// How long a statement waits for another process's lock (e.g. `code issue`
 /// while `serve` is writing).
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The settings key holding the URL devices reach the portal at.
 pub const SETTING_PUBLIC_URL: &str = "public_url";
 
-const SCHEMA: &str = "
+/// Version 1, as first released; newer versions are migrations from it.
+const SCHEMA_V1: &str = "
 CREATE TABLE settings (
     key   TEXT PRIMARY KEY NOT NULL,
     value TEXT NOT NULL
@@ -72,6 +75,34 @@ CREATE UNIQUE INDEX enrollments_one_active
     ON enrollments (device_id, user) WHERE revoked_at IS NULL;
 CREATE INDEX enrollments_by_user ON enrollments (user);
 CREATE INDEX enrollments_by_code ON enrollments (code);
+";
+
+/// Version 1 to 2: TPM identities of devices, pending TPM credential
+/// challenges, and what was verified of each enrollment's attestation.
+const MIGRATE_V1_TO_V2: &str = "
+ALTER TABLE devices ADD COLUMN tpm_ak_public BLOB;
+ALTER TABLE devices ADD COLUMN tpm_ak_name BLOB;
+ALTER TABLE devices ADD COLUMN tpm_ek_public BLOB;
+ALTER TABLE devices ADD COLUMN tpm_ek_certificate BLOB;
+ALTER TABLE devices ADD COLUMN tpm_ek_certificate_status TEXT;
+ALTER TABLE devices ADD COLUMN tpm_ek_certificate_anchor TEXT;
+ALTER TABLE devices ADD COLUMN tpm_verified_at INTEGER;
+ALTER TABLE devices ADD COLUMN attestation_detail TEXT NOT NULL DEFAULT '';
+ALTER TABLE enrollments ADD COLUMN attestation_detail TEXT NOT NULL DEFAULT '';
+CREATE TABLE tpm_challenges (
+    code                  TEXT NOT NULL REFERENCES codes (code),
+    device_public_key     BLOB NOT NULL,
+    device_name           TEXT NOT NULL,
+    secret_sha256         BLOB NOT NULL,
+    ak_public             BLOB NOT NULL,
+    ak_name               BLOB NOT NULL,
+    ek_public             BLOB NOT NULL,
+    ek_certificate        BLOB NOT NULL,
+    ek_certificate_status TEXT NOT NULL,
+    ek_certificate_anchor TEXT,
+    created_at            INTEGER NOT NULL,
+    PRIMARY KEY (code, device_public_key)
+);
 ";
 
 /// Why the store failed.
@@ -221,6 +252,60 @@ impl CodeRecord {
     }
 }
 
+/// What became of a device's EK certificate at activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EkCertificateStatus {
+    /// Chained to the portal's `--tpm-ek-roots`, and certifies the EK.
+    Verified,
+    /// Sent, but the portal had no `--tpm-ek-roots` to check it against.
+    NotChecked,
+    /// The TPM has none, and the portal had no `--tpm-ek-roots`.
+    Absent,
+}
+
+impl EkCertificateStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EkCertificateStatus::Verified => "verified",
+            EkCertificateStatus::NotChecked => "not-checked",
+            EkCertificateStatus::Absent => "absent",
+        }
+    }
+}
+
+impl FromSql for EkCertificateStatus {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        match value.as_str()? {
+            "verified" => Ok(EkCertificateStatus::Verified),
+            "not-checked" => Ok(EkCertificateStatus::NotChecked),
+            "absent" => Ok(EkCertificateStatus::Absent),
+            other => Err(FromSqlError::Other(
+                format!("unknown EK certificate status {other:?}").into(),
+            )),
+        }
+    }
+}
+
+/// A device's TPM identity: the AK bound to the EK by a credential
+/// challenge (docs/tpm-attestation.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TpmIdentity {
+    /// Marshalled TPMT_PUBLIC of the attestation key.
+    pub ak_public: Vec<u8>,
+    /// The AK's name (nameAlg || digest).
+    pub ak_name: Vec<u8>,
+    /// Marshalled TPMT_PUBLIC of the endorsement key.
+    pub ek_public: Vec<u8>,
+    /// The EK certificate (DER) as sent; empty when none.
+    pub ek_certificate: Vec<u8>,
+    pub ek_certificate_status: EkCertificateStatus,
+    /// The self-signed certificate the EK certificate chained to, when verified.
+    pub ek_certificate_anchor: Option<String>,
+    /// When the AK was proven (or, on a pending challenge, when it was drawn).
+    pub verified_at: i64,
+}
+
 /// A registered device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Device {
@@ -229,15 +314,68 @@ pub struct Device {
     pub public_key: Vec<u8>,
     pub name: String,
     pub registered_at: i64,
+    /// Set when the device proved a TPM identity at activation.
+    pub tpm: Option<TpmIdentity>,
+    /// What the portal verified of the device's identity, for people.
+    pub attestation_detail: String,
 }
 
 impl Device {
     fn from_row(row: &Row<'_>) -> rusqlite::Result<Self> {
+        let ak_public: Option<Vec<u8>> = row.get("tpm_ak_public")?;
+        let tpm = match ak_public {
+            Some(ak_public) => Some(TpmIdentity {
+                ak_public,
+                ak_name: row.get("tpm_ak_name")?,
+                ek_public: row.get("tpm_ek_public")?,
+                ek_certificate: row.get("tpm_ek_certificate")?,
+                ek_certificate_status: row.get("tpm_ek_certificate_status")?,
+                ek_certificate_anchor: row.get("tpm_ek_certificate_anchor")?,
+                verified_at: row.get("tpm_verified_at")?,
+            }),
+            None => None,
+        };
         Ok(Self {
             device_id: row.get("device_id")?,
             public_key: row.get("public_key")?,
             name: row.get("name")?,
             registered_at: row.get("registered_at")?,
+            tpm,
+            attestation_detail: row.get("attestation_detail")?,
+        })
+    }
+}
+
+/// A credential challenge waiting for CompleteTpmActivation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingTpmChallenge {
+    /// Compact form.
+    pub code: String,
+    pub device_public_key: Vec<u8>,
+    pub device_name: String,
+    /// SHA-256 of the secret drawn; the secret itself is not kept.
+    pub secret_sha256: Vec<u8>,
+    /// The identity to register once the secret comes back; `verified_at`
+    /// is when the challenge was made.
+    pub identity: TpmIdentity,
+}
+
+impl PendingTpmChallenge {
+    fn from_row(row: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            code: row.get("code")?,
+            device_public_key: row.get("device_public_key")?,
+            device_name: row.get("device_name")?,
+            secret_sha256: row.get("secret_sha256")?,
+            identity: TpmIdentity {
+                ak_public: row.get("ak_public")?,
+                ak_name: row.get("ak_name")?,
+                ek_public: row.get("ek_public")?,
+                ek_certificate: row.get("ek_certificate")?,
+                ek_certificate_status: row.get("ek_certificate_status")?,
+                ek_certificate_anchor: row.get("ek_certificate_anchor")?,
+                verified_at: row.get("created_at")?,
+            },
         })
     }
 }
@@ -257,6 +395,8 @@ pub struct Enrollment {
     pub revoked_at: Option<i64>,
     /// The add-user code this enrollment redeemed.
     pub code: Option<String>,
+    /// What the portal verified of the key's attestation, for people.
+    pub attestation_detail: String,
 }
 
 impl Enrollment {
@@ -272,6 +412,7 @@ impl Enrollment {
             enrolled_at: row.get("enrolled_at")?,
             revoked_at: row.get("revoked_at")?,
             code: row.get("code")?,
+            attestation_detail: row.get("attestation_detail")?,
         })
     }
 }
@@ -363,15 +504,22 @@ impl Store {
         if version == SCHEMA_VERSION {
             return Ok(());
         }
-        let tables: i64 = tx.query_row(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
-            [],
-            |row| row.get(0),
-        )?;
-        if tables > 0 {
-            return Err(StoreError::Foreign(path));
+        if version == 0 {
+            let tables: i64 = tx.query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
+                [],
+                |row| row.get(0),
+            )?;
+            if tables > 0 {
+                return Err(StoreError::Foreign(path));
+            }
+            tx.execute_batch(SCHEMA_V1)?;
         }
-        tx.execute_batch(SCHEMA)?;
+        // From version 1 (new or existing) up, in the same transaction.
+        tx.execute_batch(MIGRATE_V1_TO_V2)?;
+        if version > 0 {
+            tracing::info!(path = %path.display(), from = version, to = SCHEMA_VERSION, "portal database migrated");
+        }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
         Ok(())
@@ -512,17 +660,85 @@ impl Db<'_> {
     }
 
     pub fn insert_device(&self, device: &Device) -> Result<(), StoreError> {
+        let tpm = device.tpm.as_ref();
         self.conn.execute(
-            "INSERT INTO devices (device_id, public_key, name, registered_at)
-             VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO devices (device_id, public_key, name, registered_at,
+                 tpm_ak_public, tpm_ak_name, tpm_ek_public, tpm_ek_certificate,
+                 tpm_ek_certificate_status, tpm_ek_certificate_anchor, tpm_verified_at,
+                 attestation_detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
                 device.device_id,
                 device.public_key,
                 device.name,
-                device.registered_at
+                device.registered_at,
+                tpm.map(|t| &t.ak_public),
+                tpm.map(|t| &t.ak_name),
+                tpm.map(|t| &t.ek_public),
+                tpm.map(|t| &t.ek_certificate),
+                tpm.map(|t| t.ek_certificate_status.as_str()),
+                tpm.and_then(|t| t.ek_certificate_anchor.as_deref()),
+                tpm.map(|t| t.verified_at),
+                device.attestation_detail,
             ],
         )?;
         Ok(())
+    }
+
+    /// Stores a credential challenge, replacing one for the same code and
+    /// device key.
+    pub fn put_tpm_challenge(&self, challenge: &PendingTpmChallenge) -> Result<(), StoreError> {
+        let identity = &challenge.identity;
+        self.conn.execute(
+            "INSERT OR REPLACE INTO tpm_challenges (code, device_public_key, device_name,
+                 secret_sha256, ak_public, ak_name, ek_public, ek_certificate,
+                 ek_certificate_status, ek_certificate_anchor, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![
+                challenge.code,
+                challenge.device_public_key,
+                challenge.device_name,
+                challenge.secret_sha256,
+                identity.ak_public,
+                identity.ak_name,
+                identity.ek_public,
+                identity.ek_certificate,
+                identity.ek_certificate_status.as_str(),
+                identity.ek_certificate_anchor,
+                identity.verified_at,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The pending challenge for this code and device key.
+    pub fn tpm_challenge(
+        &self,
+        compact: &str,
+        device_public_key: &[u8],
+    ) -> Result<Option<PendingTpmChallenge>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT * FROM tpm_challenges WHERE code = ?1 AND device_public_key = ?2",
+                params![compact, device_public_key],
+                PendingTpmChallenge::from_row,
+            )
+            .optional()?)
+    }
+
+    /// Deletes the challenge for this code and device key, or with `None`
+    /// every challenge for the code; returns how many were deleted.
+    pub fn delete_tpm_challenges(
+        &self,
+        compact: &str,
+        device_public_key: Option<&[u8]>,
+    ) -> Result<usize, StoreError> {
+        Ok(self.conn.execute(
+            "DELETE FROM tpm_challenges
+             WHERE code = ?1 AND (?2 IS NULL OR device_public_key = ?2)",
+            params![compact, device_public_key],
+        )?)
     }
 
     /// Every device, oldest first, with its number of active users.
@@ -585,8 +801,9 @@ impl Db<'_> {
     pub fn insert_enrollment(&self, enrollment: &Enrollment) -> Result<(), StoreError> {
         self.conn.execute(
             "INSERT INTO enrollments (device_id, user, credential_id, public_key, backend,
-                 attestation_format, hardware_backed, enrolled_at, revoked_at, code)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                 attestation_format, hardware_backed, enrolled_at, revoked_at, code,
+                 attestation_detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
                 enrollment.device_id,
                 enrollment.user,
@@ -598,6 +815,7 @@ impl Db<'_> {
                 enrollment.enrolled_at,
                 enrollment.revoked_at,
                 enrollment.code,
+                enrollment.attestation_detail,
             ],
         )?;
         Ok(())
@@ -667,6 +885,8 @@ mod tests {
             public_key: vec![1, 2, 3],
             name: "kiosk".into(),
             registered_at: NOW,
+            tpm: None,
+            attestation_detail: String::new(),
         }
     }
 
@@ -682,6 +902,7 @@ mod tests {
             enrolled_at: NOW,
             revoked_at: None,
             code: None,
+            attestation_detail: "no attestation".into(),
         }
     }
 
@@ -723,7 +944,7 @@ mod tests {
         drop(store);
         let error = Store::open(&dir.path().join("portal.db")).unwrap_err();
         assert!(
-            matches!(error, StoreError::TooNew { found: 2, .. }),
+            matches!(error, StoreError::TooNew { found: 3, .. }),
             "{error}"
         );
         assert!(error.to_string().contains("newer fleetkey-portal"));

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use fleetkey_portal::store::{CodeKind, Device, Enrollment, Store};
+use fleetkey_portal::store::{
+    CodeKind, Device, EkCertificateStatus, Enrollment, Store, TpmIdentity,
+};
 use fleetkey_proto::time::now_unix;
 use fleetkey_proto::{ActivationCode, EnrollmentPayload};
 use p256::ecdsa::SigningKey;
@@ -584,6 +586,7 @@ fn enrollment(device_id: &str, user: &str, key: &SigningKey, n: u32) -> Enrollme
         enrolled_at: 1_795_918_359,
         revoked_at: None,
         code: None,
+        attestation_detail: "no attestation".into(),
     }
 }
 
@@ -601,6 +604,16 @@ fn users_and_devices_are_listed_and_shown() {
                 public_key: vec![0],
                 name: name.into(),
                 registered_at: 1_795_918_000,
+                tpm: (id == "dev-b").then(|| TpmIdentity {
+                    ak_public: vec![1],
+                    ak_name: vec![0x00, 0x0b, 0xab],
+                    ek_public: vec![2],
+                    ek_certificate: vec![3],
+                    ek_certificate_status: EkCertificateStatus::Verified,
+                    ek_certificate_anchor: Some("CN=test root".into()),
+                    verified_at: 1_795_918_000,
+                }),
+                attestation_detail: String::new(),
             })
             .unwrap();
         }
@@ -621,6 +634,7 @@ fn users_and_devices_are_listed_and_shown() {
     assert_eq!(json["backend"], "soft");
     assert_eq!(json["attestation_format"], "none");
     assert_eq!(json["hardware_backed"], false);
+    assert_eq!(json["attestation_detail"], "no attestation");
     assert_eq!(json["enrolled_at"], "2026-11-29T02:12:39Z");
     let pem = json["public_key_pem"].as_str().unwrap();
     assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----\n"), "{pem}");
@@ -685,6 +699,14 @@ fn users_and_devices_are_listed_and_shown() {
     assert_eq!(json[0]["name"], "front desk");
     assert_eq!(json[0]["active_users"], 2);
     assert_eq!(json[1]["active_users"], 1);
+    assert_eq!(json[0]["tpm_verified"], false);
+    assert_eq!(json[0]["ek_certificate"], Value::Null);
+    assert_eq!(json[0]["attestation_detail"], "no TPM identity");
+    assert_eq!(json[1]["tpm_verified"], true);
+    assert_eq!(json[1]["ak_name"], "000bab");
+    assert_eq!(json[1]["ek_certificate"], "verified");
+    assert_eq!(json[1]["ek_certificate_anchor"], "CN=test root");
+    assert_eq!(json[1]["tpm_verified_at"], "2026-11-29T02:06:40Z");
     assert!(json[0]["registered_at"].as_str().unwrap().ends_with('Z'));
     let output = portal(&["device", "list", "--db", &db]);
     assert_ok(&output);

@@ -144,6 +144,7 @@ fn register_request(code: &ActivationCode, key: &SigningKey) -> RegisterDeviceRe
         ),
         device_public_key: public_key,
         device_name: "kiosk 7".into(),
+        tpm: None,
     }
 }
 
