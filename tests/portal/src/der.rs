@@ -128,7 +128,7 @@ pub fn pem_certificates(text: &str) -> Result<Vec<Vec<u8>>, String> {
                 let der = base64_decode(body)
                     .ok_or_else(|| format!("certificate {number} is not valid base64"))?;
                 match certificate(&der) {
-                    Some((_, rest)) if rest.is_empty() => {}
+                    Some((_, [])) => {}
                     _ => return Err(format!("certificate {number} is not valid X.509 DER")),
                 }
                 certificates.push(der);

@@ -288,8 +288,9 @@ impl PortalService {
         );
         verify(&key, &message, &request.signature, "device signature")?;
         let now = now_unix();
-        let outcome = self
-            .with_store(move |store| {
+        // The closure's Ok(Err(..)) is a refusal whose changes (the
+        // discarded challenge) are committed.
+        self.with_store(move |store| {
                 store.immediate(|db| {
                     let record = lookup_code(db, &code)?;
                     if record.kind != CodeKind::Device {
@@ -344,8 +345,7 @@ impl PortalService {
                     Ok(Ok((registered(device), false)))
                 })
             })
-            .await?;
-        outcome
+            .await?
     }
 
     /// Redeems an add-user code; returns the enrollment and whether this was

@@ -935,6 +935,84 @@ mod tests {
     }
 
     #[test]
+    fn a_version_1_database_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("portal.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA_V1).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute_batch(
+                "INSERT INTO codes VALUES ('0000000000000000', 'device', NULL, 1, 2, 1, 'dev-a');
+                 INSERT INTO devices VALUES ('dev-a', x'01', 'old kiosk', 1);
+                 INSERT INTO enrollments VALUES ('dev-a', 'alice', 'cred-1', x'02', 'soft',
+                     'none', 0, 1, NULL, NULL);",
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let version: i64 = store
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let old = store.db().device("dev-a").unwrap().unwrap();
+        assert_eq!((old.name.as_str(), old.tpm.as_ref()), ("old kiosk", None));
+        assert_eq!(old.attestation_detail, "");
+        let enrollment = store
+            .db()
+            .active_enrollment("dev-a", "alice")
+            .unwrap()
+            .unwrap();
+        assert_eq!(enrollment.attestation_detail, "");
+        // The new columns and table work on the migrated database.
+        let identity = TpmIdentity {
+            ak_public: vec![1],
+            ak_name: vec![2],
+            ek_public: vec![3],
+            ek_certificate: Vec::new(),
+            ek_certificate_status: EkCertificateStatus::Absent,
+            ek_certificate_anchor: None,
+            verified_at: NOW,
+        };
+        store
+            .db()
+            .insert_device(&Device {
+                tpm: Some(identity.clone()),
+                attestation_detail: "bound".into(),
+                ..device("dev-b")
+            })
+            .unwrap();
+        assert_eq!(
+            store.db().device("dev-b").unwrap().unwrap().tpm,
+            Some(identity.clone())
+        );
+        let challenge = PendingTpmChallenge {
+            code: "0000000000000000".into(),
+            device_public_key: vec![9],
+            device_name: "new".into(),
+            secret_sha256: vec![0; 32],
+            identity,
+        };
+        store.db().put_tpm_challenge(&challenge).unwrap();
+        store.db().put_tpm_challenge(&challenge).unwrap();
+        assert_eq!(
+            store.db().tpm_challenge("0000000000000000", &[9]).unwrap(),
+            Some(challenge)
+        );
+        assert_eq!(
+            store
+                .db()
+                .delete_tpm_challenges("0000000000000000", Some(&[9]))
+                .unwrap(),
+            1
+        );
+        drop(store);
+        // Opening again does not migrate twice.
+        Store::open(&path).unwrap();
+    }
+
+    #[test]
     fn newer_schema_is_refused() {
         let (dir, store) = store();
         store
