@@ -185,7 +185,7 @@ impl Portal {
         }
     }
 
-    /// `fleetkey-portal device list --json`.
+    /// `fleetkey-portal device list --json`: an array of devices.
     pub fn device_list(&self) -> Value {
         let output = self.cli(&["device", "list", "--json"]);
         assert!(output.status.success(), "device list: {output:?}");
