@@ -175,7 +175,7 @@ pub fn status_text(status: &daemon::Status) -> String {
     text.push_str(&format!("Device:           {device}\n"));
     if status.activated {
         let attestation = if status.device_attestation.is_empty() {
-            "none (no TPM identity was presented at activation)"
+            "unknown (activated by an older fleetkeyd)"
         } else {
             status.device_attestation.as_str()
         };
@@ -319,7 +319,7 @@ pub(crate) mod tests {
                 max_attempts: 5,
             }),
             activated_at: 1_795_918_359,
-            device_attestation: String::new(),
+            device_attestation: "no TPM identity".into(),
         }
     }
 
@@ -334,7 +334,7 @@ pub(crate) mod tests {
                 "device_id": "dev-42",
                 "portal_url": "https://portal.example.com",
                 "activated_at": "2026-11-29T02:12:39Z",
-                "device_attestation": "",
+                "device_attestation": "no TPM identity",
                 "default_backend": "soft",
                 "user_count": 2,
                 "pin_policy": {"min_length": 4, "max_length": 64, "max_attempts": 5},
@@ -401,6 +401,7 @@ pub(crate) mod tests {
         ));
         assert!(text.contains("PIN policy:       4 to 64 characters; locked after 5 wrong PINs"));
         assert!(text.contains("Users:            2"));
+        assert!(text.contains("Attestation:      no TPM identity\n"), "{text}");
         assert!(text.contains("BACKEND  AVAILABLE  HARDWARE"));
         assert!(text.contains("soft     yes        no (software)"), "{text}");
         assert!(text.contains("6 to 8 characters"));

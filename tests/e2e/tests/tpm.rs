@@ -422,3 +422,29 @@ fn a_key_certified_by_another_tpm_is_refused_by_the_portal() {
         .json();
     assert_eq!(added["hardware_backed"], true, "{added}");
 }
+
+/// A device activated before its TPM was enabled has no attestation key
+/// at the portal: its TPM users still enroll, but the portal records them
+/// as not hardware-backed, and the person enrolling is told why.
+#[test]
+fn a_tpm_enabled_after_activation_enrolls_without_the_portals_trust() {
+    let tpm = Swtpm::start();
+    let portal = Portal::start();
+    let mut soft_only = Daemon::start(fleetkey_e2e::FAST_SOFT_KEYS);
+    soft_only.activate(&portal);
+    let status = soft_only.ctl(&["--json", "status"]).json();
+    assert_eq!(status["device_attestation"], "no TPM identity", "{status}");
+    soft_only.terminate();
+
+    let daemon = Daemon::start_with_state_of(&tpm.daemon_config(), &soft_only);
+    let added = daemon.add_user_with(&portal, "alice", "1234", "tpm");
+    let notes = added["notes"].to_string();
+    assert!(
+        notes.contains("the portal did not record the key as hardware-backed"),
+        "{notes}"
+    );
+    assert!(notes.contains("without a TPM identity"), "{notes}");
+    let alice = portal.user_show("alice").unwrap();
+    assert_eq!(alice["attestation_format"], "tpm2-certify");
+    assert_eq!(alice["hardware_backed"], false, "{alice}");
+}
