@@ -401,7 +401,10 @@ pub(crate) mod tests {
         ));
         assert!(text.contains("PIN policy:       4 to 64 characters; locked after 5 wrong PINs"));
         assert!(text.contains("Users:            2"));
-        assert!(text.contains("Attestation:      no TPM identity\n"), "{text}");
+        assert!(
+            text.contains("Attestation:      no TPM identity\n"),
+            "{text}"
+        );
         assert!(text.contains("BACKEND  AVAILABLE  HARDWARE"));
         assert!(text.contains("soft     yes        no (software)"), "{text}");
         assert!(text.contains("6 to 8 characters"));
