@@ -11,8 +11,8 @@
 //! store's operations in process (create; create + TPM2_Certify + the
 //! proof-of-possession sign that enrollment makes; load + sign) against
 //! `AddUser` and `Sign`
-//! through the daemon on the same swtpm, one after the other (swtpm serves
-//! one client at a time). `FLEETKEY_BENCH_ONLY=tpm` runs only that part.
+//! through the daemon on the same swtpm, in alternating rounds (swtpm
+//! serves one client at a time, so they take turns). `FLEETKEY_BENCH_ONLY=tpm` runs only that part.
 //!
 //! Each of the 16 clients signs as its own user (the daemon serializes PIN
 //! checks per user, so that concurrent guesses cannot outrun the attempt
@@ -505,111 +505,136 @@ mod tpm {
         );
     }
 
-    fn timed(latencies: &mut Vec<Duration>, work: impl FnOnce()) {
+    /// Raw and daemon measurements alternate in this many rounds, so that
+    /// drift in swtpm's speed (large on a shared VM) falls on both alike.
+    /// swtpm serves one client at a time: the raw store and the daemon
+    /// take turns, each closing its connection after its round.
+    const ROUNDS: usize = 4;
+
+    /// Times `work`, adding its duration to `latencies` and `wall`.
+    fn timed_into(latencies: &mut Vec<Duration>, wall: &mut Duration, work: impl FnOnce()) {
         let start = Instant::now();
         work();
-        latencies.push(start.elapsed());
+        let took = start.elapsed();
+        latencies.push(took);
+        *wall += took;
     }
 
     pub fn run(runtime: &tokio::runtime::Runtime, portal: &Portal, users: usize, signs: usize) {
         let tpm = Swtpm::start();
-
-        // Raw: the key store in this process, alone on the TPM.
-        let store = TpmKeyStore::open(&TpmConfig {
+        let tpm_config = TpmConfig {
             tcti: Some(tpm.tcti.clone()),
             persistent_handle: None,
-        })
-        .expect("open the TPM key store");
-        let pin = Pin::new(PIN);
-        let (mut create, mut create_pop, mut sign) = (Vec::new(), Vec::new(), Vec::new());
-        let mut keys = Vec::new();
-        let wall = Instant::now();
-        for i in 0..users {
-            timed(&mut create, || {
-                keys.push(store.create_key(&format!("b-{i}"), &pin).expect("create"));
-            });
-        }
-        let create_wall = wall.elapsed();
-        let wall = Instant::now();
-        for i in 0..users {
-            // What user add does on the TPM: create, TPM2_Certify by the
-            // AK, and the proof-of-possession signature.
-            timed(&mut create_pop, || {
-                let key = store.create_key(&format!("p-{i}"), &pin).expect("create");
-                store
-                    .attest(&key.key_ref, &pin, &digest(i))
-                    .expect("certify");
-                store
-                    .sign_digest(&key.key_ref, &pin, &digest(i))
-                    .expect("proof of possession");
-            });
-        }
-        let create_pop_wall = wall.elapsed();
-        let wall = Instant::now();
-        for i in 0..signs {
-            let key = &keys[i % keys.len()];
-            timed(&mut sign, || {
-                store
-                    .sign_digest(&key.key_ref, &pin, &digest(i))
-                    .expect("sign");
-            });
-        }
-        let sign_wall = wall.elapsed();
-        let identity = store.identity().clone();
-        // Frees swtpm (one client at a time) for the daemon.
-        drop(store);
-
-        // The daemon on the same TPM.
+        };
         // Top-level keys come before the config's tables.
         let config = format!(
             "default_backend = \"tpm\"\nlog_level = \"warn\"\n{}",
             tpm.daemon_config()
         );
-        let daemon = Daemon::start(&config);
+        let mut daemon = Daemon::start(&config);
         // Activation with TPM attestation: EK and AK made, the portal's
         // credential challenge answered (fleetkeyctl process included).
         let activation = Instant::now();
         daemon.activate(portal);
         let activation = activation.elapsed();
+        daemon.terminate();
+
         let names: Vec<String> = (0..users).map(|i| format!("tpm-user{i}")).collect();
         // Codes are issued first (a portal CLI process each), so that only
         // AddUser itself is timed.
         let codes: Vec<String> = names.iter().map(|n| portal.user_code(n).uri).collect();
-        let (add, daemon_sign_stats, status_p50_us) = runtime.block_on(async {
-            let mut client = connect(&daemon.socket).await;
-            let mut add = Vec::new();
-            let wall = Instant::now();
-            for code in &codes {
-                let start = Instant::now();
-                client
-                    .add_user(fleetkey_proto::daemon::AddUserRequest {
-                        code: code.clone(),
-                        pin: PIN.into(),
-                        backend: "tpm".into(),
-                        ..Default::default()
-                    })
-                    .await
-                    .expect("add user");
-                add.push(start.elapsed());
+        let pin = Pin::new(PIN);
+        let (mut create, mut create_pop, mut sign) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut add, mut daemon_signs) = (Vec::new(), Vec::new());
+        let mut walls = [Duration::ZERO; 5];
+        let mut keys = Vec::new();
+        let mut identity = None;
+        let mut status_p50_us = 0.0;
+        for round in 0..ROUNDS {
+            let users_now = round * users / ROUNDS..(round + 1) * users / ROUNDS;
+            let signs_now = round * signs / ROUNDS..(round + 1) * signs / ROUNDS;
+
+            // Raw: the key store in this process, alone on the TPM.
+            let store = TpmKeyStore::open(&tpm_config).expect("open the TPM key store");
+            identity.get_or_insert_with(|| store.identity().clone());
+            for i in users_now.clone() {
+                timed_into(&mut create, &mut walls[0], || {
+                    keys.push(store.create_key(&format!("b-{i}"), &pin).expect("create"));
+                });
             }
-            let add = stats(add, wall.elapsed());
-            let mut latencies = Vec::new();
-            let wall = Instant::now();
-            for i in 0..signs {
-                latencies.push(daemon_sign(&mut client, &names[i % names.len()], i).await);
+            for i in users_now.clone() {
+                // What user add does on the TPM: create, TPM2_Certify by
+                // the AK, and the proof-of-possession signature.
+                timed_into(&mut create_pop, &mut walls[1], || {
+                    let key = store.create_key(&format!("p-{i}"), &pin).expect("create");
+                    store
+                        .attest(&key.key_ref, &pin, &digest(i))
+                        .expect("certify");
+                    store
+                        .sign_digest(&key.key_ref, &pin, &digest(i))
+                        .expect("proof of possession");
+                });
             }
-            let sign = stats(latencies, wall.elapsed());
-            let mut status = Vec::new();
-            for _ in 0..50 {
-                let start = Instant::now();
-                client
-                    .get_status(fleetkey_proto::daemon::GetStatusRequest {})
-                    .await
-                    .expect("status");
-                status.push(start.elapsed());
+            for i in signs_now.clone() {
+                let key = &keys[i % keys.len()];
+                timed_into(&mut sign, &mut walls[2], || {
+                    store
+                        .sign_digest(&key.key_ref, &pin, &digest(i))
+                        .expect("sign");
+                });
             }
-            (add, sign, stats(status, Duration::from_secs(1)).p50_us)
-        });
+            drop(store);
+
+            // The daemon on the same TPM.
+            daemon.restart();
+            let (round_add, round_signs, round_status) = runtime.block_on(async {
+                let mut client = connect(&daemon.socket).await;
+                let mut round_add = Vec::new();
+                for code in &codes[users_now.clone()] {
+                    let start = Instant::now();
+                    client
+                        .add_user(fleetkey_proto::daemon::AddUserRequest {
+                            code: code.clone(),
+                            pin: PIN.into(),
+                            backend: "tpm".into(),
+                            ..Default::default()
+                        })
+                        .await
+                        .expect("add user");
+                    round_add.push(start.elapsed());
+                }
+                let enrolled = &names[..users_now.end];
+                let mut round_signs = Vec::new();
+                for i in signs_now.clone() {
+                    round_signs
+                        .push(daemon_sign(&mut client, &enrolled[i % enrolled.len()], i).await);
+                }
+                let mut status = Vec::new();
+                for _ in 0..10 {
+                    let start = Instant::now();
+                    client
+                        .get_status(fleetkey_proto::daemon::GetStatusRequest {})
+                        .await
+                        .expect("status");
+                    status.push(start.elapsed());
+                }
+                (
+                    round_add,
+                    round_signs,
+                    stats(status, Duration::from_secs(1)).p50_us,
+                )
+            });
+            walls[3] += round_add.iter().sum::<Duration>();
+            walls[4] += round_signs.iter().sum::<Duration>();
+            add.extend(round_add);
+            daemon_signs.extend(round_signs);
+            status_p50_us = round_status;
+            daemon.terminate();
+        }
+        let identity = identity.expect("at least one round");
+        let (create_wall, create_pop_wall, sign_wall) = (walls[0], walls[1], walls[2]);
+        let add = stats(add, walls[3]);
+        let daemon_sign_stats = stats(daemon_signs, walls[4]);
 
         let create = stats(create, create_wall);
         let create_pop = stats(create_pop, create_pop_wall);
