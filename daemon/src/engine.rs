@@ -283,7 +283,7 @@ impl Engine {
             &code,
             &public_key,
         )))?;
-        let registered = portal
+        let mut registered = portal
             .register_device(portal::RegisterDeviceRequest {
                 code: code.clone(),
                 device_public_key: public_key.clone(),
@@ -296,7 +296,7 @@ impl Engine {
                 }),
             })
             .await?;
-        let registered = match (identity, registered.tpm_challenge.clone()) {
+        let registered = match (identity, registered.tpm_challenge.take()) {
             (Some((backend, _)), Some(challenge)) => {
                 self.complete_tpm_activation(
                     &mut portal,
