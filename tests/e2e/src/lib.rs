@@ -281,21 +281,27 @@ impl Daemon {
         )
     }
 
-    /// Enrolls a user in the named key store; returns the JSON answer.
-    pub fn add_user_with(&self, portal: &Portal, user: &str, pin: &str, backend: &str) -> Value {
-        let code = portal.user_code(user);
-        let out = self.ctl_with_stdin(
+    /// `fleetkeyctl --json user add CODE --backend BACKEND --pin-stdin`,
+    /// whatever its outcome.
+    pub fn add_user_by_code(&self, code: &str, pin: &str, backend: &str) -> Ctl {
+        self.ctl_with_stdin(
             &[
                 "--json",
                 "user",
                 "add",
-                &code.uri,
+                code,
                 "--backend",
                 backend,
                 "--pin-stdin",
             ],
             Some(&format!("{pin}\n")),
-        );
+        )
+    }
+
+    /// Enrolls a user in the named key store; returns the JSON answer.
+    pub fn add_user_with(&self, portal: &Portal, user: &str, pin: &str, backend: &str) -> Value {
+        let code = portal.user_code(user);
+        let out = self.add_user_by_code(&code.uri, pin, backend);
         out.assert_ok();
         out.json()
     }

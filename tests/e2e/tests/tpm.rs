@@ -282,18 +282,7 @@ fn no_tpm_means_unavailable_and_the_daemon_still_runs() {
     daemon.activate(&portal);
     let code = portal.user_code("alice");
     daemon
-        .ctl_with_stdin(
-            &[
-                "--json",
-                "user",
-                "add",
-                &code.uri,
-                "--backend",
-                "tpm",
-                "--pin-stdin",
-            ],
-            Some("1234\n"),
-        )
+        .add_user_by_code(&code.uri, "1234", "tpm")
         .assert_reason(Reason::BackendUnavailable);
     // The software store still works.
     daemon.add_user(&portal, "bob", "1234");
@@ -385,18 +374,7 @@ fn a_key_certified_by_another_tpm_is_refused_by_the_portal() {
 
     let mut daemon_b = Daemon::start_with_state_of(&tpm_b.daemon_config(), &daemon_a);
     let code = portal.user_code("mallory");
-    let refused = daemon_b.ctl_with_stdin(
-        &[
-            "--json",
-            "user",
-            "add",
-            &code.uri,
-            "--backend",
-            "tpm",
-            "--pin-stdin",
-        ],
-        Some("1234\n"),
-    );
+    let refused = daemon_b.add_user_by_code(&code.uri, "1234", "tpm");
     let json = refused.assert_reason(Reason::SignatureInvalid);
     let message = json["error"]["message"].as_str().unwrap();
     assert!(message.contains("attestation key"), "{message}");
@@ -406,20 +384,7 @@ fn a_key_certified_by_another_tpm_is_refused_by_the_portal() {
     // The code was not used up: the right device can still enroll with it.
     daemon_b.terminate();
     let daemon_a = Daemon::start_with_state_of(&tpm_a.daemon_config(), &daemon_b);
-    let added = daemon_a
-        .ctl_with_stdin(
-            &[
-                "--json",
-                "user",
-                "add",
-                &code.uri,
-                "--backend",
-                "tpm",
-                "--pin-stdin",
-            ],
-            Some("1234\n"),
-        )
-        .json();
+    let added = daemon_a.add_user_by_code(&code.uri, "1234", "tpm").json();
     assert_eq!(added["hardware_backed"], true, "{added}");
 }
 

@@ -11,7 +11,7 @@ use fleetkey_portal::store::{CodeKind, Store};
 use fleetkey_portal::tpm::{self, attr};
 use fleetkey_proto::portal::{CompleteTpmActivationRequest, RegisterDeviceRequest, TpmIdentity};
 use fleetkey_proto::time::now_unix;
-use fleetkey_proto::{Reason, binding};
+use fleetkey_proto::{Failure, Reason, binding};
 use p256::ecdsa::signature::Signer;
 use p256::ecdsa::{DerSignature, SigningKey};
 use p256::pkcs8::EncodePublicKey;
@@ -81,6 +81,12 @@ fn ek_public() -> Vec<u8> {
 fn sign(key: &SigningKey, message: &[u8]) -> Vec<u8> {
     let signature: DerSignature = key.sign(message);
     signature.as_bytes().to_vec()
+}
+
+/// The failure has this reason and its message says `says`.
+fn assert_failure(failure: &Failure, reason: Reason, says: &str) {
+    assert_eq!(failure.reason, reason, "{}", failure.message);
+    assert!(failure.message.contains(says), "{}", failure.message);
 }
 
 struct Setup {
@@ -211,12 +217,7 @@ async fn completion_without_a_challenge_is_refused() {
         .complete_tpm_activation(setup.complete(&[1; 32], &setup.device_key))
         .await
         .unwrap_err();
-    assert_eq!(failure.reason, Reason::DeviceNotActivated);
-    assert!(
-        failure.message.contains("no TPM challenge"),
-        "{}",
-        failure.message
-    );
+    assert_failure(&failure, Reason::DeviceNotActivated, "no TPM challenge");
     assert!(setup.code_unused());
 }
 
@@ -233,8 +234,7 @@ async fn a_wrong_secret_discards_the_challenge() {
         .complete_tpm_activation(setup.complete(&[7; 32], &setup.device_key))
         .await
         .unwrap_err();
-    assert_eq!(failure.reason, Reason::SignatureInvalid);
-    assert!(failure.message.contains("secret"), "{}", failure.message);
+    assert_failure(&failure, Reason::SignatureInvalid, "secret");
     assert!(failure.hint.contains("RegisterDevice"), "{}", failure.hint);
     assert!(!setup.challenge_pending());
     assert!(setup.code_unused());
@@ -260,12 +260,7 @@ async fn a_completion_signed_by_another_key_is_refused() {
         .complete_tpm_activation(setup.complete(&[7; 32], &intruder))
         .await
         .unwrap_err();
-    assert_eq!(failure.reason, Reason::SignatureInvalid);
-    assert!(
-        failure.message.contains("device signature"),
-        "{}",
-        failure.message
-    );
+    assert_failure(&failure, Reason::SignatureInvalid, "device signature");
     // Refused before the challenge was looked at: it is still there.
     assert!(setup.challenge_pending());
     assert!(setup.code_unused());
@@ -284,8 +279,7 @@ async fn unacceptable_tpm_identities_are_refused() {
         .register_device(setup.register(Some(bad_ak)))
         .await
         .unwrap_err();
-    assert_eq!(failure.reason, Reason::InvalidArgument);
-    assert!(failure.message.contains("decrypt"), "{}", failure.message);
+    assert_failure(&failure, Reason::InvalidArgument, "decrypt");
     let mut truncated = identity();
     truncated.ek_public.pop();
     let failure = setup
@@ -313,12 +307,7 @@ async fn unacceptable_tpm_identities_are_refused() {
         .register_device(strict.register(Some(identity())))
         .await
         .unwrap_err();
-    assert_eq!(failure.reason, Reason::SignatureInvalid);
-    assert!(
-        failure.message.contains("EK certificate"),
-        "{}",
-        failure.message
-    );
+    assert_failure(&failure, Reason::SignatureInvalid, "EK certificate");
     assert!(strict.code_unused());
 }
 
