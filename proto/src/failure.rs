@@ -79,6 +79,8 @@ reasons! {
         "The portal does not know this device; it may have been removed there. Activate it again.";
     UserUnknown = "USER_UNKNOWN", 24, NotFound,
         "No such user on this device; fleetkeyctl user list shows who is enrolled.";
+    UserNameInvalid = "USER_NAME_INVALID", 25, InvalidArgument,
+        "User names are 1-64 letters, digits, single inner spaces and . - _ @ ' + (docs/user-names.md); pick another name.";
     PinPolicy = "PIN_POLICY", 30, InvalidArgument,
         "Choose a PIN that meets the policy shown by fleetkeyctl status.";
     PinWrong = "PIN_WRONG", 31, Unauthenticated,
@@ -91,6 +93,12 @@ reasons! {
         "The request's signature or proof of possession did not verify.";
     PortalUnreachable = "PORTAL_UNREACHABLE", 50, Unavailable,
         "Check the network and the portal URL, then try again; the code is still valid.";
+    PortalInsecure = "PORTAL_INSECURE", 55, FailedPrecondition,
+        "Use the portal's https:// URL; plain http:// is allowed only to loopback and to hosts listed in the daemon's allow_plaintext_portals.";
+    RateLimited = "RATE_LIMITED", 56, ResourceExhausted,
+        "Too many requests in a short time; wait retry_after_seconds and try again.";
+    Busy = "BUSY", 57, ResourceExhausted,
+        "The daemon is busy with other requests; try again in a moment.";
     PortalError = "PORTAL_ERROR", 51, Unavailable,
         "The portal answered with an unexpected error; try again later or contact the portal's administrator.";
     BackendUnavailable = "BACKEND_UNAVAILABLE", 52, Unavailable,
@@ -101,6 +109,8 @@ reasons! {
         "This key store cannot do that; fleetkeyctl status lists what each one can do.";
     DaemonUnreachable = "DAEMON_UNREACHABLE", 60, Unavailable,
         "Is fleetkeyd running? Check the socket path (--socket or FLEETKEY_SOCKET).";
+    DaemonUntrusted = "DAEMON_UNTRUSTED", 61, PermissionDenied,
+        "The socket is served by a process of another user, which could be an impostor collecting PINs; use the system daemon's socket, or name the uid you trust in FLEETKEY_TRUSTED_UIDS.";
     InvalidArgument = "INVALID_ARGUMENT", 64, InvalidArgument,
         "Check the command's arguments (--help).";
     StateError = "STATE_ERROR", 70, Internal,

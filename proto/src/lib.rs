@@ -8,7 +8,9 @@ pub mod code;
 pub mod failure;
 pub mod paths;
 pub mod payload;
+pub mod terminal;
 pub mod time;
+pub mod user_name;
 
 pub use code::{ActivationCode, CodeError};
 pub use failure::{Failure, Reason};

@@ -3,28 +3,8 @@
 
 use std::process::Command;
 
-use fleetkey_e2e::{Daemon, FAST_SOFT_KEYS, Portal, is_root, open_tempdir};
+use fleetkey_e2e::{Daemon, FAST_SOFT_KEYS, Portal, is_root, open_tempdir, openssl_verify};
 use fleetkey_proto::{ActivationCode, EnrollmentPayload, Reason};
-
-fn openssl_verify(
-    public_key_pem: &str,
-    signature_der: &std::path::Path,
-    data: &std::path::Path,
-) -> bool {
-    let dir = open_tempdir();
-    let pem = dir.path().join("pub.pem");
-    std::fs::write(&pem, public_key_pem).unwrap();
-    let output = Command::new("openssl")
-        .args(["dgst", "-sha256", "-verify"])
-        .arg(&pem)
-        .arg("-signature")
-        .arg(signature_der)
-        .arg(data)
-        .output()
-        .expect("openssl must be installed");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    output.status.success() && stdout.contains("Verified OK")
-}
 
 #[test]
 fn activate_enroll_sign_and_verify_with_openssl() {

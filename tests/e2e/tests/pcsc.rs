@@ -10,7 +10,7 @@ use std::process::Command;
 
 use fleetkey_e2e::{
     Ctl, Daemon, FAST_SOFT_KEYS, Pcscd, Portal, SimCard, VPCD_READERS, open_tempdir,
-    pcsc_tests_can_run, pcscd_lock,
+    openssl_verify, pcsc_tests_can_run, pcscd_lock,
 };
 use fleetkey_proto::Reason;
 use serde_json::Value;
@@ -51,21 +51,6 @@ fn sign(daemon: &Daemon, user: &str, pin: &str, data: &Path, out: &Path) -> Ctl 
         ],
         Some(&format!("{pin}\n")),
     )
-}
-
-fn openssl_verify(public_key_pem: &str, signature: &Path, data: &Path) -> bool {
-    let dir = open_tempdir();
-    let pem = dir.path().join("pub.pem");
-    std::fs::write(&pem, public_key_pem).unwrap();
-    let output = Command::new("openssl")
-        .args(["dgst", "-sha256", "-verify"])
-        .arg(&pem)
-        .arg("-signature")
-        .arg(signature)
-        .arg(data)
-        .output()
-        .expect("openssl must be installed");
-    output.status.success() && String::from_utf8_lossy(&output.stdout).contains("Verified OK")
 }
 
 fn cards(daemon: &Daemon) -> Vec<Value> {

@@ -1,0 +1,163 @@
+//! The reference portal fixture: `fleetkey-portal serve` and its CLI.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::*;
+
+/// A running `fleetkey-portal serve`.
+pub struct Portal {
+    child: Option<Child>,
+    pub url: String,
+    pub db: PathBuf,
+    _dir: TempDir,
+}
+
+/// A code issued by the portal.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub code: String,
+    pub uri: String,
+}
+
+impl Portal {
+    pub fn start() -> Portal {
+        Self::start_with(&[])
+    }
+
+    /// A portal with extra `serve` arguments.
+    pub fn start_with(extra: &[&str]) -> Portal {
+        let dir = open_tempdir();
+        let db = dir.path().join("portal.db");
+        let (child, url) = Self::spawn(&db, "127.0.0.1:0", extra);
+        Portal {
+            child: Some(child),
+            url,
+            db,
+            _dir: dir,
+        }
+    }
+
+    fn spawn(db: &Path, listen: &str, extra: &[&str]) -> (Child, String) {
+        let mut child = Command::new(bin("fleetkey-portal"))
+            .args(["serve", "--listen", listen, "--db"])
+            .arg(db)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start fleetkey-portal");
+        let stdout = child.stdout.take().expect("portal stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read portal URL");
+        let url = line.trim().to_string();
+        assert!(
+            url.starts_with("http://127.0.0.1:"),
+            "portal printed {url:?}"
+        );
+        (child, url)
+    }
+
+    /// Stops the portal process; its database stays.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same address and database.
+    pub fn start_again(&mut self) {
+        self.stop();
+        let listen = self.url.trim_start_matches("http://").to_string();
+        let (child, url) = Self::spawn(&self.db, &listen, &[]);
+        assert_eq!(url, self.url);
+        self.child = Some(child);
+    }
+
+    /// Runs a `fleetkey-portal` subcommand on this portal's database.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut command = Command::new(bin("fleetkey-portal"));
+        command.args(args).arg("--db").arg(&self.db);
+        command.output().expect("run fleetkey-portal")
+    }
+
+    /// Issues a code; `user` None makes a device code.
+    pub fn issue(&self, user: Option<&str>, ttl_seconds: u64) -> Issued {
+        let ttl = ttl_seconds.to_string();
+        let mut args = vec!["code", "issue", "--json", "--ttl", &ttl];
+        match user {
+            Some(user) => args.extend(["--kind", "user", "--user", user]),
+            None => args.extend(["--kind", "device"]),
+        }
+        let output = self.cli(&args);
+        assert!(
+            output.status.success(),
+            "code issue failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let json: Value = serde_json::from_slice(&output.stdout).expect("code issue JSON");
+        Issued {
+            code: json["code"].as_str().expect("code").to_string(),
+            uri: json["uri"].as_str().expect("uri").to_string(),
+        }
+    }
+
+    pub fn device_code(&self) -> Issued {
+        self.issue(None, 600)
+    }
+
+    pub fn user_code(&self, user: &str) -> Issued {
+        self.issue(Some(user), 600)
+    }
+
+    /// Issues an add-user code and writes its QR code as a PNG
+    /// (`code issue --qr-png FILE`), as an admin would screenshot it.
+    pub fn user_code_png(&self, user: &str, png: &Path) -> Issued {
+        let png_arg = png.to_str().expect("UTF-8 path");
+        let output = self.cli(&[
+            "code", "issue", "--json", "--kind", "user", "--user", user, "--qr-png", png_arg,
+        ]);
+        assert!(
+            output.status.success(),
+            "code issue failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let json: Value = serde_json::from_slice(&output.stdout).expect("code issue JSON");
+        assert!(png.exists(), "code issue wrote no PNG");
+        Issued {
+            code: json["code"].as_str().expect("code").to_string(),
+            uri: json["uri"].as_str().expect("uri").to_string(),
+        }
+    }
+
+    /// `fleetkey-portal device list --json`: an array of devices.
+    pub fn device_list(&self) -> Value {
+        let output = self.cli(&["device", "list", "--json"]);
+        assert!(output.status.success(), "device list: {output:?}");
+        serde_json::from_slice(&output.stdout).expect("device list JSON")
+    }
+
+    /// `fleetkey-portal user show NAME --json`, or None when it fails.
+    pub fn user_show(&self, user: &str) -> Option<Value> {
+        let output = self.cli(&["user", "show", user, "--json"]);
+        output
+            .status
+            .success()
+            .then(|| serde_json::from_slice(&output.stdout).expect("user show JSON"))
+    }
+}
+
+impl Drop for Portal {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
