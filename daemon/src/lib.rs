@@ -3,6 +3,7 @@
 //! codes from the portal, and signs with a user's key when given the PIN.
 //! See ARCHITECTURE.md at the repository root for the map.
 
+pub mod args;
 pub mod auth;
 pub mod backends;
 pub mod config;
@@ -13,3 +14,4 @@ pub mod portal_client;
 pub mod scan;
 pub mod server;
 pub mod state;
+pub mod systemd;

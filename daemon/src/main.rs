@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use fleetkeyd::args::Args;
 use fleetkeyd::auth::AdminPolicy;
 use fleetkeyd::backends::Backends;
 use fleetkeyd::config::Config;
@@ -13,35 +14,6 @@ use fleetkeyd::engine::Engine;
 use fleetkeyd::portal_client::PortalConnector;
 use fleetkeyd::server::{self, Service};
 use fleetkeyd::state::StateStore;
-
-/// The fleetkey daemon: hardware-backed user keys for shared Linux devices.
-///
-/// Serves the fleetkey API (gRPC) on a Unix socket; use fleetkeyctl to talk
-/// to it. Run as root it uses /run/fleetkey, /var/lib/fleetkey and
-/// /etc/fleetkey/fleetkeyd.toml; as another user, per-user XDG directories,
-/// so it runs without installing anything.
-#[derive(Parser, Debug)]
-#[command(version)]
-struct Args {
-    /// Configuration file (TOML; see fleetkeyd.example.toml). Default:
-    /// /etc/fleetkey/fleetkeyd.toml as root, else
-    /// $XDG_CONFIG_HOME/fleetkey/fleetkeyd.toml; a missing default file
-    /// means built-in defaults.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Unix socket to serve on (overrides the config file).
-    #[arg(long, value_name = "PATH")]
-    socket: Option<PathBuf>,
-    /// State directory (overrides the config file).
-    #[arg(long, value_name = "DIR")]
-    state_dir: Option<PathBuf>,
-    /// Portal for typed codes (overrides the config file).
-    #[arg(long, value_name = "URL")]
-    portal_url: Option<String>,
-    /// Log level: error, warn, info, debug, trace (overrides the config file).
-    #[arg(long, value_name = "LEVEL")]
-    log_level: Option<String>,
-}
 
 fn main() -> ExitCode {
     quiet_tss_log();

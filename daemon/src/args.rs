@@ -1,0 +1,36 @@
+//! fleetkeyd's command line, in the library so that the man page
+//! generator (`packaging/gen`) renders the same definition the daemon
+//! parses.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// The fleetkey daemon: hardware-backed user keys for shared Linux devices.
+///
+/// Serves the fleetkey API (gRPC) on a Unix socket; use fleetkeyctl to talk
+/// to it. Run as root it uses /run/fleetkey, /var/lib/fleetkey and
+/// /etc/fleetkey/fleetkeyd.toml; as another user, per-user XDG directories,
+/// so it runs without installing anything.
+#[derive(Parser, Debug)]
+#[command(version)]
+pub struct Args {
+    /// Configuration file (TOML; see fleetkeyd.example.toml). Default:
+    /// /etc/fleetkey/fleetkeyd.toml as root, else
+    /// $XDG_CONFIG_HOME/fleetkey/fleetkeyd.toml; a missing default file
+    /// means built-in defaults.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Unix socket to serve on (overrides the config file).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// State directory (overrides the config file).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Portal for typed codes (overrides the config file).
+    #[arg(long, value_name = "URL")]
+    pub portal_url: Option<String>,
+    /// Log level: error, warn, info, debug, trace (overrides the config file).
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+}
