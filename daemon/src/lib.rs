@@ -9,6 +9,8 @@ pub mod backends;
 pub mod config;
 pub mod device_key;
 pub mod engine;
+pub mod fault;
+pub mod limits;
 pub mod pin_policy;
 pub mod portal_client;
 pub mod scan;

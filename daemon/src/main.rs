@@ -92,6 +92,7 @@ fn run(args: Args) -> Result<(), String> {
         None => None,
     };
 
+    give_freed_memory_back();
     // One thread serves every connection; key-store work (Argon2, hardware)
     // runs on the blocking pool. Measured (cargo bench -p fleetkey-e2e):
     // fewer cross-thread wake-ups than a multi-thread runtime, and better
@@ -112,6 +113,8 @@ fn run(args: Args) -> Result<(), String> {
             .recover()
             .await
             .map_err(|f| format!("startup recovery failed: {}", f.message))?;
+        let retrying = engine.clone();
+        tokio::spawn(async move { retrying.retry_pending().await });
         let listener = server::bind_socket(&socket).map_err(|e| e.to_string())?;
         let service = Service::new(engine, AdminPolicy::new(config.admin_group.as_deref()));
         tracing::info!(
@@ -127,6 +130,25 @@ fn run(args: Args) -> Result<(), String> {
         Ok(())
     })
 }
+
+/// Makes glibc's allocator hand large freed blocks back to the system.
+/// By default its mmap threshold grows with every large block freed, so
+/// Argon2's buffers (19 MiB each by default) end up in per-thread arenas
+/// that keep them after a burst of signing; a fixed threshold keeps every
+/// block of 1 MiB or more in its own mapping, unmapped when freed. The
+/// work queue trims the arenas when it falls idle (engine/keystore.rs).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn give_freed_memory_back() {
+    // SAFETY: mallopt only changes allocator parameters; called before
+    // the runtime starts its threads.
+    let set = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024) };
+    if set != 1 {
+        tracing::warn!("could not set the allocator's mmap threshold");
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn give_freed_memory_back() {}
 
 /// Completes on SIGTERM or SIGINT.
 async fn shutdown_signal() {

@@ -21,7 +21,8 @@ use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tonic::{Request, Response};
 
 use crate::auth::{AdminPolicy, Caller};
-use crate::engine::Engine;
+use crate::engine::{Engine, Requester};
+use crate::limits::{self, MAX_REQUEST_BYTES};
 use crate::scan;
 
 type Reply<T> = Result<Response<T>, tonic::Status>;
@@ -60,9 +61,6 @@ impl Service {
 
 /// The progress stream of `AddUserScan`.
 pub type ScanStream = ReceiverStream<scan::ProgressItem>;
-
-/// The largest request: an image for `AddUserScan`, and some room.
-const MAX_REQUEST_BYTES: usize = fleetkey_v4l::image_file::MAX_IMAGE_BYTES + 64 * 1024;
 
 #[tonic::async_trait]
 impl Fleetkey for Service {
@@ -158,22 +156,34 @@ impl Fleetkey for Service {
     }
 
     async fn change_pin(&self, request: Request<ChangePinRequest>) -> Reply<ChangePinResponse> {
-        self.caller(&request)?;
+        let caller = self.caller(&request)?;
         let request = request.into_inner();
+        check_pin_field("old_pin", &request.old_pin)?;
+        check_pin_field("new_pin", &request.new_pin)?;
         let (old, new) = (Pin::new(request.old_pin), Pin::new(request.new_pin));
         reply(
             self.engine
-                .change_pin(&request.user, old, new)
+                .change_pin(Requester::Uid(caller.uid), &request.user, old, new)
                 .await
                 .map(|()| ChangePinResponse {}),
         )
     }
 
     async fn sign(&self, request: Request<SignRequest>) -> Reply<SignResponse> {
-        self.caller(&request)?;
+        let caller = self.caller(&request)?;
         let request = request.into_inner();
+        check_pin_field("pin", &request.pin)?;
         let pin = Pin::new(request.pin);
-        reply(self.engine.sign(&request.user, pin, &request.digest).await)
+        reply(
+            self.engine
+                .sign(
+                    Requester::Uid(caller.uid),
+                    &request.user,
+                    pin,
+                    &request.digest,
+                )
+                .await,
+        )
     }
 
     async fn list_cards(&self, request: Request<ListCardsRequest>) -> Reply<ListCardsResponse> {
@@ -188,16 +198,36 @@ impl Fleetkey for Service {
     }
 
     async fn unblock_pin(&self, request: Request<UnblockPinRequest>) -> Reply<UnblockPinResponse> {
-        self.caller(&request)?;
+        let caller = self.caller(&request)?;
         let request = request.into_inner();
+        check_pin_field("puk", &request.puk)?;
+        check_pin_field("new_pin", &request.new_pin)?;
         let (puk, new) = (Pin::new(request.puk), Pin::new(request.new_pin));
         reply(
             self.engine
-                .unblock_pin(&request.user, puk, new)
+                .unblock_pin(Requester::Uid(caller.uid), &request.user, puk, new)
                 .await
                 .map(|()| UnblockPinResponse {}),
         )
     }
+}
+
+/// The longest PIN or PUK any key store takes, in bytes; a longer one is
+/// refused before it is copied or hashed.
+const MAX_PIN_BYTES: usize = 256;
+
+fn check_pin_field(field: &str, value: &str) -> Result<(), tonic::Status> {
+    if value.len() > MAX_PIN_BYTES {
+        return Err(fleetkey_proto::Failure::new(
+            fleetkey_proto::Reason::InvalidArgument,
+            format!(
+                "{field} is {} bytes long; no PIN is longer than {MAX_PIN_BYTES}",
+                value.len()
+            ),
+        )
+        .to_status());
+    }
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -255,6 +285,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let result = tonic::transport::Server::builder()
+        .layer(limits::RequestLimitLayer)
         .add_service(FleetkeyServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;

@@ -15,7 +15,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use zeroize::Zeroizing;
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -48,7 +48,9 @@ pub struct DeviceRecord {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UserState {
-    /// Key made, portal not yet told; rolled back at startup if left over.
+    /// Key made, portal told or about to be: at startup the recorded
+    /// `EnrollUser` request is sent again (the portal answers a repeat
+    /// with the same credential); a row without one is rolled back.
     Pending,
     Active,
 }
@@ -73,6 +75,10 @@ pub struct UserRecord {
     pub state: UserState,
     pub failed_attempts: u32,
     pub enrolled_at: i64,
+    /// While pending: the signed `EnrollUser` request (protobuf), exactly
+    /// as sent to the portal, to send again after a crash. Empty once
+    /// active.
+    pub enroll_request: Vec<u8>,
 }
 
 /// The state database. Calls block briefly (a commit is an fsync); the
@@ -135,6 +141,17 @@ impl StateStore {
                 "BEGIN IMMEDIATE;
                  ALTER TABLE device ADD COLUMN attestation TEXT NOT NULL DEFAULT '';
                  PRAGMA user_version = 2;
+                 COMMIT;",
+            )?;
+        }
+        if version < 3 {
+            // Version 3: a pending user keeps the signed EnrollUser request,
+            // so that startup can send the same request again rather than
+            // roll back a user the portal may already have enrolled.
+            conn.execute_batch(
+                "BEGIN IMMEDIATE;
+                 ALTER TABLE users ADD COLUMN enroll_request BLOB NOT NULL DEFAULT x'';
+                 PRAGMA user_version = 3;
                  COMMIT;",
             )?;
         }
@@ -221,8 +238,8 @@ impl StateStore {
     /// Records a user; fails if the name is taken.
     pub fn insert_user(&self, user: &UserRecord) -> Result<(), StateError> {
         self.conn()?.execute(
-            "INSERT INTO users (name, credential_id, backend, key_ref, public_key, hardware_backed, state, failed_attempts, enrolled_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO users (name, credential_id, backend, key_ref, public_key, hardware_backed, state, failed_attempts, enrolled_at, enroll_request)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 user.name,
                 user.credential_id,
@@ -232,7 +249,8 @@ impl StateStore {
                 user.hardware_backed,
                 user.state.as_str(),
                 user.failed_attempts,
-                user.enrolled_at
+                user.enrolled_at,
+                user.enroll_request
             ],
         )?;
         self.apply(|cache| {
@@ -247,13 +265,14 @@ impl StateStore {
         enrolled_at: i64,
     ) -> Result<(), StateError> {
         self.conn()?.execute(
-            "UPDATE users SET state = 'active', credential_id = ?2, enrolled_at = ?3 WHERE name = ?1",
+            "UPDATE users SET state = 'active', credential_id = ?2, enrolled_at = ?3, enroll_request = x'' WHERE name = ?1",
             params![name, credential_id, enrolled_at],
         )?;
         self.apply_user(name, |user| {
             user.state = UserState::Active;
             user.credential_id = credential_id.to_string();
             user.enrolled_at = enrolled_at;
+            user.enroll_request = Vec::new();
         })
     }
 
@@ -318,7 +337,7 @@ fn load_users(conn: &Connection) -> Result<Vec<UserRecord>, StateError> {
     rows.map(|r| r?.map_err(StateError::Corrupt)).collect()
 }
 
-const USER_COLUMNS: &str = "SELECT name, credential_id, backend, key_ref, public_key, hardware_backed, state, failed_attempts, enrolled_at FROM users";
+const USER_COLUMNS: &str = "SELECT name, credential_id, backend, key_ref, public_key, hardware_backed, state, failed_attempts, enrolled_at, enroll_request FROM users";
 
 fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<UserRecord, String>> {
     let name: String = r.get(0)?;
@@ -338,6 +357,7 @@ fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<UserRecord, S
         state,
         failed_attempts: r.get(7)?,
         enrolled_at: r.get(8)?,
+        enroll_request: r.get(9)?,
     }))
 }
 
@@ -356,6 +376,7 @@ mod tests {
             state: UserState::Pending,
             failed_attempts: 0,
             enrolled_at: 10,
+            enroll_request: b"signed request".to_vec(),
         }
     }
 
@@ -430,6 +451,63 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    /// A version-2 database (pending rows without their EnrollUser
+    /// request) opens; its pending row reads with an empty request, which
+    /// startup rolls back as before.
+    #[test]
+    fn version_2_databases_are_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE device (
+                 id INTEGER PRIMARY KEY CHECK (id = 1),
+                 device_id TEXT NOT NULL, portal_url TEXT NOT NULL,
+                 key_secret BLOB NOT NULL, public_key BLOB NOT NULL,
+                 activated_at INTEGER NOT NULL,
+                 attestation TEXT NOT NULL DEFAULT '');
+             CREATE TABLE users (
+                 name TEXT PRIMARY KEY, credential_id TEXT NOT NULL,
+                 backend TEXT NOT NULL, key_ref BLOB NOT NULL,
+                 public_key BLOB NOT NULL, hardware_backed INTEGER NOT NULL,
+                 state TEXT NOT NULL CHECK (state IN ('pending', 'active')),
+                 failed_attempts INTEGER NOT NULL DEFAULT 0,
+                 enrolled_at INTEGER NOT NULL);
+             INSERT INTO users VALUES ('bob', '', 'soft', x'01', x'02', 0, 'pending', 0, 7);
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+        drop(conn);
+        let store = StateStore::open(&path).unwrap();
+        let bob = store.user("bob").unwrap().unwrap();
+        assert_eq!(bob.state, UserState::Pending);
+        assert!(bob.enroll_request.is_empty());
+        store.insert_user(&user("carol")).unwrap();
+        drop(store);
+        let store = StateStore::open(&path).unwrap();
+        assert_eq!(
+            store.user("carol").unwrap().unwrap().enroll_request,
+            b"signed request"
+        );
+        store.activate_user("carol", "cred-9", 11).unwrap();
+        drop(store);
+        let store = StateStore::open(&path).unwrap();
+        assert!(
+            store
+                .user("carol")
+                .unwrap()
+                .unwrap()
+                .enroll_request
+                .is_empty()
+        );
+        drop(store);
+        let conn = Connection::open(&path).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 3);
     }
 
     #[test]

@@ -5,7 +5,8 @@
 
 use fleetkey_plugin::{Attestation, CreateOptions, KeyStoreError, Pin};
 use fleetkey_proto::portal::{self, CodeKind};
-use fleetkey_proto::{EnrollmentInput, Failure, Reason, binding, daemon, time};
+use fleetkey_proto::{EnrollmentInput, Failure, Reason, binding, daemon, time, user_name};
+use prost::Message;
 
 use super::failure::key_store_failure;
 use super::{Engine, Store, user_message, wrong_kind};
@@ -76,7 +77,7 @@ impl Engine {
                 "fleetkeyctl activate",
             ));
         }
-        let name = validate_user_name(&checked.user)?;
+        let name = portal_user_name(&checked.user)?;
         if self.user_record(&name)?.is_some() {
             return Err(already_enrolled(&name));
         }
@@ -86,7 +87,7 @@ impl Engine {
             .create_key(key_id, pin.clone(), options.clone())
             .await?;
         let created = enrolled.key;
-        let record = UserRecord {
+        let mut record = UserRecord {
             name: name.clone(),
             credential_id: String::new(),
             backend: store.name().to_string(),
@@ -96,23 +97,40 @@ impl Engine {
             state: UserState::Pending,
             failed_attempts: 0,
             enrolled_at: time::now_unix(),
+            enroll_request: Vec::new(),
         };
+        let request = match self
+            .enroll_request(&device, &store, &code, &record, &pin)
+            .await
+        {
+            Ok(request) => request,
+            Err(failure) => {
+                self.delete_key(&store, &created.key_ref).await;
+                return Err(failure);
+            }
+        };
+        let attestation_format = request
+            .attestation
+            .as_ref()
+            .map(|a| a.format.clone())
+            .unwrap_or_default();
+        // The pending row keeps the exact signed request: should the
+        // daemon die once the portal has it, startup sends it again.
+        record.enroll_request = request.encode_to_vec();
         let pending = record.clone();
         if let Err(failure) = self.write(move |state| state.insert_user(&pending)).await {
             self.delete_key(&store, &created.key_ref).await;
             return Err(failure);
         }
 
-        let registered = self
-            .register_user(&mut portal, &device, &store, &code, &record, &pin)
-            .await;
-        let (registered, attestation_format) = match registered {
+        let registered = match portal.enroll_user(request).await {
             Ok(registered) => registered,
             Err(failure) => {
                 self.forget_user(&store, &record).await;
                 return Err(failure);
             }
         };
+        crate::fault::crash_point("after-enroll");
         let (portal_hardware_backed, portal_detail) = (
             registered.hardware_backed,
             registered.attestation_detail.clone(),
@@ -123,7 +141,7 @@ impl Engine {
             registered.enrolled_at,
         );
         // Should this fail, the portal has the key but we could not record
-        // it: the pending record is rolled back at the next start.
+        // it: the pending record's request is sent again at the next start.
         self.write(move |state| state.activate_user(&user, &credential, at))
             .await?;
         tracing::info!(user = %name, backend = %store.name(), "user enrolled");
@@ -131,6 +149,7 @@ impl Engine {
             credential_id: registered.credential_id,
             enrolled_at: registered.enrolled_at,
             state: UserState::Active,
+            enroll_request: Vec::new(),
             ..record
         };
         let mut message = user_message(&active, self.max_attempts_for(&active.backend))?;
@@ -152,15 +171,17 @@ impl Engine {
         Ok(message)
     }
 
-    async fn register_user(
+    /// The signed `EnrollUser` request for a new key: the key store's
+    /// attestation (bound to device and code), the proof of possession
+    /// (signed with the user key) and the device signature.
+    pub(super) async fn enroll_request(
         &self,
-        portal: &mut crate::portal_client::Portal,
         device: &DeviceRecord,
         store: &Store,
         code: &str,
         record: &UserRecord,
         pin: &Pin,
-    ) -> Result<(portal::EnrollUserResponse, String), Failure> {
+    ) -> Result<portal::EnrollUserRequest, Failure> {
         let name = store.name();
         let nonce = binding::key_attestation_nonce(&device.device_id, code);
         let attestation = match store
@@ -179,22 +200,18 @@ impl Engine {
             .await?
             .map_err(|e| key_store_failure(name, e))?;
         let device_signature = DeviceKey::from_secret(&device.key_secret)?.sign_digest(&digest)?;
-        let format = attestation.format.clone();
-        portal
-            .enroll_user(portal::EnrollUserRequest {
-                device_id: device.device_id.clone(),
-                code: code.to_string(),
-                user_public_key: record.public_key_der.clone(),
-                backend: name.to_string(),
-                attestation: Some(portal::Attestation {
-                    format: attestation.format,
-                    data: attestation.data,
-                }),
-                user_signature,
-                device_signature,
-            })
-            .await
-            .map(|registered| (registered, format))
+        Ok(portal::EnrollUserRequest {
+            device_id: device.device_id.clone(),
+            code: code.to_string(),
+            user_public_key: record.public_key_der.clone(),
+            backend: name.to_string(),
+            attestation: Some(portal::Attestation {
+                format: attestation.format,
+                data: attestation.data,
+            }),
+            user_signature,
+            device_signature,
+        })
     }
 }
 
@@ -213,17 +230,26 @@ fn same_url(a: &str, b: &str) -> bool {
         .eq_ignore_ascii_case(b.trim_end_matches('/'))
 }
 
-fn validate_user_name(name: &str) -> Result<String, Failure> {
-    let valid = !name.trim().is_empty()
-        && name.chars().count() <= 128
-        && !name.chars().any(char::is_control);
-    if valid {
-        Ok(name.to_string())
-    } else {
-        Err(Failure::new(
-            Reason::PortalError,
-            "the portal bound this code to an empty or unusable user name",
-        ))
+/// The name the portal bound the code to: it must already be in the form
+/// the one user-name rule gives (docs/user-names.md), since that is the
+/// name the portal shows and keeps.
+fn portal_user_name(name: &str) -> Result<String, Failure> {
+    match user_name::normalize(name) {
+        Ok(normalized) if normalized == name => Ok(normalized),
+        Ok(_) => Err(Failure::new(
+            Reason::UserNameInvalid,
+            "the portal bound this code to a user name that is not in normalized form (NFKC)",
+        )
+        .with_hint(
+            "The portal must apply the user-name rule (docs/user-names.md) when it issues codes.",
+        )),
+        Err(e) => Err(Failure::new(
+            Reason::UserNameInvalid,
+            format!("the portal bound this code to an unusable user name: {e}"),
+        )
+        .with_hint(
+            "The portal must apply the user-name rule (docs/user-names.md) when it issues codes.",
+        )),
     }
 }
 

@@ -1,22 +1,30 @@
-//! The one way the engine calls a key store: the work runs on the blocking
-//! pool (key stores talk to hardware, run Argon2, fsync), and the key
-//! store's errors come back as `Failure`s. Operations whose error the
-//! engine interprets itself (the PIN-checked ones) return it raw.
+//! The one way the engine calls a key store: the work waits its turn in
+//! the [`WorkQueue`], runs on the blocking pool (key stores talk to
+//! hardware, run Argon2, fsync), and the key store's errors come back as
+//! `Failure`s. Operations whose error the engine interprets itself (the
+//! PIN-checked ones) return it raw.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use fleetkey_plugin::{
     Attestation, BackendInfo, CardInfo, CreateOptions, CredentialChallenge, Enrolled,
     HardwareIdentity, KeyStore, KeyStoreError, Pin,
 };
 use fleetkey_proto::{Failure, Reason};
+use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
 use super::failure::key_store_failure;
 use crate::backends::Backend;
 
-/// A usable key store, asynchronously.
+/// A usable key store, asynchronously, on behalf of one requester.
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    queue: Arc<WorkQueue>,
+    who: Requester,
 }
 
 /// What a PIN-checked operation returns: the key store's own error is
@@ -24,8 +32,18 @@ pub struct Store {
 pub type Checked<T> = Result<T, KeyStoreError>;
 
 impl Store {
-    pub fn new(backend: Backend) -> Self {
-        Self { backend }
+    pub fn new(backend: Backend, queue: Arc<WorkQueue>) -> Self {
+        Self {
+            backend,
+            queue,
+            who: Requester::Daemon,
+        }
+    }
+
+    /// The same store, with the work counted against `who`'s share.
+    pub fn for_requester(mut self, who: Requester) -> Self {
+        self.who = who;
+        self
     }
 
     pub fn name(&self) -> &str {
@@ -41,15 +59,13 @@ impl Store {
         crate::backends::max_attempts(self.backend.store.as_ref(), policy_max_attempts)
     }
 
-    /// Runs `work` on the blocking pool.
+    /// Runs `work` on the blocking pool, in its turn.
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce(&dyn KeyStore) -> Checked<T> + Send + 'static,
     ) -> Result<Checked<T>, Failure> {
         let store = self.backend.store.clone();
-        tokio::task::spawn_blocking(move || work(store.as_ref()))
-            .await
-            .map_err(|e| Failure::new(Reason::Internal, format!("a worker thread failed: {e}")))
+        self.queue.run(self.who, move || work(store.as_ref())).await
     }
 
     /// Runs `work` on the blocking pool; its error becomes a `Failure`.
@@ -138,3 +154,156 @@ impl Store {
         self.call(move |s| s.activate_credential(&challenge)).await
     }
 }
+
+/// Who asks for key-store work, for the work queue's per-caller share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Requester {
+    /// A local caller, by uid (from SO_PEERCRED).
+    Uid(u32),
+    /// The daemon itself (startup recovery), or an admin flow that holds
+    /// the enrollment lock (one at a time already).
+    Daemon,
+}
+
+/// Bounds the key-store work that runs at once, and each caller's share
+/// of it (docs/daemon-queue.md):
+///
+/// - at most `workers` operations run at once (one per CPU);
+/// - a caller (uid) has at most `per_caller` operations waiting or
+///   running; one more is refused at once with `BUSY`;
+/// - waiting is asynchronous and first come, first served; a caller that
+///   hangs up leaves the queue without its work ever running;
+/// - work that has started runs to its end (a blocking thread cannot be
+///   stopped) and keeps its caller's share until then;
+/// - when the queue falls idle, the allocator gives freed memory back to
+///   the system (`malloc_trim`).
+pub struct WorkQueue {
+    slots: Arc<Semaphore>,
+    per_caller: usize,
+    shares: Mutex<HashMap<u32, usize>>,
+    running: AtomicUsize,
+}
+
+impl WorkQueue {
+    /// A queue with one worker per CPU the daemon may use, and a share of
+    /// as many operations per caller.
+    pub fn sized_to_machine() -> Arc<Self> {
+        let workers = std::thread::available_parallelism().map_or(1, usize::from);
+        Self::new(workers, workers.max(2))
+    }
+
+    pub fn new(workers: usize, per_caller: usize) -> Arc<Self> {
+        Arc::new(Self {
+            slots: Arc::new(Semaphore::new(workers.max(1))),
+            per_caller: per_caller.max(1),
+            shares: Mutex::new(HashMap::new()),
+            running: AtomicUsize::new(0),
+        })
+    }
+
+    /// Takes one of the caller's shares, or refuses with `BUSY`.
+    fn share(self: &Arc<Self>, who: Requester) -> Result<Share, Failure> {
+        let Requester::Uid(uid) = who else {
+            return Ok(Share {
+                queue: None,
+                uid: 0,
+            });
+        };
+        let mut shares = self
+            .shares
+            .lock()
+            .map_err(|_| Failure::new(Reason::Internal, "the work queue was poisoned"))?;
+        let held = shares.entry(uid).or_insert(0);
+        if *held >= self.per_caller {
+            tracing::warn!(
+                uid,
+                held = *held,
+                "refused key-store work: the caller's share of the queue is full"
+            );
+            return Err(Failure::new(
+                Reason::Busy,
+                format!(
+                    "uid {uid} already has {held} key-store operations waiting or running, the most one caller may have",
+                ),
+            )
+            .with_meta("limit", self.per_caller)
+            .with_hint("Wait for your earlier requests to finish, then try again."));
+        }
+        *held += 1;
+        Ok(Share {
+            queue: Some(self.clone()),
+            uid,
+        })
+    }
+
+    /// Runs `work` on the blocking pool once a worker is free. The share
+    /// is taken before waiting, the worker slot asynchronously: a caller
+    /// that hangs up while waiting drops both, and its work never runs.
+    pub async fn run<T: Send + 'static>(
+        self: &Arc<Self>,
+        who: Requester,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Failure> {
+        let share = self.share(who)?;
+        let slot = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Failure::new(Reason::Internal, "the work queue is closed"))?;
+        let queue = self.clone();
+        queue.running.fetch_add(1, Ordering::SeqCst);
+        tokio::task::spawn_blocking(move || {
+            let result = work();
+            drop(slot);
+            drop(share);
+            if queue.running.fetch_sub(1, Ordering::SeqCst) == 1 {
+                give_back_memory();
+            }
+            result
+        })
+        .await
+        .map_err(|e| Failure::new(Reason::Internal, format!("a worker thread failed: {e}")))
+    }
+
+    /// Operations waiting or running for `uid` (for tests and status).
+    pub fn held_by(&self, uid: u32) -> usize {
+        self.shares
+            .lock()
+            .map(|s| s.get(&uid).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+}
+
+/// One of a caller's shares of the queue; given back when dropped.
+struct Share {
+    queue: Option<Arc<WorkQueue>>,
+    uid: u32,
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        let Some(queue) = &self.queue else { return };
+        if let Ok(mut shares) = queue.shares.lock()
+            && let Some(held) = shares.get_mut(&self.uid)
+        {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                shares.remove(&self.uid);
+            }
+        }
+    }
+}
+
+/// Returns the memory freed by finished key-store work (Argon2 buffers in
+/// particular) to the system, once the queue is idle.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn give_back_memory() {
+    // SAFETY: malloc_trim has no preconditions; it only releases free memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn give_back_memory() {}

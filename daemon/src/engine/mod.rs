@@ -17,15 +17,17 @@ mod failure;
 mod keystore;
 mod recovery;
 mod signing;
+#[cfg(test)]
+mod tests;
 mod users;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use fleetkey_proto::{Failure, Reason, daemon};
+use fleetkey_proto::{Failure, Reason, daemon, user_name};
 use p256::pkcs8::{DecodePublicKey, EncodePublicKey, LineEnding};
 
-pub use keystore::Store;
+pub use keystore::{Requester, Store, WorkQueue};
 pub use recovery::Recovery;
 
 use crate::backends::Backends;
@@ -48,10 +50,14 @@ pub struct Engine {
     state: Arc<StateStore>,
     backends: Backends,
     portal: PortalConnector,
+    /// Bounds the key-store work that runs at once, and each caller's
+    /// share of it.
+    queue: Arc<WorkQueue>,
     /// One activation or enrollment at a time.
     enroll_lock: tokio::sync::Mutex<()>,
     /// One PIN-checking operation per user at a time, so concurrent
-    /// guesses cannot outrun the attempt counter.
+    /// guesses cannot outrun the attempt counter. Entries only for
+    /// enrolled users (looked up first), removed with the user.
     user_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -70,6 +76,7 @@ impl Engine {
             state,
             backends,
             portal,
+            queue: WorkQueue::sized_to_machine(),
             enroll_lock: tokio::sync::Mutex::new(()),
             user_locks: Mutex::new(HashMap::new()),
         }
@@ -132,7 +139,7 @@ impl Engine {
 
     /// The named key store, or why it cannot be used.
     fn store(&self, name: &str) -> Result<Store, Failure> {
-        Ok(Store::new(self.backends.get(name)?))
+        Ok(Store::new(self.backends.get(name)?, self.queue.clone()))
     }
 
     /// Every available key store.
@@ -140,7 +147,7 @@ impl Engine {
         self.backends
             .available()
             .into_iter()
-            .map(Store::new)
+            .map(|backend| Store::new(backend, self.queue.clone()))
             .collect()
     }
 
@@ -181,14 +188,24 @@ impl Engine {
         Ok(self.state.user(name)?)
     }
 
+    /// The enrolled (active) user a request names. The name is looked up
+    /// as given, then in its normalized form; a name that breaks the rule
+    /// (docs/user-names.md) is refused without being copied anywhere.
     fn require_user(&self, name: &str) -> Result<UserRecord, Failure> {
-        match self.user_record(name)? {
-            Some(user) if user.state == UserState::Active => Ok(user),
-            _ => Err(Failure::new(
-                Reason::UserUnknown,
-                format!("no user named '{name}' is enrolled on this device"),
-            )),
+        let active = |user: Option<UserRecord>| user.filter(|u| u.state == UserState::Active);
+        if let Some(user) = active(self.user_record(name)?) {
+            return Ok(user);
         }
+        let normalized = user_name::normalize(name).map_err(name_invalid)?;
+        if normalized != name
+            && let Some(user) = active(self.user_record(&normalized)?)
+        {
+            return Ok(user);
+        }
+        Err(Failure::new(
+            Reason::UserUnknown,
+            format!("no user named '{normalized}' is enrolled on this device"),
+        ))
     }
 
     async fn delete_key(&self, store: &Store, key_ref: &[u8]) {
@@ -223,6 +240,13 @@ fn wrong_kind(is: &str, cannot: &str, instead: &str) -> Failure {
     .with_hint(format!(
         "Use it with {instead}, or ask the portal for the right kind of code."
     ))
+}
+
+/// A user name that breaks the rule. The message says why, never the
+/// name itself (it may be megabytes long).
+fn name_invalid(error: user_name::UserNameError) -> Failure {
+    Failure::new(Reason::UserNameInvalid, error.to_string())
+        .with_hint("User names follow one rule: see docs/user-names.md.")
 }
 
 fn host_name() -> String {

@@ -2,13 +2,11 @@
 //! One such operation per user at a time (the per-user locks), so that
 //! concurrent guesses cannot outrun the durable wrong-PIN count.
 
-use std::sync::Arc;
-
 use fleetkey_plugin::{KeyStoreError, Operation, Pin};
 use fleetkey_proto::{Failure, Reason, daemon};
 
 use super::failure::key_store_failure;
-use super::{Engine, public_key_pem};
+use super::{Engine, Requester, public_key_pem};
 use crate::pin_policy;
 use crate::state::UserRecord;
 
@@ -16,6 +14,7 @@ impl Engine {
     /// Signs a SHA-256 digest with the user's key, counting wrong PINs.
     pub async fn sign(
         &self,
+        who: Requester,
         name: &str,
         pin: Pin,
         digest: &[u8],
@@ -29,11 +28,9 @@ impl Engine {
                 ),
             )
         })?;
-        let lock = self.user_lock(name)?;
-        let _guard = lock.lock().await;
-        let user = self.require_user(name)?;
+        let (_guard, user) = self.lock_user(name).await?;
         self.refuse_if_locked(&user)?;
-        let store = self.store(&user.backend)?;
+        let store = self.store(&user.backend)?.for_requester(who);
         let outcome = store.sign_digest(user.key_ref.clone(), pin, digest).await?;
         let signature = self.count_pin_outcome(&user, outcome).await?;
         Ok(daemon::SignResponse {
@@ -43,12 +40,16 @@ impl Engine {
     }
 
     /// Changes a user's PIN, with the old one.
-    pub async fn change_pin(&self, name: &str, old_pin: Pin, new_pin: Pin) -> Result<(), Failure> {
-        let lock = self.user_lock(name)?;
-        let _guard = lock.lock().await;
-        let user = self.require_user(name)?;
+    pub async fn change_pin(
+        &self,
+        who: Requester,
+        name: &str,
+        old_pin: Pin,
+        new_pin: Pin,
+    ) -> Result<(), Failure> {
+        let (_guard, user) = self.lock_user(name).await?;
         self.refuse_if_locked(&user)?;
-        let store = self.store(&user.backend)?;
+        let store = self.store(&user.backend)?.for_requester(who);
         pin_policy::check(
             &self.pin_policy,
             store.name(),
@@ -70,11 +71,16 @@ impl Engine {
 
     /// Sets a new PIN with the PUK (key stores that have one, e.g. PIV
     /// cards) and clears the user's wrong-PIN count.
-    pub async fn unblock_pin(&self, name: &str, puk: Pin, new_pin: Pin) -> Result<(), Failure> {
-        let lock = self.user_lock(name)?;
-        let _guard = lock.lock().await;
-        let user = self.require_user(name)?;
-        let store = self.store(&user.backend)?;
+    pub async fn unblock_pin(
+        &self,
+        who: Requester,
+        name: &str,
+        puk: Pin,
+        new_pin: Pin,
+    ) -> Result<(), Failure> {
+        let (_guard, user) = self.lock_user(name).await?;
+        let name = user.name.as_str();
+        let store = self.store(&user.backend)?.for_requester(who);
         pin_policy::check(
             &self.pin_policy,
             store.name(),
@@ -200,11 +206,32 @@ impl Engine {
         Ok(())
     }
 
-    fn user_lock(&self, name: &str) -> Result<Arc<tokio::sync::Mutex<()>>, Failure> {
-        let mut locks = self
-            .user_locks
-            .lock()
-            .map_err(|_| Failure::new(Reason::Internal, "the user lock table was poisoned"))?;
-        Ok(locks.entry(name.to_string()).or_default().clone())
+    /// Takes the lock of the enrolled user `name` names, and reads the
+    /// user's record again under it. The user is looked up first, so
+    /// unknown or invalid names leave nothing behind in the lock table.
+    async fn lock_user(
+        &self,
+        name: &str,
+    ) -> Result<(tokio::sync::OwnedMutexGuard<()>, UserRecord), Failure> {
+        let user = self.require_user(name)?;
+        let lock = {
+            let mut locks = self
+                .user_locks
+                .lock()
+                .map_err(|_| Failure::new(Reason::Internal, "the user lock table was poisoned"))?;
+            locks.entry(user.name.clone()).or_default().clone()
+        };
+        let guard = lock.lock_owned().await;
+        // Read again under the lock: the wrong-PIN count may have moved,
+        // or the user been removed, while we waited.
+        let user = self.require_user(&user.name)?;
+        Ok((guard, user))
+    }
+
+    /// Forgets a removed user's lock.
+    pub(super) fn drop_user_lock(&self, name: &str) {
+        if let Ok(mut locks) = self.user_locks.lock() {
+            locks.remove(name);
+        }
     }
 }

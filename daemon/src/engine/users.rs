@@ -7,13 +7,25 @@ use super::{Engine, user_message};
 use crate::device_key::DeviceKey;
 use crate::state::{DeviceRecord, UserRecord, UserState};
 
+/// What `user list` says of a user whose enrollment waits for the portal.
+pub const PENDING_NOTE: &str = "enrollment pending: the daemon stopped before the portal confirmed it, and the portal could not be reached since; it is tried again every minute";
+
 impl Engine {
     pub async fn list_users(&self) -> Result<Vec<daemon::User>, Failure> {
         let users = self.state.users()?;
+        // A pending row while an enrollment runs is that enrollment's;
+        // shown are only those left pending by a crash.
+        let enrolling = self.enroll_lock.try_lock().is_err();
         users
             .iter()
-            .filter(|u| u.state == UserState::Active)
-            .map(|u| user_message(u, self.max_attempts_for(&u.backend)))
+            .filter(|u| u.state == UserState::Active || !enrolling)
+            .map(|u| {
+                let mut message = user_message(u, self.max_attempts_for(&u.backend))?;
+                if u.state == UserState::Pending {
+                    message.notes.push(PENDING_NOTE.into());
+                }
+                Ok(message)
+            })
             .collect()
     }
 
@@ -27,13 +39,21 @@ impl Engine {
     /// orphaned key that the next start deletes.
     pub async fn remove_user(&self, name: &str) -> Result<daemon::RemoveUserResponse, Failure> {
         let _guard = self.enroll_lock.lock().await;
+        if let Some(pending) = self
+            .user_record(name)?
+            .filter(|u| u.state == UserState::Pending)
+        {
+            return self.remove_pending(&pending).await;
+        }
         let user = self.require_user(name)?;
+        let name = user.name.as_str();
         let device = self.require_device()?;
         let revoked = self.revoke(&device, &user).await;
         let store = self.store(&user.backend);
         let user_name = user.name.clone();
         self.write(move |state| state.delete_user(&user_name))
             .await?;
+        self.drop_user_lock(name);
         match store {
             Ok(store) => self.delete_key(&store, &user.key_ref).await,
             Err(e) => {
@@ -44,6 +64,26 @@ impl Engine {
         Ok(daemon::RemoveUserResponse {
             revoked_at_portal: revoked.is_ok(),
             portal_message: revoked.err().map(|f| f.message).unwrap_or_default(),
+        })
+    }
+
+    /// Removes a user whose enrollment the portal has not confirmed (it
+    /// was unreachable since): row, then key. There is no credential to
+    /// revoke at the portal.
+    async fn remove_pending(
+        &self,
+        user: &UserRecord,
+    ) -> Result<daemon::RemoveUserResponse, Failure> {
+        let user_name = user.name.clone();
+        self.write(move |state| state.delete_user(&user_name))
+            .await?;
+        if let Ok(store) = self.store(&user.backend) {
+            self.delete_key(&store, &user.key_ref).await;
+        }
+        tracing::warn!(user = %user.name, "removed a user whose enrollment the portal never confirmed");
+        Ok(daemon::RemoveUserResponse {
+            revoked_at_portal: false,
+            portal_message: "the portal never confirmed this enrollment; if it recorded it, its administrator can revoke it there".into(),
         })
     }
 
