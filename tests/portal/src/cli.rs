@@ -19,9 +19,7 @@ use crate::error::PortalError;
 use crate::qr;
 use crate::rate_limit::{DEFAULT_BURST, DEFAULT_PER_SECOND, RateLimit};
 use crate::server::{TrustAnchors, bound_url, check_public_url, check_tls, run_with};
-use crate::store::{
-    CodeKind, CodeRecord, EkCertificateStatus, Enrollment, IssuedCode, Store, StoreError,
-};
+use crate::store::{CodeKind, CodeRecord, EkCertificateStatus, Enrollment, Store, StoreError};
 
 /// The default lifetime of an activation code, in seconds.
 pub const DEFAULT_TTL_SECS: i64 = 600;
@@ -498,7 +496,7 @@ fn issue(args: IssueArgs) -> Result<(), PortalError> {
     };
 
     let now = now_unix();
-    let IssuedCode { code, record } =
+    let crate::store::IssuedCode { code, record } =
         store.issue_code(args.kind, args.user.as_deref(), args.ttl, now)?;
     let payload = EnrollmentPayload {
         code: code.clone(),

@@ -1426,7 +1426,7 @@ mod tests {
         drop(store);
         let error = Store::open(&dir.path().join("portal.db")).unwrap_err();
         assert!(
-            matches!(error, StoreError::TooNew { found: 3, .. }),
+            matches!(error, StoreError::TooNew { found: 4, .. }),
             "{error}"
         );
         assert!(error.to_string().contains("newer fleetkey-portal"));
