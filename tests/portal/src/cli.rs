@@ -6,8 +6,9 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
-use fleetkey_proto::EnrollmentPayload;
+use fleetkey_proto::terminal::escape;
 use fleetkey_proto::time::{now_unix, rfc3339};
+use fleetkey_proto::{EnrollmentPayload, user_name};
 use p256::ecdsa::VerifyingKey;
 use p256::pkcs8::{DecodePublicKey, EncodePublicKey, LineEnding};
 use serde::Serialize;
@@ -16,6 +17,7 @@ use tonic::transport::{Identity, ServerTlsConfig};
 
 use crate::error::PortalError;
 use crate::qr;
+use crate::rate_limit::{DEFAULT_BURST, DEFAULT_PER_SECOND, RateLimit};
 use crate::server::{TrustAnchors, bound_url, check_public_url, check_tls, run_with};
 use crate::store::{CodeKind, CodeRecord, EkCertificateStatus, Enrollment, Store, StoreError};
 
@@ -37,7 +39,11 @@ pub const MAX_TTL_SECS: i64 = 365 * 24 * 3600;
         QR code) that activates a device, and `fleetkey-portal code issue --db portal.db --kind user \
         --user alice` for each user to add to it.\n\n\
         Data (URLs, codes, JSON) goes to stdout; messages and logs go to stderr. Errors are printed \
-        as `error: ...` with exit status 1; command-line usage errors exit with status 2.\n\n\
+        as `error: ...` with exit status 1; command-line usage errors (a missing or invalid option, \
+        options that do not go together) exit with status 2.\n\n\
+        The database and its -wal/-shm files are private to the user running the portal (mode \
+        0600), and codes are kept only as keyed hashes: the key is in DB.key beside the database \
+        (made on first run, mode 0600); back both up together.\n\n\
         FLEETKEY_PORTAL_LOG sets the log level (error, warn, info, debug, trace)."
 )]
 pub struct Cli {
@@ -53,13 +59,19 @@ pub enum Command {
         Once listening, prints the portal's URL as one line on stdout (e.g. http://127.0.0.1:40123) \
         and records it in the database, where `code issue` takes it for the QR codes. Listening on \
         port 0 picks a free port. Plaintext is allowed only on a loopback address; any other \
-        address needs --tls-cert and --tls-key. Stops gracefully on SIGTERM or SIGINT."
+        address needs --tls-cert and --tls-key. Stops gracefully on SIGTERM or SIGINT.\n\n\
+        Rate limits: each peer (IP address; IPv6 by /64) and each registered device has a token \
+        bucket of --rate-limit-burst calls that refills at --rate-limit-per-second. CheckCode, \
+        RegisterDevice and CompleteTpmActivation, and signed calls whose device signature does not \
+        verify, are charged to the peer; EnrollUser and RevokeUser that the device's key signed are \
+        charged to the device only. A call over the limit is answered RATE_LIMITED with \
+        retry_after_seconds."
     )]
     Serve(ServeArgs),
     /// Issue activation codes.
     #[command(subcommand)]
     Code(CodeCommand),
-    /// Look at enrolled users.
+    /// Look at enrolled users, revoke their credentials.
     #[command(subcommand)]
     User(UserCommand),
     /// Look at registered devices.
@@ -103,6 +115,38 @@ pub struct ServeArgs {
     /// TLS private key (PEM) of --tls-cert.
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Calls a peer or a device may make at once before the rate limit
+    /// applies.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_BURST,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit_burst: u32,
+    /// Calls per second a peer or a device may make once its burst is
+    /// spent (a decimal number, e.g. 0.5).
+    #[arg(long, value_name = "RATE", default_value_t = DEFAULT_PER_SECOND,
+          value_parser = parse_rate)]
+    pub rate_limit_per_second: f64,
+    /// Turn the rate limits off (for benchmarks; never on a portal others
+    /// can reach).
+    #[arg(long, conflicts_with_all = ["rate_limit_burst", "rate_limit_per_second"])]
+    pub no_rate_limit: bool,
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let rate: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    RateLimit {
+        burst: 1,
+        per_second: rate,
+    }
+    .validate()
+    .map(|limit| limit.per_second)
+}
+
+/// A user name from the command line, by the one user-name rule
+/// (docs/user-names.md): its normalized form, or why it is refused.
+pub fn parse_user_name(text: &str) -> Result<String, String> {
+    user_name::normalize(text).map_err(|error| format!("USER_NAME_INVALID: {error}"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,8 +173,10 @@ pub struct IssueArgs {
     #[arg(long, value_enum)]
     pub kind: CodeKind,
     /// The user the code enrolls (required with --kind user; a hint shown
-    /// on the device with --kind device).
-    #[arg(long, value_name = "NAME")]
+    /// on the device with --kind device). Checked and normalized by the one
+    /// user-name rule (docs/user-names.md).
+    #[arg(long, value_name = "NAME", required_if_eq("kind", "user"),
+          value_parser = parse_user_name)]
     pub user: Option<String>,
     /// Seconds until the code expires.
     #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_TTL_SECS,
@@ -169,16 +215,43 @@ pub enum UserCommand {
         \"attestation_format\", \"hardware_backed\", \"attestation_detail\", \"enrolled_at\" (RFC 3339)}."
     )]
     List(ListArgs),
+    /// Revoke a user's credential on a device.
+    #[command(
+        long_about = "Revoke a user's active credential on a device, as the device itself would \
+        with RevokeUser: the portal stops trusting the key, and the user can be enrolled on that \
+        device again with a new add-user code (`code issue --kind user --user NAME`). Use it when a \
+        device was lost or decommissioned, or when `fleetkeyctl user remove` could not reach the \
+        portal. The key on the device is not touched.\n\n\
+        A user enrolled on several devices needs --device. With --json, one object: {\"user\", \
+        \"device_id\", \"credential_id\", \"revoked_at\" (RFC 3339)}."
+    )]
+    Revoke(UserRevokeArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct UserShowArgs {
     #[command(flatten)]
     pub db: DbArg,
-    /// The user's name, as bound to their add-user code.
-    #[arg(value_name = "NAME")]
+    /// The user's name, as bound to their add-user code (normalized by the
+    /// user-name rule, so a full-width or decomposed form finds it).
+    #[arg(value_name = "NAME", value_parser = parse_user_name)]
     pub user: String,
     /// The device to show the user's enrollment on.
+    #[arg(long, value_name = "ID")]
+    pub device: Option<String>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UserRevokeArgs {
+    #[command(flatten)]
+    pub db: DbArg,
+    /// The user whose credential to revoke.
+    #[arg(value_name = "NAME", value_parser = parse_user_name)]
+    pub user: String,
+    /// The device to revoke the user's credential on.
     #[arg(long, value_name = "ID")]
     pub device: Option<String>,
     /// Print one JSON object.
@@ -220,6 +293,7 @@ pub fn run_cli(cli: Cli) -> Result<(), PortalError> {
         Command::Code(CodeCommand::Issue(args)) => issue(args),
         Command::User(UserCommand::Show(args)) => user_show(args),
         Command::User(UserCommand::List(args)) => user_list(args),
+        Command::User(UserCommand::Revoke(args)) => user_revoke(args),
         Command::Device(DeviceCommand::List(args)) => device_list(args),
     }
 }
@@ -325,6 +399,10 @@ fn serve(args: ServeArgs) -> Result<(), PortalError> {
         piv_attestation_roots: roots,
         tpm_ek_roots,
     };
+    let rate_limit = (!args.no_rate_limit).then_some(RateLimit {
+        burst: args.rate_limit_burst,
+        per_second: args.rate_limit_per_second,
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -355,7 +433,7 @@ fn serve(args: ServeArgs) -> Result<(), PortalError> {
         store.db().set_public_url(&url)?;
         print(&format!("{url}\n"))?;
         tracing::info!(%url, "portal listening");
-        run_with(store, listener, tls, trust, shutdown).await
+        run_with(store, listener, tls, trust, rate_limit, shutdown).await
     })
 }
 
@@ -389,29 +467,14 @@ pub struct IssuedCode {
     pub user: Option<String>,
 }
 
-fn check_user_name(user: &str) -> Result<(), PortalError> {
-    if user.trim().is_empty() {
-        return Err(PortalError::Usage("--user must not be empty".into()));
-    }
-    if user.chars().count() > crate::service::MAX_NAME_LEN || user.chars().any(char::is_control) {
-        return Err(PortalError::Usage(format!(
-            "--user must be at most {} characters without control characters",
-            crate::service::MAX_NAME_LEN
-        )));
-    }
-    Ok(())
-}
-
 fn issue(args: IssueArgs) -> Result<(), PortalError> {
-    match (&args.kind, &args.user) {
-        (CodeKind::User, None) => {
-            return Err(PortalError::Usage(
-                "--kind user needs --user NAME: an add-user code is bound to the user it enrolls"
-                    .into(),
-            ));
-        }
-        (_, Some(user)) => check_user_name(user)?,
-        (CodeKind::Device, None) => {}
+    // clap has checked --user against the user-name rule, and requires it
+    // with --kind user.
+    if args.kind == CodeKind::User && args.user.is_none() {
+        return Err(PortalError::Usage(
+            "--kind user needs --user NAME: an add-user code is bound to the user it enrolls"
+                .into(),
+        ));
     }
     if let Some(url) = &args.portal_url {
         check_public_url(url).map_err(|_| {
@@ -433,13 +496,8 @@ fn issue(args: IssueArgs) -> Result<(), PortalError> {
     };
 
     let now = now_unix();
-    let record = store.issue_code(args.kind, args.user.as_deref(), args.ttl, now)?;
-    let code = fleetkey_proto::ActivationCode::parse(&record.code).map_err(|error| {
-        StoreError::Corrupt {
-            what: "new code",
-            value: format!("{} ({error})", record.code),
-        }
-    })?;
+    let crate::store::IssuedCode { code, record } =
+        store.issue_code(args.kind, args.user.as_deref(), args.ttl, now)?;
     let payload = EnrollmentPayload {
         code: code.clone(),
         portal_url,
@@ -447,7 +505,7 @@ fn issue(args: IssueArgs) -> Result<(), PortalError> {
         expires_at: Some(record.expires_at),
     };
     let uri = payload.to_uri();
-    tracing::info!(code = %code, kind = %record.kind, user = ?record.user, "code issued");
+    tracing::info!(kind = %record.kind, user = ?record.user, "code issued");
 
     if let Some(path) = &args.qr_png {
         let bytes = qr::png(&uri)?;
@@ -521,16 +579,23 @@ fn duration_text(secs: i64) -> String {
     }
 }
 
-/// `Label:   value` lines with the values aligned.
+/// `Label:   value` lines with the values aligned. Values are escaped for
+/// the terminal: names, details and URIs come from devices and callers.
 fn aligned(rows: &[(&str, String)]) -> String {
     let width = rows.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
     rows.iter()
-        .map(|(label, value)| format!("{label:<width$}  {value}\n"))
+        .map(|(label, value)| format!("{label:<width$}  {}\n", escape(value)))
         .collect()
 }
 
-/// A table with a header row and columns padded to their widest cell.
+/// A table with a header row and columns padded to their widest cell;
+/// cells are escaped for the terminal, as in [`aligned`].
 fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| escape(cell).into_owned()).collect())
+        .collect();
+    let rows = rows.as_slice();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -605,30 +670,41 @@ fn public_key_pem(enrollment: &Enrollment) -> Result<String, PortalError> {
         .map_err(|e| corrupt(e.to_string()))?)
 }
 
-fn user_show(args: UserShowArgs) -> Result<(), PortalError> {
-    let store = Store::open_existing(&args.db.db)?;
-    let mut enrollments = store.db().active_enrollments(Some(&args.user))?;
-    if let Some(device) = &args.device {
-        enrollments.retain(|e| &e.device_id == device);
+/// The one active enrollment of `user` (on `device`, when given).
+fn pick_enrollment(
+    store: &Store,
+    user: &str,
+    device: Option<&str>,
+) -> Result<Enrollment, PortalError> {
+    let mut enrollments = store.db().active_enrollments(Some(user))?;
+    if let Some(device) = device {
+        enrollments.retain(|e| e.device_id == device);
     }
-    let enrollment = match enrollments.len() {
-        0 => {
-            return Err(PortalError::NotFound(match &args.device {
-                Some(device) => format!("user {} is not enrolled on device {device}", args.user),
-                None => format!("no user {} is enrolled with this portal", args.user),
-            }));
-        }
-        1 => enrollments.remove(0),
+    match enrollments.len() {
+        0 => Err(PortalError::NotFound(match device {
+            Some(device) => format!(
+                "user {} is not enrolled on device {}",
+                escape(user),
+                escape(device)
+            ),
+            None => format!("no user {} is enrolled with this portal", escape(user)),
+        })),
+        1 => Ok(enrollments.remove(0)),
         _ => {
             let devices: Vec<&str> = enrollments.iter().map(|e| e.device_id.as_str()).collect();
-            return Err(PortalError::Usage(format!(
+            Err(PortalError::Usage(format!(
                 "user {} is enrolled on {} devices ({}); pick one with --device ID",
-                args.user,
+                escape(user),
                 devices.len(),
                 devices.join(", ")
-            )));
+            )))
         }
-    };
+    }
+}
+
+fn user_show(args: UserShowArgs) -> Result<(), PortalError> {
+    let store = Store::open_existing(&args.db.db)?;
+    let enrollment = pick_enrollment(&store, &args.user, args.device.as_deref())?;
     let details = UserDetails {
         public_key_pem: public_key_pem(&enrollment)?,
         user: enrollment.user,
@@ -715,6 +791,65 @@ fn user_list(args: ListArgs) -> Result<(), PortalError> {
     ))
 }
 
+/// What `user revoke --json` prints.
+#[derive(Debug, Serialize)]
+pub struct RevokedCredential {
+    pub user: String,
+    pub device_id: String,
+    pub credential_id: String,
+    /// RFC 3339, UTC.
+    pub revoked_at: String,
+}
+
+fn user_revoke(args: UserRevokeArgs) -> Result<(), PortalError> {
+    let mut store = Store::open_existing(&args.db.db)?;
+    let enrollment = pick_enrollment(&store, &args.user, args.device.as_deref())?;
+    let now = now_unix();
+    let revoked = store
+        .immediate(|db| {
+            db.revoke(
+                &enrollment.device_id,
+                &enrollment.user,
+                Some(&enrollment.credential_id),
+                now,
+            )
+        })?
+        .ok_or_else(|| {
+            PortalError::NotFound(format!(
+                "user {}'s credential {} on device {} was revoked by someone else meanwhile",
+                escape(&enrollment.user),
+                enrollment.credential_id,
+                enrollment.device_id
+            ))
+        })?;
+    tracing::info!(
+        user = %escape(&revoked.user),
+        device_id = %revoked.device_id,
+        credential_id = %revoked.credential_id,
+        "credential revoked by the portal's administrator"
+    );
+    let result = RevokedCredential {
+        user: revoked.user,
+        device_id: revoked.device_id,
+        credential_id: revoked.credential_id,
+        revoked_at: rfc3339(now),
+    };
+    if args.json {
+        return print_json(&result);
+    }
+    print(&format!(
+        "Revoked {}'s credential {} on device {}.\n",
+        escape(&result.user),
+        result.credential_id,
+        result.device_id
+    ))?;
+    eprintln!(
+        "The device's key is no longer trusted. To enroll the user on that device again, issue a new code: fleetkey-portal code issue --kind user --user \"{}\"",
+        escape(&result.user)
+    );
+    Ok(())
+}
+
 // ---- device list ----
 
 /// One element of `device list --json`.
@@ -750,7 +885,7 @@ fn device_list(args: ListArgs) -> Result<(), PortalError> {
             DeviceListEntry {
                 tpm_verified: tpm.is_some(),
                 tpm_verified_at: tpm.map(|t| rfc3339(t.verified_at)),
-                ak_name: tpm.map(|t| crate::tpm::hex(&t.ak_name)),
+                ak_name: tpm.map(|t| hex::encode(&t.ak_name)),
                 ek_certificate: tpm.map(|t| t.ek_certificate_status),
                 ek_certificate_anchor: tpm.and_then(|t| t.ek_certificate_anchor.clone()),
                 attestation_detail: if d.device.attestation_detail.is_empty() {

@@ -116,62 +116,41 @@ pub fn certificate(data: &[u8]) -> Option<(Certificate<'_>, &[u8])> {
     ))
 }
 
-/// The DER certificates of a PEM file, in order.
+/// The DER certificates of a PEM file, in order. Each block is decoded by
+/// `pem-rfc7468` (strict RFC 7468 base64); blocks with another label than
+/// CERTIFICATE are skipped, and text between blocks is ignored.
 pub fn pem_certificates(text: &str) -> Result<Vec<Vec<u8>>, String> {
+    const BEGIN: &str = "-----BEGIN ";
+    const END: &str = "-----END ";
     let mut certificates = Vec::new();
-    let mut inside: Option<String> = None;
-    for line in text.lines().map(str::trim) {
-        match (line, inside.as_mut()) {
-            ("-----BEGIN CERTIFICATE-----", None) => inside = Some(String::new()),
-            ("-----END CERTIFICATE-----", Some(body)) => {
-                let number = certificates.len() + 1;
-                let der = base64_decode(body)
-                    .ok_or_else(|| format!("certificate {number} is not valid base64"))?;
-                match certificate(&der) {
-                    Some((_, [])) => {}
-                    _ => return Err(format!("certificate {number} is not valid X.509 DER")),
-                }
-                certificates.push(der);
-                inside = None;
-            }
-            (line, Some(body)) => body.push_str(line),
-            _ => {}
+    let mut rest = text;
+    while let Some(start) = rest.find(BEGIN) {
+        let block = rest.get(start..).unwrap_or_default();
+        let end = block
+            .find(END)
+            .ok_or("a PEM block has no END line (-----END CERTIFICATE-----)")?;
+        let after_end = block.get(end..).unwrap_or_default();
+        let end_line = after_end.find('\n').map_or(after_end.len(), |i| i + 1);
+        let (pem, next) = block
+            .split_at_checked(end + end_line)
+            .unwrap_or((block, ""));
+        rest = next;
+        let number = certificates.len() + 1;
+        let (label, der) = pem_rfc7468::decode_vec(pem.trim_end().as_bytes())
+            .map_err(|e| format!("PEM block {number} is not valid PEM: {e}"))?;
+        if label != "CERTIFICATE" {
+            continue;
         }
-    }
-    if inside.is_some() {
-        return Err("a certificate has no END CERTIFICATE line".into());
+        match certificate(&der) {
+            Some((_, [])) => {}
+            _ => return Err(format!("certificate {number} is not valid X.509 DER")),
+        }
+        certificates.push(der);
     }
     if certificates.is_empty() {
         return Err("no certificate in the file".into());
     }
     Ok(certificates)
-}
-
-pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let value = |c: u8| match c {
-        b'A'..=b'Z' => Some(c - b'A'),
-        b'a'..=b'z' => Some(c - b'a' + 26),
-        b'0'..=b'9' => Some(c - b'0' + 52),
-        b'+' => Some(62),
-        b'/' => Some(63),
-        _ => None,
-    };
-    let bytes: Vec<u8> = text.bytes().filter(|c| *c != b'=').collect();
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    for chunk in bytes.chunks(4) {
-        let mut n = 0u32;
-        for (i, c) in chunk.iter().enumerate() {
-            n |= u32::from(value(*c)?) << (18 - 6 * i);
-        }
-        out.push((n >> 16) as u8);
-        if chunk.len() > 2 {
-            out.push((n >> 8) as u8);
-        }
-        if chunk.len() > 3 {
-            out.push(n as u8);
-        }
-    }
-    Some(out)
 }
 
 /// An OID's dotted text, e.g. `1.2.840.113549.1.1.5`.
@@ -309,10 +288,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn base64() {
-        assert_eq!(base64_decode("aGVsbG8=").unwrap(), b"hello");
-        assert_eq!(base64_decode("aGk=").unwrap(), b"hi");
-        assert!(base64_decode("a*==").is_none());
+    fn pem_bundles_are_read_block_by_block() {
+        assert!(pem_certificates("nothing").is_err());
+        // Bad base64 inside a block.
+        let bad = "-----BEGIN CERTIFICATE-----\na*==\n-----END CERTIFICATE-----\n";
+        assert!(pem_certificates(bad).unwrap_err().contains("not valid PEM"));
+        let unterminated = "-----BEGIN CERTIFICATE-----\nAAAA\n";
+        assert!(pem_certificates(unterminated).unwrap_err().contains("END"));
+        // Valid base64 that is not a certificate.
+        let not_x509 = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        assert!(pem_certificates(not_x509).unwrap_err().contains("X.509"));
     }
 
     #[test]
@@ -333,6 +318,5 @@ mod tests {
             (4, &[4, 1, 0xAA][..], &[0xAA][..], &[0xBB][..])
         );
         assert!(certificate(&[0x30, 0x03, 0x02, 0x01, 0x01]).is_none());
-        assert!(pem_certificates("nothing").is_err());
     }
 }

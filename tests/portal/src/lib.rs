@@ -6,8 +6,11 @@
 //! gRPC API that fleetkeyd speaks. Tests and demos run against it, and it is
 //! the reference an enterprise follows in its own portal.
 //!
-//! - [`store`]: the SQLite database (codes, devices, enrollments).
-//! - [`service`]: the gRPC service and its checks.
+//! - [`store`]: the SQLite database (codes, devices, enrollments);
+//!   [`code_key`]: codes kept as keyed hashes; [`files`]: the portal's
+//!   files are private (0600).
+//! - [`service`]: the gRPC service and its checks; [`rate_limit`]: the
+//!   per-peer and per-device token buckets in front of it.
 //! - [`server`]: running it ([`serve`] for tests and benchmarks).
 //! - [`cli`]: the `fleetkey-portal` command line.
 //! - [`qr`]: QR codes for terminals and PNG files.
@@ -17,9 +20,12 @@
 
 pub mod attestation;
 pub mod cli;
+pub mod code_key;
 pub mod der;
 pub mod error;
+pub mod files;
 pub mod qr;
+pub mod rate_limit;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
+use fleetkey_portal::PortalError;
 use fleetkey_portal::cli::{Cli, Command, run_cli};
 
 fn main() -> ExitCode {
@@ -13,7 +14,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error}");
-            ExitCode::FAILURE
+            // Exit statuses as `--help` promises: 2 for a command line
+            // that makes no sense, 1 for everything else.
+            match error {
+                PortalError::Usage(_) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }

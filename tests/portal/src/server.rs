@@ -13,6 +13,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Server, ServerTlsConfig};
 
 use crate::error::PortalError;
+use crate::rate_limit::RateLimit;
 use crate::service::PortalService;
 use crate::store::Store;
 
@@ -75,16 +76,25 @@ pub async fn serve(
     run(store, listener, None, shutdown).await
 }
 
-/// Serves the portal API on `listener` (with TLS when `tls` is given) until
-/// `shutdown` completes, then waits up to [`SHUTDOWN_GRACE`] for open
-/// connections to finish. The caller has set up the store.
+/// Serves the portal API on `listener` (with TLS when `tls` is given, and
+/// the default rate limits) until `shutdown` completes, then waits up to
+/// [`SHUTDOWN_GRACE`] for open connections to finish. The caller has set
+/// up the store.
 pub async fn run(
     store: Store,
     listener: TcpListener,
     tls: Option<ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), PortalError> {
-    run_with(store, listener, tls, TrustAnchors::default(), shutdown).await
+    run_with(
+        store,
+        listener,
+        tls,
+        TrustAnchors::default(),
+        Some(RateLimit::default()),
+        shutdown,
+    )
+    .await
 }
 
 /// What attestations are checked against.
@@ -97,12 +107,14 @@ pub struct TrustAnchors {
     pub tpm_ek_roots: Option<Vec<Vec<u8>>>,
 }
 
-/// [`run`], checking attestations against `trust`.
+/// [`run`], checking attestations against `trust`, with `rate_limit` per
+/// peer and per device (`None`: no limits).
 pub async fn run_with(
     store: Store,
     listener: TcpListener,
     tls: Option<ServerTlsConfig>,
     trust: TrustAnchors,
+    rate_limit: Option<RateLimit>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), PortalError> {
     let addr = listener
@@ -115,10 +127,17 @@ pub async fn run_with(
             .tls_config(tls)
             .map_err(|error| PortalError::Tls(tls_error_text(&error)))?;
     }
-    tracing::info!(%addr, tls = tls_on, db = %store.path().display(), "serving the portal API");
+    tracing::info!(
+        %addr,
+        tls = tls_on,
+        db = %store.path().display(),
+        rate_limit = ?rate_limit,
+        "serving the portal API"
+    );
     let (drain, draining) = oneshot::channel::<()>();
-    let mut service =
-        PortalService::new(store).with_piv_attestation_roots(trust.piv_attestation_roots);
+    let mut service = PortalService::new(store)
+        .with_piv_attestation_roots(trust.piv_attestation_roots)
+        .with_rate_limit(rate_limit);
     if let Some(roots) = trust.tpm_ek_roots {
         service = service.with_tpm_ek_roots(roots);
     }

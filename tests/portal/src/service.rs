@@ -6,16 +6,33 @@
 //! is redeemed at most once even when devices race, and are idempotent: a
 //! device that retries after losing the answer gets the same result again.
 //!
+//! Every call first passes the rate limits ([`crate::rate_limit`]): the
+//! peer's bucket for calls no registered device signed, the device's bucket
+//! for `EnrollUser` and `RevokeUser` once the device signature verifies.
+//!
 //! Checks, in order:
-//! - RegisterDevice: code syntax, device key, device signature, then in the
-//!   transaction: code known, code kind, code used (unless by this very
-//!   key: a retry), code expired.
-//! - EnrollUser: code syntax, user key, backend, then in the transaction:
-//!   device known, device signature, user signature (proof of possession),
-//!   code known, kind, used (unless a retry), expired, user not already
-//!   enrolled on the device, attestation format.
-//! - RevokeUser: device known, timestamp within 5 minutes, device
-//!   signature, an active credential to revoke.
+//! - CheckCode: the peer's rate limit, code syntax, code known, used,
+//!   expired.
+//! - RegisterDevice: the peer's rate limit, code syntax, device key, device
+//!   signature, device name, then in the transaction: code known, code
+//!   kind, code used (unless by this very key: a retry), code expired.
+//! - EnrollUser: the device's rate limit (not spent yet), code syntax, user
+//!   key, backend, device known, device signature (a failure so far is
+//!   charged to the peer), the device's rate limit (spent), then in the
+//!   transaction: user signature (proof of possession), code known, kind,
+//!   used (unless an exact retry: same device, code and user key, not
+//!   revoked since, which answers the same credential again), expired, user
+//!   not already enrolled on the device, attestation format.
+//! - RevokeUser: the device's rate limit (not spent yet), device known,
+//!   timestamp within 5 minutes, device signature (a failure so far is
+//!   charged to the peer), the device's rate limit (spent), user name,
+//!   an active credential to revoke: the one named, or with an empty
+//!   `credential_id` whichever the user has on the device (a device that
+//!   lost the id in a crash still knows the name).
+//!
+//! User names come from codes, which `code issue` checked against the one
+//! user-name rule (`fleetkey_proto::user_name`, docs/user-names.md); a name
+//! in a request is normalized by the same rule before it is looked up.
 //!
 //! A device that presents a TPM identity (docs/tpm-attestation.md) is
 //! registered in two steps: RegisterDevice checks the AK and EK public
@@ -24,6 +41,7 @@
 //! CompleteTpmActivation checks the device signature and the secret, then
 //! redeems the code. A wrong secret discards the challenge.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use fleetkey_proto::portal::portal_server::Portal;
@@ -33,7 +51,7 @@ use fleetkey_proto::portal::{
     RevokeUserResponse, TpmCertification, TpmChallenge,
 };
 use fleetkey_proto::time::{now_unix, rfc3339};
-use fleetkey_proto::{ActivationCode, Failure, Reason, binding};
+use fleetkey_proto::{ActivationCode, Failure, Reason, binding, terminal, user_name};
 use p256::ecdsa::signature::hazmat::PrehashVerifier;
 use p256::ecdsa::{Signature, VerifyingKey};
 use p256::pkcs8::DecodePublicKey;
@@ -41,6 +59,7 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
+use crate::rate_limit::{RateLimit, RateLimiter};
 use crate::store::{
     CodeKind, CodeRecord, CodeState, Db, Device, EkCertificateStatus, Enrollment,
     PendingTpmChallenge, Store, StoreError, TpmIdentity, new_credential_id, new_device_id,
@@ -49,8 +68,10 @@ use crate::tpm;
 
 /// How far a revocation's timestamp may be from the portal's clock.
 pub const MAX_CLOCK_SKEW_SECS: u64 = 300;
-/// The longest device name, user name or backend name accepted.
-pub const MAX_NAME_LEN: usize = 256;
+/// The longest device name accepted, in characters.
+pub const MAX_DEVICE_NAME_CHARS: usize = 256;
+/// The longest key-store (backend) name accepted.
+pub const MAX_BACKEND_LEN: usize = 32;
 /// The attestation format of keys that come without attestation.
 pub const ATTESTATION_NONE: &str = "none";
 /// The attestation format of TPM keys certified by the device's AK.
@@ -80,6 +101,8 @@ pub struct PortalService {
     /// Certificates (DER) EK certificates must chain through; `None`: EK
     /// certificates are not checked.
     tpm_ek_roots: Arc<Option<Vec<Vec<u8>>>>,
+    /// The per-peer and per-device rate limits.
+    limiter: Arc<RateLimiter>,
 }
 
 impl PortalService {
@@ -93,7 +116,15 @@ impl PortalService {
             store,
             piv_attestation_roots: Arc::new(Vec::new()),
             tpm_ek_roots: Arc::new(None),
+            limiter: Arc::new(RateLimiter::default()),
         }
+    }
+
+    /// Limits each peer and each device to `limit` (the default is
+    /// [`RateLimit::default`]); `None` turns the limits off.
+    pub fn with_rate_limit(mut self, limit: Option<RateLimit>) -> Self {
+        self.limiter = Arc::new(RateLimiter::new(limit));
+        self
     }
 
     /// Requires EK certificates chaining through these certificates (DER:
@@ -131,17 +162,28 @@ impl PortalService {
         .map_err(|error| internal(format!("a portal worker task failed: {error}")))?
     }
 
-    /// What a code is for.
+    /// What a code is for (a caller without an address).
     pub async fn check_code(
         &self,
         request: CheckCodeRequest,
     ) -> Result<CheckCodeResponse, Failure> {
+        self.check_code_from(None, request).await
+    }
+
+    /// What a code is for, asked by `peer`.
+    pub async fn check_code_from(
+        &self,
+        peer: Option<SocketAddr>,
+        request: CheckCodeRequest,
+    ) -> Result<CheckCodeResponse, Failure> {
+        self.limiter.charge_peer("CheckCode", peer)?;
         let code = parse_code(&request.code)?;
         let now = now_unix();
+        let looked_up = code.clone();
         let record = self
-            .with_store(move |store| lookup_code(&store.db(), &code))
+            .with_store(move |store| lookup_code(&store.db(), &looked_up))
             .await?;
-        usable(&record, now)?;
+        usable(&code, &record, now)?;
         Ok(CheckCodeResponse {
             kind: proto_kind(record.kind) as i32,
             user: match record.kind {
@@ -160,11 +202,23 @@ impl PortalService {
         &self,
         request: RegisterDeviceRequest,
     ) -> Result<(RegisterDeviceResponse, bool), Failure> {
+        self.register_device_from(None, request).await
+    }
+
+    /// [`Self::register_device`] for a call from `peer`.
+    pub async fn register_device_from(
+        &self,
+        peer: Option<SocketAddr>,
+        request: RegisterDeviceRequest,
+    ) -> Result<(RegisterDeviceResponse, bool), Failure> {
+        // Anyone can make a device key, so the key does not tell callers
+        // apart: the peer pays.
+        self.limiter.charge_peer("RegisterDevice", peer)?;
         let code = parse_code(&request.code)?;
         let key = parse_public_key(&request.device_public_key, "device_public_key")?;
         let message = binding::activation_message(code.compact(), &request.device_public_key);
         verify(&key, &message, &request.signature, "device signature")?;
-        let name = check_name(&request.device_name, "device_name", true)?;
+        let name = check_device_name(&request.device_name)?;
         let now = now_unix();
         let challenge = match &request.tpm {
             Some(identity) => Some(self.tpm_challenge(identity, now)?),
@@ -179,11 +233,11 @@ impl PortalService {
                 if let Some(device) = retried_by(db, &record, &request.device_public_key, now)? {
                     return Ok((registered(device), true));
                 }
-                usable(&record, now)?;
+                usable(&code, &record, now)?;
                 if let Some((identity, secret, credential)) = challenge {
                     let detail = tpm_detail(&identity, false);
                     db.put_tpm_challenge(&PendingTpmChallenge {
-                        code: record.code.clone(),
+                        code_hash: record.code_hash,
                         device_public_key: request.device_public_key,
                         device_name: name,
                         secret_sha256: Sha256::digest(secret).to_vec(),
@@ -210,7 +264,7 @@ impl PortalService {
                     attestation_detail: DETAIL_NO_TPM.to_string(),
                 };
                 db.insert_device(&device)?;
-                mark_used(db, &record, &device.device_id, now)?;
+                mark_used(db, &code, &record, &device.device_id, now)?;
                 Ok((registered(device), false))
             })
         })
@@ -279,6 +333,16 @@ impl PortalService {
         &self,
         request: CompleteTpmActivationRequest,
     ) -> Result<(RegisterDeviceResponse, bool), Failure> {
+        self.complete_tpm_activation_from(None, request).await
+    }
+
+    /// [`Self::complete_tpm_activation`] for a call from `peer`.
+    pub async fn complete_tpm_activation_from(
+        &self,
+        peer: Option<SocketAddr>,
+        request: CompleteTpmActivationRequest,
+    ) -> Result<(RegisterDeviceResponse, bool), Failure> {
+        self.limiter.charge_peer("CompleteTpmActivation", peer)?;
         let code = parse_code(&request.code)?;
         let key = parse_public_key(&request.device_public_key, "device_public_key")?;
         let message = binding::tpm_activation_message(
@@ -301,7 +365,7 @@ impl PortalService {
                         return Ok(Ok((registered(device), true)));
                     }
                     let Some(challenge) =
-                        db.tpm_challenge(&record.code, &request.device_public_key)?
+                        db.tpm_challenge(&record.code_hash, &request.device_public_key)?
                     else {
                         return Err(Failure::new(
                             Reason::DeviceNotActivated,
@@ -316,7 +380,7 @@ impl PortalService {
                     let presented = Sha256::digest(&request.secret);
                     if !tpm::constant_time_eq(&presented, &challenge.secret_sha256) {
                         // Committed: a wrong secret discards the challenge.
-                        db.delete_tpm_challenges(&record.code, Some(&request.device_public_key))?;
+                        db.delete_tpm_challenges(&record.code_hash, Some(&request.device_public_key))?;
                         return Ok(Err(Failure::new(
                             Reason::SignatureInvalid,
                             format!(
@@ -327,7 +391,7 @@ impl PortalService {
                             "The AK the device presented is not in the TPM of the EK it presented (or the TPM was reset); activate again with RegisterDevice.",
                         )));
                     }
-                    usable(&record, now)?;
+                    usable(&code, &record, now)?;
                     let mut identity = challenge.identity;
                     identity.verified_at = now;
                     let detail = tpm_detail(&identity, true);
@@ -340,8 +404,8 @@ impl PortalService {
                         attestation_detail: detail,
                     };
                     db.insert_device(&device)?;
-                    mark_used(db, &record, &device.device_id, now)?;
-                    db.delete_tpm_challenges(&record.code, None)?;
+                    mark_used(db, &code, &record, &device.device_id, now)?;
+                    db.delete_tpm_challenges(&record.code_hash, None)?;
                     Ok(Ok((registered(device), false)))
                 })
             })
@@ -354,15 +418,78 @@ impl PortalService {
         &self,
         request: EnrollUserRequest,
     ) -> Result<(Enrollment, bool), Failure> {
-        let code = parse_code(&request.code)?;
-        let user_key = parse_public_key(&request.user_public_key, "user_public_key")?;
-        let backend = check_name(&request.backend, "backend", false)?;
-        let message = binding::enrollment_message(
-            &request.device_id,
-            code.compact(),
-            &request.user_public_key,
-            &request.backend,
-        );
+        self.enroll_user_from(None, request).await
+    }
+
+    /// The device a signed request comes from, once its signature
+    /// verifies over the message `checks` makes (after checking the
+    /// request's fields). Until then the caller is nobody in particular: a
+    /// failure is charged to the peer, a success to the device.
+    async fn signed_by_device<T>(
+        &self,
+        rpc: &'static str,
+        peer: Option<SocketAddr>,
+        device_id: &str,
+        signature: &[u8],
+        checks: impl FnOnce() -> Result<(Vec<u8>, T), Failure>,
+    ) -> Result<(Device, T), Failure> {
+        // A device out of tokens is refused before any work; peeking
+        // spends nothing, so naming someone else's device costs them
+        // nothing.
+        self.limiter.device_has_room(rpc, device_id)?;
+        let id = device_id.to_string();
+        let verified = async {
+            let (message, checked) = checks()?;
+            let device = self
+                .with_store(move |store| known_device(&store.db(), &id))
+                .await?;
+            verify(
+                &registered_key(&device)?,
+                &message,
+                signature,
+                "device signature",
+            )?;
+            Ok((device, checked))
+        }
+        .await;
+        match verified {
+            Ok(verified) => {
+                self.limiter.charge_device(rpc, &verified.0.device_id)?;
+                Ok(verified)
+            }
+            Err(failure) => {
+                self.limiter.charge_peer(rpc, peer)?;
+                Err(failure)
+            }
+        }
+    }
+
+    /// [`Self::enroll_user`] for a call from `peer`.
+    pub async fn enroll_user_from(
+        &self,
+        peer: Option<SocketAddr>,
+        request: EnrollUserRequest,
+    ) -> Result<(Enrollment, bool), Failure> {
+        let (device, (message, code, user_key, backend)) = self
+            .signed_by_device(
+                "EnrollUser",
+                peer,
+                &request.device_id,
+                &request.device_signature,
+                || {
+                    let code = parse_code(&request.code)?;
+                    let user_key = parse_public_key(&request.user_public_key, "user_public_key")?;
+                    let backend = check_backend(&request.backend)?;
+                    let message = binding::enrollment_message(
+                        &request.device_id,
+                        code.compact(),
+                        &request.user_public_key,
+                        &request.backend,
+                    );
+                    Ok((message.clone(), (message, code, user_key, backend)))
+                },
+            )
+            .await?;
         let format = request
             .attestation
             .as_ref()
@@ -378,14 +505,6 @@ impl PortalService {
         let now = now_unix();
         self.with_store(move |store| {
             store.immediate(|db| {
-                let device = known_device(db, &request.device_id)?;
-                let device_key = registered_key(&device)?;
-                verify(
-                    &device_key,
-                    &message,
-                    &request.device_signature,
-                    "device signature",
-                )?;
                 verify(
                     &user_key,
                     &message,
@@ -400,14 +519,14 @@ impl PortalService {
                     internal(format!("add-user code {code} has no user in the database"))
                 })?;
                 if matches!(record.state(now), CodeState::Used { .. })
-                    && let Some(existing) = db.enrollment_by_code(code.compact())?
+                    && let Some(existing) = db.enrollment_by_code(&record.code_hash)?
                     && existing.device_id == request.device_id
                     && existing.public_key == request.user_public_key
                     && existing.revoked_at.is_none()
                 {
                     return Ok((existing, true));
                 }
-                usable(&record, now)?;
+                usable(&code, &record, now)?;
                 if let Some(existing) = db.active_enrollment(&device.device_id, &user)? {
                     return Err(Failure::new(
                         Reason::AlreadyEnrolled,
@@ -484,7 +603,7 @@ impl PortalService {
                                 true,
                                 format!(
                                     "TPM2_Certify by the device's AK (name {}): {}; nonce bound to this device and code",
-                                    tpm::hex(&identity.ak_name),
+                                    hex::encode(&identity.ak_name),
                                     tpm::CERTIFIED_PROPERTIES
                                 ),
                             )
@@ -510,56 +629,80 @@ impl PortalService {
                     hardware_backed,
                     enrolled_at: now,
                     revoked_at: None,
-                    code: Some(code.compact().to_string()),
+                    code_hash: Some(record.code_hash),
                     attestation_detail,
                 };
                 db.insert_enrollment(&enrollment)?;
-                mark_used(db, &record, &device.device_id, now)?;
+                mark_used(db, &code, &record, &device.device_id, now)?;
                 Ok((enrollment, false))
             })
         })
         .await
     }
 
-    /// Revokes a user's credential on a device.
-    pub async fn revoke_user(&self, request: RevokeUserRequest) -> Result<(), Failure> {
+    /// Revokes a user's credential on a device; returns what was revoked.
+    pub async fn revoke_user(&self, request: RevokeUserRequest) -> Result<Enrollment, Failure> {
+        self.revoke_user_from(None, request).await
+    }
+
+    /// [`Self::revoke_user`] for a call from `peer`.
+    pub async fn revoke_user_from(
+        &self,
+        peer: Option<SocketAddr>,
+        request: RevokeUserRequest,
+    ) -> Result<Enrollment, Failure> {
         let now = now_unix();
+        let (device, ()) = self
+            .signed_by_device(
+                "RevokeUser",
+                peer,
+                &request.device_id,
+                &request.device_signature,
+                || {
+                    let skew = request.timestamp.abs_diff(now);
+                    if skew > MAX_CLOCK_SKEW_SECS {
+                        return Err(Failure::new(
+                            Reason::InvalidArgument,
+                            format!(
+                                "the request's timestamp ({}) is {skew} s off the portal's clock; at most {MAX_CLOCK_SKEW_SECS} s are allowed",
+                                rfc3339(request.timestamp)
+                            ),
+                        )
+                        .with_hint("Check the device's clock (timedatectl) and try again."));
+                    }
+                    let message = binding::revocation_message(
+                        &request.device_id,
+                        &request.user,
+                        &request.credential_id,
+                        request.timestamp,
+                    );
+                    Ok((message, ()))
+                },
+            )
+            .await?;
         self.with_store(move |store| {
             store.immediate(|db| {
-                let device = known_device(db, &request.device_id)?;
-                let skew = request.timestamp.abs_diff(now);
-                if skew > MAX_CLOCK_SKEW_SECS {
-                    return Err(Failure::new(
-                        Reason::InvalidArgument,
-                        format!(
-                            "the request's timestamp ({}) is {skew} s off the portal's clock; at most {MAX_CLOCK_SKEW_SECS} s are allowed",
-                            rfc3339(request.timestamp)
-                        ),
-                    )
-                    .with_hint("Check the device's clock (timedatectl) and try again."));
-                }
-                let message = binding::revocation_message(
-                    &request.device_id,
-                    &request.user,
-                    &request.credential_id,
-                    request.timestamp,
-                );
-                verify(
-                    &registered_key(&device)?,
-                    &message,
-                    &request.device_signature,
-                    "device signature",
-                )?;
-                if !db.revoke(&request.device_id, &request.user, &request.credential_id, now)? {
-                    return Err(Failure::new(
-                        Reason::UserUnknown,
-                        format!(
-                            "user {} has no active credential {} on device {}",
-                            request.user, request.credential_id, request.device_id
-                        ),
-                    ));
-                }
-                Ok(())
+                let user = stored_user_name(db, &device.device_id, &request.user)?;
+                let credential =
+                    (!request.credential_id.is_empty()).then_some(request.credential_id.as_str());
+                db.revoke(&device.device_id, &user, credential, now)?
+                    .ok_or_else(|| {
+                        Failure::new(
+                            Reason::UserUnknown,
+                            match credential {
+                                Some(id) => format!(
+                                    "user {} has no active credential {id} on device {}",
+                                    terminal::escape(&user),
+                                    device.device_id
+                                ),
+                                None => format!(
+                                    "user {} has no active credential on device {}",
+                                    terminal::escape(&user),
+                                    device.device_id
+                                ),
+                            },
+                        )
+                    })
             })
         })
         .await
@@ -697,24 +840,67 @@ fn verify(key: &VerifyingKey, message: &[u8], signature: &[u8], what: &str) -> R
         })
 }
 
-fn check_name(value: &str, field: &str, may_be_empty: bool) -> Result<String, Failure> {
-    if value.is_empty() && !may_be_empty {
+/// A user name from a request, as the portal stores it: normalized by the
+/// one user-name rule. A name that breaks the rule is still found when a
+/// credential was stored under exactly that name before the rule existed.
+fn stored_user_name(db: &Db<'_>, device_id: &str, raw: &str) -> Result<String, Failure> {
+    match user_name::normalize(raw) {
+        Ok(name) => Ok(name),
+        Err(_) if db.active_enrollment(device_id, raw)?.is_some() => Ok(raw.to_string()),
+        Err(error) => Err(user_name_invalid(raw, &error)),
+    }
+}
+
+/// `USER_NAME_INVALID` for `raw`, saying why.
+pub fn user_name_invalid(raw: &str, error: &user_name::UserNameError) -> Failure {
+    Failure::new(
+        Reason::UserNameInvalid,
+        format!(
+            "the user name \"{}\" is not valid: {error}",
+            terminal::escape(raw)
+        ),
+    )
+}
+
+/// A device's name is a label for people, not an identity: any text up to
+/// [`MAX_DEVICE_NAME_CHARS`] characters that prints as itself (no control,
+/// bidi or zero-width characters).
+fn check_device_name(value: &str) -> Result<String, Failure> {
+    if value.len() > MAX_DEVICE_NAME_CHARS * 4
+        || value.chars().count() > MAX_DEVICE_NAME_CHARS
+        || value.chars().any(terminal::is_unsafe)
+    {
         return Err(Failure::new(
             Reason::InvalidArgument,
-            format!("{field} is empty"),
+            format!(
+                "device_name must be at most {MAX_DEVICE_NAME_CHARS} characters without control, bidi or zero-width characters"
+            ),
         ));
     }
-    if value.chars().count() > MAX_NAME_LEN || value.chars().any(char::is_control) {
+    Ok(value.to_string())
+}
+
+/// A key store's name: `soft`, `tpm`, `pcsc`, ...: 1 to
+/// [`MAX_BACKEND_LEN`] lower-case ASCII letters, digits, `-` and `_`.
+fn check_backend(value: &str) -> Result<String, Failure> {
+    let fits = (1..=MAX_BACKEND_LEN).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if !fits {
         return Err(Failure::new(
             Reason::InvalidArgument,
-            format!("{field} must be at most {MAX_NAME_LEN} characters without control characters"),
+            format!(
+                "backend \"{}\" is not a key store name: 1 to {MAX_BACKEND_LEN} lower-case letters, digits, - and _",
+                terminal::escape(value)
+            ),
         ));
     }
     Ok(value.to_string())
 }
 
 fn lookup_code(db: &Db<'_>, code: &ActivationCode) -> Result<CodeRecord, Failure> {
-    db.code(code.compact())?.ok_or_else(|| {
+    db.code(code)?.ok_or_else(|| {
         Failure::new(
             Reason::CodeUnknown,
             format!("code {code} was not issued by this portal"),
@@ -723,8 +909,8 @@ fn lookup_code(db: &Db<'_>, code: &ActivationCode) -> Result<CodeRecord, Failure
 }
 
 /// Refuses a used or expired code.
-fn usable(record: &CodeRecord, now: i64) -> Result<(), Failure> {
-    let shown = shown_code(record);
+fn usable(code: &ActivationCode, record: &CodeRecord, now: i64) -> Result<(), Failure> {
+    let shown = code.to_string();
     match record.state(now) {
         CodeState::Usable => Ok(()),
         CodeState::Used { at, .. } => Err(Failure::new(
@@ -736,12 +922,6 @@ fn usable(record: &CodeRecord, now: i64) -> Result<(), Failure> {
             format!("code {shown} expired at {}", rfc3339(at)),
         )),
     }
-}
-
-fn shown_code(record: &CodeRecord) -> String {
-    ActivationCode::parse(&record.code)
-        .map(|c| c.to_string())
-        .unwrap_or_else(|_| record.code.clone())
 }
 
 /// A code of the other kind than the RPC redeems.
@@ -762,15 +942,20 @@ fn wrong_kind(code: &ActivationCode, record: &CodeRecord) -> Failure {
     Failure::new(Reason::CodeWrongKind, message)
 }
 
-fn mark_used(db: &Db<'_>, record: &CodeRecord, device_id: &str, now: i64) -> Result<(), Failure> {
+fn mark_used(
+    db: &Db<'_>,
+    code: &ActivationCode,
+    record: &CodeRecord,
+    device_id: &str,
+    now: i64,
+) -> Result<(), Failure> {
     // The IMMEDIATE transaction holds the write lock since the code was
     // read, so it cannot have been used in between.
-    if db.mark_code_used(&record.code, device_id, now)? {
+    if db.mark_code_used(&record.code_hash, device_id, now)? {
         Ok(())
     } else {
         Err(internal(format!(
-            "code {} changed while it was being redeemed",
-            shown_code(record)
+            "code {code} changed while it was being redeemed"
         )))
     }
 }
@@ -805,7 +990,7 @@ fn refused(rpc: &'static str, peer: Option<std::net::SocketAddr>, failure: Failu
         rpc,
         peer = ?peer,
         reason = %failure.reason,
-        message = %failure.message,
+        message = %terminal::escape(&failure.message),
         "refused"
     );
     failure.to_status()
@@ -818,13 +1003,13 @@ impl Portal for PortalService {
         request: Request<CheckCodeRequest>,
     ) -> Result<Response<CheckCodeResponse>, Status> {
         let peer = request.remote_addr();
-        match PortalService::check_code(self, request.into_inner()).await {
+        match self.check_code_from(peer, request.into_inner()).await {
             Ok(response) => {
                 tracing::info!(
                     rpc = "CheckCode",
                     peer = ?peer,
                     kind = response.kind,
-                    user = %response.user,
+                    user = %terminal::escape(&response.user),
                     "code is usable"
                 );
                 Ok(Response::new(response))
@@ -838,7 +1023,7 @@ impl Portal for PortalService {
         request: Request<RegisterDeviceRequest>,
     ) -> Result<Response<RegisterDeviceResponse>, Status> {
         let peer = request.remote_addr();
-        match PortalService::register_device(self, request.into_inner()).await {
+        match self.register_device_from(peer, request.into_inner()).await {
             Ok((response, retry)) => {
                 if response.tpm_challenge.is_some() {
                     tracing::info!(
@@ -867,7 +1052,10 @@ impl Portal for PortalService {
         request: Request<CompleteTpmActivationRequest>,
     ) -> Result<Response<RegisterDeviceResponse>, Status> {
         let peer = request.remote_addr();
-        match PortalService::complete_tpm_activation(self, request.into_inner()).await {
+        match self
+            .complete_tpm_activation_from(peer, request.into_inner())
+            .await
+        {
             Ok((response, retry)) => {
                 tracing::info!(
                     rpc = "CompleteTpmActivation",
@@ -888,12 +1076,12 @@ impl Portal for PortalService {
         request: Request<EnrollUserRequest>,
     ) -> Result<Response<EnrollUserResponse>, Status> {
         let peer = request.remote_addr();
-        match PortalService::enroll_user(self, request.into_inner()).await {
+        match self.enroll_user_from(peer, request.into_inner()).await {
             Ok((enrollment, retry)) => {
                 tracing::info!(
                     rpc = "EnrollUser",
                     peer = ?peer,
-                    user = %enrollment.user,
+                    user = %terminal::escape(&enrollment.user),
                     device_id = %enrollment.device_id,
                     credential_id = %enrollment.credential_id,
                     backend = %enrollment.backend,
@@ -918,20 +1106,14 @@ impl Portal for PortalService {
         request: Request<RevokeUserRequest>,
     ) -> Result<Response<RevokeUserResponse>, Status> {
         let peer = request.remote_addr();
-        let request = request.into_inner();
-        let (device_id, user, credential_id) = (
-            request.device_id.clone(),
-            request.user.clone(),
-            request.credential_id.clone(),
-        );
-        match PortalService::revoke_user(self, request).await {
-            Ok(()) => {
+        match self.revoke_user_from(peer, request.into_inner()).await {
+            Ok(revoked) => {
                 tracing::info!(
                     rpc = "RevokeUser",
                     peer = ?peer,
-                    user = %user,
-                    device_id = %device_id,
-                    credential_id = %credential_id,
+                    user = %terminal::escape(&revoked.user),
+                    device_id = %revoked.device_id,
+                    credential_id = %revoked.credential_id,
                     "credential revoked"
                 );
                 Ok(Response::new(RevokeUserResponse {}))

@@ -7,16 +7,22 @@
 //! ([`Store::immediate`]): the write lock is taken before the code is read,
 //! so two devices racing for one code cannot both win.
 //!
-//! Schema version 2 (`PRAGMA user_version`; version 1 databases are
+//! The database and its `-wal`/`-shm` files are mode 0600 ([`crate::files`]),
+//! `secure_delete` is on (deleted rows are overwritten, not left in free
+//! space), and codes are kept only as keyed hashes
+//! ([`crate::code_key`]): the key lives in `portal.db.key` beside the
+//! database, so the database alone leaks no usable code.
+//!
+//! Schema version 3 (`PRAGMA user_version`; version 1 and 2 databases are
 //! migrated on open):
 //!
 //! | table | columns |
 //! | --- | --- |
-//! | settings | key (PK), value — `public_url` is the URL put in QR codes |
-//! | codes | code (compact form, PK), kind (`device`/`user`), user, created_at, expires_at, used_at, used_by_device |
+//! | settings | key (PK), value — `public_url` is the URL put in QR codes; `code_key_check` identifies the code key |
+//! | codes | code_hash (HMAC-SHA256 of the compact form, PK; since v3, replacing the code's text), kind (`device`/`user`), user, created_at, expires_at, used_at, used_by_device |
 //! | devices | device_id (PK), public_key (SPKI DER), name, registered_at; since v2: tpm_ak_public, tpm_ak_name, tpm_ek_public, tpm_ek_certificate, tpm_ek_certificate_status (`verified`/`not-checked`/`absent`), tpm_ek_certificate_anchor, tpm_verified_at (all NULL for devices without a verified TPM identity), attestation_detail |
-//! | enrollments | device_id, user, credential_id (unique), public_key (SPKI DER), backend, attestation_format, hardware_backed, enrolled_at, revoked_at, code (the code redeemed); since v2: attestation_detail |
-//! | tpm_challenges (v2) | code, device_public_key (PK together), device_name, secret_sha256 (never the secret), ak_public, ak_name, ek_public, ek_certificate, ek_certificate_status, ek_certificate_anchor, created_at — credential challenges waiting for CompleteTpmActivation |
+//! | enrollments | device_id, user, credential_id (unique), public_key (SPKI DER), backend, attestation_format, hardware_backed, enrolled_at, revoked_at, code_hash (the code redeemed; `code` before v3); since v2: attestation_detail |
+//! | tpm_challenges (v2) | code_hash (`code` before v3), device_public_key (PK together), device_name, secret_sha256 (never the secret), ak_public, ak_name, ek_public, ek_certificate, ek_certificate_status, ek_certificate_anchor, created_at — credential challenges waiting for CompleteTpmActivation |
 //!
 //! A partial unique index allows only one active (not revoked) enrollment
 //! per (device_id, user). Times are Unix seconds.
@@ -26,11 +32,16 @@ use std::time::Duration;
 
 use fleetkey_proto::ActivationCode;
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ValueRef};
-use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 use serde::Serialize;
 
+use crate::code_key::{CodeHash, CodeKey, KeyError, key_path};
+use crate::files::{create_private, make_private, sqlite_side_files};
+
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
+/// The settings key holding the code key's check value.
+pub const SETTING_CODE_KEY_CHECK: &str = "code_key_check";
 /// How long a statement waits for another process's lock (e.g. `code issue`
 /// while `serve` is writing).
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -105,6 +116,63 @@ CREATE TABLE tpm_challenges (
 );
 ";
 
+/// Version 2 to 3, part one: the tables that named codes by their text,
+/// made again to name them by their keyed hash. The rows are copied with
+/// their hashes by [`Store::migrate_v2_to_v3`], then the old tables go.
+const CREATE_V3_TABLES: &str = "
+CREATE TABLE codes_v3 (
+    code_hash      BLOB PRIMARY KEY NOT NULL CHECK (length(code_hash) = 32),
+    kind           TEXT NOT NULL CHECK (kind IN ('device', 'user')),
+    user           TEXT,
+    created_at     INTEGER NOT NULL,
+    expires_at     INTEGER NOT NULL,
+    used_at        INTEGER,
+    used_by_device TEXT,
+    CHECK (kind = 'device' OR user IS NOT NULL)
+);
+CREATE TABLE enrollments_v3 (
+    device_id          TEXT NOT NULL REFERENCES devices (device_id),
+    user               TEXT NOT NULL,
+    credential_id      TEXT NOT NULL UNIQUE,
+    public_key         BLOB NOT NULL,
+    backend            TEXT NOT NULL,
+    attestation_format TEXT NOT NULL,
+    hardware_backed    INTEGER NOT NULL,
+    enrolled_at        INTEGER NOT NULL,
+    revoked_at         INTEGER,
+    code_hash          BLOB REFERENCES codes (code_hash),
+    attestation_detail TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE tpm_challenges_v3 (
+    code_hash             BLOB NOT NULL REFERENCES codes (code_hash),
+    device_public_key     BLOB NOT NULL,
+    device_name           TEXT NOT NULL,
+    secret_sha256         BLOB NOT NULL,
+    ak_public             BLOB NOT NULL,
+    ak_name               BLOB NOT NULL,
+    ek_public             BLOB NOT NULL,
+    ek_certificate        BLOB NOT NULL,
+    ek_certificate_status TEXT NOT NULL,
+    ek_certificate_anchor TEXT,
+    created_at            INTEGER NOT NULL,
+    PRIMARY KEY (code_hash, device_public_key)
+);
+";
+
+/// Version 2 to 3, part two: the old tables replaced by the new ones.
+const REPLACE_V2_TABLES: &str = "
+DROP TABLE tpm_challenges;
+DROP TABLE enrollments;
+DROP TABLE codes;
+ALTER TABLE codes_v3 RENAME TO codes;
+ALTER TABLE enrollments_v3 RENAME TO enrollments;
+ALTER TABLE tpm_challenges_v3 RENAME TO tpm_challenges;
+CREATE UNIQUE INDEX enrollments_one_active
+    ON enrollments (device_id, user) WHERE revoked_at IS NULL;
+CREATE INDEX enrollments_by_user ON enrollments (user);
+CREATE INDEX enrollments_by_code ON enrollments (code_hash);
+";
+
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -134,6 +202,15 @@ pub enum StoreError {
     Random(getrandom::Error),
     #[error("the portal database holds a malformed {what}: {value:?}")]
     Corrupt { what: &'static str, value: String },
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("cannot {action} {path}: {source}")]
+    File {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What a code redeems for.
@@ -176,8 +253,8 @@ impl std::fmt::Display for CodeKind {
 /// An issued activation code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CodeRecord {
-    /// Canonical compact form (16 characters, no hyphens).
-    pub code: String,
+    /// The keyed hash of the code; the code itself is not kept.
+    pub code_hash: CodeHash,
     pub kind: CodeKind,
     /// The user an add-user code is bound to (optional on device codes,
     /// where it is only a hint shown to the person activating).
@@ -204,16 +281,17 @@ pub enum CodeState {
 }
 
 impl CodeRecord {
-    /// A new unused code of `kind`, valid for `ttl` seconds from `now`.
+    /// A new unused code of `kind` (by its hash), valid for `ttl` seconds
+    /// from `now`.
     pub fn new(
-        code: &ActivationCode,
+        code_hash: CodeHash,
         kind: CodeKind,
         user: Option<&str>,
         now: i64,
         ttl: i64,
     ) -> Self {
         Self {
-            code: code.compact().to_string(),
+            code_hash,
             kind,
             user: user.map(str::to_string),
             created_at: now,
@@ -241,7 +319,7 @@ impl CodeRecord {
 
     fn from_row(row: &Row<'_>) -> rusqlite::Result<Self> {
         Ok(Self {
-            code: row.get("code")?,
+            code_hash: row.get("code_hash")?,
             kind: row.get("kind")?,
             user: row.get("user")?,
             created_at: row.get("created_at")?,
@@ -349,8 +427,8 @@ impl Device {
 /// A credential challenge waiting for CompleteTpmActivation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingTpmChallenge {
-    /// Compact form.
-    pub code: String,
+    /// The code's keyed hash.
+    pub code_hash: CodeHash,
     pub device_public_key: Vec<u8>,
     pub device_name: String,
     /// SHA-256 of the secret drawn; the secret itself is not kept.
@@ -363,7 +441,7 @@ pub struct PendingTpmChallenge {
 impl PendingTpmChallenge {
     fn from_row(row: &Row<'_>) -> rusqlite::Result<Self> {
         Ok(Self {
-            code: row.get("code")?,
+            code_hash: row.get("code_hash")?,
             device_public_key: row.get("device_public_key")?,
             device_name: row.get("device_name")?,
             secret_sha256: row.get("secret_sha256")?,
@@ -393,8 +471,8 @@ pub struct Enrollment {
     pub hardware_backed: bool,
     pub enrolled_at: i64,
     pub revoked_at: Option<i64>,
-    /// The add-user code this enrollment redeemed.
-    pub code: Option<String>,
+    /// The add-user code this enrollment redeemed (its keyed hash).
+    pub code_hash: Option<CodeHash>,
     /// What the portal verified of the key's attestation, for people.
     pub attestation_detail: String,
 }
@@ -411,7 +489,7 @@ impl Enrollment {
             hardware_backed: row.get("hardware_backed")?,
             enrolled_at: row.get("enrolled_at")?,
             revoked_at: row.get("revoked_at")?,
-            code: row.get("code")?,
+            code_hash: row.get("code_hash")?,
             attestation_detail: row.get("attestation_detail")?,
         })
     }
@@ -428,6 +506,7 @@ pub struct DeviceSummary {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    key: CodeKey,
 }
 
 impl std::fmt::Debug for Store {
@@ -437,23 +516,57 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens the database at `path`, creating it (and its schema) if needed.
+    /// Opens the database at `path`, creating it (mode 0600), its schema
+    /// and its code key if needed, and migrating an older schema.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open(path).map_err(|source| StoreError::Open {
+        // Private before SQLite opens it: SQLite gives its -wal and -shm
+        // files the database's mode.
+        for file in std::iter::once(path.to_path_buf()).chain(sqlite_side_files(path)) {
+            make_private(&file).map_err(|source| StoreError::File {
+                action: "protect",
+                path: file.clone(),
+                source,
+            })?;
+        }
+        create_private(path).map_err(|source| StoreError::File {
+            action: "create",
             path: path.to_path_buf(),
             source,
         })?;
-        let mut store = Self {
-            conn,
-            path: path.to_path_buf(),
-        };
-        store.configure().map_err(|error| match error {
+        let open_error = |error: StoreError| match error {
             StoreError::Sqlite(source) => StoreError::Open {
                 path: path.to_path_buf(),
                 source,
             },
             other => other,
+        };
+        let conn = Connection::open(path).map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
         })?;
+        configure(&conn, path).map_err(open_error)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(|e| open_error(e.into()))?;
+        let key_file = key_path(path);
+        let key = match CodeKey::load(&key_file)? {
+            Some(key) => key,
+            // Codes were hashed with a key that is gone: making a new one
+            // would silently turn every issued code into an unknown one.
+            None if version >= 3 => return Err(KeyError::Missing(key_file).into()),
+            None => CodeKey::load_or_create(&key_file)?,
+        };
+        let mut store = Self {
+            conn,
+            path: path.to_path_buf(),
+            key,
+        };
+        store.migrate().map_err(open_error)?;
+        store.check_key()?;
+        store
+            .conn
+            .pragma_update(None, "foreign_keys", true)
+            .map_err(|e| open_error(e.into()))?;
         Ok(store)
     }
 
@@ -471,25 +584,12 @@ impl Store {
         &self.path
     }
 
-    fn configure(&mut self) -> Result<(), StoreError> {
-        self.conn.busy_timeout(BUSY_TIMEOUT)?;
-        let mode: String = self
-            .conn
-            .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            tracing::warn!(
-                path = %self.path.display(),
-                journal_mode = %mode,
-                "the portal database could not switch to WAL mode"
-            );
-        }
-        self.conn.pragma_update(None, "synchronous", "FULL")?;
-        self.conn.pragma_update(None, "foreign_keys", true)?;
-        self.migrate()
-    }
-
+    /// Brings the schema to [`SCHEMA_VERSION`] in one transaction.
     fn migrate(&mut self) -> Result<(), StoreError> {
         let path = self.path.clone();
+        // Off while tables are replaced; `open` turns them on afterwards
+        // (the pragma does nothing inside a transaction).
+        self.conn.pragma_update(None, "foreign_keys", false)?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -515,19 +615,76 @@ impl Store {
             }
             tx.execute_batch(SCHEMA_V1)?;
         }
-        // From version 1 (new or existing) up, in the same transaction.
-        tx.execute_batch(MIGRATE_V1_TO_V2)?;
-        if version > 0 {
-            tracing::info!(path = %path.display(), from = version, to = SCHEMA_VERSION, "portal database migrated");
+        // From the version found (or a new version 1) up, in the same
+        // transaction.
+        if version <= 1 {
+            tx.execute_batch(MIGRATE_V1_TO_V2)?;
         }
+        if version <= 2 {
+            migrate_v2_to_v3(&tx, &self.key)?;
+        }
+        let broken: i64 =
+            tx.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |row| {
+                row.get(0)
+            })?;
+        if broken > 0 {
+            return Err(StoreError::Corrupt {
+                what: "set of references after the migration",
+                value: format!("{broken} rows refer to rows that do not exist"),
+            });
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO settings (key, value) VALUES (?1, ?2)",
+            params![SETTING_CODE_KEY_CHECK, self.key.check_value()],
+        )?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
+        if version > 0 {
+            tracing::info!(path = %path.display(), from = version, to = SCHEMA_VERSION, "portal database migrated");
+            self.compact();
+        }
         Ok(())
+    }
+
+    /// Rewrites the database file and empties the WAL, so that nothing a
+    /// migration replaced (codes as text) stays in free pages or old WAL
+    /// frames.
+    fn compact(&self) {
+        if let Err(error) = self.conn.execute_batch("VACUUM") {
+            tracing::warn!(path = %self.path.display(), %error, "could not VACUUM the migrated database");
+        }
+        let checkpoint = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                row.get::<_, i64>(0)
+            });
+        match checkpoint {
+            Ok(0) => {}
+            Ok(_) => {
+                tracing::warn!(path = %self.path.display(), "another process is reading the database: its WAL is emptied later")
+            }
+            Err(error) => {
+                tracing::warn!(path = %self.path.display(), %error, "could not checkpoint the migrated database")
+            }
+        }
+    }
+
+    /// Refuses a key file that is not the one the database was made with.
+    fn check_key(&self) -> Result<(), StoreError> {
+        let expected = self.key.check_value();
+        match self.db().setting(SETTING_CODE_KEY_CHECK)? {
+            Some(found) if found == expected => Ok(()),
+            Some(_) => Err(KeyError::Mismatch(key_path(&self.path)).into()),
+            None => self.db().set_setting(SETTING_CODE_KEY_CHECK, &expected),
+        }
     }
 
     /// Queries outside a transaction (each statement on its own).
     pub fn db(&self) -> Db<'_> {
-        Db { conn: &self.conn }
+        Db {
+            conn: &self.conn,
+            key: &self.key,
+        }
     }
 
     /// Runs `f` in one `BEGIN IMMEDIATE` transaction: committed when `f`
@@ -536,40 +693,123 @@ impl Store {
     where
         E: From<StoreError>,
     {
+        let key = &self.key;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(StoreError::from)?;
-        let value = f(&Db { conn: &tx })?;
+        let value = f(&Db { conn: &tx, key })?;
         tx.commit().map_err(StoreError::from)?;
         Ok(value)
     }
 
     /// Issues a new code of `kind`, valid for `ttl` seconds from `now`.
+    /// The code is returned here and never again: the database keeps only
+    /// its keyed hash.
     pub fn issue_code(
         &mut self,
         kind: CodeKind,
         user: Option<&str>,
         ttl: i64,
         now: i64,
-    ) -> Result<CodeRecord, StoreError> {
+    ) -> Result<IssuedCode, StoreError> {
         // 75 random bits make a collision all but impossible; retrying on
         // one costs nothing.
         const TRIES: u32 = 8;
         for _ in 0..TRIES {
             let code = ActivationCode::generate().map_err(StoreError::Random)?;
-            let record = CodeRecord::new(&code, kind, user, now, ttl);
+            let record = CodeRecord::new(self.key.hash(&code), kind, user, now, ttl);
             if self.db().insert_code(&record)? {
-                return Ok(record);
+                return Ok(IssuedCode { code, record });
             }
         }
         Err(StoreError::NoFreeCode(TRIES))
     }
 }
 
+/// A code just issued: the only time the code itself is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedCode {
+    pub code: ActivationCode,
+    /// What the database keeps of it.
+    pub record: CodeRecord,
+}
+
+/// Connection settings: WAL, full sync, overwrite deleted content.
+fn configure(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(
+            path = %path.display(),
+            journal_mode = %mode,
+            "the portal database could not switch to WAL mode"
+        );
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "secure_delete", true)?;
+    Ok(())
+}
+
+/// Version 2 to 3: every code (in codes, enrollments and pending TPM
+/// challenges) replaced by its keyed hash.
+fn migrate_v2_to_v3(tx: &Transaction<'_>, key: &CodeKey) -> Result<(), StoreError> {
+    // Codes were stored in their canonical compact form; hash what parses
+    // exactly as a fresh issue would, and anything else as it is (it could
+    // never be redeemed anyway).
+    let hash = |text: &str| match ActivationCode::parse(text) {
+        Ok(code) => key.hash(&code),
+        Err(_) => key.hash_compact(text),
+    };
+    tx.execute_batch(CREATE_V3_TABLES)?;
+    let codes: Vec<String> = tx
+        .prepare("SELECT code FROM codes")?
+        .query_map([], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    for code in codes {
+        tx.execute(
+            "INSERT INTO codes_v3 SELECT ?1, kind, user, created_at, expires_at, used_at,
+                 used_by_device FROM codes WHERE code = ?2",
+            params![hash(&code), code],
+        )?;
+    }
+    tx.execute(
+        "INSERT INTO enrollments_v3 SELECT device_id, user, credential_id, public_key, backend,
+             attestation_format, hardware_backed, enrolled_at, revoked_at, NULL,
+             attestation_detail FROM enrollments",
+        [],
+    )?;
+    let redeemed: Vec<(String, String)> = tx
+        .prepare("SELECT credential_id, code FROM enrollments WHERE code IS NOT NULL")?
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (credential_id, code) in redeemed {
+        tx.execute(
+            "UPDATE enrollments_v3 SET code_hash = ?1 WHERE credential_id = ?2",
+            params![hash(&code), credential_id],
+        )?;
+    }
+    let challenges: Vec<(String, Vec<u8>)> = tx
+        .prepare("SELECT code, device_public_key FROM tpm_challenges")?
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (code, device_public_key) in challenges {
+        tx.execute(
+            "INSERT INTO tpm_challenges_v3 SELECT ?1, device_public_key, device_name,
+                 secret_sha256, ak_public, ak_name, ek_public, ek_certificate,
+                 ek_certificate_status, ek_certificate_anchor, created_at
+             FROM tpm_challenges WHERE code = ?2 AND device_public_key = ?3",
+            params![hash(&code), code, device_public_key],
+        )?;
+    }
+    tx.execute_batch(REPLACE_V2_TABLES)?;
+    Ok(())
+}
+
 /// Queries and updates, inside or outside a transaction.
 pub struct Db<'c> {
     conn: &'c Connection,
+    key: &'c CodeKey,
 }
 
 impl Db<'_> {
@@ -601,14 +841,20 @@ impl Db<'_> {
         self.set_setting(SETTING_PUBLIC_URL, url)
     }
 
+    /// The keyed hash a code is stored under.
+    pub fn code_hash(&self, code: &ActivationCode) -> CodeHash {
+        self.key.hash(code)
+    }
+
     /// Inserts a code; `false` when that code already exists.
     pub fn insert_code(&self, record: &CodeRecord) -> Result<bool, StoreError> {
         let inserted = self.conn.execute(
-            "INSERT INTO codes (code, kind, user, created_at, expires_at, used_at, used_by_device)
+            "INSERT INTO codes (code_hash, kind, user, created_at, expires_at, used_at,
+                 used_by_device)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (code) DO NOTHING",
+             ON CONFLICT (code_hash) DO NOTHING",
             params![
-                record.code,
+                record.code_hash,
                 record.kind.as_str(),
                 record.user,
                 record.created_at,
@@ -620,13 +866,13 @@ impl Db<'_> {
         Ok(inserted == 1)
     }
 
-    /// The code with this compact form.
-    pub fn code(&self, compact: &str) -> Result<Option<CodeRecord>, StoreError> {
+    /// The record of an issued code.
+    pub fn code(&self, code: &ActivationCode) -> Result<Option<CodeRecord>, StoreError> {
         Ok(self
             .conn
             .query_row(
-                "SELECT * FROM codes WHERE code = ?1",
-                [compact],
+                "SELECT * FROM codes WHERE code_hash = ?1",
+                [self.code_hash(code)],
                 CodeRecord::from_row,
             )
             .optional()?)
@@ -636,14 +882,14 @@ impl Db<'_> {
     /// used (or does not exist).
     pub fn mark_code_used(
         &self,
-        compact: &str,
+        code_hash: &CodeHash,
         device_id: &str,
         now: i64,
     ) -> Result<bool, StoreError> {
         let updated = self.conn.execute(
             "UPDATE codes SET used_at = ?2, used_by_device = ?3
-             WHERE code = ?1 AND used_at IS NULL",
-            params![compact, now, device_id],
+             WHERE code_hash = ?1 AND used_at IS NULL",
+            params![code_hash, now, device_id],
         )?;
         Ok(updated == 1)
     }
@@ -690,12 +936,12 @@ impl Db<'_> {
     pub fn put_tpm_challenge(&self, challenge: &PendingTpmChallenge) -> Result<(), StoreError> {
         let identity = &challenge.identity;
         self.conn.execute(
-            "INSERT OR REPLACE INTO tpm_challenges (code, device_public_key, device_name,
+            "INSERT OR REPLACE INTO tpm_challenges (code_hash, device_public_key, device_name,
                  secret_sha256, ak_public, ak_name, ek_public, ek_certificate,
                  ek_certificate_status, ek_certificate_anchor, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
-                challenge.code,
+                challenge.code_hash,
                 challenge.device_public_key,
                 challenge.device_name,
                 challenge.secret_sha256,
@@ -714,14 +960,14 @@ impl Db<'_> {
     /// The pending challenge for this code and device key.
     pub fn tpm_challenge(
         &self,
-        compact: &str,
+        code_hash: &CodeHash,
         device_public_key: &[u8],
     ) -> Result<Option<PendingTpmChallenge>, StoreError> {
         Ok(self
             .conn
             .query_row(
-                "SELECT * FROM tpm_challenges WHERE code = ?1 AND device_public_key = ?2",
-                params![compact, device_public_key],
+                "SELECT * FROM tpm_challenges WHERE code_hash = ?1 AND device_public_key = ?2",
+                params![code_hash, device_public_key],
                 PendingTpmChallenge::from_row,
             )
             .optional()?)
@@ -731,13 +977,13 @@ impl Db<'_> {
     /// every challenge for the code; returns how many were deleted.
     pub fn delete_tpm_challenges(
         &self,
-        compact: &str,
+        code_hash: &CodeHash,
         device_public_key: Option<&[u8]>,
     ) -> Result<usize, StoreError> {
         Ok(self.conn.execute(
             "DELETE FROM tpm_challenges
-             WHERE code = ?1 AND (?2 IS NULL OR device_public_key = ?2)",
-            params![compact, device_public_key],
+             WHERE code_hash = ?1 AND (?2 IS NULL OR device_public_key = ?2)",
+            params![code_hash, device_public_key],
         )?)
     }
 
@@ -776,12 +1022,15 @@ impl Db<'_> {
     }
 
     /// The enrollment that redeemed this code, revoked or not.
-    pub fn enrollment_by_code(&self, compact: &str) -> Result<Option<Enrollment>, StoreError> {
+    pub fn enrollment_by_code(
+        &self,
+        code_hash: &CodeHash,
+    ) -> Result<Option<Enrollment>, StoreError> {
         Ok(self
             .conn
             .query_row(
-                "SELECT * FROM enrollments WHERE code = ?1",
-                [compact],
+                "SELECT * FROM enrollments WHERE code_hash = ?1",
+                [code_hash],
                 Enrollment::from_row,
             )
             .optional()?)
@@ -801,7 +1050,7 @@ impl Db<'_> {
     pub fn insert_enrollment(&self, enrollment: &Enrollment) -> Result<(), StoreError> {
         self.conn.execute(
             "INSERT INTO enrollments (device_id, user, credential_id, public_key, backend,
-                 attestation_format, hardware_backed, enrolled_at, revoked_at, code,
+                 attestation_format, hardware_backed, enrolled_at, revoked_at, code_hash,
                  attestation_detail)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
@@ -814,28 +1063,40 @@ impl Db<'_> {
                 enrollment.hardware_backed,
                 enrollment.enrolled_at,
                 enrollment.revoked_at,
-                enrollment.code,
+                enrollment.code_hash,
                 enrollment.attestation_detail,
             ],
         )?;
         Ok(())
     }
 
-    /// Revokes the user's active credential `credential_id` on the device;
-    /// `false` when there is no such active credential.
+    /// Revokes the user's active credential on the device: the one named
+    /// `credential_id`, or with `None` whichever is active (a device that
+    /// lost the id still knows the name). Returns the revoked enrollment;
+    /// `None` when there is no such active credential.
     pub fn revoke(
         &self,
         device_id: &str,
         user: &str,
-        credential_id: &str,
+        credential_id: Option<&str>,
         now: i64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<Enrollment>, StoreError> {
+        let Some(mut active) = self.active_enrollment(device_id, user)? else {
+            return Ok(None);
+        };
+        if credential_id.is_some_and(|id| id != active.credential_id) {
+            return Ok(None);
+        }
         let updated = self.conn.execute(
-            "UPDATE enrollments SET revoked_at = ?4
-             WHERE device_id = ?1 AND user = ?2 AND credential_id = ?3 AND revoked_at IS NULL",
-            params![device_id, user, credential_id, now],
+            "UPDATE enrollments SET revoked_at = ?2
+             WHERE credential_id = ?1 AND revoked_at IS NULL",
+            params![active.credential_id, now],
         )?;
-        Ok(updated == 1)
+        if updated != 1 {
+            return Ok(None);
+        }
+        active.revoked_at = Some(now);
+        Ok(Some(active))
     }
 }
 
@@ -901,7 +1162,7 @@ mod tests {
             hardware_backed: false,
             enrolled_at: NOW,
             revoked_at: None,
-            code: None,
+            code_hash: None,
             attestation_detail: "no attestation".into(),
         }
     }
@@ -934,17 +1195,46 @@ mod tests {
         );
     }
 
+    /// A database as version 1 or 2 of the portal left it.
+    fn old_database(path: &Path, version: i64) -> Connection {
+        let conn = Connection::open(path).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.execute_batch(SCHEMA_V1).unwrap();
+        if version >= 2 {
+            conn.execute_batch(MIGRATE_V1_TO_V2).unwrap();
+        }
+        conn.pragma_update(None, "user_version", version).unwrap();
+        conn
+    }
+
+    /// Whether `needle` appears in any of the database's files.
+    fn files_contain(path: &Path, needle: &str) -> Vec<PathBuf> {
+        std::iter::once(path.to_path_buf())
+            .chain(sqlite_side_files(path))
+            .filter(|file| {
+                std::fs::read(file).is_ok_and(|bytes| {
+                    bytes
+                        .windows(needle.len())
+                        .any(|window| window == needle.as_bytes())
+                })
+            })
+            .collect()
+    }
+
     #[test]
     fn a_version_1_database_is_migrated() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("portal.db");
+        let code = ActivationCode::generate().unwrap();
         {
-            let conn = Connection::open(&path).unwrap();
-            conn.execute_batch(SCHEMA_V1).unwrap();
-            conn.pragma_update(None, "user_version", 1).unwrap();
+            let conn = old_database(&path, 1);
+            conn.execute(
+                "INSERT INTO codes VALUES (?1, 'device', NULL, 1, 2, 1, 'dev-a')",
+                [code.compact()],
+            )
+            .unwrap();
             conn.execute_batch(
-                "INSERT INTO codes VALUES ('0000000000000000', 'device', NULL, 1, 2, 1, 'dev-a');
-                 INSERT INTO devices VALUES ('dev-a', x'01', 'old kiosk', 1);
+                "INSERT INTO devices VALUES ('dev-a', x'01', 'old kiosk', 1);
                  INSERT INTO enrollments VALUES ('dev-a', 'alice', 'cred-1', x'02', 'soft',
                      'none', 0, 1, NULL, NULL);",
             )
@@ -965,6 +1255,9 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(enrollment.attestation_detail, "");
+        assert_eq!(enrollment.code_hash, None);
+        let used = store.db().code(&code).unwrap().unwrap();
+        assert_eq!(used.used_by_device.as_deref(), Some("dev-a"));
         // The new columns and table work on the migrated database.
         let identity = TpmIdentity {
             ak_public: vec![1],
@@ -987,8 +1280,9 @@ mod tests {
             store.db().device("dev-b").unwrap().unwrap().tpm,
             Some(identity.clone())
         );
+        let hash = store.db().code_hash(&code);
         let challenge = PendingTpmChallenge {
-            code: "0000000000000000".into(),
+            code_hash: hash,
             device_public_key: vec![9],
             device_name: "new".into(),
             secret_sha256: vec![0; 32],
@@ -997,19 +1291,129 @@ mod tests {
         store.db().put_tpm_challenge(&challenge).unwrap();
         store.db().put_tpm_challenge(&challenge).unwrap();
         assert_eq!(
-            store.db().tpm_challenge("0000000000000000", &[9]).unwrap(),
+            store.db().tpm_challenge(&hash, &[9]).unwrap(),
             Some(challenge)
         );
         assert_eq!(
-            store
-                .db()
-                .delete_tpm_challenges("0000000000000000", Some(&[9]))
-                .unwrap(),
+            store.db().delete_tpm_challenges(&hash, Some(&[9])).unwrap(),
             1
         );
         drop(store);
         // Opening again does not migrate twice.
         Store::open(&path).unwrap();
+    }
+
+    #[test]
+    fn a_version_2_database_keeps_its_codes_but_not_their_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("portal.db");
+        let unused = ActivationCode::generate().unwrap();
+        let redeemed = ActivationCode::generate().unwrap();
+        let pending = ActivationCode::generate().unwrap();
+        let now = fleetkey_proto::time::now_unix();
+        {
+            let conn = old_database(&path, 2);
+            conn.execute(
+                "INSERT INTO codes VALUES (?1, 'user', 'alice', ?2, ?3, NULL, NULL)",
+                params![unused.compact(), now, now + 600],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO codes VALUES (?1, 'user', 'bob', ?2, ?3, ?2, 'dev-a')",
+                params![redeemed.compact(), now, now + 600],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO codes VALUES (?1, 'device', NULL, ?2, ?3, NULL, NULL)",
+                params![pending.compact(), now, now + 600],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO devices (device_id, public_key, name, registered_at)
+                 VALUES ('dev-a', x'01', 'kiosk', 1)",
+                [],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO enrollments VALUES ('dev-a', 'bob', 'cred-1', x'02', 'soft',
+                     'none', 0, 1, NULL, ?1, 'no attestation')",
+                [redeemed.compact()],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO tpm_challenges VALUES (?1, x'09', 'tpm box', zeroblob(32), x'01',
+                     x'02', x'03', x'', 'absent', NULL, 1)",
+                [pending.compact()],
+            )
+            .unwrap();
+            // The old portal's text is on disk (in the WAL or the file).
+            assert!(!files_contain(&path, unused.compact()).is_empty());
+        }
+        let store = Store::open(&path).unwrap();
+        // Every code still works as before: unused, used, pending.
+        let record = store.db().code(&unused).unwrap().unwrap();
+        assert_eq!(record.state(now), CodeState::Usable);
+        assert_eq!(record.user.as_deref(), Some("alice"));
+        let record = store.db().code(&redeemed).unwrap().unwrap();
+        assert!(matches!(record.state(now), CodeState::Used { .. }));
+        let enrollment = store
+            .db()
+            .enrollment_by_code(&store.db().code_hash(&redeemed))
+            .unwrap()
+            .unwrap();
+        assert_eq!(enrollment.credential_id, "cred-1");
+        let hash = store.db().code_hash(&pending);
+        assert!(store.db().tpm_challenge(&hash, &[9]).unwrap().is_some());
+        // And no file holds a code's text any more, in any of its forms.
+        for code in [&unused, &redeemed, &pending] {
+            for form in [code.compact().to_string(), code.to_string()] {
+                assert_eq!(files_contain(&path, &form), Vec::<PathBuf>::new(), "{form}");
+            }
+        }
+        let mode = std::fs::metadata(&path).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+    }
+
+    #[test]
+    fn the_code_key_must_be_the_databases_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("portal.db");
+        let key = key_path(&path);
+        let (code, _) = {
+            let mut store = Store::open(&path).unwrap();
+            let issued = store.issue_code(CodeKind::Device, None, 600, NOW).unwrap();
+            (issued.code, issued.record)
+        };
+        let original = std::fs::read(&key).unwrap();
+        // Without its key the database is refused, not given a new key.
+        std::fs::remove_file(&key).unwrap();
+        let error = Store::open(&path).unwrap_err();
+        assert!(
+            matches!(error, StoreError::Key(KeyError::Missing(_))),
+            "{error}"
+        );
+        assert!(!key.exists());
+        // Another database's key is refused.
+        std::fs::write(&key, [7u8; 32]).unwrap();
+        let error = Store::open(&path).unwrap_err();
+        assert!(
+            matches!(error, StoreError::Key(KeyError::Mismatch(_))),
+            "{error}"
+        );
+        // Its own key, restored with loose permissions, works and is narrowed.
+        std::fs::write(&key, &original).unwrap();
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        let store = Store::open(&path).unwrap();
+        assert!(store.db().code(&code).unwrap().is_some());
+        let mode = std::fs::metadata(&key).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
     }
 
     #[test]
@@ -1022,7 +1426,7 @@ mod tests {
         drop(store);
         let error = Store::open(&dir.path().join("portal.db")).unwrap_err();
         assert!(
-            matches!(error, StoreError::TooNew { found: 3, .. }),
+            matches!(error, StoreError::TooNew { found: 4, .. }),
             "{error}"
         );
         assert!(error.to_string().contains("newer fleetkey-portal"));
@@ -1048,9 +1452,9 @@ mod tests {
     #[test]
     fn code_lifecycle_and_single_use() {
         let (_dir, mut store) = store();
-        let record = store.issue_code(CodeKind::Device, None, 600, NOW).unwrap();
-        assert!(ActivationCode::parse(&record.code).is_ok());
-        let read = store.db().code(&record.code).unwrap().unwrap();
+        let IssuedCode { code, record } =
+            store.issue_code(CodeKind::Device, None, 600, NOW).unwrap();
+        let read = store.db().code(&code).unwrap().unwrap();
         assert_eq!(read, record);
         assert_eq!(read.expires_at, NOW + 600);
         assert_eq!(read.state(NOW), CodeState::Usable);
@@ -1058,17 +1462,17 @@ mod tests {
         assert!(
             store
                 .db()
-                .mark_code_used(&record.code, "dev-a", NOW + 5)
+                .mark_code_used(&record.code_hash, "dev-a", NOW + 5)
                 .unwrap()
         );
         // Single use: a second redemption does not take.
         assert!(
             !store
                 .db()
-                .mark_code_used(&record.code, "dev-b", NOW + 6)
+                .mark_code_used(&record.code_hash, "dev-b", NOW + 6)
                 .unwrap()
         );
-        let used = store.db().code(&record.code).unwrap().unwrap();
+        let used = store.db().code(&code).unwrap().unwrap();
         assert_eq!(
             used.state(NOW + 6),
             CodeState::Used {
@@ -1078,13 +1482,17 @@ mod tests {
         );
         // A used code stays "used" after its expiry.
         assert!(matches!(used.state(NOW + 10_000), CodeState::Used { .. }));
-        assert!(store.db().code("0000000000000000").unwrap().is_none());
+        let never_issued = ActivationCode::generate().unwrap();
+        assert!(store.db().code(&never_issued).unwrap().is_none());
     }
 
     #[test]
     fn codes_expire_at_their_expiry() {
         let (_dir, mut store) = store();
-        let record = store.issue_code(CodeKind::Device, None, 1, NOW).unwrap();
+        let record = store
+            .issue_code(CodeKind::Device, None, 1, NOW)
+            .unwrap()
+            .record;
         assert_eq!(record.state(NOW), CodeState::Usable);
         assert_eq!(record.state(NOW + 1), CodeState::Expired { at: NOW + 1 });
         assert_eq!(record.state(NOW + 100), CodeState::Expired { at: NOW + 1 });
@@ -1099,6 +1507,7 @@ mod tests {
         let device = store
             .issue_code(CodeKind::Device, Some("front desk"), 60, NOW)
             .unwrap();
+        let user_record = user.record.clone();
         let user = store.db().code(&user.code).unwrap().unwrap();
         let device = store.db().code(&device.code).unwrap().unwrap();
         assert_eq!(
@@ -1114,11 +1523,17 @@ mod tests {
         assert!(
             store
                 .db()
-                .insert_code(&CodeRecord::new(&code, CodeKind::User, None, NOW, 60))
+                .insert_code(&CodeRecord::new(
+                    store.db().code_hash(&code),
+                    CodeKind::User,
+                    None,
+                    NOW,
+                    60
+                ))
                 .is_err()
         );
         // Inserting the same code twice reports the collision.
-        assert!(!store.db().insert_code(&user).unwrap());
+        assert!(!store.db().insert_code(&user_record).unwrap());
     }
 
     #[test]
@@ -1148,9 +1563,25 @@ mod tests {
         assert_eq!(db.active_enrollments(None).unwrap().len(), 3);
 
         // Revoking frees the slot; the revoked row stays as history.
-        assert!(!db.revoke("dev-a", "alice", "cred-2", NOW).unwrap());
-        assert!(db.revoke("dev-a", "alice", "cred-1", NOW).unwrap());
-        assert!(!db.revoke("dev-a", "alice", "cred-1", NOW).unwrap());
+        assert!(
+            db.revoke("dev-a", "alice", Some("cred-2"), NOW)
+                .unwrap()
+                .is_none()
+        );
+        let revoked = db
+            .revoke("dev-a", "alice", Some("cred-1"), NOW)
+            .unwrap()
+            .unwrap();
+        assert_eq!(revoked.revoked_at, Some(NOW));
+        assert!(
+            db.revoke("dev-a", "alice", Some("cred-1"), NOW)
+                .unwrap()
+                .is_none()
+        );
+        // By name only: whichever credential bob has on dev-a.
+        let revoked = db.revoke("dev-a", "bob", None, NOW).unwrap().unwrap();
+        assert_eq!(revoked.credential_id, "cred-3");
+        assert!(db.revoke("dev-a", "bob", None, NOW).unwrap().is_none());
         assert!(db.active_enrollment("dev-a", "alice").unwrap().is_none());
         db.insert_enrollment(&enrollment("dev-a", "alice", "cred-4"))
             .unwrap();
@@ -1163,7 +1594,7 @@ mod tests {
         );
         let devices = db.devices().unwrap();
         assert_eq!(devices.len(), 2);
-        assert_eq!(devices[0].active_users, 2);
+        assert_eq!(devices[0].active_users, 1, "alice again; bob revoked");
         assert_eq!(devices[1].active_users, 1);
     }
 

@@ -59,6 +59,17 @@ fn assert_error(output: &Output, needle: &str) {
     assert!(output.stdout.is_empty(), "stdout: {}", stdout(output));
 }
 
+/// A usage error: exit status 2, a message on stderr naming `needle`,
+/// nothing on stdout.
+#[track_caller]
+fn assert_usage_error(output: &Output, needle: &str) {
+    assert_eq!(output.status.code(), Some(2), "stderr: {}", stderr(output));
+    let err = stderr(output);
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    assert!(output.stdout.is_empty(), "stdout: {}", stdout(output));
+}
+
 fn db_in(dir: &tempfile::TempDir) -> String {
     dir.path().join("portal.db").to_str().unwrap().to_string()
 }
@@ -107,7 +118,7 @@ fn code_issue_json() {
 
     // The code is in the database, unused, bound to the user.
     let store = Store::open(Path::new(&db)).unwrap();
-    let record = store.db().code(code.compact()).unwrap().unwrap();
+    let record = store.db().code(&code).unwrap().unwrap();
     assert_eq!(record.kind, CodeKind::User);
     assert_eq!(record.user.as_deref(), Some("alice smith"));
     assert_eq!(record.expires_at, expires_at);
@@ -230,20 +241,39 @@ fn code_issue_refuses_bad_requests() {
         "--portal-url",
         url,
     ]);
-    assert_error(&output, "--user");
-    let output = portal(&[
-        "code",
-        "issue",
-        "--db",
-        &db,
-        "--kind",
-        "user",
-        "--user",
-        "",
-        "--portal-url",
-        url,
-    ]);
-    assert_error(&output, "--user");
+    // A usage error, as --help promises (issue 16).
+    assert_usage_error(&output, "--user");
+    // Names follow the one user-name rule (docs/user-names.md).
+    for (name, why) in [
+        ("", "empty"),
+        ("bad name!", "'!'"),
+        ("alice\u{200b}", "U+200B"),
+        ("\u{202e}ecila", "U+202E"),
+        (" alice", "space"),
+    ] {
+        let output = portal(&[
+            "code",
+            "issue",
+            "--db",
+            &db,
+            "--kind",
+            "user",
+            "--user",
+            name,
+            "--portal-url",
+            url,
+        ]);
+        assert_usage_error(&output, "--user");
+        let err = stderr(&output);
+        assert!(
+            err.contains("USER_NAME_INVALID") && err.contains(why),
+            "{name:?}: {err}"
+        );
+    }
+    assert!(
+        !Path::new(&db).exists(),
+        "nothing was issued, not even a database made"
+    );
     // No URL known: neither --portal-url nor a `serve` before.
     let output = portal(&["code", "issue", "--db", &db, "--kind", "device"]);
     assert_error(&output, "no portal URL known");
@@ -257,7 +287,7 @@ fn code_issue_refuses_bad_requests() {
         "--portal-url",
         "ftp://x",
     ]);
-    assert_error(&output, "--portal-url");
+    assert_usage_error(&output, "--portal-url");
     // Usage errors from the parser: exit status 2.
     let output = portal(&["code", "issue", "--db", &db, "--kind", "admin"]);
     assert_eq!(output.status.code(), Some(2));
@@ -436,11 +466,11 @@ fn serve_refuses_plaintext_on_a_public_address() {
     let db = db_in(&dir);
     for listen in ["0.0.0.0:0", "[::]:0", "192.0.2.1:7000"] {
         let output = portal(&["serve", "--listen", listen, "--db", &db]);
-        assert_error(&output, "not a loopback address");
+        assert_usage_error(&output, "not a loopback address");
     }
     assert!(!Path::new(&db).exists(), "nothing was created");
     let output = portal(&["serve", "--listen", "nonsense", "--db", &db]);
-    assert_error(&output, "--listen");
+    assert_usage_error(&output, "--listen");
     let output = portal(&[
         "serve",
         "--listen",
@@ -450,7 +480,7 @@ fn serve_refuses_plaintext_on_a_public_address() {
         "--public-url",
         "portal.example",
     ]);
-    assert_error(&output, "--public-url");
+    assert_usage_error(&output, "--public-url");
     // --tls-cert without --tls-key is a usage error.
     let output = portal(&[
         "serve",
@@ -585,7 +615,7 @@ fn enrollment(device_id: &str, user: &str, key: &SigningKey, n: u32) -> Enrollme
         hardware_backed: false,
         enrolled_at: 1_795_918_359,
         revoked_at: None,
-        code: None,
+        code_hash: None,
         attestation_detail: "no attestation".into(),
     }
 }
@@ -657,7 +687,7 @@ fn users_and_devices_are_listed_and_shown() {
 
     // bob is on two devices.
     let output = portal(&["user", "show", "--db", &db, "bob"]);
-    assert_error(&output, "dev-a, dev-b");
+    assert_usage_error(&output, "dev-a, dev-b");
     let output = portal(&[
         "user", "show", "--db", &db, "bob", "--device", "dev-b", "--json",
     ]);
@@ -720,4 +750,141 @@ fn reading_commands_need_an_existing_database() {
     let output = portal(&["user", "list", "--db", &db]);
     assert_error(&output, "no portal database");
     assert!(!Path::new(&db).exists());
+}
+
+fn device(id: &str, name: &str) -> Device {
+    Device {
+        device_id: id.into(),
+        public_key: vec![0],
+        name: name.into(),
+        registered_at: 1_795_918_000,
+        tpm: None,
+        attestation_detail: String::new(),
+    }
+}
+
+#[test]
+fn user_revoke_frees_the_device_for_a_new_enrollment() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = db_in(&dir);
+    {
+        let store = Store::open(Path::new(&db)).unwrap();
+        let db = store.db();
+        db.insert_device(&device("dev-a", "front desk")).unwrap();
+        db.insert_device(&device("dev-b", "back office")).unwrap();
+        db.insert_enrollment(&enrollment("dev-a", "alice", &new_key(), 1))
+            .unwrap();
+        db.insert_enrollment(&enrollment("dev-a", "bob", &new_key(), 2))
+            .unwrap();
+        db.insert_enrollment(&enrollment("dev-b", "bob", &new_key(), 3))
+            .unwrap();
+    }
+    // The name is normalized like everywhere else: full-width alice.
+    let output = portal(&["user", "revoke", "--db", &db, "ａｌｉｃｅ", "--json"]);
+    assert_ok(&output);
+    let json: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(json["user"], "alice");
+    assert_eq!(json["device_id"], "dev-a");
+    assert_eq!(json["credential_id"], "cred-1");
+    assert!(json["revoked_at"].as_str().unwrap().ends_with('Z'));
+    let store = Store::open(Path::new(&db)).unwrap();
+    assert!(
+        store
+            .db()
+            .active_enrollment("dev-a", "alice")
+            .unwrap()
+            .is_none()
+    );
+    // A later enrollment of alice on dev-a is possible again.
+    store
+        .db()
+        .insert_enrollment(&enrollment("dev-a", "alice", &new_key(), 4))
+        .unwrap();
+    drop(store);
+    let output = portal(&["user", "revoke", "--db", &db, "alice"]);
+    assert_ok(&output);
+    assert!(stdout(&output).contains("cred-4"), "{}", stdout(&output));
+    assert!(
+        stderr(&output).contains("code issue --kind user"),
+        "{}",
+        stderr(&output)
+    );
+
+    // bob is on two devices: which one must be said.
+    let output = portal(&["user", "revoke", "--db", &db, "bob"]);
+    assert_usage_error(&output, "--device");
+    let output = portal(&["user", "revoke", "--db", &db, "bob", "--device", "dev-b"]);
+    assert_ok(&output);
+    let output = portal(&["user", "revoke", "--db", &db, "bob", "--device", "dev-b"]);
+    assert_error(&output, "not enrolled on device dev-b");
+    let output = portal(&["user", "show", "--db", &db, "bob", "--json"]);
+    assert_ok(&output);
+    let json: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(json["device_id"], "dev-a");
+    // Names that break the rule are refused as usage errors.
+    let output = portal(&["user", "revoke", "--db", &db, "bad name!"]);
+    assert_usage_error(&output, "USER_NAME_INVALID");
+}
+
+#[test]
+fn human_output_escapes_what_devices_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = db_in(&dir);
+    {
+        let store = Store::open(Path::new(&db)).unwrap();
+        let db = store.db();
+        // As an older portal might have stored them.
+        db.insert_device(&device("dev-a", "kiosk\u{1b}]0;pwned\u{7}\u{1b}[2J"))
+            .unwrap();
+        let mut alice = enrollment("dev-a", "alice", &new_key(), 1);
+        alice.backend = "soft\u{202e}".into();
+        alice.attestation_detail = "chains to CN=\u{1b}[31mroot".into();
+        db.insert_enrollment(&alice).unwrap();
+    }
+    for args in [
+        vec!["device", "list"],
+        vec!["user", "list"],
+        vec!["user", "show", "alice"],
+    ] {
+        let output = portal(&[&args[..], &["--db", &db]].concat());
+        assert_ok(&output);
+        let text = stdout(&output);
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{202e}'),
+            "{args:?}: {text:?}"
+        );
+    }
+    let output = portal(&["device", "list", "--db", &db]);
+    assert!(
+        stdout(&output).contains("kiosk\\u{1b}]0;pwned\\u{7}"),
+        "{}",
+        stdout(&output)
+    );
+    // JSON carries the strings as they are.
+    let output = portal(&["device", "list", "--db", &db, "--json"]);
+    let json: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(json[0]["name"], "kiosk\u{1b}]0;pwned\u{7}\u{1b}[2J");
+}
+
+#[test]
+fn code_issue_stores_the_normalized_user_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = db_in(&dir);
+    let json = issue_json(&[
+        "--db",
+        &db,
+        "--kind",
+        "user",
+        "--user",
+        "ａｌｉｃｅ",
+        "--portal-url",
+        "http://127.0.0.1:7000",
+    ]);
+    assert_eq!(json["user"], "alice");
+    let code = ActivationCode::parse(json["code"].as_str().unwrap()).unwrap();
+    let store = Store::open(Path::new(&db)).unwrap();
+    let record = store.db().code(&code).unwrap().unwrap();
+    assert_eq!(record.user.as_deref(), Some("alice"));
+    let payload = EnrollmentPayload::parse_uri(json["uri"].as_str().unwrap()).unwrap();
+    assert_eq!(payload.user_hint.as_deref(), Some("alice"));
 }

@@ -24,6 +24,7 @@ use tonic::transport::Channel;
 
 struct TestPortal {
     client: PortalClient<Channel>,
+    addr: std::net::SocketAddr,
     db: PathBuf,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), fleetkey_portal::PortalError>>>,
@@ -49,6 +50,7 @@ impl TestPortal {
             .unwrap();
         Self {
             client,
+            addr,
             db,
             stop: Some(stop),
             server: Some(server),
@@ -60,12 +62,15 @@ impl TestPortal {
         Store::open(&self.db).unwrap()
     }
 
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
     fn issue(&self, kind: CodeKind, user: Option<&str>, ttl: i64) -> ActivationCode {
-        let record = self
-            .store()
+        self.store()
             .issue_code(kind, user, ttl, now_unix())
-            .unwrap();
-        ActivationCode::parse(&record.code).unwrap()
+            .unwrap()
+            .code
     }
 
     fn device_code(&self) -> ActivationCode {
@@ -269,12 +274,7 @@ async fn register_device_then_enroll_user() {
     assert_eq!(stored.public_key, spki(&user_key));
     assert_eq!(stored.backend, "soft");
     assert_eq!(stored.attestation_format, "none");
-    let record = portal
-        .store()
-        .db()
-        .code(user_code.compact())
-        .unwrap()
-        .unwrap();
+    let record = portal.store().db().code(&user_code).unwrap().unwrap();
     assert_eq!(record.used_by_device.as_deref(), Some(device_id.as_str()));
 
     // Many users on one device.
@@ -335,8 +335,15 @@ async fn expired_codes_are_refused() {
     // Inserted with an expiry in the past.
     let code = ActivationCode::generate().unwrap();
     let now = now_unix();
-    let record = CodeRecord::new(&code, CodeKind::Device, None, now - 700, 600);
-    assert!(portal.store().db().insert_code(&record).unwrap());
+    let store = portal.store();
+    let record = CodeRecord::new(
+        store.db().code_hash(&code),
+        CodeKind::Device,
+        None,
+        now - 700,
+        600,
+    );
+    assert!(store.db().insert_code(&record).unwrap());
     let f = failure(portal.client.check_code(check(code.compact())).await);
     assert_eq!(f.reason, Reason::CodeExpired);
     assert!(
@@ -833,5 +840,306 @@ async fn revoke_then_enroll_again() {
     // A new code enrolls alice again, with a new credential.
     let again = portal.enroll(&device_id, &device_key, "alice").await;
     assert_ne!(again.credential_id, enrolled.credential_id);
+    portal.stop().await;
+}
+
+/// What the daemon does after a crash between the portal's commit and its
+/// own: it sends the very same signed EnrollUser again, possibly long
+/// after, and must get the same credential back.
+#[tokio::test]
+async fn an_exact_enrollment_retry_answers_the_same_credential() {
+    let mut portal = TestPortal::start().await;
+    let device_key = new_key();
+    let device_id = portal.register(&device_key).await;
+    // A code that expires while the daemon is down.
+    let code = portal.issue(CodeKind::User, Some("alice"), 1);
+    let user_key = new_key();
+    let request = enroll_request(&device_id, &device_key, &code, &user_key);
+    let first = portal
+        .client
+        .enroll_user(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let again = portal
+        .client
+        .enroll_user(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, first, "the same credential, not CODE_ALREADY_USED");
+    assert_eq!(
+        portal
+            .store()
+            .db()
+            .active_enrollments(Some("alice"))
+            .unwrap()
+            .len(),
+        1,
+        "no second credential"
+    );
+
+    // The same device and code with another key is a second use.
+    let f = failure(
+        portal
+            .client
+            .enroll_user(enroll_request(&device_id, &device_key, &code, &new_key()))
+            .await,
+    );
+    assert_eq!(f.reason, Reason::CodeAlreadyUsed);
+    // So is the same key from another device.
+    let other_key = new_key();
+    let other_device = portal.register(&other_key).await;
+    let f = failure(
+        portal
+            .client
+            .enroll_user(enroll_request(&other_device, &other_key, &code, &user_key))
+            .await,
+    );
+    assert_eq!(f.reason, Reason::CodeAlreadyUsed);
+    portal.stop().await;
+}
+
+/// A device that lost the credential id in a crash revokes by name: an
+/// empty credential_id revokes whichever credential the user has there.
+#[tokio::test]
+async fn a_device_revokes_by_user_name_alone() {
+    let mut portal = TestPortal::start().await;
+    let device_key = new_key();
+    let device_id = portal.register(&device_key).await;
+    let enrolled = portal.enroll(&device_id, &device_key, "alice").await;
+    let other_key = new_key();
+    let other_device = portal.register(&other_key).await;
+    let elsewhere = portal.enroll(&other_device, &other_key, "alice").await;
+
+    // A name that breaks the user-name rule is refused, after the
+    // signature (it is the device's own request).
+    let f = failure(
+        portal
+            .client
+            .revoke_user(revoke_request(
+                &device_id,
+                &device_key,
+                "alice\u{200b}",
+                "",
+                now_unix(),
+            ))
+            .await,
+    );
+    assert_eq!(f.reason, Reason::UserNameInvalid);
+    assert!(f.message.contains("U+200B"), "{f}");
+
+    // The full-width form normalizes to alice.
+    portal
+        .client
+        .revoke_user(revoke_request(
+            &device_id,
+            &device_key,
+            "ａｌｉｃｅ",
+            "",
+            now_unix(),
+        ))
+        .await
+        .unwrap();
+    let store = portal.store();
+    assert!(
+        store
+            .db()
+            .active_enrollment(&device_id, "alice")
+            .unwrap()
+            .is_none()
+    );
+    // Only this device's credential went.
+    assert_eq!(
+        store
+            .db()
+            .active_enrollment(&other_device, "alice")
+            .unwrap()
+            .unwrap()
+            .credential_id,
+        elsewhere.credential_id
+    );
+    // Nothing left to revoke by name.
+    let f = failure(
+        portal
+            .client
+            .revoke_user(revoke_request(
+                &device_id,
+                &device_key,
+                "alice",
+                "",
+                now_unix(),
+            ))
+            .await,
+    );
+    assert_eq!(f.reason, Reason::UserUnknown);
+    // And alice can be enrolled there again.
+    let again = portal.enroll(&device_id, &device_key, "alice").await;
+    assert_ne!(again.credential_id, enrolled.credential_id);
+    portal.stop().await;
+}
+
+/// A client whose connections come from `source` (another 127.x address
+/// is another peer to the portal).
+async fn client_from(url: &str, source: &str) -> PortalClient<Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+        .unwrap()
+        .local_address(Some(source.parse().unwrap()))
+        .connect()
+        .await
+        .unwrap();
+    PortalClient::new(channel)
+}
+
+/// Sends `n` CheckCode guesses as fast as one connection allows; returns
+/// how many were answered CODE_UNKNOWN and the RATE_LIMITED failures.
+async fn guess(client: &mut PortalClient<Channel>, n: usize) -> (usize, Vec<Failure>) {
+    let mut unknown = 0;
+    let mut limited = Vec::new();
+    for _ in 0..n {
+        let code = ActivationCode::generate().unwrap();
+        let status = client
+            .check_code(check(code.compact()))
+            .await
+            .expect_err("a guess cannot be right");
+        let f = Failure::from_status(&status);
+        match f.reason {
+            Reason::CodeUnknown => unknown += 1,
+            Reason::RateLimited => {
+                assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+                limited.push(f);
+            }
+            other => panic!("unexpected {other}: {f}"),
+        }
+    }
+    (unknown, limited)
+}
+
+#[tokio::test]
+async fn code_guesses_are_rate_limited_per_peer() {
+    let portal = TestPortal::start().await;
+    let url = portal.url();
+    let mut attacker = client_from(&url, "127.0.0.2").await;
+    let started = std::time::Instant::now();
+    let (unknown, limited) = guess(&mut attacker, 200).await;
+    let elapsed = started.elapsed();
+    // The burst of 20, plus the 5 a second that came back meanwhile.
+    let allowed = 20 + (elapsed.as_secs_f64() * 5.0).ceil() as usize;
+    assert!(
+        (20..=allowed).contains(&unknown),
+        "{unknown} guesses answered in {elapsed:?}"
+    );
+    assert_eq!(unknown + limited.len(), 200);
+    let f = &limited[0];
+    let retry: u64 = f.meta("retry_after_seconds").unwrap().parse().unwrap();
+    assert!((1..=1).contains(&retry), "{f:?}");
+    assert!(
+        f.message.contains("CheckCode") && f.message.contains("127.0.0.2"),
+        "{f}"
+    );
+    eprintln!(
+        "200 CheckCode guesses from one peer in {elapsed:?}: {unknown} answered, {} RATE_LIMITED",
+        limited.len()
+    );
+
+    // A well-behaved device on another address is not affected: it checks
+    // its code, activates and enrolls a user.
+    let mut device = client_from(&url, "127.0.0.1").await;
+    let code = portal.device_code();
+    device.check_code(check(code.compact())).await.unwrap();
+    let device_key = new_key();
+    let device_id = device
+        .register_device(register_request(&code, &device_key))
+        .await
+        .unwrap()
+        .into_inner()
+        .device_id;
+    let user_code = portal.user_code("alice");
+    device.check_code(check(user_code.compact())).await.unwrap();
+    device
+        .enroll_user(enroll_request(
+            &device_id,
+            &device_key,
+            &user_code,
+            &new_key(),
+        ))
+        .await
+        .unwrap();
+
+    // After retry_after_seconds the attacker gets a guess again.
+    tokio::time::sleep(std::time::Duration::from_secs(retry)).await;
+    let (unknown, _) = guess(&mut attacker, 1).await;
+    assert_eq!(unknown, 1);
+    portal.stop().await;
+}
+
+/// Signed calls are charged to the device whose key signed them, not to
+/// the peer: a flood from the device's own address (on loopback, every
+/// local process) does not stop its enrollments, and a caller who only
+/// names the device cannot spend its tokens.
+#[tokio::test]
+async fn signed_calls_are_limited_per_device() {
+    let mut portal = TestPortal::start().await;
+    let url = portal.url();
+    let device_key = new_key();
+    let device_id = portal.register(&device_key).await;
+
+    // Someone floods from the device's own address until refused ...
+    let mut neighbour = client_from(&url, "127.0.0.1").await;
+    let (_, limited) = guess(&mut neighbour, 40).await;
+    assert!(!limited.is_empty());
+    // ... and sends EnrollUser naming the device, with bad signatures:
+    // charged to that peer, which is out of tokens.
+    let code = portal.user_code("alice");
+    let mut forged = enroll_request(&device_id, &new_key(), &code, &new_key());
+    forged.device_signature[10] ^= 1;
+    for _ in 0..30 {
+        let f = failure(neighbour.enroll_user(forged.clone()).await);
+        assert!(
+            matches!(f.reason, Reason::RateLimited | Reason::SignatureInvalid),
+            "{f}"
+        );
+    }
+    let f = failure(neighbour.enroll_user(forged).await);
+    assert_eq!(f.reason, Reason::RateLimited, "{f}");
+
+    // The device still enrolls: its signed call is charged to itself.
+    portal
+        .client
+        .enroll_user(enroll_request(&device_id, &device_key, &code, &new_key()))
+        .await
+        .unwrap();
+
+    // The device's own bucket: 20 signed calls, then RATE_LIMITED naming
+    // the device.
+    let mut answered = 0;
+    let mut refusal = None;
+    for _ in 0..30 {
+        let result = portal
+            .client
+            .revoke_user(revoke_request(
+                &device_id,
+                &device_key,
+                "nobody",
+                "",
+                now_unix(),
+            ))
+            .await;
+        let f = failure(result);
+        match f.reason {
+            Reason::UserUnknown => answered += 1,
+            Reason::RateLimited => {
+                refusal = Some(f);
+                break;
+            }
+            other => panic!("unexpected {other}: {f}"),
+        }
+    }
+    // The enrollment above took one of the device's 20.
+    assert!((19..=20).contains(&answered), "{answered}");
+    let refusal = refusal.expect("the device was limited");
+    assert!(refusal.message.contains(&device_id), "{refusal}");
+    assert!(refusal.meta("retry_after_seconds").is_some());
     portal.stop().await;
 }

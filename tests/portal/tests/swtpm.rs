@@ -315,7 +315,7 @@ fn make_credential_round_trip_through_a_real_tpm() {
         "-s",
         "probe.secret",
         "-n",
-        &tpm::hex(&name),
+        &hex::encode(&name),
         "-o",
         "probe.cred",
     ]);
@@ -448,7 +448,9 @@ async fn tpm_activation_through_the_service() {
     let code = store
         .issue_code(CodeKind::Device, None, 600, now_unix())
         .unwrap()
-        .code;
+        .code
+        .compact()
+        .to_string();
     let service = PortalService::new(store).with_tpm_ek_roots(tpm.ca_bundle());
     let device_key = SigningKey::from_slice(&[0x31; 32]).unwrap();
     let device_spki = device_key
@@ -525,6 +527,8 @@ async fn tpm_activation_through_the_service() {
             .issue_code(CodeKind::User, Some("alice"), 600, now_unix())
             .unwrap()
             .code
+            .compact()
+            .to_string()
     };
     let key_public = tpm.user_key(KEY_ATTRIBUTES, "key");
     let (attest, signature) = tpm.certify("key");

@@ -11,7 +11,7 @@ use fleetkey_portal::store::{CodeKind, Store};
 use fleetkey_portal::tpm::{self, attr};
 use fleetkey_proto::portal::{CompleteTpmActivationRequest, RegisterDeviceRequest, TpmIdentity};
 use fleetkey_proto::time::now_unix;
-use fleetkey_proto::{Failure, Reason, binding};
+use fleetkey_proto::{ActivationCode, Failure, Reason, binding};
 use p256::ecdsa::signature::Signer;
 use p256::ecdsa::{DerSignature, SigningKey};
 use p256::pkcs8::EncodePublicKey;
@@ -103,7 +103,9 @@ impl Setup {
         let code = store
             .issue_code(CodeKind::Device, None, 600, now_unix())
             .unwrap()
-            .code;
+            .code
+            .compact()
+            .to_string();
         Self {
             service: PortalService::new(store),
             code,
@@ -149,7 +151,7 @@ impl Setup {
         let store = self.service.store().lock().unwrap();
         store
             .db()
-            .code(&self.code)
+            .code(&ActivationCode::parse(&self.code).unwrap())
             .unwrap()
             .unwrap()
             .used_at
@@ -160,7 +162,12 @@ impl Setup {
         let store = self.service.store().lock().unwrap();
         store
             .db()
-            .tpm_challenge(&self.code, &self.spki())
+            .tpm_challenge(
+                &store
+                    .db()
+                    .code_hash(&ActivationCode::parse(&self.code).unwrap()),
+                &self.spki(),
+            )
             .unwrap()
             .is_some()
     }
@@ -204,7 +211,10 @@ async fn a_tpm_registration_is_a_challenge_and_leaves_the_code_unused() {
     assert!(setup.code_unused());
     let count: i64 = {
         let store = setup.service.store().lock().unwrap();
-        store.db().delete_tpm_challenges(&setup.code, None).unwrap() as i64
+        let hash = store
+            .db()
+            .code_hash(&ActivationCode::parse(&setup.code).unwrap());
+        store.db().delete_tpm_challenges(&hash, None).unwrap() as i64
     };
     assert_eq!(count, 1);
 }
@@ -295,7 +305,9 @@ async fn unacceptable_tpm_identities_are_refused() {
     let code = store
         .issue_code(CodeKind::Device, None, 600, now_unix())
         .unwrap()
-        .code;
+        .code
+        .compact()
+        .to_string();
     let strict = Setup {
         service: PortalService::new(store).with_tpm_ek_roots(Vec::new()),
         code,

@@ -320,16 +320,16 @@ fn kdfa_matches_openssl_kbkdf() {
     let mut name = vec![0x00, 0x0b];
     name.extend_from_slice(&[0xaa; 32]);
     assert_eq!(
-        hex(&kdfa_sha256(&key, "STORAGE", &name, &[], 128).unwrap()),
+        hex::encode(kdfa_sha256(&key, "STORAGE", &name, &[], 128).unwrap()),
         "0415b32b6f43896a87e7b29be8f2ac14"
     );
     assert_eq!(
-        hex(&kdfa_sha256(&key, "INTEGRITY", &[], &[], 256).unwrap()),
+        hex::encode(kdfa_sha256(&key, "INTEGRITY", &[], &[], 256).unwrap()),
         "bacf689f634ece301e1f1b15b072d9c87db6a69585db42b1a0cb8f73ebe2692e"
     );
     // More than one HMAC block: the counter runs.
     assert_eq!(
-        hex(&kdfa_sha256(&key, "STORAGE", &name, &[], 384).unwrap()),
+        hex::encode(kdfa_sha256(&key, "STORAGE", &name, &[], 384).unwrap()),
         "278d8e605330e4b8e0cb8ce3e61374225fd82ed70e76fe28412239dffa16aa741a8df5833fa3dd81818741c3d81d2899"
     );
 }
