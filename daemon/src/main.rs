@@ -1,7 +1,6 @@
 //! `fleetkeyd`: starts the daemon. See `fleetkeyd --help`.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 

@@ -53,7 +53,7 @@ impl Portal {
     fn code(&self, kind: CodeKind, user: Option<&str>) -> String {
         let mut store = PortalStore::open(&self.db).unwrap();
         let record = store.issue_code(kind, user, 600, time::now_unix()).unwrap();
-        record.code
+        record.code.to_string()
     }
 }
 
@@ -182,7 +182,7 @@ async fn portal_names_must_follow_the_rule() {
     };
     let refused = engine
         .add_user(
-            &record.code,
+            &record.code.to_string(),
             Pin::new("1234"),
             "",
             &CreateOptions::default(),
@@ -297,7 +297,8 @@ async fn recovery_resends_the_recorded_request_and_keeps_the_user() {
         .unwrap()
         .issue_code(CodeKind::User, Some("alice"), 600, time::now_unix())
         .unwrap()
-        .code;
+        .code
+        .to_string();
     let (_, request) = pending_enrollment(engine, &code, "alice").await;
     let first = engine
         .portal
@@ -344,7 +345,8 @@ async fn recovery_keeps_pending_users_while_the_portal_is_down() {
         .unwrap()
         .issue_code(CodeKind::User, Some("carol"), 600, time::now_unix())
         .unwrap()
-        .code;
+        .code
+        .to_string();
     let (record, _) = pending_enrollment(engine, &code, "carol").await;
     drop(portal);
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -1,10 +1,9 @@
 //! The daemon fixture (`fleetkeyd` with its own state and socket) and
 //! `fleetkeyctl` runs against it.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;

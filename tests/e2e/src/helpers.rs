@@ -1,16 +1,12 @@
 //! Small helpers every fixture uses: finding the workspace's binaries,
 //! temporary directories, free ports, and checking signatures with openssl.
 
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::*;
 
 /// Fast Argon2 settings so the suite does not spend its time hashing PINs;
 /// one test runs with the defaults.
