@@ -77,13 +77,21 @@ impl Registration {
         fn parse<F: fleetkey_plugin::KeyStoreFactory>(
             table: toml::Table,
         ) -> Result<Settings, SectionError> {
-            let config: F::Config =
-                toml::Value::Table(table)
-                    .try_into()
-                    .map_err(|e: toml::de::Error| SectionError {
-                        key: None,
-                        message: e.message().trim_end().replace('\n', " "),
-                    })?;
+            // Through TOML text, so that a bad value's error points at its
+            // line, and so names its key.
+            let text = toml::to_string(&table).map_err(|e| SectionError {
+                key: None,
+                message: e.to_string(),
+            })?;
+            let config: F::Config = toml::from_str(&text).map_err(|e| SectionError {
+                key: e
+                    .span()
+                    .and_then(|span| text.get(..span.start))
+                    .and_then(|before| text.lines().nth(before.matches('\n').count()))
+                    .and_then(|line| line.split_once('='))
+                    .map(|(key, _)| key.trim().to_string()),
+                message: e.message().trim_end().replace('\n', " "),
+            })?;
             F::check(&config).map_err(|e| SectionError {
                 key: Some(e.key.to_string()),
                 message: e.message,
@@ -417,4 +425,95 @@ pub fn max_attempts(store: &dyn KeyStore, policy_max_attempts: u32) -> u32 {
 
 fn length(value: Option<usize>) -> u32 {
     value.map_or(0, |v| u32::try_from(v).unwrap_or(u32::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fleetkeyd.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(&path, true).unwrap()
+    }
+
+    #[test]
+    fn the_registry_names_each_key_store_once() {
+        let names: Vec<&str> = registry().iter().map(|r| r.name).collect();
+        assert_eq!(names, ["soft", "tpm", "pcsc"]);
+        for registration in registry() {
+            // A built store's factory answers to the registry line's name.
+            assert_eq!(
+                registration.is_built(),
+                registration.description != "not built into this fleetkeyd",
+                "{}",
+                registration.name
+            );
+        }
+        assert_eq!(
+            registry()
+                .iter()
+                .find(|r| r.name == "soft")
+                .map(|r| r.hardware_backed),
+            Some(false)
+        );
+    }
+
+    #[test]
+    fn a_key_store_opens_through_its_factory_with_its_typed_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(
+            "[backends.soft]\nargon2_memory_kib = 64\nargon2_iterations = 1\n\
+             [backends.tpm]\nenabled = false\n[backends.pcsc]\nenabled = false\n",
+        );
+        let backends = Backends::open(&config, dir.path());
+        let soft = backends.get("soft").unwrap();
+        assert!(!soft.info.hardware_backed);
+        // The section's settings reached the store.
+        assert!(dir.path().join("soft-keys").is_dir());
+        let status = backends.describe(5);
+        let names: Vec<&str> = status.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["soft", "tpm", "pcsc"]);
+        for name in ["tpm", "pcsc"] {
+            let failure = backends.get(name).err().unwrap();
+            assert_eq!(failure.reason, Reason::BackendUnavailable);
+            assert!(failure.message.contains("disabled"), "{failure}");
+        }
+        let unknown = backends.get("hsm").err().unwrap();
+        assert_eq!(unknown.reason, Reason::BackendUnknown);
+        assert!(unknown.message.contains("soft, tpm, pcsc"), "{unknown}");
+    }
+
+    #[test]
+    fn a_store_that_cannot_open_is_unavailable_with_its_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        // The soft store's directory is a file: it cannot open.
+        std::fs::write(dir.path().join("soft-keys"), b"").unwrap();
+        let config = config("[backends.tpm]\nenabled = false\n[backends.pcsc]\nenabled = false\n");
+        let backends = Backends::open(&config, dir.path());
+        let failure = backends.get("soft").err().unwrap();
+        assert_eq!(failure.reason, Reason::BackendUnavailable);
+        assert!(failure.message.contains("not a directory"), "{failure}");
+        let status = backends.describe(5);
+        assert!(!status[0].available);
+        assert!(!status[0].hardware_backed);
+    }
+
+    #[test]
+    fn a_store_left_out_of_the_build_is_known_by_name() {
+        let mut sections = KeyStoreSections::default();
+        sections.sections.push(Section {
+            registration: Registration::not_built("hsm"),
+            enabled: true,
+            settings: None,
+        });
+        let mut config = Config::default();
+        config.backends = sections;
+        let dir = tempfile::tempdir().unwrap();
+        let backends = Backends::open(&config, dir.path());
+        let failure = backends.get("hsm").err().unwrap();
+        assert_eq!(failure.reason, Reason::BackendUnavailable);
+        assert!(failure.message.contains("cargo feature `hsm`"), "{failure}");
+    }
 }
