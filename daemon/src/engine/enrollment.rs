@@ -1,0 +1,235 @@
+//! Adding a user: the code is checked with the portal, the key made in a
+//! key store, a pending row written, the key registered with the portal
+//! (attestation, proof of possession, device signature), and the row made
+//! active. A failure after the key exists deletes the row, then the key.
+
+use fleetkey_plugin::{Attestation, CreateOptions, Pin};
+use fleetkey_proto::portal::{self, CodeKind};
+use fleetkey_proto::{EnrollmentInput, Failure, Reason, binding, daemon, time};
+
+use super::failure::key_store_failure;
+use super::{Engine, Store, user_message, wrong_kind};
+use crate::device_key::DeviceKey;
+use crate::pin_policy;
+use crate::state::{DeviceRecord, UserRecord, UserState};
+
+impl Engine {
+    /// What can be checked before a code is known (device activated, key
+    /// store usable, PIN policy), so that a scan does not open the camera
+    /// for an enrollment bound to fail.
+    pub fn check_add_user(&self, pin: &Pin, backend: &str) -> Result<(), Failure> {
+        let backend_name = if backend.is_empty() {
+            self.default_backend.as_str()
+        } else {
+            backend
+        };
+        self.require_device()?;
+        let store = self.store(backend_name)?;
+        pin_policy::check(&self.pin_policy, backend_name, &store.info().pin_rules, pin)
+    }
+
+    /// Enrolls the user an add-user code is bound to: key in the backend,
+    /// pending record, registration with the portal, active record. Any
+    /// failure undoes what was done.
+    pub async fn add_user(
+        &self,
+        input: &str,
+        pin: Pin,
+        backend: &str,
+        options: &CreateOptions,
+    ) -> Result<daemon::User, Failure> {
+        let input = EnrollmentInput::parse(input)?;
+        let backend_name = if backend.is_empty() {
+            self.default_backend.as_str()
+        } else {
+            backend
+        };
+        let _guard = self.enroll_lock.lock().await;
+        let device = self.require_device()?;
+        if let Some(url) = input.portal_url()
+            && !same_url(url, &device.portal_url)
+        {
+            return Err(Failure::new(
+                Reason::InvalidArgument,
+                format!(
+                    "this code is for the portal {url}, but the device is activated with {}",
+                    device.portal_url
+                ),
+            )
+            .with_hint("Ask the device's own portal for an add-user code."));
+        }
+        let store = self.store(backend_name)?;
+        pin_policy::check(
+            &self.pin_policy,
+            backend_name,
+            &store.info().pin_rules,
+            &pin,
+        )?;
+
+        let code = input.code().compact().to_string();
+        let mut portal = self.portal.connect(&device.portal_url).await?;
+        let checked = portal.check_code(&code).await?;
+        if checked.kind() != CodeKind::User {
+            return Err(wrong_kind(
+                "a device activation code",
+                "add a user",
+                "fleetkeyctl activate",
+            ));
+        }
+        let name = validate_user_name(&checked.user)?;
+        if self.user_record(&name)?.is_some() {
+            return Err(already_enrolled(&name));
+        }
+
+        let key_id = random_id("u-")?;
+        let enrolled = store
+            .create_key(key_id, pin.clone(), options.clone())
+            .await?;
+        let created = enrolled.key;
+        let record = UserRecord {
+            name: name.clone(),
+            credential_id: String::new(),
+            backend: store.name().to_string(),
+            key_ref: created.key_ref.clone(),
+            public_key_der: created.public_key_der.clone(),
+            hardware_backed: store.info().hardware_backed,
+            state: UserState::Pending,
+            failed_attempts: 0,
+            enrolled_at: time::now_unix(),
+        };
+        let pending = record.clone();
+        if let Err(failure) = self.write(move |state| state.insert_user(&pending)).await {
+            self.delete_key(&store, &created.key_ref).await;
+            return Err(failure);
+        }
+
+        let registered = self
+            .register_user(&mut portal, &device, &store, &code, &record, &pin)
+            .await;
+        let (registered, attestation_format) = match registered {
+            Ok(registered) => registered,
+            Err(failure) => {
+                self.forget_user(&store, &record).await;
+                return Err(failure);
+            }
+        };
+        let (portal_hardware_backed, portal_detail) = (
+            registered.hardware_backed,
+            registered.attestation_detail.clone(),
+        );
+        let (user, credential, at) = (
+            name.clone(),
+            registered.credential_id.clone(),
+            registered.enrolled_at,
+        );
+        // Should this fail, the portal has the key but we could not record
+        // it: the pending record is rolled back at the next start.
+        self.write(move |state| state.activate_user(&user, &credential, at))
+            .await?;
+        tracing::info!(user = %name, backend = %store.name(), "user enrolled");
+        let active = UserRecord {
+            credential_id: registered.credential_id,
+            enrolled_at: registered.enrolled_at,
+            state: UserState::Active,
+            ..record
+        };
+        let mut message = user_message(&active, self.max_attempts_for(&active.backend))?;
+        message.notes = enrolled.notes;
+        if attestation_format == "none" && store.info().hardware_backed {
+            message
+                .notes
+                .push("no attestation: the key store cannot prove where the key was made; the portal's policy decides".into());
+        } else if attestation_format != "none" && !portal_hardware_backed {
+            message.notes.push(format!(
+                "the portal did not record the key as hardware-backed: {}",
+                if portal_detail.is_empty() {
+                    "it could not check the attestation"
+                } else {
+                    &portal_detail
+                }
+            ));
+        }
+        Ok(message)
+    }
+
+    async fn register_user(
+        &self,
+        portal: &mut crate::portal_client::Portal,
+        device: &DeviceRecord,
+        store: &Store,
+        code: &str,
+        record: &UserRecord,
+        pin: &Pin,
+    ) -> Result<(portal::EnrollUserResponse, String), Failure> {
+        let name = store.name();
+        let nonce = binding::key_attestation_nonce(&device.device_id, code);
+        let attestation = match store
+            .attest(record.key_ref.clone(), pin.clone(), nonce)
+            .await?
+        {
+            Ok(attestation) => attestation,
+            Err(e) if e.is(Reason::Unsupported) => Attestation::none(),
+            Err(e) => return Err(key_store_failure(name, e)),
+        };
+        let message =
+            binding::enrollment_message(&device.device_id, code, &record.public_key_der, name);
+        let digest = binding::digest(&message);
+        let user_signature = store
+            .sign_digest(record.key_ref.clone(), pin.clone(), digest)
+            .await?
+            .map_err(|e| key_store_failure(name, e))?;
+        let device_signature = DeviceKey::from_secret(&device.key_secret)?.sign_digest(&digest)?;
+        let format = attestation.format.clone();
+        portal
+            .enroll_user(portal::EnrollUserRequest {
+                device_id: device.device_id.clone(),
+                code: code.to_string(),
+                user_public_key: record.public_key_der.clone(),
+                backend: name.to_string(),
+                attestation: Some(portal::Attestation {
+                    format: attestation.format,
+                    data: attestation.data,
+                }),
+                user_signature,
+                device_signature,
+            })
+            .await
+            .map(|registered| (registered, format))
+    }
+}
+
+fn already_enrolled(name: &str) -> Failure {
+    Failure::new(
+        Reason::AlreadyEnrolled,
+        format!("user {name} is already enrolled on this device"),
+    )
+    .with_hint(format!(
+        "Remove the user first (fleetkeyctl user remove {name}) to enroll again."
+    ))
+}
+
+fn same_url(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/')
+        .eq_ignore_ascii_case(b.trim_end_matches('/'))
+}
+
+fn validate_user_name(name: &str) -> Result<String, Failure> {
+    let valid = !name.trim().is_empty()
+        && name.chars().count() <= 128
+        && !name.chars().any(char::is_control);
+    if valid {
+        Ok(name.to_string())
+    } else {
+        Err(Failure::new(
+            Reason::PortalError,
+            "the portal bound this code to an empty or unusable user name",
+        ))
+    }
+}
+
+fn random_id(prefix: &str) -> Result<String, Failure> {
+    let mut bytes = [0u8; 12];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| Failure::new(Reason::Internal, format!("no randomness: {e}")))?;
+    Ok(format!("{prefix}{}", hex::encode(bytes)))
+}

@@ -1,0 +1,260 @@
+//! What the daemon does, independent of how it is asked. The gRPC layer
+//! (server.rs) only checks who is calling and converts messages. One
+//! module per flow:
+//!
+//! - `activation`: the device's activation with the portal;
+//! - `enrollment`: adding a user (key, pending row, portal, active row);
+//! - `users`: listing, showing and removing users;
+//! - `signing`: signing, PIN change and unblock, wrong-PIN counting, the
+//!   per-user locks;
+//! - `recovery`: startup recovery of what a crash interrupted;
+//! - `keystore`: the one async wrapper around a key store;
+//! - `failure`: key-store errors as `Failure`s.
+
+mod activation;
+mod enrollment;
+mod failure;
+mod keystore;
+mod recovery;
+mod signing;
+mod users;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use fleetkey_proto::{Failure, Reason, daemon};
+use p256::pkcs8::{DecodePublicKey, EncodePublicKey, LineEnding};
+
+pub use keystore::Store;
+pub use recovery::Recovery;
+
+use crate::backends::Backends;
+use crate::config::{Config, PinConfig};
+use crate::portal_client::PortalConnector;
+use crate::state::{DeviceRecord, StateError, StateStore, UserRecord, UserState};
+
+impl From<StateError> for Failure {
+    fn from(error: StateError) -> Self {
+        tracing::error!(%error, "state store failure");
+        Failure::new(Reason::StateError, error.to_string())
+    }
+}
+
+pub struct Engine {
+    pin_policy: PinConfig,
+    default_portal: Option<String>,
+    default_backend: String,
+    device_name: String,
+    state: Arc<StateStore>,
+    backends: Backends,
+    portal: PortalConnector,
+    /// One activation or enrollment at a time.
+    enroll_lock: tokio::sync::Mutex<()>,
+    /// One PIN-checking operation per user at a time, so concurrent
+    /// guesses cannot outrun the attempt counter.
+    user_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Engine {
+    pub fn new(
+        config: &Config,
+        state: Arc<StateStore>,
+        backends: Backends,
+        portal: PortalConnector,
+    ) -> Self {
+        Self {
+            pin_policy: config.pin,
+            default_portal: config.portal_url.clone(),
+            default_backend: config.default_backend.clone(),
+            device_name: config.device_name.clone().unwrap_or_else(host_name),
+            state,
+            backends,
+            portal,
+            enroll_lock: tokio::sync::Mutex::new(()),
+            user_locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub async fn status(&self) -> Result<daemon::Status, Failure> {
+        let device = self.state.device()?;
+        let user_count = self.state.active_user_count()?;
+        let mut backends = self.backends.describe(self.pin_policy.max_attempts);
+        for store in self.stores() {
+            let facts = store.details().await?;
+            if let Some(backend) = backends.iter_mut().find(|b| b.name == store.name()) {
+                backend.details = facts.into_iter().collect();
+            }
+        }
+        Ok(daemon::Status {
+            version: env!("CARGO_PKG_VERSION").into(),
+            activated: device.is_some(),
+            device_id: device
+                .as_ref()
+                .map(|d| d.device_id.clone())
+                .unwrap_or_default(),
+            portal_url: device
+                .as_ref()
+                .map(|d| d.portal_url.clone())
+                .or_else(|| self.default_portal.clone())
+                .unwrap_or_default(),
+            backends,
+            user_count,
+            default_backend: self.default_backend.clone(),
+            pin_policy: Some(daemon::PinPolicy {
+                min_length: self.pin_policy.min_length,
+                max_length: self.pin_policy.max_length,
+                max_attempts: self.pin_policy.max_attempts,
+            }),
+            activated_at: device.as_ref().map_or(0, |d| d.activated_at),
+            device_attestation: device
+                .as_ref()
+                .map(|d| d.attestation.clone())
+                .unwrap_or_default(),
+        })
+    }
+
+    /// The readers and cards a key store sees (default: pcsc).
+    pub async fn list_cards(&self, backend: &str) -> Result<Vec<daemon::Card>, Failure> {
+        let name = if backend.is_empty() { "pcsc" } else { backend };
+        let cards = self.store(name)?.cards().await?;
+        Ok(cards
+            .into_iter()
+            .map(|c| daemon::Card {
+                reader: c.reader,
+                card_present: c.card_present,
+                piv: c.application_found,
+                card_id: c.card_id,
+                serial: c.serial,
+                problem: c.problem,
+            })
+            .collect())
+    }
+
+    /// The named key store, or why it cannot be used.
+    fn store(&self, name: &str) -> Result<Store, Failure> {
+        Ok(Store::new(self.backends.get(name)?))
+    }
+
+    /// Every available key store.
+    fn stores(&self) -> Vec<Store> {
+        self.backends
+            .available()
+            .into_iter()
+            .map(Store::new)
+            .collect()
+    }
+
+    /// Runs a state-store write (which syncs to disk) on the blocking pool.
+    async fn write<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&StateStore) -> Result<T, StateError> + Send + 'static,
+    ) -> Result<T, Failure> {
+        let state = self.state.clone();
+        tokio::task::spawn_blocking(move || work(&state))
+            .await
+            .map_err(|e| Failure::new(Reason::Internal, format!("a worker thread failed: {e}")))?
+            .map_err(Failure::from)
+    }
+
+    /// Wrong PINs in a row after which a user of this backend is locked.
+    fn max_attempts_for(&self, backend: &str) -> u32 {
+        match self.store(backend) {
+            Ok(store) => store.max_attempts(self.pin_policy.max_attempts),
+            Err(_) => self.pin_policy.max_attempts,
+        }
+    }
+
+    fn device(&self) -> Result<Option<DeviceRecord>, Failure> {
+        Ok(self.state.device()?)
+    }
+
+    fn require_device(&self) -> Result<DeviceRecord, Failure> {
+        self.device()?.ok_or_else(|| {
+            Failure::new(
+                Reason::DeviceNotActivated,
+                "this device has not been activated yet",
+            )
+        })
+    }
+
+    fn user_record(&self, name: &str) -> Result<Option<UserRecord>, Failure> {
+        Ok(self.state.user(name)?)
+    }
+
+    fn require_user(&self, name: &str) -> Result<UserRecord, Failure> {
+        match self.user_record(name)? {
+            Some(user) if user.state == UserState::Active => Ok(user),
+            _ => Err(Failure::new(
+                Reason::UserUnknown,
+                format!("no user named '{name}' is enrolled on this device"),
+            )),
+        }
+    }
+
+    async fn delete_key(&self, store: &Store, key_ref: &[u8]) {
+        match store.delete_key(key_ref.to_vec()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(backend = %store.name(), error = %e, "could not delete a key; it is retried at the next start")
+            }
+            Err(e) => {
+                tracing::warn!(backend = %store.name(), error = %e, "could not delete a key; it is retried at the next start")
+            }
+        }
+    }
+
+    /// Undoes a pending enrollment: record, then key.
+    async fn forget_user(&self, store: &Store, record: &UserRecord) {
+        let name = record.name.clone();
+        match self.write(move |state| state.delete_user(&name)).await {
+            Ok(()) => self.delete_key(store, &record.key_ref).await,
+            Err(_) => {
+                tracing::warn!(user = %record.name, "could not roll back a pending enrollment; it is rolled back at the next start")
+            }
+        }
+    }
+}
+
+fn wrong_kind(is: &str, cannot: &str, instead: &str) -> Failure {
+    Failure::new(
+        Reason::CodeWrongKind,
+        format!("this is {is}; it cannot {cannot}"),
+    )
+    .with_hint(format!(
+        "Use it with {instead}, or ask the portal for the right kind of code."
+    ))
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "fleetkey-device".into())
+}
+
+fn public_key_pem(der: &[u8]) -> Result<String, Failure> {
+    p256::PublicKey::from_public_key_der(der)
+        .and_then(|key| key.to_public_key_pem(LineEnding::LF))
+        .map_err(|e| {
+            Failure::new(
+                Reason::StateError,
+                format!("a stored public key is damaged: {e}"),
+            )
+        })
+}
+
+fn user_message(user: &UserRecord, max_attempts: u32) -> Result<daemon::User, Failure> {
+    Ok(daemon::User {
+        name: user.name.clone(),
+        credential_id: user.credential_id.clone(),
+        backend: user.backend.clone(),
+        hardware_backed: user.hardware_backed,
+        public_key_pem: public_key_pem(&user.public_key_der)?,
+        enrolled_at: user.enrolled_at,
+        failed_attempts: user.failed_attempts,
+        tries_left: max_attempts.saturating_sub(user.failed_attempts),
+        locked: user.failed_attempts >= max_attempts,
+        notes: Vec::new(),
+    })
+}

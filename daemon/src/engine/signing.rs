@@ -1,0 +1,162 @@
+//! PIN-checked operations: sign, change the PIN, unblock it with the PUK.
+//! One such operation per user at a time (the per-user locks), so that
+//! concurrent guesses cannot outrun the durable wrong-PIN count.
+
+use std::sync::Arc;
+
+use fleetkey_plugin::{KeyStoreError, Operation, Pin};
+use fleetkey_proto::{Failure, Reason, daemon};
+
+use super::failure::{key_store_failure, wrong_pin_failure};
+use super::{Engine, public_key_pem};
+use crate::pin_policy;
+use crate::state::UserRecord;
+
+impl Engine {
+    /// Signs a SHA-256 digest with the user's key, counting wrong PINs.
+    pub async fn sign(
+        &self,
+        name: &str,
+        pin: Pin,
+        digest: &[u8],
+    ) -> Result<daemon::SignResponse, Failure> {
+        let digest: [u8; 32] = digest.try_into().map_err(|_| {
+            Failure::new(
+                Reason::InvalidArgument,
+                format!(
+                    "the digest must be 32 bytes (SHA-256), not {}",
+                    digest.len()
+                ),
+            )
+        })?;
+        let lock = self.user_lock(name)?;
+        let _guard = lock.lock().await;
+        let user = self.require_user(name)?;
+        self.refuse_if_locked(&user)?;
+        let store = self.store(&user.backend)?;
+        let outcome = store.sign_digest(user.key_ref.clone(), pin, digest).await?;
+        let signature = self.count_pin_outcome(&user, outcome).await?;
+        Ok(daemon::SignResponse {
+            signature_der: signature,
+            public_key_pem: public_key_pem(&user.public_key_der)?,
+        })
+    }
+
+    /// Changes a user's PIN, with the old one.
+    pub async fn change_pin(&self, name: &str, old_pin: Pin, new_pin: Pin) -> Result<(), Failure> {
+        let lock = self.user_lock(name)?;
+        let _guard = lock.lock().await;
+        let user = self.require_user(name)?;
+        self.refuse_if_locked(&user)?;
+        let store = self.store(&user.backend)?;
+        pin_policy::check(
+            &self.pin_policy,
+            store.name(),
+            &store.info().pin_rules,
+            &new_pin,
+        )?;
+        let outcome = store
+            .change_pin(user.key_ref.clone(), old_pin, new_pin)
+            .await?;
+        let new_ref = self.count_pin_outcome(&user, outcome).await?;
+        if new_ref != user.key_ref {
+            let name = user.name.clone();
+            self.write(move |state| state.set_key_ref(&name, &new_ref))
+                .await?;
+        }
+        tracing::info!(user = %name, "PIN changed");
+        Ok(())
+    }
+
+    /// Sets a new PIN with the PUK (key stores that have one, e.g. PIV
+    /// cards) and clears the user's wrong-PIN count.
+    pub async fn unblock_pin(&self, name: &str, puk: Pin, new_pin: Pin) -> Result<(), Failure> {
+        let lock = self.user_lock(name)?;
+        let _guard = lock.lock().await;
+        let user = self.require_user(name)?;
+        let store = self.store(&user.backend)?;
+        pin_policy::check(
+            &self.pin_policy,
+            store.name(),
+            &store.info().pin_rules,
+            &new_pin,
+        )?;
+        store
+            .unblock_pin(user.key_ref.clone(), puk, new_pin)
+            .await?
+            .map_err(|e| key_store_failure(&user.backend, e))?;
+        if user.failed_attempts > 0 {
+            let user_name = user.name.clone();
+            self.write(move |state| state.reset_failed_attempts(&user_name))
+                .await?;
+        }
+        tracing::info!(user = %name, "PIN unblocked with the PUK");
+        Ok(())
+    }
+
+    /// Turns the result of a PIN-checked operation into the answer, and
+    /// keeps the user's wrong-PIN count.
+    async fn count_pin_outcome<T>(
+        &self,
+        user: &UserRecord,
+        outcome: Result<T, KeyStoreError>,
+    ) -> Result<T, Failure> {
+        let max = self.max_attempts_for(&user.backend);
+        match outcome {
+            Ok(value) => {
+                if user.failed_attempts > 0 {
+                    let name = user.name.clone();
+                    self.write(move |state| state.reset_failed_attempts(&name))
+                        .await?;
+                }
+                Ok(value)
+            }
+            Err(e) if e.is(Reason::PinWrong) => {
+                let name = user.name.clone();
+                let failed = self
+                    .write(move |state| state.record_failed_attempt(&name))
+                    .await?;
+                tracing::warn!(user = %user.name, failed, "wrong PIN");
+                Err(wrong_pin_failure(&user.name, &user.backend, e, failed, max))
+            }
+            Err(e) if e.is(Reason::PinLocked) => {
+                let mut failure = key_store_failure(&user.backend, e).with_meta("tries_left", 0);
+                // Where the store can unblock (capabilities are data), say
+                // how for this user.
+                let unblockable = self
+                    .store(&user.backend)
+                    .is_ok_and(|s| s.info().operations.contains(&Operation::UnblockPin));
+                if unblockable {
+                    failure.hint = format!(
+                        "{} Unblock: fleetkeyctl user pin unblock {}",
+                        failure.hint, user.name
+                    );
+                }
+                Err(failure)
+            }
+            Err(e) => Err(key_store_failure(&user.backend, e)),
+        }
+    }
+
+    fn refuse_if_locked(&self, user: &UserRecord) -> Result<(), Failure> {
+        if user.failed_attempts >= self.max_attempts_for(&user.backend) {
+            return Err(Failure::new(
+                Reason::PinLocked,
+                format!(
+                    "user {} is locked after {} wrong PINs",
+                    user.name, user.failed_attempts
+                ),
+            )
+            .with_meta("tries_left", 0));
+        }
+        Ok(())
+    }
+
+    fn user_lock(&self, name: &str) -> Result<Arc<tokio::sync::Mutex<()>>, Failure> {
+        let mut locks = self
+            .user_locks
+            .lock()
+            .map_err(|_| Failure::new(Reason::Internal, "the user lock table was poisoned"))?;
+        Ok(locks.entry(name.to_string()).or_default().clone())
+    }
+}

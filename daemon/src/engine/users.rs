@@ -1,0 +1,71 @@
+//! The enrolled users: list, show, remove (revoked at the portal first).
+
+use fleetkey_proto::portal;
+use fleetkey_proto::{Failure, binding, daemon, time};
+
+use super::{Engine, user_message};
+use crate::device_key::DeviceKey;
+use crate::state::{DeviceRecord, UserRecord, UserState};
+
+impl Engine {
+    pub async fn list_users(&self) -> Result<Vec<daemon::User>, Failure> {
+        let users = self.state.users()?;
+        users
+            .iter()
+            .filter(|u| u.state == UserState::Active)
+            .map(|u| user_message(u, self.max_attempts_for(&u.backend)))
+            .collect()
+    }
+
+    pub async fn get_user(&self, name: &str) -> Result<daemon::User, Failure> {
+        let user = self.require_user(name)?;
+        user_message(&user, self.max_attempts_for(&user.backend))
+    }
+
+    /// Revokes the user at the portal (best effort), then deletes the
+    /// record and the key, in that order, so a crash leaves at worst an
+    /// orphaned key that the next start deletes.
+    pub async fn remove_user(&self, name: &str) -> Result<daemon::RemoveUserResponse, Failure> {
+        let _guard = self.enroll_lock.lock().await;
+        let user = self.require_user(name)?;
+        let device = self.require_device()?;
+        let revoked = self.revoke(&device, &user).await;
+        let store = self.store(&user.backend);
+        let user_name = user.name.clone();
+        self.write(move |state| state.delete_user(&user_name))
+            .await?;
+        match store {
+            Ok(store) => self.delete_key(&store, &user.key_ref).await,
+            Err(e) => {
+                tracing::warn!(user = %name, reason = %e, "key store unavailable; the key is deleted at a later start")
+            }
+        }
+        tracing::info!(user = %name, revoked_at_portal = revoked.is_ok(), "user removed");
+        Ok(daemon::RemoveUserResponse {
+            revoked_at_portal: revoked.is_ok(),
+            portal_message: revoked.err().map(|f| f.message).unwrap_or_default(),
+        })
+    }
+
+    async fn revoke(&self, device: &DeviceRecord, user: &UserRecord) -> Result<(), Failure> {
+        let timestamp = time::now_unix();
+        let message = binding::revocation_message(
+            &device.device_id,
+            &user.name,
+            &user.credential_id,
+            timestamp,
+        );
+        let device_signature =
+            DeviceKey::from_secret(&device.key_secret)?.sign_digest(&binding::digest(&message))?;
+        let mut portal = self.portal.connect(&device.portal_url).await?;
+        portal
+            .revoke_user(portal::RevokeUserRequest {
+                device_id: device.device_id.clone(),
+                user: user.name.clone(),
+                credential_id: user.credential_id.clone(),
+                timestamp,
+                device_signature,
+            })
+            .await
+    }
+}
