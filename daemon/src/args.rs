@@ -32,5 +32,5 @@ pub struct Args {
     pub portal_url: Option<String>,
     /// Log level: error, warn, info, debug, trace (overrides the config file).
     #[arg(long, value_name = "LEVEL")]
-    pub log_level: Option<String>,
+    pub log_level: Option<crate::config::LogLevel>,
 }

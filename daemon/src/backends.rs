@@ -1,61 +1,242 @@
-//! The key stores this daemon runs with. A backend whose hardware or
-//! setup is missing is kept as unavailable, with the reason, and the
-//! daemon starts with the others.
+//! The key stores this daemon runs with, and the registry of those it
+//! knows. Each key-store crate exports a factory
+//! ([`fleetkey_plugin::KeyStoreFactory`]: a name, a typed config section,
+//! `open`); [`key_stores!`] below lists them, one line each, named by the
+//! cargo feature that builds it. A key store whose feature is off is still
+//! known by name (its config section is accepted, and `status` says how to
+//! get it). A store whose hardware or setup is missing is kept as
+//! unavailable, with the reason, and the daemon starts with the others.
 
+use std::any::Any;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use fleetkey_plugin::{BackendInfo, KeyStore};
+use fleetkey_plugin::{BackendInfo, KeyStore, KeyStoreError, OpenContext};
 use fleetkey_proto::{Failure, Reason, daemon};
 
 use crate::config::Config;
 
-const PCSC_DESCRIPTION: &str = "PIV smartcards and tokens over PC/SC";
-
-/// The pcsc key store's settings; the management key read from its file,
-/// which must not be readable by others.
-#[cfg(feature = "pcsc")]
-fn pcsc_config(
-    config: &crate::config::PcscBackendConfig,
-) -> Result<fleetkey_pcsc::PcscConfig, String> {
-    use std::os::unix::fs::MetadataExt;
-
-    let default_slot = fleetkey_pcsc::parse_slot(&config.default_slot)
-        .ok_or_else(|| format!("'{}' is not a PIV key slot", config.default_slot))?;
-    let algorithm =
-        fleetkey_pcsc::Algorithm::parse(&config.management_key_algorithm).ok_or_else(|| {
-            format!(
-                "'{}' is not a management key algorithm",
-                config.management_key_algorithm
-            )
-        })?;
-    let Some(path) = &config.management_key_file else {
-        return Ok(fleetkey_pcsc::PcscConfig {
-            management_key: fleetkey_pcsc::ManagementKey::factory(),
-            management_key_source: "the factory default management key".into(),
-            default_slot,
-        });
+/// The registry: `"feature" => factory;`, one line per key store. The
+/// feature's name is the key store's name.
+macro_rules! key_stores {
+    ($($feature:literal => $factory:ty;)*) => {
+        /// Every key store this daemon knows, in `status` order.
+        pub fn registry() -> Vec<Registration> {
+            vec![$({
+                #[cfg(feature = $feature)]
+                let registration = Registration::of::<$factory>();
+                #[cfg(not(feature = $feature))]
+                let registration = Registration::not_built($feature);
+                registration
+            },)*]
+        }
     };
-    let shown = path.display();
-    let meta = std::fs::metadata(path)
-        .map_err(|e| format!("cannot read the management key file {shown}: {e}"))?;
-    if meta.mode() & 0o077 != 0 {
-        return Err(format!(
-            "the management key file {shown} may be read by others (mode {:o}); chmod 600 it",
-            meta.mode() & 0o777
-        ));
+}
+
+key_stores! {
+    "soft" => fleetkey_soft::SoftFactory;
+    "tpm" => fleetkey_tpm::TpmFactory;
+    "pcsc" => fleetkey_pcsc::PcscFactory;
+}
+
+/// A key store's parsed config section, as its factory's `Config` type.
+type Settings = Arc<dyn Any + Send + Sync>;
+
+/// A key store the daemon knows, with its factory's type erased.
+#[derive(Clone, Copy)]
+pub struct Registration {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub hardware_backed: bool,
+    /// None: this fleetkeyd was built without it.
+    built: Option<Built>,
+}
+
+#[derive(Clone, Copy)]
+struct Built {
+    defaults: fn() -> Settings,
+    parse: fn(toml::Table) -> Result<Settings, SectionError>,
+    open: fn(&Settings, &OpenContext) -> Result<Arc<dyn KeyStore>, KeyStoreError>,
+}
+
+/// Why a `[backends.NAME]` section cannot be used: the key inside it
+/// (None: the section as a whole), and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SectionError {
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl Registration {
+    /// The registration of a factory built into this daemon.
+    pub fn of<F: fleetkey_plugin::KeyStoreFactory + 'static>() -> Self {
+        fn defaults<F: fleetkey_plugin::KeyStoreFactory>() -> Settings {
+            Arc::new(F::Config::default())
+        }
+        fn parse<F: fleetkey_plugin::KeyStoreFactory>(
+            table: toml::Table,
+        ) -> Result<Settings, SectionError> {
+            // Through TOML text, so that a bad value's error points at its
+            // line, and so names its key.
+            let text = toml::to_string(&table).map_err(|e| SectionError {
+                key: None,
+                message: e.to_string(),
+            })?;
+            let config: F::Config = toml::from_str(&text).map_err(|e| SectionError {
+                key: e
+                    .span()
+                    .and_then(|span| text.get(..span.start))
+                    .and_then(|before| text.lines().nth(before.matches('\n').count()))
+                    .and_then(|line| line.split_once('='))
+                    .map(|(key, _)| key.trim().to_string()),
+                message: e.message().trim_end().replace('\n', " "),
+            })?;
+            F::check(&config).map_err(|e| SectionError {
+                key: Some(e.key.to_string()),
+                message: e.message,
+            })?;
+            Ok(Arc::new(config))
+        }
+        fn open<F: fleetkey_plugin::KeyStoreFactory>(
+            settings: &Settings,
+            context: &OpenContext,
+        ) -> Result<Arc<dyn KeyStore>, KeyStoreError> {
+            match settings.downcast_ref::<F::Config>() {
+                Some(config) => F::open(config, context),
+                None => Err(KeyStoreError::internal(format!(
+                    "the {} key store was given another store's settings",
+                    F::NAME
+                ))),
+            }
+        }
+        Registration {
+            name: F::NAME,
+            description: F::DESCRIPTION,
+            hardware_backed: F::HARDWARE_BACKED,
+            built: Some(Built {
+                defaults: defaults::<F>,
+                parse: parse::<F>,
+                open: open::<F>,
+            }),
+        }
     }
-    let text = zeroize::Zeroizing::new(
-        std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read the management key file {shown}: {e}"))?,
-    );
-    let key = fleetkey_pcsc::ManagementKey::from_hex(algorithm, &text)
-        .map_err(|e| format!("the management key file {shown}: {e}"))?;
-    Ok(fleetkey_pcsc::PcscConfig {
-        management_key: key,
-        management_key_source: format!("the management key in {shown}"),
-        default_slot,
-    })
+
+    /// A key store this fleetkeyd was built without.
+    pub fn not_built(name: &'static str) -> Self {
+        Registration {
+            name,
+            description: "not built into this fleetkeyd",
+            hardware_backed: true,
+            built: None,
+        }
+    }
+
+    pub fn is_built(&self) -> bool {
+        self.built.is_some()
+    }
+}
+
+/// The `[backends.*]` sections of the config, each parsed by its key
+/// store's factory when the config is loaded (never again later).
+#[derive(Clone)]
+pub struct KeyStoreSections {
+    sections: Vec<Section>,
+}
+
+/// One key store's section.
+#[derive(Clone)]
+pub struct Section {
+    pub registration: Registration,
+    pub enabled: bool,
+    /// None when the key store is not built in: its settings beyond
+    /// `enabled` are then not read.
+    settings: Option<Settings>,
+}
+
+impl Section {
+    /// The parsed settings, as the factory's `Config` type.
+    pub fn settings<T: 'static>(&self) -> Option<&T> {
+        self.settings.as_ref()?.downcast_ref::<T>()
+    }
+}
+
+impl Default for KeyStoreSections {
+    fn default() -> Self {
+        Self {
+            sections: registry()
+                .into_iter()
+                .map(|registration| Section {
+                    registration,
+                    enabled: true,
+                    settings: registration.built.map(|b| (b.defaults)()),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl std::fmt::Debug for KeyStoreSections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut map = f.debug_map();
+        for section in &self.sections {
+            map.entry(&section.registration.name, &section.enabled);
+        }
+        map.finish()
+    }
+}
+
+impl KeyStoreSections {
+    /// Parses `[backends.NAME]` tables; an error names the table and key.
+    pub fn parse(tables: BTreeMap<String, toml::Table>) -> Result<Self, String> {
+        let mut sections = Self::default();
+        for (name, mut table) in tables {
+            let Some(section) = sections
+                .sections
+                .iter_mut()
+                .find(|s| s.registration.name == name)
+            else {
+                let known: Vec<&str> = registry().iter().map(|r| r.name).collect();
+                return Err(format!(
+                    "backends.{name}: there is no key store named '{name}'; fleetkeyd knows {}",
+                    known.join(", ")
+                ));
+            };
+            match table.remove("enabled") {
+                None => {}
+                Some(toml::Value::Boolean(enabled)) => section.enabled = enabled,
+                Some(other) => {
+                    return Err(format!(
+                        "backends.{name}.enabled: must be true or false, not {other}"
+                    ));
+                }
+            }
+            if let Some(built) = section.registration.built {
+                let settings = (built.parse)(table).map_err(|e| match e.key {
+                    Some(key) => format!("backends.{name}.{key}: {}", e.message),
+                    None => format!("backends.{name}: {}", e.message),
+                })?;
+                section.settings = Some(settings);
+            }
+        }
+        Ok(sections)
+    }
+
+    /// The section of the key store named `name`.
+    pub fn get(&self, name: &str) -> Option<&Section> {
+        self.sections.iter().find(|s| s.registration.name == name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Section> {
+        self.sections.iter()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for KeyStoreSections {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let tables = BTreeMap::<String, toml::Table>::deserialize(deserializer)?;
+        KeyStoreSections::parse(tables).map_err(serde::de::Error::custom)
+    }
 }
 
 enum Entry {
@@ -73,9 +254,6 @@ enum Entry {
     },
 }
 
-const TPM_NAME: &str = "tpm";
-const TPM_DESCRIPTION: &str = "Keys inside the TPM 2.0, PINs checked by the TPM";
-
 /// The backends by name, in a fixed order.
 pub struct Backends {
     entries: Vec<Entry>,
@@ -89,92 +267,41 @@ pub struct Backend {
 }
 
 impl Backends {
-    /// Opens every backend the configuration enables.
+    /// Opens every key store the configuration enables, as the registry
+    /// lists them.
     pub fn open(config: &Config, state_dir: &Path) -> Self {
+        let context = OpenContext {
+            state_dir: state_dir.to_path_buf(),
+        };
         let mut backends = Self {
             entries: Vec::new(),
         };
-        let soft = &config.backends.soft;
-        let soft_description = "Software keys on disk, encrypted under the PIN";
-        if soft.enabled {
-            match fleetkey_soft::SoftKeyStore::open(
-                &state_dir.join("soft-keys"),
-                soft.soft_config(),
-            ) {
-                Ok(store) => backends.add(Arc::new(store)),
-                Err(e) => backends.add_unavailable("soft", soft_description, e.to_string()),
+        for section in config.backends.iter() {
+            let registration = section.registration;
+            let Some(built) = registration.built else {
+                backends.add_unavailable(
+                    &registration,
+                    format!(
+                        "this fleetkeyd was built without the {name} key store (cargo feature `{name}`)",
+                        name = registration.name
+                    ),
+                );
+                continue;
+            };
+            if !section.enabled {
+                backends.add_unavailable(&registration, "disabled in the configuration".into());
+                continue;
             }
-        } else {
-            backends.add_unavailable(
-                "soft",
-                soft_description,
-                "disabled in the configuration".into(),
-            );
+            let Some(settings) = &section.settings else {
+                backends.add_unavailable(&registration, "its settings were not read".into());
+                continue;
+            };
+            match (built.open)(settings, &context) {
+                Ok(store) => backends.add(store),
+                Err(e) => backends.add_unavailable(&registration, e.to_string()),
+            }
         }
-        backends.open_tpm(config);
-        backends.open_pcsc(config);
         backends
-    }
-
-    #[cfg(feature = "tpm")]
-    fn open_tpm(&mut self, config: &Config) {
-        let tpm = &config.backends.tpm;
-        if !tpm.enabled {
-            self.add_unavailable(
-                TPM_NAME,
-                TPM_DESCRIPTION,
-                "disabled in the configuration".into(),
-            );
-            return;
-        }
-        let tpm_config = fleetkey_tpm::TpmConfig {
-            tcti: tpm.tcti.clone(),
-            persistent_handle: tpm.persistent_handle,
-        };
-        match fleetkey_tpm::TpmKeyStore::open(&tpm_config) {
-            Ok(store) => self.add(Arc::new(store)),
-            Err(e) => self.add_unavailable(TPM_NAME, TPM_DESCRIPTION, e.to_string()),
-        }
-    }
-
-    #[cfg(not(feature = "tpm"))]
-    fn open_tpm(&mut self, config: &Config) {
-        if config.backends.tpm.enabled {
-            self.add_unavailable(
-                TPM_NAME,
-                TPM_DESCRIPTION,
-                "this fleetkeyd was built without TPM support (cargo feature `tpm`)".into(),
-            );
-        }
-    }
-
-    #[cfg(feature = "pcsc")]
-    fn open_pcsc(&mut self, config: &Config) {
-        let pcsc = &config.backends.pcsc;
-        if !pcsc.enabled {
-            self.add_unavailable(
-                "pcsc",
-                PCSC_DESCRIPTION,
-                "disabled in the configuration".into(),
-            );
-            return;
-        }
-        let opened = pcsc_config(pcsc)
-            .and_then(|c| fleetkey_pcsc::PcscKeyStore::open(c).map_err(|e| e.to_string()));
-        match opened {
-            Ok(store) => self.add(Arc::new(store)),
-            Err(reason) => self.add_unavailable("pcsc", PCSC_DESCRIPTION, reason),
-        }
-    }
-
-    #[cfg(not(feature = "pcsc"))]
-    fn open_pcsc(&mut self, config: &Config) {
-        let reason = if config.backends.pcsc.enabled {
-            "this fleetkeyd was built without the pcsc feature"
-        } else {
-            "disabled in the configuration"
-        };
-        self.add_unavailable("pcsc", PCSC_DESCRIPTION, reason.into());
     }
 
     /// Adds a working key store.
@@ -185,13 +312,13 @@ impl Backends {
     }
 
     /// Records a key store that could not be opened.
-    pub fn add_unavailable(&mut self, name: &str, description: &str, reason: String) {
-        tracing::warn!(backend = name, %reason, "key store unavailable");
+    pub fn add_unavailable(&mut self, registration: &Registration, reason: String) {
+        tracing::warn!(backend = registration.name, %reason, "key store unavailable");
         self.entries.push(Entry::Unavailable {
-            name: name.into(),
-            description: description.into(),
+            name: registration.name.into(),
+            description: registration.description.into(),
             reason,
-            hardware_backed: name != fleetkey_soft::BACKEND_NAME,
+            hardware_backed: registration.hardware_backed,
         });
     }
 
@@ -298,4 +425,95 @@ pub fn max_attempts(store: &dyn KeyStore, policy_max_attempts: u32) -> u32 {
 
 fn length(value: Option<usize>) -> u32 {
     value.map_or(0, |v| u32::try_from(v).unwrap_or(u32::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fleetkeyd.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(&path, true).unwrap()
+    }
+
+    #[test]
+    fn the_registry_names_each_key_store_once() {
+        let names: Vec<&str> = registry().iter().map(|r| r.name).collect();
+        assert_eq!(names, ["soft", "tpm", "pcsc"]);
+        for registration in registry() {
+            // A built store's factory answers to the registry line's name.
+            assert_eq!(
+                registration.is_built(),
+                registration.description != "not built into this fleetkeyd",
+                "{}",
+                registration.name
+            );
+        }
+        assert_eq!(
+            registry()
+                .iter()
+                .find(|r| r.name == "soft")
+                .map(|r| r.hardware_backed),
+            Some(false)
+        );
+    }
+
+    #[test]
+    fn a_key_store_opens_through_its_factory_with_its_typed_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(
+            "[backends.soft]\nargon2_memory_kib = 64\nargon2_iterations = 1\n\
+             [backends.tpm]\nenabled = false\n[backends.pcsc]\nenabled = false\n",
+        );
+        let backends = Backends::open(&config, dir.path());
+        let soft = backends.get("soft").unwrap();
+        assert!(!soft.info.hardware_backed);
+        // The section's settings reached the store.
+        assert!(dir.path().join("soft-keys").is_dir());
+        let status = backends.describe(5);
+        let names: Vec<&str> = status.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["soft", "tpm", "pcsc"]);
+        for name in ["tpm", "pcsc"] {
+            let failure = backends.get(name).err().unwrap();
+            assert_eq!(failure.reason, Reason::BackendUnavailable);
+            assert!(failure.message.contains("disabled"), "{failure}");
+        }
+        let unknown = backends.get("hsm").err().unwrap();
+        assert_eq!(unknown.reason, Reason::BackendUnknown);
+        assert!(unknown.message.contains("soft, tpm, pcsc"), "{unknown}");
+    }
+
+    #[test]
+    fn a_store_that_cannot_open_is_unavailable_with_its_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        // The soft store's directory is a file: it cannot open.
+        std::fs::write(dir.path().join("soft-keys"), b"").unwrap();
+        let config = config("[backends.tpm]\nenabled = false\n[backends.pcsc]\nenabled = false\n");
+        let backends = Backends::open(&config, dir.path());
+        let failure = backends.get("soft").err().unwrap();
+        assert_eq!(failure.reason, Reason::BackendUnavailable);
+        assert!(failure.message.contains("not a directory"), "{failure}");
+        let status = backends.describe(5);
+        assert!(!status[0].available);
+        assert!(!status[0].hardware_backed);
+    }
+
+    #[test]
+    fn a_store_left_out_of_the_build_is_known_by_name() {
+        let mut sections = KeyStoreSections::default();
+        sections.sections.push(Section {
+            registration: Registration::not_built("hsm"),
+            enabled: true,
+            settings: None,
+        });
+        let mut config = Config::default();
+        config.backends = sections;
+        let dir = tempfile::tempdir().unwrap();
+        let backends = Backends::open(&config, dir.path());
+        let failure = backends.get("hsm").err().unwrap();
+        assert_eq!(failure.reason, Reason::BackendUnavailable);
+        assert!(failure.message.contains("cargo feature `hsm`"), "{failure}");
+    }
 }

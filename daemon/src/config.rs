@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::backends::KeyStoreSections;
+
 /// Why the configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -42,9 +44,11 @@ pub struct Config {
     /// Name the device gives itself at the portal (default: host name).
     pub device_name: Option<String>,
     /// error, warn, info, debug or trace.
-    pub log_level: String,
+    pub log_level: LogLevel,
     pub pin: PinConfig,
-    pub backends: BackendsConfig,
+    /// `[backends.NAME]`: each key store's section, parsed by its factory
+    /// (`backends.rs`).
+    pub backends: KeyStoreSections,
 }
 
 impl Default for Config {
@@ -57,9 +61,9 @@ impl Default for Config {
             admin_group: None,
             default_backend: "soft".into(),
             device_name: None,
-            log_level: "info".into(),
+            log_level: LogLevel::default(),
             pin: PinConfig::default(),
-            backends: BackendsConfig::default(),
+            backends: KeyStoreSections::default(),
         }
     }
 }
@@ -86,97 +90,55 @@ impl Default for PinConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BackendsConfig {
-    pub soft: SoftBackendConfig,
-    pub tpm: TpmBackendConfig,
-    pub pcsc: PcscBackendConfig,
+/// How much the daemon logs: `error`, `warn`, `info`, `debug` or `trace`
+/// (lower case), in the config file and in `--log-level` alike.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
 }
 
-/// `[backends.tpm]`. Read by every build (so one config file suits all);
-/// used when fleetkeyd is built with the `tpm` feature.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct TpmBackendConfig {
-    pub enabled: bool,
-    /// TCTI string; None: the TCTI environment variable, else
-    /// /dev/tpmrm0, then /dev/tpm0.
-    pub tcti: Option<String>,
-    /// Keep the storage key at this persistent handle (0x81000000 to
-    /// 0x81FFFFFF) instead of deriving it at each start.
-    pub persistent_handle: Option<u32>,
-}
+impl LogLevel {
+    pub fn parse(text: &str) -> Result<LogLevel, String> {
+        match text {
+            "error" => Ok(LogLevel::Error),
+            "warn" => Ok(LogLevel::Warn),
+            "info" => Ok(LogLevel::Info),
+            "debug" => Ok(LogLevel::Debug),
+            "trace" => Ok(LogLevel::Trace),
+            _ => Err(format!(
+                "'{text}' is not one of error, warn, info, debug, trace"
+            )),
+        }
+    }
 
-impl Default for TpmBackendConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            tcti: None,
-            persistent_handle: None,
+    pub fn tracing_level(self) -> tracing::Level {
+        match self {
+            LogLevel::Error => tracing::Level::ERROR,
+            LogLevel::Warn => tracing::Level::WARN,
+            LogLevel::Info => tracing::Level::INFO,
+            LogLevel::Debug => tracing::Level::DEBUG,
+            LogLevel::Trace => tracing::Level::TRACE,
         }
     }
 }
 
-/// PIV smartcards over PC/SC.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct PcscBackendConfig {
-    pub enabled: bool,
-    /// File holding the cards' management key as hex (mode 0600 or
-    /// stricter). None: the factory default key.
-    pub management_key_file: Option<PathBuf>,
-    /// 3des, aes128, aes192 or aes256.
-    pub management_key_algorithm: String,
-    /// Slot for new keys when `user add` names none.
-    pub default_slot: String,
-}
-
-impl Default for PcscBackendConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            management_key_file: None,
-            management_key_algorithm: "3des".into(),
-            default_slot: "9a".into(),
-        }
+impl TryFrom<String> for LogLevel {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        LogLevel::parse(&text)
     }
 }
 
-/// PIV key slots fleetkey may use.
-pub fn is_piv_slot(text: &str) -> bool {
-    matches!(text, "9a" | "9c" | "9d" | "9e")
-        || u8::from_str_radix(text, 16).is_ok_and(|n| (0x82..=0x95).contains(&n)) && text.len() == 2
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SoftBackendConfig {
-    pub enabled: bool,
-    pub argon2_memory_kib: u32,
-    pub argon2_iterations: u32,
-    pub argon2_parallelism: u32,
-}
-
-impl Default for SoftBackendConfig {
-    fn default() -> Self {
-        let soft = fleetkey_soft::SoftConfig::default();
-        Self {
-            enabled: true,
-            argon2_memory_kib: soft.argon2_memory_kib,
-            argon2_iterations: soft.argon2_iterations,
-            argon2_parallelism: soft.argon2_parallelism,
-        }
-    }
-}
-
-impl SoftBackendConfig {
-    pub fn soft_config(&self) -> fleetkey_soft::SoftConfig {
-        fleetkey_soft::SoftConfig {
-            argon2_memory_kib: self.argon2_memory_kib,
-            argon2_iterations: self.argon2_iterations,
-            argon2_parallelism: self.argon2_parallelism,
-        }
+impl std::str::FromStr for LogLevel {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        LogLevel::parse(text)
     }
 }
 
@@ -228,70 +190,6 @@ impl Config {
                 }
             })?;
         }
-        if !matches!(
-            self.log_level.as_str(),
-            "error" | "warn" | "info" | "debug" | "trace"
-        ) {
-            return Err(ConfigError::Invalid {
-                setting: "log_level",
-                message: format!(
-                    "'{}' is not one of error, warn, info, debug, trace",
-                    self.log_level
-                ),
-            });
-        }
-        let pcsc = &self.backends.pcsc;
-        if !matches!(
-            pcsc.management_key_algorithm.as_str(),
-            "3des" | "aes128" | "aes192" | "aes256"
-        ) {
-            return Err(ConfigError::Invalid {
-                setting: "backends.pcsc.management_key_algorithm",
-                message: format!(
-                    "'{}' is not one of 3des, aes128, aes192, aes256",
-                    pcsc.management_key_algorithm
-                ),
-            });
-        }
-        if !is_piv_slot(&pcsc.default_slot) {
-            return Err(ConfigError::Invalid {
-                setting: "backends.pcsc.default_slot",
-                message: format!(
-                    "'{}' is not a PIV key slot (9a, 9c, 9d, 9e or 82 to 95, lower case)",
-                    pcsc.default_slot
-                ),
-            });
-        }
-        if self.backends.soft.enabled {
-            self.backends
-                .soft
-                .soft_config()
-                .validate()
-                .map_err(|e| ConfigError::Invalid {
-                    setting: "backends.soft",
-                    message: e.to_string(),
-                })?;
-        }
-        if let Some(handle) = self.backends.tpm.persistent_handle
-            && !(0x8100_0000..=0x81ff_ffff).contains(&handle)
-        {
-            return Err(ConfigError::Invalid {
-                setting: "backends.tpm.persistent_handle",
-                message: format!(
-                    "{handle:#010x} is not a persistent handle (0x81000000 to 0x81ffffff)"
-                ),
-            });
-        }
-        if let Some(tcti) = &self.backends.tpm.tcti
-            && tcti.trim().is_empty()
-        {
-            return Err(ConfigError::Invalid {
-                setting: "backends.tpm.tcti",
-                message:
-                    "is empty; leave it out to use the TCTI environment variable or /dev/tpmrm0"
-                        .into(),
-            });
-        }
         Ok(())
     }
 }
@@ -313,37 +211,118 @@ mod tests {
         let config = parse(example).unwrap();
         assert_eq!(config.pin, PinConfig::default());
         assert_eq!(config.default_backend, "soft");
-        assert!(config.backends.soft.enabled);
-        assert_eq!(config.backends.tpm, TpmBackendConfig::default());
-        assert_eq!(config.backends.pcsc, PcscBackendConfig::default());
+        assert_eq!(config.log_level, LogLevel::Info);
+        for name in ["soft", "tpm", "pcsc"] {
+            let section = config.backends.get(name).unwrap();
+            assert!(section.enabled, "{name}");
+        }
+        let soft = config.backends.get("soft").unwrap();
+        #[cfg(feature = "soft")]
+        assert_eq!(
+            soft.settings::<fleetkey_soft::SoftConfig>(),
+            Some(&fleetkey_soft::SoftConfig::default())
+        );
+        #[cfg(feature = "tpm")]
+        assert_eq!(
+            config
+                .backends
+                .get("tpm")
+                .unwrap()
+                .settings::<fleetkey_tpm::TpmConfig>(),
+            Some(&fleetkey_tpm::TpmConfig::default())
+        );
+        #[cfg(feature = "pcsc")]
+        assert_eq!(
+            config
+                .backends
+                .get("pcsc")
+                .unwrap()
+                .settings::<fleetkey_pcsc::PcscSettings>(),
+            Some(&fleetkey_pcsc::PcscSettings::default())
+        );
     }
 
+    #[cfg(feature = "tpm")]
     #[test]
     fn tpm_section_reads_tcti_and_handle() {
         let config = parse(
             "[backends.tpm]\nenabled = true\ntcti = 'swtpm:port=2321'\npersistent_handle = 0x81000001",
         )
         .unwrap();
-        assert_eq!(config.backends.tpm.tcti.as_deref(), Some("swtpm:port=2321"));
-        assert_eq!(config.backends.tpm.persistent_handle, Some(0x8100_0001));
+        let tpm = config.backends.get("tpm").unwrap();
+        let tpm = tpm.settings::<fleetkey_tpm::TpmConfig>().unwrap();
+        assert_eq!(tpm.tcti.as_deref(), Some("swtpm:port=2321"));
+        assert_eq!(tpm.persistent_handle, Some(0x8100_0001));
     }
 
+    /// The slot and the algorithm are typed when the config is loaded, by
+    /// the rules `--slot` uses; a bad value names its key.
+    #[cfg(feature = "pcsc")]
     #[test]
-    fn pcsc_settings_are_checked() {
+    fn pcsc_settings_are_typed_at_load() {
         let err = parse("[backends.pcsc]\nmanagement_key_algorithm = 'rot13'")
             .unwrap_err()
             .to_string();
         assert!(err.contains("management_key_algorithm"), "{err}");
-        let err = parse("[backends.pcsc]\ndefault_slot = '9b'")
+        assert!(err.contains("'rot13' is not one of"), "{err}");
+        for bad in ["9b", "082", "0x9a"] {
+            let err = parse(&format!("[backends.pcsc]\ndefault_slot = '{bad}'"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("default_slot"), "{err}");
+            assert!(err.contains("not a PIV key slot"), "{err}");
+        }
+        let config =
+            parse("[backends.pcsc]\ndefault_slot = '9D'\nmanagement_key_algorithm = 'aes256'")
+                .unwrap();
+        let pcsc = config.backends.get("pcsc").unwrap();
+        let pcsc = pcsc.settings::<fleetkey_pcsc::PcscSettings>().unwrap();
+        assert_eq!(pcsc.default_slot.number(), 0x9d);
+        assert_eq!(
+            pcsc.management_key_algorithm,
+            fleetkey_pcsc::Algorithm::Aes256
+        );
+    }
+
+    #[test]
+    fn key_store_sections_are_checked_by_their_factories() {
+        let err = parse("[backends.soft]\nargon2_iterations = 0")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("default_slot"), "{err}");
-        for slot in ["9a", "9c", "9d", "9e", "82", "95"] {
-            assert!(is_piv_slot(slot), "{slot}");
+        assert!(err.contains("backends.soft.argon2_iterations"), "{err}");
+        let err = parse("[backends.soft]\nargon2_memroy_kib = 64")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("backends.soft"), "{err}");
+        assert!(err.contains("argon2_memroy_kib"), "{err}");
+        let err = parse("[backends.tmp]\nenabled = true")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("backends.tmp"), "{err}");
+        assert!(err.contains("soft, tpm, pcsc"), "{err}");
+        let err = parse("[backends.tpm]\nenabled = 'yes'")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("backends.tpm.enabled"), "{err}");
+        let config = parse("[backends.soft]\nenabled = false").unwrap();
+        assert!(!config.backends.get("soft").unwrap().enabled);
+    }
+
+    #[test]
+    fn log_level_has_one_rule() {
+        assert_eq!(
+            parse("log_level = 'debug'").unwrap().log_level,
+            LogLevel::Debug
+        );
+        for bad in ["loud", "INFO", "1"] {
+            let err = parse(&format!("log_level = '{bad}'"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("log_level"), "{err}");
+            assert!("x".parse::<LogLevel>().is_err());
+            assert!(bad.parse::<LogLevel>().is_err(), "{bad}");
         }
-        for slot in ["9b", "96", "81", "f9", "082"] {
-            assert!(!is_piv_slot(slot), "{slot}");
-        }
+        assert_eq!("trace".parse::<LogLevel>(), Ok(LogLevel::Trace));
     }
 
     #[test]
@@ -360,12 +339,15 @@ mod tests {
         assert!(err.contains("max_attempts"), "{err}");
         let err = parse("log_level = 'loud'").unwrap_err().to_string();
         assert!(err.contains("log_level"), "{err}");
-        let err = parse("[backends.tpm]\npersistent_handle = 0x80000001")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("backends.tpm.persistent_handle"), "{err}");
-        let err = parse("[backends.tpm]\ntcti = ''").unwrap_err().to_string();
-        assert!(err.contains("backends.tpm.tcti"), "{err}");
+        #[cfg(feature = "tpm")]
+        {
+            let err = parse("[backends.tpm]\npersistent_handle = 0x80000001")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("backends.tpm.persistent_handle"), "{err}");
+            let err = parse("[backends.tpm]\ntcti = ''").unwrap_err().to_string();
+            assert!(err.contains("backends.tpm.tcti"), "{err}");
+        }
         let err = parse("[pin\n").unwrap_err().to_string();
         assert!(err.contains("not valid"), "{err}");
     }

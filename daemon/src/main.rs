@@ -52,8 +52,8 @@ fn load_config(args: &Args) -> Result<Config, String> {
     if let Some(url) = &args.portal_url {
         config.portal_url = Some(url.clone());
     }
-    if let Some(level) = &args.log_level {
-        config.log_level = level.clone();
+    if let Some(level) = args.log_level {
+        config.log_level = level;
     }
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)
@@ -61,12 +61,8 @@ fn load_config(args: &Args) -> Result<Config, String> {
 
 fn run(args: Args) -> Result<(), String> {
     let config = load_config(&args)?;
-    let level: tracing::Level = config
-        .log_level
-        .parse()
-        .map_err(|_| format!("unknown log level {}", config.log_level))?;
     tracing_subscriber::fmt()
-        .with_max_level(level)
+        .with_max_level(config.log_level.tracing_level())
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();

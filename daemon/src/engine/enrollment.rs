@@ -3,7 +3,7 @@
 //! (attestation, proof of possession, device signature), and the row made
 //! active. A failure after the key exists deletes the row, then the key.
 
-use fleetkey_plugin::{Attestation, CreateOptions, KeyStoreError, Pin};
+use fleetkey_plugin::{Attestation, CreateOptions, Pin};
 use fleetkey_proto::portal::{self, CodeKind};
 use fleetkey_proto::{EnrollmentInput, Failure, Reason, binding, daemon, time, user_name};
 use prost::Message;
@@ -189,7 +189,7 @@ impl Engine {
             .await?
         {
             Ok(attestation) => attestation,
-            Err(KeyStoreError::Unsupported { .. }) => Attestation::none(),
+            Err(e) if e.is(Reason::Unsupported) => Attestation::none(),
             Err(e) => return Err(key_store_failure(name, e)),
         };
         let message =
@@ -257,6 +257,5 @@ fn random_id(prefix: &str) -> Result<String, Failure> {
     let mut bytes = [0u8; 12];
     getrandom::fill(&mut bytes)
         .map_err(|e| Failure::new(Reason::Internal, format!("no randomness: {e}")))?;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    Ok(format!("{prefix}{hex}"))
+    Ok(format!("{prefix}{}", hex::encode(bytes)))
 }

@@ -5,7 +5,7 @@
 use fleetkey_plugin::{KeyStoreError, Operation, Pin};
 use fleetkey_proto::{Failure, Reason, daemon};
 
-use super::failure::key_store_failure;
+use super::failure::{key_store_failure, wrong_pin_failure};
 use super::{Engine, Requester, public_key_pem};
 use crate::pin_policy;
 use crate::state::UserRecord;
@@ -87,34 +87,10 @@ impl Engine {
             &store.info().pin_rules,
             &new_pin,
         )?;
-        match store
+        store
             .unblock_pin(user.key_ref.clone(), puk, new_pin)
             .await?
-        {
-            Ok(()) => {}
-            Err(KeyStoreError::PukIncorrect { tries_left }) => {
-                let tries_left = tries_left.unwrap_or(0);
-                let failure = if tries_left == 0 {
-                    Failure::new(
-                        Reason::PukWrong,
-                        format!("the PUK of {name}'s card is blocked; the card must be reset and the user enrolled again"),
-                    )
-                    .with_hint(format!(
-                        "Reset the card (e.g. ykman piv reset), then remove and re-enroll {name}."
-                    ))
-                } else {
-                    Failure::new(
-                        Reason::PukWrong,
-                        format!(
-                            "wrong PUK for {name}'s card; {tries_left} {} left",
-                            if tries_left == 1 { "try" } else { "tries" }
-                        ),
-                    )
-                };
-                return Err(failure.with_meta("tries_left", tries_left));
-            }
-            Err(e) => return Err(key_store_failure(&user.backend, e)),
-        }
+            .map_err(|e| key_store_failure(&user.backend, e))?;
         if user.failed_attempts > 0 {
             let user_name = user.name.clone();
             self.write(move |state| state.reset_failed_attempts(&user_name))
@@ -141,50 +117,26 @@ impl Engine {
                 }
                 Ok(value)
             }
-            Err(KeyStoreError::PinIncorrect {
-                tries_left: hardware,
-            }) => {
+            Err(e) if e.is(Reason::PinWrong) => {
                 let name = user.name.clone();
                 let failed = self
                     .write(move |state| state.record_failed_attempt(&name))
                     .await?;
-                let ours = max.saturating_sub(failed);
-                let tries_left = hardware.map_or(ours, |h| h.min(ours));
                 tracing::warn!(user = %user.name, failed, "wrong PIN");
-                if tries_left == 0 {
-                    return Err(Failure::new(
-                        Reason::PinLocked,
-                        format!(
-                            "wrong PIN; user {} is now locked after {failed} wrong PINs",
-                            user.name
-                        ),
-                    )
-                    .with_meta("tries_left", 0));
-                }
-                Err(Failure::new(
-                    Reason::PinWrong,
-                    format!(
-                        "wrong PIN for user {}; {tries_left} {} left",
-                        user.name,
-                        if tries_left == 1 { "try" } else { "tries" }
-                    ),
-                )
-                .with_meta("tries_left", tries_left))
+                Err(wrong_pin_failure(&user.name, &user.backend, e, failed, max))
             }
-            Err(KeyStoreError::PinLocked) => {
-                let mut failure = Failure::new(
-                    Reason::PinLocked,
-                    format!("the key store has blocked the PIN of user {}", user.name),
-                )
-                .with_meta("tries_left", 0);
+            Err(e) if e.is(Reason::PinLocked) => {
+                let mut failure = key_store_failure(&user.backend, e).with_meta("tries_left", 0);
+                // Where the store can unblock (capabilities are data), say
+                // how for this user.
                 let unblockable = self
                     .store(&user.backend)
                     .is_ok_and(|s| s.info().operations.contains(&Operation::UnblockPin));
                 if unblockable {
-                    failure = failure.with_hint(format!(
-                        "The card has blocked its PIN after too many wrong PINs; unblock it with the card's PUK: fleetkeyctl user pin unblock {}",
-                        user.name
-                    ));
+                    failure.hint = format!(
+                        "{} Unblock: fleetkeyctl user pin unblock {}",
+                        failure.hint, user.name
+                    );
                 }
                 Err(failure)
             }

@@ -2,7 +2,7 @@
 //!
 //! A backend implements [`KeyStore`]. Every operation but [`KeyStore::describe`],
 //! [`KeyStore::create_key`] and [`KeyStore::sign_digest`] has a default that
-//! answers [`KeyStoreError::Unsupported`], so a backend states what it can do
+//! answers [`KeyStoreError::unsupported`] (reason `UNSUPPORTED`), so a backend states what it can do
 //! by what it implements, and says so as data in [`BackendInfo`].
 //!
 //! Operations are blocking (hardware is); the daemon runs them on blocking
@@ -17,7 +17,9 @@
 //! crash between the two steps leaves nothing behind.
 
 use std::fmt;
+use std::path::PathBuf;
 
+pub use fleetkey_proto::{Failure, Reason};
 use zeroize::Zeroizing;
 
 /// A PIN: zeroized on drop, never shown by `Debug`.
@@ -204,75 +206,162 @@ pub struct CredentialChallenge {
     pub encrypted_secret: Vec<u8>,
 }
 
-/// Why a key-store operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum KeyStoreError {
-    #[error("the {backend} key store does not support {operation}")]
-    Unsupported {
-        backend: String,
-        operation: Operation,
-    },
-    #[error("wrong PIN")]
-    PinIncorrect {
-        /// Tries the hardware itself still allows, where it counts.
-        tries_left: Option<u32>,
-    },
-    #[error("the PIN is blocked by the key store")]
-    PinLocked,
-    /// The hardware refuses every PIN for a while, for every key (a TPM in
-    /// dictionary-attack lockout). Not the user's fault: not counted as a
-    /// wrong PIN.
-    #[error("{detail}")]
-    HardwareLockout {
-        detail: String,
-        /// When the hardware accepts PINs again, where it can tell.
-        retry_after_seconds: Option<u64>,
-    },
-    #[error("the PIN does not meet the key store's rules: {0}")]
-    PinRules(String),
-    #[error("no key {0} in the key store")]
-    KeyNotFound(String),
-    #[error("the key store is not available: {0}")]
-    Unavailable(String),
-    /// The hardware refuses to use the stored key: it was made by other
-    /// hardware (a key blob copied from another TPM, a TPM cleared since).
-    #[error("{0}")]
-    KeyRejected(String),
-    #[error("stored key {key} is damaged: {detail}")]
-    Corrupt { key: String, detail: String },
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
-    /// No card (token) that the key lives on is present.
-    #[error("{0}")]
-    CardNotPresent(String),
-    /// A card is present, but not the one the key lives on.
-    #[error("{0}")]
-    CardMismatch(String),
-    /// The card refused the administrative (management) key.
-    #[error("{0}")]
-    ManagementKeyRejected(String),
-    /// The card is not one this store can use (no PIV application, no P-256).
-    #[error("{0}")]
-    CardUnsupported(String),
-    #[error("wrong PUK")]
-    PukIncorrect { tries_left: Option<u32> },
-    /// A creation option (reader, slot) that cannot be used.
-    #[error("{0}")]
-    InvalidOption(String),
-    #[error("{0}")]
-    Backend(String),
+/// Why a key-store operation failed, said by the key store itself: a
+/// reason from the same table as every other failure
+/// ([`fleetkey_proto::Reason`]), a message saying what failed, a hint
+/// saying what to do (written by the store, which knows its hardware), and
+/// typed details. The daemon turns it into a [`Failure`] with
+/// [`KeyStoreError::into_failure`], without knowing which store it came
+/// from.
+#[derive(Debug)]
+pub struct KeyStoreError {
+    /// What kind of failure, from the table `docs/errors.md` documents.
+    pub reason: Reason,
+    /// What failed and why, in one line.
+    pub message: String,
+    /// What to do about it; None: the reason's default hint.
+    pub hint: Option<String>,
+    /// Tries the hardware itself still allows (wrong PIN or PUK), where it
+    /// counts.
+    pub tries_left: Option<u32>,
+    /// When the hardware accepts PINs again, where it can tell (a TPM in
+    /// dictionary-attack lockout).
+    pub retry_after_seconds: Option<u64>,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl fmt::Display for KeyStoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(source) = &self.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for KeyStoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
 }
 
 impl KeyStoreError {
-    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Self::Io {
-            context: context.into(),
-            source,
+    /// A failure of `reason`, with the reason's default hint.
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+            hint: None,
+            tries_left: None,
+            retry_after_seconds: None,
+            source: None,
         }
+    }
+
+    /// What to do about it, in the store's own words.
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    pub fn with_tries_left(mut self, tries_left: Option<u32>) -> Self {
+        self.tries_left = tries_left;
+        self
+    }
+
+    pub fn with_retry_after(mut self, seconds: Option<u64>) -> Self {
+        self.retry_after_seconds = seconds;
+        self
+    }
+
+    /// The store cannot do `operation`.
+    pub fn unsupported(backend: &str, operation: Operation) -> Self {
+        Self::new(
+            Reason::Unsupported,
+            format!("the {backend} key store does not support {operation}"),
+        )
+    }
+
+    /// The PIN is wrong; `tries_left` where the hardware counts.
+    pub fn pin_incorrect(tries_left: Option<u32>) -> Self {
+        Self::new(Reason::PinWrong, "wrong PIN").with_tries_left(tries_left)
+    }
+
+    /// The store itself has blocked the PIN.
+    pub fn pin_locked() -> Self {
+        Self::new(Reason::PinLocked, "the PIN is blocked by the key store").with_tries_left(Some(0))
+    }
+
+    /// The PIN does not meet the store's own rules.
+    pub fn pin_rules(detail: impl fmt::Display) -> Self {
+        Self::new(
+            Reason::PinPolicy,
+            format!("the PIN does not meet the key store's rules: {detail}"),
+        )
+    }
+
+    /// The store (its hardware, its service) cannot be used now.
+    pub fn unavailable(detail: impl fmt::Display) -> Self {
+        Self::new(
+            Reason::BackendUnavailable,
+            format!("the key store is not available: {detail}"),
+        )
+    }
+
+    /// A creation option (reader, slot) that cannot be used.
+    pub fn invalid_option(message: impl Into<String>) -> Self {
+        Self::new(Reason::InvalidArgument, message)
+    }
+
+    /// The store has no key by that name.
+    pub fn key_not_found(key: impl fmt::Display) -> Self {
+        Self::new(Reason::Internal, format!("no key {key} in the key store"))
+    }
+
+    /// A stored key that cannot be read.
+    pub fn corrupt(key: impl fmt::Display, detail: impl fmt::Display) -> Self {
+        Self::new(
+            Reason::Internal,
+            format!("stored key {key} is damaged: {detail}"),
+        )
+    }
+
+    /// A file-system failure.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        let mut error = Self::new(Reason::Internal, context);
+        error.source = Some(Box::new(source));
+        error
+    }
+
+    /// Anything else that went wrong inside the store.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(Reason::Internal, message)
+    }
+
+    /// Whether this is a failure of `reason`.
+    pub fn is(&self, reason: Reason) -> bool {
+        self.reason == reason
+    }
+
+    /// The failure the caller sees: the store's reason, message (naming
+    /// the store), hint and details. This is the only mapping; the
+    /// daemon adds what only it knows (its own PIN count).
+    pub fn into_failure(self, backend: &str) -> Failure {
+        let mut failure = Failure::new(self.reason, format!("key store '{backend}': {self}"))
+            .with_meta("backend", backend);
+        if let Some(hint) = self.hint {
+            failure = failure.with_hint(hint);
+        }
+        if let Some(tries_left) = self.tries_left {
+            failure = failure.with_meta("tries_left", tries_left);
+        }
+        if let Some(seconds) = self.retry_after_seconds {
+            failure = failure.with_meta("retry_after_seconds", seconds);
+        }
+        failure
     }
 }
 
@@ -295,7 +384,7 @@ pub trait KeyStore: Send + Sync {
         options: &CreateOptions,
     ) -> Result<Enrolled, KeyStoreError> {
         if !options.is_empty() {
-            return Err(KeyStoreError::InvalidOption(format!(
+            return Err(KeyStoreError::invalid_option(format!(
                 "the {} key store has no readers or slots to choose from",
                 self.describe().name
             )));
@@ -307,7 +396,7 @@ pub trait KeyStore: Send + Sync {
     }
 
     /// ECDSA P-256 over a SHA-256 digest; returns the DER signature.
-    /// A wrong PIN is [`KeyStoreError::PinIncorrect`].
+    /// A wrong PIN is [`KeyStoreError::pin_incorrect`] (reason `PIN_WRONG`).
     fn sign_digest(
         &self,
         key_ref: &[u8],
@@ -334,7 +423,7 @@ pub trait KeyStore: Send + Sync {
 
     /// Sets a new PIN with the PIN unblocking key (PUK), which also resets
     /// the key store's wrong-PIN counter. A wrong PUK is
-    /// [`KeyStoreError::PukIncorrect`].
+    /// a failure of reason `PUK_WRONG`, with the PUK's tries left.
     fn unblock_pin(&self, key_ref: &[u8], puk: &Pin, new_pin: &Pin) -> Result<(), KeyStoreError> {
         let _ = (key_ref, puk, new_pin);
         Err(self.unsupported(Operation::UnblockPin))
@@ -403,11 +492,69 @@ pub trait KeyStore: Send + Sync {
 
     /// The standard "unsupported" answer for this backend.
     fn unsupported(&self, operation: Operation) -> KeyStoreError {
-        KeyStoreError::Unsupported {
-            backend: self.describe().name,
-            operation,
+        KeyStoreError::unsupported(&self.describe().name, operation)
+    }
+}
+
+/// Where the daemon lets a key store keep files, and other facts of the
+/// daemon a store may need to open.
+#[derive(Debug, Clone)]
+pub struct OpenContext {
+    /// The daemon's state directory; a store keeps its files in a
+    /// directory of its own name inside it.
+    pub state_dir: PathBuf,
+}
+
+/// A setting of a key store's config section that cannot be used: the
+/// daemon reports it as `backends.NAME.KEY`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingError {
+    /// The key inside the store's section (e.g. `default_slot`).
+    pub key: &'static str,
+    pub message: String,
+}
+
+impl SettingError {
+    pub fn new(key: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            key,
+            message: message.into(),
         }
     }
+}
+
+/// How the daemon finds and opens a key store (as Parsec's provider
+/// builders): a name, a typed config section, and `open`. Each store
+/// crate exports one; the daemon's registry (`daemon/src/backends.rs`)
+/// lists them, one line each, behind a cargo feature.
+pub trait KeyStoreFactory {
+    /// Stable name used in config (`[backends.NAME]`), on the wire and in
+    /// user records.
+    const NAME: &'static str;
+    /// One line for people, also shown when the store cannot be opened.
+    const DESCRIPTION: &'static str;
+    /// False for software keys.
+    const HARDWARE_BACKED: bool;
+    /// The settings of `[backends.NAME]` besides `enabled`, read once when
+    /// the daemon loads its config. Unknown keys should be refused
+    /// (`#[serde(deny_unknown_fields)]`); a value that cannot be used is a
+    /// deserialization error, or a [`SettingError`] from
+    /// [`KeyStoreFactory::check`].
+    type Config: serde::de::DeserializeOwned + Default + fmt::Debug + Send + Sync + 'static;
+
+    /// Checks that need more than one field's type (ranges, combinations).
+    fn check(config: &Self::Config) -> Result<(), SettingError> {
+        let _ = config;
+        Ok(())
+    }
+
+    /// Opens the store. A store whose hardware or service is missing
+    /// answers an error (reason `BACKEND_UNAVAILABLE`), and the daemon
+    /// runs with the others.
+    fn open(
+        config: &Self::Config,
+        context: &OpenContext,
+    ) -> Result<std::sync::Arc<dyn KeyStore>, KeyStoreError>;
 }
 
 #[cfg(test)]
@@ -428,10 +575,10 @@ mod tests {
             }
         }
         fn create_key(&self, _: &str, _: &Pin) -> Result<CreatedKey, KeyStoreError> {
-            Err(KeyStoreError::Unavailable("test".into()))
+            Err(KeyStoreError::unavailable("test"))
         }
         fn sign_digest(&self, _: &[u8], _: &Pin, _: &[u8; 32]) -> Result<Vec<u8>, KeyStoreError> {
-            Err(KeyStoreError::PinIncorrect { tries_left: None })
+            Err(KeyStoreError::pin_incorrect(None))
         }
     }
 
@@ -443,15 +590,51 @@ mod tests {
             err.to_string(),
             "the sign-only key store does not support attest"
         );
-        assert!(matches!(
-            store.change_pin(b"k", &Pin::new("1"), &Pin::new("2")),
-            Err(KeyStoreError::Unsupported {
-                operation: Operation::ChangePin,
-                ..
-            })
-        ));
+        let err = store
+            .change_pin(b"k", &Pin::new("1"), &Pin::new("2"))
+            .unwrap_err();
+        assert_eq!(err.reason, Reason::Unsupported);
+        assert!(err.to_string().contains("change_pin"), "{err}");
         assert!(store.resident_keys().unwrap().is_empty());
         assert!(store.hardware_identity().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_stores_hint_and_details_reach_the_failure() {
+        let err = KeyStoreError::new(Reason::CardMismatch, "the card in reader R is card 1")
+            .with_hint("Insert card 2.")
+            .with_tries_left(Some(2))
+            .with_retry_after(Some(30));
+        let failure = err.into_failure("pcsc");
+        assert_eq!(failure.reason, Reason::CardMismatch);
+        assert_eq!(
+            failure.message,
+            "key store 'pcsc': the card in reader R is card 1"
+        );
+        assert_eq!(failure.hint, "Insert card 2.");
+        assert_eq!(failure.meta("tries_left"), Some("2"));
+        assert_eq!(failure.meta("retry_after_seconds"), Some("30"));
+        assert_eq!(failure.meta("backend"), Some("pcsc"));
+        // They survive the wire, too.
+        let back = Failure::from_status(&failure.to_status());
+        assert_eq!(back, failure);
+    }
+
+    #[test]
+    fn without_a_hint_the_reason_gives_its_own() {
+        let failure = KeyStoreError::pin_incorrect(None).into_failure("soft");
+        assert_eq!(failure.reason, Reason::PinWrong);
+        assert_eq!(failure.hint, Reason::PinWrong.default_hint());
+        assert_eq!(failure.meta("tries_left"), None);
+        let failure = KeyStoreError::pin_locked().into_failure("pcsc");
+        assert_eq!(failure.meta("tries_left"), Some("0"));
+        let io = KeyStoreError::io(
+            "reading key k",
+            std::io::Error::new(std::io::ErrorKind::PermissionDenied, "denied"),
+        );
+        assert_eq!(io.reason, Reason::Internal);
+        assert_eq!(io.to_string(), "reading key k: denied");
+        assert!(std::error::Error::source(&io).is_some());
     }
 
     #[test]

@@ -4,73 +4,93 @@
 //! certificate stored beside it, as `yubico-piv-tool selfsign` and
 //! `ykman piv` do after generating a key. fleetkey writes one too, so the
 //! slot is visibly in use, and other tools see the key.
+//!
+//! The card signs, so the certificate is built in two steps: the
+//! to-be-signed part, then the certificate around the card's signature.
+//! Both are encoded with the RustCrypto `der` family (x509-cert's name,
+//! serial number and validity types; `der`'s calendar).
 
+use std::str::FromStr;
+use std::time::Duration;
+
+use der::asn1::BitStringRef;
+use der::oid::db::rfc5912::ECDSA_WITH_SHA_256;
+use der::{AnyRef, DateTime, Encode, Sequence};
 use sha2::{Digest, Sha256};
+use spki::AlgorithmIdentifierRef;
+use x509_cert::Version;
+use x509_cert::name::Name;
+use x509_cert::serial_number::SerialNumber;
+use x509_cert::time::{Time, Validity};
 
-/// ecdsa-with-SHA256 (1.2.840.10045.4.3.2).
-const ECDSA_SHA256: &[u8] = &[0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x04, 0x03, 0x02];
-/// commonName (2.5.4.3).
-const COMMON_NAME: &[u8] = &[0x06, 0x03, 0x55, 0x04, 0x03];
-
-fn der(tag: u8, value: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    crate::apdu::push_len(&mut out, value.len());
-    out.extend_from_slice(value);
-    out
+/// TBSCertificate (RFC 5280 4.1) as fleetkey writes it: v3, no
+/// extensions, issuer = subject.
+#[derive(Sequence)]
+struct TbsCertificate<'a> {
+    #[asn1(context_specific = "0", tag_mode = "EXPLICIT")]
+    version: Version,
+    serial_number: SerialNumber,
+    signature: AlgorithmIdentifierRef<'a>,
+    issuer: Name,
+    validity: Validity,
+    subject: Name,
+    /// Already DER (SubjectPublicKeyInfo).
+    subject_public_key_info: AnyRef<'a>,
 }
 
-fn sequence(parts: &[&[u8]]) -> Vec<u8> {
-    der(0x30, &parts.concat())
+/// Certificate (RFC 5280 4.1) around an encoded TBSCertificate.
+#[derive(Sequence)]
+struct Certificate<'a> {
+    tbs_certificate: AnyRef<'a>,
+    signature_algorithm: AlgorithmIdentifierRef<'a>,
+    signature: BitStringRef<'a>,
 }
 
-fn name(common_name: &str) -> Vec<u8> {
-    let attribute = sequence(&[COMMON_NAME, &der(0x0C, common_name.as_bytes())]);
-    sequence(&[&der(0x31, &attribute)])
-}
+const ECDSA_SHA256: AlgorithmIdentifierRef<'static> = AlgorithmIdentifierRef {
+    oid: ECDSA_WITH_SHA_256,
+    parameters: None,
+};
 
-/// Civil date (UTC) of a Unix time, as GeneralizedTime text.
-fn generalized_time(unix: i64) -> String {
-    let days = unix.div_euclid(86_400);
-    let secs = unix.rem_euclid(86_400);
-    // Days to civil date (proleptic Gregorian).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}{month:02}{day:02}{:02}{:02}{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
-}
-
-/// The to-be-signed part: subject = issuer = `common_name`, valid from
-/// `now` to the end of 9999 (RFC 5280's "no expiry").
-pub fn tbs_certificate(common_name: &str, spki_der: &[u8], serial: &[u8; 16], now: i64) -> Vec<u8> {
-    let mut serial = serial.to_vec();
+/// The to-be-signed part: subject = issuer = `CN=common_name`, valid from
+/// `now` (Unix time) to the end of 9999 (RFC 5280's "no expiry").
+pub fn tbs_certificate(
+    common_name: &str,
+    spki_der: &[u8],
+    serial: &[u8; 16],
+    now: u64,
+) -> der::Result<Vec<u8>> {
+    // A positive serial number without a leading zero byte.
+    let mut serial = *serial;
     serial[0] &= 0x7F;
     serial[0] |= 0x01;
-    let version = der(0xA0, &der(0x02, &[0x02]));
-    let validity = sequence(&[
-        &der(0x18, generalized_time(now).as_bytes()),
-        &der(0x18, b"99991231235959Z"),
-    ]);
-    let name = name(common_name);
-    sequence(&[
-        &version,
-        &der(0x02, &serial),
-        &sequence(&[ECDSA_SHA256]),
-        &name,
-        &validity,
-        &name,
-        spki_der,
-    ])
+    let name = Name::from_str(&format!("CN={}", escape_rdn(common_name)))?;
+    // UTCTime through 2049, GeneralizedTime after (RFC 5280 4.1.2.5).
+    let not_before = Time::from(DateTime::from_unix_duration(Duration::from_secs(now))?);
+    let tbs = TbsCertificate {
+        version: Version::V3,
+        serial_number: SerialNumber::new(&serial)?,
+        signature: ECDSA_SHA256,
+        issuer: name.clone(),
+        validity: Validity::new(not_before, Time::INFINITY),
+        subject: name,
+        subject_public_key_info: AnyRef::try_from(spki_der)?,
+    };
+    tbs.to_der()
+}
+
+/// RFC 4514 escaping of an attribute value.
+fn escape_rdn(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for (i, c) in value.chars().enumerate() {
+        let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=')
+            || (i == 0 && matches!(c, '#' | ' '))
+            || (i + 1 == value.chars().count() && c == ' ');
+        if special {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// SHA-256 of what the card must sign.
@@ -79,10 +99,13 @@ pub fn tbs_digest(tbs: &[u8]) -> [u8; 32] {
 }
 
 /// The certificate, given the card's DER signature over the TBS digest.
-pub fn certificate(tbs: &[u8], signature_der: &[u8]) -> Vec<u8> {
-    let mut bits = vec![0x00];
-    bits.extend_from_slice(signature_der);
-    sequence(&[tbs, &sequence(&[ECDSA_SHA256]), &der(0x03, &bits)])
+pub fn certificate(tbs: &[u8], signature_der: &[u8]) -> der::Result<Vec<u8>> {
+    Certificate {
+        tbs_certificate: AnyRef::try_from(tbs)?,
+        signature_algorithm: ECDSA_SHA256,
+        signature: BitStringRef::from_bytes(signature_der)?,
+    }
+    .to_der()
 }
 
 /// PIV's certificate object: the certificate, CertInfo 0 (not
@@ -97,36 +120,57 @@ pub fn piv_certificate_object(certificate: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use der::Decode;
 
-    #[test]
-    fn dates() {
-        assert_eq!(generalized_time(0), "19700101000000Z");
-        assert_eq!(generalized_time(951_782_400), "20000229000000Z");
-        assert_eq!(generalized_time(1_795_921_959), "20261129031239Z");
-    }
-
-    #[test]
-    fn a_signed_certificate_parses_with_p256() {
+    fn signed(now: u64) -> (Vec<u8>, p256::ecdsa::VerifyingKey) {
         use p256::ecdsa::signature::hazmat::PrehashSigner;
         use p256::ecdsa::{DerSignature, SigningKey};
         use p256::elliptic_curve::Generate;
         use p256::pkcs8::EncodePublicKey;
         let key = SigningKey::try_generate().unwrap();
         let spki = key.verifying_key().to_public_key_der().unwrap();
-        let tbs = tbs_certificate(
-            "fleetkey alice",
-            spki.as_bytes(),
-            &[0xFF; 16],
-            1_795_921_959,
-        );
+        let tbs =
+            tbs_certificate("fleetkey u-1, \"x\"", spki.as_bytes(), &[0xFF; 16], now).unwrap();
         let signature: DerSignature = key.sign_prehash(&tbs_digest(&tbs)).unwrap();
-        let cert = certificate(&tbs, signature.as_bytes());
-        // Outer SEQUENCE spans the whole certificate.
-        let parsed = crate::apdu::parse_tlvs(&cert).unwrap();
-        assert_eq!(parsed.len(), 1);
-        assert_eq!(parsed[0].0, vec![0x30]);
-        let parts = crate::apdu::parse_tlvs(parsed[0].1).unwrap();
-        assert_eq!(parts.len(), 3);
-        assert_eq!(parts[0].1, &tbs[tbs.len() - parts[0].1.len()..]);
+        (
+            certificate(&tbs, signature.as_bytes()).unwrap(),
+            *key.verifying_key(),
+        )
+    }
+
+    #[test]
+    fn a_signed_certificate_parses_and_verifies() {
+        use p256::ecdsa::signature::Verifier;
+        use p256::ecdsa::{DerSignature, VerifyingKey};
+        use p256::pkcs8::DecodePublicKey;
+        let (der, key) = signed(1_795_921_959);
+        let cert = x509_cert::Certificate::from_der(&der).unwrap();
+        let tbs = cert.tbs_certificate();
+        assert_eq!(tbs.version(), Version::V3);
+        assert_eq!(tbs.subject(), tbs.issuer());
+        assert_eq!(tbs.subject().to_string(), "CN=fleetkey u-1\\, \\\"x\\\"");
+        assert_eq!(tbs.serial_number().as_bytes()[0], 0x7F);
+        assert_eq!(cert.signature_algorithm().oid, ECDSA_WITH_SHA_256);
+        // Dates: UTCTime now, GeneralizedTime 9999-12-31 23:59:59.
+        let validity = tbs.validity();
+        assert!(matches!(validity.not_before, Time::UtcTime(_)));
+        assert_eq!(validity.not_before.to_string(), "2026-11-29T03:12:39Z");
+        assert_eq!(validity.not_after.to_string(), "9999-12-31T23:59:59Z");
+        // The key in it is ours, and the signature verifies with it.
+        let spki = tbs.subject_public_key_info().to_der().unwrap();
+        assert_eq!(VerifyingKey::from_public_key_der(&spki).unwrap(), key);
+        let signature = DerSignature::from_bytes(cert.signature().raw_bytes()).unwrap();
+        let tbs_der = tbs.to_der().unwrap();
+        key.verify(&tbs_der, &signature).unwrap();
+    }
+
+    #[test]
+    fn dates_past_2049_are_generalized_time() {
+        // 2050-01-01T00:00:00Z.
+        let (der, _) = signed(2_524_608_000);
+        let cert = x509_cert::Certificate::from_der(&der).unwrap();
+        let not_before = cert.tbs_certificate().validity().not_before;
+        assert!(matches!(not_before, Time::GeneralTime(_)), "{not_before:?}");
+        assert_eq!(not_before.to_string(), "2050-01-01T00:00:00Z");
     }
 }

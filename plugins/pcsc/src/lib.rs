@@ -30,6 +30,7 @@ pub mod apdu;
 pub mod cert;
 pub mod mgmt;
 pub mod piv;
+pub mod settings;
 mod watch;
 
 use std::ffi::CString;
@@ -37,12 +38,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use fleetkey_plugin::{
     Attestation, BackendInfo, CardInfo, CreateOptions, CreatedKey, Enrolled, KeyStore,
-    KeyStoreError, Operation, Pin, PinRules, PinStatus,
+    KeyStoreError, Operation, Pin, PinRules, PinStatus, Reason,
 };
 use p256::pkcs8::EncodePublicKey;
 
 pub use mgmt::{Algorithm, ManagementKey};
 use piv::{Piv, PivError, SecretCheck, Transmit};
+pub use settings::{KeySlot, PcscFactory, PcscSettings};
 
 /// The backend's name in config, on the wire and in user records.
 pub const BACKEND_NAME: &str = "pcsc";
@@ -70,10 +72,10 @@ pub struct PcscConfig {
     pub default_slot: u8,
 }
 
-/// Parses a slot: `9a`, `9c`, `9d`, `9e` or a retired slot `82`..`95`.
+/// Parses a slot: `9a`, `9c`, `9d`, `9e` or a retired slot `82`..`95`
+/// (the one rule, [`KeySlot::parse`]).
 pub fn parse_slot(text: &str) -> Option<u8> {
-    let slot = u8::from_str_radix(text.trim_start_matches("0x"), 16).ok()?;
-    piv::cert_object(slot).map(|_| slot)
+    KeySlot::parse(text).ok().map(KeySlot::number)
 }
 
 /// Where a key lives.
@@ -97,10 +99,8 @@ impl KeyRef {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<KeyRef, KeyStoreError> {
-        let bad = || KeyStoreError::Corrupt {
-            key: String::from_utf8_lossy(bytes).into_owned(),
-            detail: "not a PIV key reference".into(),
-        };
+        let bad =
+            || KeyStoreError::corrupt(String::from_utf8_lossy(bytes), "not a PIV key reference");
         let text = std::str::from_utf8(bytes).map_err(|_| bad())?;
         let mut parts = text.split(' ');
         if parts.next() != Some("piv1") {
@@ -220,7 +220,7 @@ fn is_service_gone(error: pcsc::Error) -> bool {
 }
 
 fn service_error(error: pcsc::Error) -> KeyStoreError {
-    KeyStoreError::Unavailable(format!("cannot talk to pcscd ({error}); is pcscd running?"))
+    KeyStoreError::unavailable(format!("cannot talk to pcscd ({error}); is pcscd running?"))
 }
 
 /// The PIV key store.
@@ -261,7 +261,7 @@ impl PcscKeyStore {
     /// Connects to the card in `reader` and reads its PIV identity.
     fn scan(&self, context: &pcsc::Context, reader: &str) -> Result<Slot, KeyStoreError> {
         let name = CString::new(reader)
-            .map_err(|_| KeyStoreError::Backend(format!("reader name {reader:?} has a NUL")))?;
+            .map_err(|_| KeyStoreError::internal(format!("reader name {reader:?} has a NUL")))?;
         let card = match context.connect(&name, pcsc::ShareMode::Shared, pcsc::Protocols::ANY) {
             Ok(card) => card,
             Err(pcsc::Error::NoSmartcard | pcsc::Error::RemovedCard) => return Ok(Slot::Empty),
@@ -331,14 +331,25 @@ impl PcscKeyStore {
             } else {
                 format!("no card is in reader {}", quoted_list(&readers))
             };
-            return Err(KeyStoreError::CardNotPresent(format!(
-                "{readers}; the key is on {}",
+            return Err(KeyStoreError::new(
+                Reason::CardNotPresent,
+                format!("{readers}; the key is on {}", key.describe_card()),
+            )
+            .with_hint(format!(
+                "Insert {} (fleetkeyctl card list shows the readers and cards) and try again.",
                 key.describe_card()
             )));
         }
-        Err(KeyStoreError::CardMismatch(format!(
-            "{}, but the key is on {}",
-            others.join("; "),
+        Err(KeyStoreError::new(
+            Reason::CardMismatch,
+            format!(
+                "{}, but the key is on {}",
+                others.join("; "),
+                key.describe_card()
+            ),
+        )
+        .with_hint(format!(
+            "The user's key is on {}; insert that card instead.",
             key.describe_card()
         )))
     }
@@ -349,19 +360,24 @@ impl PcscKeyStore {
         let readers = list_readers(&context)?;
         if let Some(wanted) = reader {
             if !readers.iter().any(|r| r == wanted) {
-                return Err(KeyStoreError::InvalidOption(format!(
+                return Err(KeyStoreError::invalid_option(format!(
                     "there is no reader '{wanted}'; readers: {}",
                     quoted_list(&readers)
                 )));
             }
             return match self.scan(&context, wanted)? {
                 Slot::Piv(card) => Ok(*card),
-                Slot::Empty => Err(KeyStoreError::CardNotPresent(format!(
-                    "no card is in reader '{wanted}'"
+                Slot::Empty => Err(KeyStoreError::new(
+                    Reason::CardNotPresent,
+                    format!("no card is in reader '{wanted}'"),
+                )
+                .with_hint(format!(
+                    "Insert the card to enroll on into reader '{wanted}' and try again."
                 ))),
-                Slot::NotPiv { problem } => Err(KeyStoreError::CardUnsupported(format!(
-                    "the card in reader '{wanted}' cannot be used: {problem}"
-                ))),
+                Slot::NotPiv { problem } => Err(KeyStoreError::new(
+                    Reason::CardUnsupported,
+                    format!("the card in reader '{wanted}' cannot be used: {problem}"),
+                )),
             };
         }
         let mut cards = Vec::new();
@@ -375,18 +391,25 @@ impl PcscKeyStore {
         }
         match cards.len() {
             1 => Ok(cards.remove(0)),
-            0 if !unusable.is_empty() => Err(KeyStoreError::CardUnsupported(format!(
-                "no PIV card is present; cards that cannot be used: {}",
-                unusable.join("; ")
-            ))),
-            0 if readers.is_empty() => Err(KeyStoreError::CardNotPresent(
-                "no smartcard reader is connected".into(),
+            0 if !unusable.is_empty() => Err(KeyStoreError::new(
+                Reason::CardUnsupported,
+                format!(
+                    "no PIV card is present; cards that cannot be used: {}",
+                    unusable.join("; ")
+                ),
             )),
-            0 => Err(KeyStoreError::CardNotPresent(format!(
-                "no card is in reader {}",
-                quoted_list(&readers)
-            ))),
-            _ => Err(KeyStoreError::InvalidOption(format!(
+            0 if readers.is_empty() => Err(KeyStoreError::new(
+                Reason::CardNotPresent,
+                "no smartcard reader is connected",
+            )
+            .with_hint(
+                "Connect a smartcard reader (or a USB token), insert the card, and try again.",
+            )),
+            0 => Err(KeyStoreError::new(
+                Reason::CardNotPresent,
+                format!("no card is in reader {}", quoted_list(&readers)),
+            )),
+            _ => Err(KeyStoreError::invalid_option(format!(
                 "PIV cards are in several readers ({}); choose one with --reader",
                 quoted_list(&cards.iter().map(|c| c.reader.clone()).collect::<Vec<_>>())
             ))),
@@ -401,12 +424,15 @@ impl PcscKeyStore {
         if accepted {
             Ok(())
         } else {
-            Err(KeyStoreError::ManagementKeyRejected(format!(
-                "{} in reader '{}' refused the management key ({})",
-                describe_card(&card.card_id, card.serial),
-                card.reader,
-                self.config.management_key_source
-            )))
+            Err(KeyStoreError::new(
+                Reason::CardManagementKey,
+                format!(
+                    "{} in reader '{}' refused the management key ({})",
+                    describe_card(&card.card_id, card.serial),
+                    card.reader,
+                    self.config.management_key_source
+                ),
+            ))
         }
     }
 }
@@ -434,14 +460,18 @@ fn list_readers(context: &pcsc::Context) -> Result<Vec<String>, KeyStoreError> {
 fn card_error(card: &CardLabel, error: PivError) -> KeyStoreError {
     match error {
         PivError::Transport { source, command } if is_card_gone(source) => {
-            KeyStoreError::CardNotPresent(format!(
-                "{} was removed from reader '{}' (or stopped answering) during {command}; the operation did not complete",
-                describe_card(&card.card_id, card.serial),
-                card.reader
-            ))
+            KeyStoreError::new(
+                Reason::CardNotPresent,
+                format!(
+                    "{} was removed from reader '{}' (or stopped answering) during {command}; the operation did not complete",
+                    describe_card(&card.card_id, card.serial),
+                    card.reader
+                ),
+            )
+            .with_hint("Keep the card in the reader until the operation is done, and try again.")
         }
         PivError::Transport { source, .. } if is_service_gone(source) => service_error(source),
-        other => KeyStoreError::Backend(format!(
+        other => KeyStoreError::internal(format!(
             "{} in reader '{}': {other}",
             describe_card(&card.card_id, card.serial),
             card.reader
@@ -449,26 +479,40 @@ fn card_error(card: &CardLabel, error: PivError) -> KeyStoreError {
     }
 }
 
+/// The card's answer to a PIN, for a user's key: the card counts.
 fn pin_outcome(check: SecretCheck) -> Result<(), KeyStoreError> {
     match check {
         SecretCheck::Ok => Ok(()),
-        SecretCheck::Wrong { tries_left } => Err(KeyStoreError::PinIncorrect {
-            tries_left: Some(tries_left),
-        }),
-        SecretCheck::Blocked => Err(KeyStoreError::PinLocked),
+        SecretCheck::Wrong { tries_left } => Err(KeyStoreError::pin_incorrect(Some(tries_left))),
+        SecretCheck::Blocked => Err(KeyStoreError::pin_locked().with_hint(
+            "The card has blocked its PIN after too many wrong PINs; unblock it with the card's PUK.",
+        )),
     }
+}
+
+/// The card's answer to the PIN given at enrollment, on a card whose PIN
+/// is already set: the person must give the card's own PIN.
+fn enrollment_pin_outcome(check: SecretCheck) -> Result<(), KeyStoreError> {
+    pin_outcome(check).map_err(|e| {
+        let hint = if e.is(Reason::PinLocked) {
+            "The card has blocked its PIN; unblock it with its PUK (e.g. ykman piv access unblock-pin) before enrolling."
+        } else {
+            "This card's PIN is already set: give the card's PIN (or unblock the card with its PUK first)."
+        };
+        e.with_hint(hint)
+    })
 }
 
 fn check_pin_rules(pin: &Pin) -> Result<(), KeyStoreError> {
     let length = pin.as_bytes().len();
     if !(6..=8).contains(&length) {
-        return Err(KeyStoreError::PinRules(format!(
+        return Err(KeyStoreError::pin_rules(format!(
             "a PIV PIN is 6 to 8 bytes (padded with 0xFF on the card), not {length}"
         )));
     }
     if pin.as_bytes().contains(&0xFF) {
-        return Err(KeyStoreError::PinRules(
-            "a PIV PIN cannot contain the byte 0xFF (the card's padding)".into(),
+        return Err(KeyStoreError::pin_rules(
+            "a PIV PIN cannot contain the byte 0xFF (the card's padding)",
         ));
     }
     Ok(())
@@ -507,17 +551,15 @@ impl KeyStore for PcscKeyStore {
         options: &CreateOptions,
     ) -> Result<Enrolled, KeyStoreError> {
         let slot = match &options.slot {
-            Some(text) => parse_slot(text).ok_or_else(|| {
-                KeyStoreError::InvalidOption(format!(
-                    "'{text}' is not a PIV key slot; use 9a, 9c, 9d, 9e or 82 to 95"
-                ))
-            })?,
+            Some(text) => KeySlot::parse(text)
+                .map_err(KeyStoreError::invalid_option)?
+                .number(),
             None => self.config.default_slot,
         };
         check_pin_rules(pin)?;
         if pin.as_str() == piv::FACTORY_PIN {
-            return Err(KeyStoreError::PinRules(
-                "123456 is every PIV card's factory PIN; choose another".into(),
+            return Err(KeyStoreError::pin_rules(
+                "123456 is every PIV card's factory PIN; choose another",
             ));
         }
         let mut card = self.card_for_enrollment(options.reader.as_deref())?;
@@ -527,10 +569,11 @@ impl KeyStore for PcscKeyStore {
         let err = |e| card_error(&label, e);
 
         // The slot must be free: a certificate means a key in use.
-        let object = piv::cert_object(slot)
-            .ok_or_else(|| KeyStoreError::InvalidOption(format!("{slot:02x} is not a key slot")))?;
+        let object = piv::cert_object(slot).ok_or_else(|| {
+            KeyStoreError::invalid_option(format!("{slot:02x} is not a key slot"))
+        })?;
         if card.piv.get_data(object).map_err(err)?.is_some() {
-            return Err(KeyStoreError::InvalidOption(format!(
+            return Err(KeyStoreError::invalid_option(format!(
                 "slot {slot:02x} of {card_name} already holds a certificate (a key in use); choose another slot with --slot, or remove the user whose key it is"
             )));
         }
@@ -552,38 +595,45 @@ impl KeyStore for PcscKeyStore {
                 "{card_name} still had its factory PIN; its PIN is now the one you chose"
             ));
         }
-        pin_outcome(card.piv.verify_pin(pin.as_str()).map_err(err)?)?;
+        enrollment_pin_outcome(card.piv.verify_pin(pin.as_str()).map_err(err)?)?;
 
         self.authenticate(&mut card).map_err(|e| match e {
-            KeyStoreError::ManagementKeyRejected(message) if factory => {
-                KeyStoreError::ManagementKeyRejected(format!(
-                    "{message}; the card's PIN was already changed from the factory PIN to the one you chose"
-                ))
+            mut e if factory && e.is(Reason::CardManagementKey) => {
+                e.message = format!(
+                    "{}; the card's PIN was already changed from the factory PIN to the one you chose",
+                    e.message
+                );
+                e
             }
             other => other,
         })?;
         let point = card.piv.generate_p256(slot).map_err(err)?;
         let public_key = p256::PublicKey::from_sec1_bytes(&point).map_err(|e| {
-            KeyStoreError::Backend(format!("{card_name} made an invalid public key: {e}"))
+            KeyStoreError::internal(format!("{card_name} made an invalid public key: {e}"))
         })?;
         let spki = public_key
             .to_public_key_der()
-            .map_err(|e| KeyStoreError::Backend(format!("encoding the public key: {e}")))?;
+            .map_err(|e| KeyStoreError::internal(format!("encoding the public key: {e}")))?;
 
         let mut serial = [0u8; 16];
         getrandom::fill(&mut serial)
-            .map_err(|e| KeyStoreError::Backend(format!("no randomness: {e}")))?;
+            .map_err(|e| KeyStoreError::internal(format!("no randomness: {e}")))?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            .map_or(0, |d| d.as_secs());
         let tbs =
-            cert::tbs_certificate(&format!("fleetkey {key_id}"), spki.as_bytes(), &serial, now);
+            cert::tbs_certificate(&format!("fleetkey {key_id}"), spki.as_bytes(), &serial, now)
+                .map_err(|e| {
+                    KeyStoreError::internal(format!("encoding the slot's certificate: {e}"))
+                })?;
         pin_outcome(card.piv.verify_pin(pin.as_str()).map_err(err)?)?;
         let signature = card
             .piv
             .sign_p256(slot, &cert::tbs_digest(&tbs))
             .map_err(err)?;
-        let certificate = cert::certificate(&tbs, &signature);
+        let certificate = cert::certificate(&tbs, &signature).map_err(|e| {
+            KeyStoreError::internal(format!("encoding the slot's certificate: {e}"))
+        })?;
         card.piv
             .put_data(object, &cert::piv_certificate_object(&certificate))
             .map_err(err)?;
@@ -663,8 +713,9 @@ impl KeyStore for PcscKeyStore {
         let key = KeyRef::decode(key_ref)?;
         let mut card = self.find_card(&key)?;
         let label = card.label();
-        let object = piv::cert_object(key.slot)
-            .ok_or_else(|| KeyStoreError::Backend(format!("{:02x} is not a key slot", key.slot)))?;
+        let object = piv::cert_object(key.slot).ok_or_else(|| {
+            KeyStoreError::internal(format!("{:02x} is not a key slot", key.slot))
+        })?;
         self.authenticate(&mut card)?;
         card.piv
             .put_data(object, &[])
@@ -732,12 +783,20 @@ impl KeyStore for PcscKeyStore {
             .map_err(|e| card_error(&label, e))?
         {
             SecretCheck::Ok => Ok(()),
-            SecretCheck::Wrong { tries_left } => Err(KeyStoreError::PukIncorrect {
-                tries_left: Some(tries_left),
-            }),
-            SecretCheck::Blocked => Err(KeyStoreError::PukIncorrect {
-                tries_left: Some(0),
-            }),
+            SecretCheck::Wrong { tries_left } if tries_left > 0 => Err(KeyStoreError::new(
+                Reason::PukWrong,
+                format!(
+                    "wrong PUK for the card; {tries_left} {} left",
+                    if tries_left == 1 { "try" } else { "tries" }
+                ),
+            )
+            .with_tries_left(Some(tries_left))),
+            SecretCheck::Wrong { .. } | SecretCheck::Blocked => Err(KeyStoreError::new(
+                Reason::PukWrong,
+                "the card's PUK is blocked; the card must be reset and the user enrolled again",
+            )
+            .with_tries_left(Some(0))
+            .with_hint("Reset the card (e.g. ykman piv reset), then remove the user and enroll them again.")),
         }
     }
 
@@ -801,7 +860,7 @@ mod tests {
             &[0xff, 0xfe],
         ] {
             assert!(
-                matches!(KeyRef::decode(bad), Err(KeyStoreError::Corrupt { .. })),
+                matches!(KeyRef::decode(bad), Err(ref e) if e.message.contains("not a PIV key reference")),
                 "{bad:?}"
             );
         }

@@ -5,8 +5,11 @@ use aes::cipher::{BlockCipherDecrypt, BlockCipherEncrypt, KeyInit};
 use zeroize::Zeroizing;
 
 /// Algorithms of a management key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub enum Algorithm {
+    /// The factory default.
+    #[default]
     TripleDes,
     Aes128,
     Aes192,
@@ -69,20 +72,17 @@ impl ManagementKey {
         if !digits.len().is_multiple_of(2) || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err("the management key must be hex digits".into());
         }
-        let mut key = Zeroizing::new(Vec::with_capacity(digits.len() / 2));
-        for i in (0..digits.len()).step_by(2) {
-            let byte = u8::from_str_radix(&digits[i..i + 2], 16)
-                .map_err(|_| "the management key must be hex digits".to_string())?;
-            key.push(byte);
-        }
-        if key.len() != algorithm.key_len() {
+        if digits.len() != algorithm.key_len() * 2 {
             return Err(format!(
                 "a {algorithm:?} management key is {} bytes ({} hex digits), not {}",
                 algorithm.key_len(),
                 algorithm.key_len() * 2,
-                key.len()
+                digits.len() / 2
             ));
         }
+        let mut key = Zeroizing::new(vec![0u8; algorithm.key_len()]);
+        hex::decode_to_slice(digits.as_bytes(), &mut key)
+            .map_err(|_| "the management key must be hex digits".to_string())?;
         Ok(ManagementKey { algorithm, key })
     }
 

@@ -199,7 +199,7 @@ impl<T: Transmit> Piv<T> {
         };
         Ok(apdu::find(&chuid, &[0x34])
             .filter(|guid| guid.len() == 16 && guid.iter().any(|b| *b != 0))
-            .map(hex))
+            .map(hex::encode))
     }
 
     /// YubiKey GET SERIAL; None on cards without it.
@@ -374,8 +374,4 @@ impl<T: Transmit> Piv<T> {
             .ok_or_else(|| PivError::malformed(NAME, "no signature"))?;
         Ok(signature.to_vec())
     }
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -46,11 +46,11 @@
 //! - On reading, a file of any other length, a wrong magic, an unknown
 //!   version, Argon2 parameters outside the limits below, or a public key
 //!   that is not a point on P-256 is reported as
-//!   [`KeyStoreError::Corrupt`]. A failed decryption is reported as
-//!   [`KeyStoreError::PinIncorrect`]: with a password-derived key, a wrong PIN
+//!   a damaged-key error ([`KeyStoreError::corrupt`]). A failed decryption is reported as
+//!   a wrong PIN ([`KeyStoreError::pin_incorrect`]): with a password-derived key, a wrong PIN
 //!   and a tampered salt, parameter, nonce, ciphertext or tag look the same.
 //!   A decrypted scalar that is not a valid private key, or whose public key
-//!   differs from the stored one, is `Corrupt`.
+//!   differs from the stored one, is damaged too.
 //! - Argon2 parameter limits (for writing and reading, so a damaged file
 //!   cannot make the daemon allocate terabytes or loop for hours):
 //!   `8·p ≤ m ≤ 4 GiB` ([`MAX_MEMORY_KIB`]), `1 ≤ t ≤` [`MAX_ITERATIONS`],
@@ -68,13 +68,14 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use aes_gcm::Aes256Gcm;
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use argon2::{Algorithm, Argon2, Params, Version};
 use fleetkey_plugin::{
-    Attestation, BackendInfo, CreatedKey, KeyStore, KeyStoreError, Operation, Pin, PinRules,
+    Attestation, BackendInfo, CreatedKey, KeyStore, KeyStoreError, KeyStoreFactory, OpenContext,
+    Operation, Pin, PinRules, SettingError,
 };
 use p256::ecdsa::signature::hazmat::PrehashSigner;
 use p256::ecdsa::{DerSignature, SigningKey, VerifyingKey};
@@ -112,8 +113,10 @@ const KEY_SUFFIX: &str = ".key";
 const TMP_SUFFIX: &str = ".key.tmp";
 const MAX_KEY_ID_LEN: usize = 64;
 
-/// Argon2id cost of deriving a key file's encryption key from a PIN.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Argon2id cost of deriving a key file's encryption key from a PIN; the
+/// `[backends.soft]` section of the daemon's config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct SoftConfig {
     /// Memory cost in KiB.
     pub argon2_memory_kib: u32,
@@ -139,46 +142,95 @@ impl SoftConfig {
     pub fn validate(&self) -> Result<(), KeyStoreError> {
         self.params()
             .map(|_| ())
-            .map_err(|detail| KeyStoreError::Backend(format!("soft key store: {detail}")))
+            .map_err(|detail| KeyStoreError::internal(format!("soft key store: {detail}")))
     }
 
     /// The Argon2 parameters, or why they are refused.
     fn params(&self) -> Result<Params, String> {
+        self.checked_params().map_err(|e| e.message)
+    }
+
+    /// The Argon2 parameters, or which setting is refused and why.
+    fn checked_params(&self) -> Result<Params, SettingError> {
         let (m, t, p) = (
             self.argon2_memory_kib,
             self.argon2_iterations,
             self.argon2_parallelism,
         );
+
         if p == 0 {
-            return Err("argon2_parallelism must be at least 1".into());
+            return Err(SettingError::new(
+                "argon2_parallelism",
+                "argon2_parallelism must be at least 1",
+            ));
         }
         if p > MAX_PARALLELISM {
-            return Err(format!(
-                "argon2_parallelism = {p} is more than the limit of {MAX_PARALLELISM}"
+            return Err(SettingError::new(
+                "argon2_parallelism",
+                format!("argon2_parallelism = {p} is more than the limit of {MAX_PARALLELISM}"),
             ));
         }
         if t == 0 {
-            return Err("argon2_iterations must be at least 1".into());
+            return Err(SettingError::new(
+                "argon2_iterations",
+                "argon2_iterations must be at least 1",
+            ));
         }
         if t > MAX_ITERATIONS {
-            return Err(format!(
-                "argon2_iterations = {t} is more than the limit of {MAX_ITERATIONS}"
+            return Err(SettingError::new(
+                "argon2_iterations",
+                format!("argon2_iterations = {t} is more than the limit of {MAX_ITERATIONS}"),
             ));
         }
         let min_m = 8 * p;
         if m < min_m {
-            return Err(format!(
-                "argon2_memory_kib = {m} is too small: Argon2 needs at least 8 KiB per lane \
-                 (8 x argon2_parallelism = {min_m})"
+            return Err(SettingError::new(
+                "argon2_memory_kib",
+                format!(
+                    "argon2_memory_kib = {m} is too small: Argon2 needs at least 8 KiB per lane \
+                     (8 x argon2_parallelism = {min_m})"
+                ),
             ));
         }
         if m > MAX_MEMORY_KIB {
-            return Err(format!(
-                "argon2_memory_kib = {m} is more than the limit of {MAX_MEMORY_KIB} (4 GiB)"
+            return Err(SettingError::new(
+                "argon2_memory_kib",
+                format!(
+                    "argon2_memory_kib = {m} is more than the limit of {MAX_MEMORY_KIB} (4 GiB)"
+                ),
             ));
         }
-        Params::new(m, t, p, Some(SCALAR_LEN))
-            .map_err(|e| format!("Argon2 refuses m={m} KiB, t={t}, p={p}: {e}"))
+        Params::new(m, t, p, Some(SCALAR_LEN)).map_err(|e| {
+            SettingError::new(
+                "argon2_memory_kib",
+                format!("Argon2 refuses m={m} KiB, t={t}, p={p}: {e}"),
+            )
+        })
+    }
+}
+
+/// Opens the software key store for the daemon's registry: keys in
+/// `soft-keys/` under the state directory.
+pub struct SoftFactory;
+
+impl KeyStoreFactory for SoftFactory {
+    const NAME: &'static str = BACKEND_NAME;
+    const DESCRIPTION: &'static str = "Software keys on disk, encrypted under the PIN";
+    const HARDWARE_BACKED: bool = false;
+    type Config = SoftConfig;
+
+    fn check(config: &SoftConfig) -> Result<(), SettingError> {
+        config.checked_params().map(|_| ())
+    }
+
+    fn open(
+        config: &SoftConfig,
+        context: &OpenContext,
+    ) -> Result<Arc<dyn KeyStore>, KeyStoreError> {
+        Ok(Arc::new(SoftKeyStore::open(
+            &context.state_dir.join("soft-keys"),
+            *config,
+        )?))
     }
 }
 
@@ -201,7 +253,7 @@ impl SoftKeyStore {
         match fs::metadata(dir) {
             Ok(meta) if meta.is_dir() => {}
             Ok(_) => {
-                return Err(KeyStoreError::Unavailable(format!(
+                return Err(KeyStoreError::unavailable(format!(
                     "{} is not a directory",
                     context()
                 )));
@@ -298,7 +350,7 @@ impl SoftKeyStore {
         let file = match File::open(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(KeyStoreError::KeyNotFound(key_id.to_string()));
+                return Err(KeyStoreError::key_not_found(key_id));
             }
             Err(e) => return Err(KeyStoreError::io(format!("opening {}", path.display()), e)),
         };
@@ -412,14 +464,14 @@ impl KeyStore for SoftKeyStore {
             return Err(already_exists(key_id));
         }
         let signing_key = SigningKey::try_generate().map_err(|e| {
-            KeyStoreError::Backend(format!(
+            KeyStoreError::internal(format!(
                 "the operating system's random number generator failed: {e}"
             ))
         })?;
         let verifying_key = *signing_key.verifying_key();
         let public_key_der = verifying_key
             .to_public_key_der()
-            .map_err(|e| KeyStoreError::Backend(format!("encoding the public key: {e}")))?
+            .map_err(|e| KeyStoreError::internal(format!("encoding the public key: {e}")))?
             .into_vec();
         let bytes = KeyFile::encrypt(key_id, pin, &signing_key, &self.config)?;
         drop(signing_key);
@@ -440,7 +492,7 @@ impl KeyStore for SoftKeyStore {
         let signing_key = self.unlock(key_id, pin)?;
         let signature: DerSignature = signing_key
             .sign_prehash(digest)
-            .map_err(|e| KeyStoreError::Backend(format!("signing with key {key_id}: {e}")))?;
+            .map_err(|e| KeyStoreError::internal(format!("signing with key {key_id}: {e}")))?;
         Ok(signature.as_bytes().to_vec())
     }
 
@@ -478,7 +530,7 @@ impl KeyStore for SoftKeyStore {
     ) -> Result<Attestation, KeyStoreError> {
         let key_id = key_id_of(key_ref)?;
         if !self.key_path(key_id).exists() {
-            return Err(KeyStoreError::KeyNotFound(key_id.to_string()));
+            return Err(KeyStoreError::key_not_found(key_id));
         }
         Ok(Attestation::none())
     }
@@ -519,13 +571,13 @@ impl KeyFile {
     ) -> Result<Vec<u8>, KeyStoreError> {
         let params = config
             .params()
-            .map_err(|detail| KeyStoreError::Backend(format!("soft key store: {detail}")))?;
+            .map_err(|detail| KeyStoreError::internal(format!("soft key store: {detail}")))?;
         let mut salt = [0u8; SALT_LEN];
         let mut nonce = [0u8; NONCE_LEN];
         getrandom::fill(&mut salt)
             .and_then(|()| getrandom::fill(&mut nonce))
             .map_err(|e| {
-                KeyStoreError::Backend(format!(
+                KeyStoreError::internal(format!(
                     "the operating system's random number generator failed: {e}"
                 ))
             })?;
@@ -541,7 +593,7 @@ impl KeyFile {
         let point = signing_key.verifying_key().to_sec1_point(false);
         let point = point.as_bytes();
         if point.len() != PUBLIC_KEY_LEN {
-            return Err(KeyStoreError::Backend(format!(
+            return Err(KeyStoreError::internal(format!(
                 "unexpected public key encoding of {} bytes",
                 point.len()
             )));
@@ -549,7 +601,7 @@ impl KeyFile {
         bytes.extend_from_slice(point);
 
         let cipher = derive_cipher(pin, &salt, params)
-            .map_err(|e| KeyStoreError::Backend(format!("deriving the key from the PIN: {e}")))?;
+            .map_err(|e| KeyStoreError::internal(format!("deriving the key from the PIN: {e}")))?;
         let aad = aad(&bytes, key_id);
         let mut buffer: Zeroizing<[u8; SCALAR_LEN]> = Zeroizing::new([0u8; SCALAR_LEN]);
         let scalar = Zeroizing::new(signing_key.to_bytes());
@@ -557,7 +609,7 @@ impl KeyFile {
         drop(scalar);
         let tag = cipher
             .encrypt_inout_detached(&nonce.into(), &aad, (&mut buffer[..]).into())
-            .map_err(|_| KeyStoreError::Backend("encrypting the key failed".into()))?;
+            .map_err(|_| KeyStoreError::internal("encrypting the key failed"))?;
         bytes.extend_from_slice(&buffer[..]);
         bytes.extend_from_slice(&tag);
         Ok(bytes)
@@ -635,7 +687,7 @@ impl KeyFile {
                 (&mut buffer[..]).into(),
                 &self.tag.into(),
             )
-            .map_err(|_| KeyStoreError::PinIncorrect { tries_left: None })?;
+            .map_err(|_| KeyStoreError::pin_incorrect(None))?;
         let signing_key = SigningKey::from_slice(&buffer[..])
             .map_err(|_| corrupt(key_id, "the decrypted private key is not valid"))?;
         if *signing_key.verifying_key() != self.public_key {
@@ -678,7 +730,7 @@ fn check_key_id(key_id: &str) -> Result<(), KeyStoreError> {
     if valid_key_id(key_id) {
         Ok(())
     } else {
-        Err(KeyStoreError::Backend(format!(
+        Err(KeyStoreError::internal(format!(
             "soft key store: invalid key id {key_id:?}: it must be 1 to {MAX_KEY_ID_LEN} characters from A-Z, a-z, 0-9, '_' and '-'"
         )))
     }
@@ -686,7 +738,7 @@ fn check_key_id(key_id: &str) -> Result<(), KeyStoreError> {
 
 fn key_id_of(key_ref: &[u8]) -> Result<&str, KeyStoreError> {
     let key_id = std::str::from_utf8(key_ref).map_err(|_| {
-        KeyStoreError::Backend(format!(
+        KeyStoreError::internal(format!(
             "soft key store: key reference is not a key id ({} bytes, not UTF-8)",
             key_ref.len()
         ))
@@ -696,19 +748,24 @@ fn key_id_of(key_ref: &[u8]) -> Result<&str, KeyStoreError> {
 }
 
 fn corrupt(key_id: &str, detail: impl Into<String>) -> KeyStoreError {
-    KeyStoreError::Corrupt {
-        key: key_id.to_string(),
-        detail: detail.into(),
-    }
+    KeyStoreError::corrupt(key_id, detail.into()).with_hint(
+        "The user's key file is damaged and cannot be used; remove the user and enroll them again.",
+    )
 }
 
 fn already_exists(key_id: &str) -> KeyStoreError {
-    KeyStoreError::Backend(format!("soft key store: key {key_id} already exists"))
+    KeyStoreError::internal(format!("soft key store: key {key_id} already exists"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fleetkey_plugin::Reason;
+
+    /// A key file that cannot be read (the store's "damaged" error).
+    fn is_damaged(error: &KeyStoreError) -> bool {
+        error.is(Reason::Internal) && error.message.contains("is damaged")
+    }
     use p256::ecdsa::signature::hazmat::PrehashVerifier;
     use p256::pkcs8::DecodePublicKey;
     use proptest::prelude::*;
@@ -756,10 +813,7 @@ mod tests {
         );
         assert!(matches!(
             store.pin_status(b"alice"),
-            Err(KeyStoreError::Unsupported {
-                operation: Operation::PinStatus,
-                ..
-            })
+            Err(ref e) if e.is(Reason::Unsupported) && e.message.contains("pin_status")
         ));
     }
 
@@ -784,7 +838,7 @@ mod tests {
         store.create_key("alice", &Pin::new("123456")).unwrap();
         assert!(matches!(
             store.sign_digest(b"alice", &Pin::new("123457"), &DIGEST),
-            Err(KeyStoreError::PinIncorrect { tries_left: None })
+            Err(ref e) if e.is(Reason::PinWrong) && e.tries_left.is_none()
         ));
     }
 
@@ -806,12 +860,12 @@ mod tests {
         let created = store.create_key("alice", &old).unwrap();
         assert!(matches!(
             store.change_pin(b"alice", &new, &old),
-            Err(KeyStoreError::PinIncorrect { .. })
+            Err(ref e) if e.is(Reason::PinWrong)
         ));
         assert_eq!(store.change_pin(b"alice", &old, &new).unwrap(), b"alice");
         assert!(matches!(
             store.sign_digest(b"alice", &old, &DIGEST),
-            Err(KeyStoreError::PinIncorrect { .. })
+            Err(ref e) if e.is(Reason::PinWrong)
         ));
         let signature = store.sign_digest(b"alice", &new, &DIGEST).unwrap();
         assert!(verifies(&created.public_key_der, &DIGEST, &signature));
@@ -826,16 +880,16 @@ mod tests {
         store.delete_key(b"alice").unwrap();
         assert!(matches!(
             store.sign_digest(b"alice", &pin, &DIGEST),
-            Err(KeyStoreError::KeyNotFound(id)) if id == "alice"
+            Err(ref e) if e.message == "no key alice in the key store"
         ));
         store.delete_key(b"alice").unwrap();
         assert!(matches!(
             store.change_pin(b"alice", &pin, &pin),
-            Err(KeyStoreError::KeyNotFound(_))
+            Err(ref e) if e.message.starts_with("no key")
         ));
         assert!(matches!(
             store.attest(b"alice", &pin, &DIGEST),
-            Err(KeyStoreError::KeyNotFound(_))
+            Err(ref e) if e.message.starts_with("no key")
         ));
     }
 
@@ -880,7 +934,7 @@ mod tests {
                 assert!(
                     matches!(
                         result,
-                        Err(KeyStoreError::Corrupt { .. } | KeyStoreError::PinIncorrect { .. })
+                        Err(ref e) if e.is(Reason::PinWrong) || is_damaged(e)
                     ),
                     "byte {position} ^ {mask:#x}: {result:?}"
                 );
@@ -904,7 +958,7 @@ mod tests {
             assert!(
                 matches!(
                     store.sign_digest(b"alice", &pin, &DIGEST),
-                    Err(KeyStoreError::Corrupt { .. })
+                    Err(ref e) if is_damaged(e)
                 ),
                 "byte {position}"
             );
@@ -923,7 +977,7 @@ mod tests {
             assert!(
                 matches!(
                     store.sign_digest(b"alice", &pin, &DIGEST),
-                    Err(KeyStoreError::Corrupt { ref key, .. }) if key == "alice"
+                    Err(ref e) if is_damaged(e) && e.message.contains("alice")
                 ),
                 "length {len}"
             );
@@ -933,7 +987,7 @@ mod tests {
         fs::write(&path, &longer).unwrap();
         assert!(matches!(
             store.sign_digest(b"alice", &pin, &DIGEST),
-            Err(KeyStoreError::Corrupt { .. })
+            Err(ref e) if is_damaged(e)
         ));
     }
 
@@ -945,7 +999,7 @@ mod tests {
         fs::rename(store.key_path("alice"), store.key_path("bob")).unwrap();
         assert!(matches!(
             store.sign_digest(b"bob", &pin, &DIGEST),
-            Err(KeyStoreError::PinIncorrect { .. })
+            Err(ref e) if e.is(Reason::PinWrong)
         ));
     }
 
@@ -967,21 +1021,21 @@ mod tests {
         ] {
             let err = store.create_key(id, &Pin::new("1")).unwrap_err();
             assert!(
-                matches!(&err, KeyStoreError::Backend(m) if m.contains("invalid key id")),
+                err.is(Reason::Internal) && err.message.contains("invalid key id"),
                 "{id:?}: {err}"
             );
             assert!(matches!(
                 store.sign_digest(id.as_bytes(), &Pin::new("1"), &DIGEST),
-                Err(KeyStoreError::Backend(_))
+                Err(ref e) if e.is(Reason::Internal)
             ));
             assert!(matches!(
                 store.delete_key(id.as_bytes()),
-                Err(KeyStoreError::Backend(_))
+                Err(ref e) if e.is(Reason::Internal)
             ));
         }
         assert!(matches!(
             store.sign_digest(&[0xff, 0xfe], &Pin::new("1"), &DIGEST),
-            Err(KeyStoreError::Backend(_))
+            Err(ref e) if e.is(Reason::Internal)
         ));
         assert!(tmp.path().join("outside.key").exists());
         store.create_key(&"a".repeat(64), &Pin::new("1")).unwrap();
@@ -1029,7 +1083,7 @@ mod tests {
         fs::write(&file, b"x").unwrap();
         assert!(matches!(
             SoftKeyStore::open(&file, FAST),
-            Err(KeyStoreError::Unavailable(_))
+            Err(ref e) if e.is(Reason::BackendUnavailable)
         ));
         let bad = SoftConfig {
             argon2_iterations: 0,

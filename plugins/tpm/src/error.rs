@@ -2,7 +2,7 @@
 //! TSS error it came from, and the one place where TPM response codes are
 //! turned into the key-store errors the daemon understands.
 
-use fleetkey_plugin::KeyStoreError;
+use fleetkey_plugin::{KeyStoreError, Reason};
 use tss_esapi::constants::response_code::{Tss2ResponseCode, Tss2ResponseCodeKind};
 
 /// TSS2 response-code layer of the TCTI (transport) layer: the connection
@@ -151,22 +151,27 @@ pub fn kind(error: &tss_esapi::Error) -> Option<Tss2ResponseCodeKind> {
 impl From<TpmError> for KeyStoreError {
     fn from(error: TpmError) -> Self {
         match error {
-            TpmError::WrongPin => KeyStoreError::PinIncorrect { tries_left: None },
-            TpmError::Lockout { recovery_seconds } => KeyStoreError::HardwareLockout {
-                detail: error.to_string(),
-                retry_after_seconds: recovery_seconds,
-            },
-            TpmError::PinTooLong(_) => KeyStoreError::PinRules(error.to_string()),
-            TpmError::KeyRejected(_) => KeyStoreError::KeyRejected(error.to_string()),
-            TpmError::BadBlob(ref detail) => KeyStoreError::Corrupt {
-                key: "TPM key blob".into(),
-                detail: detail.clone(),
-            },
-            TpmError::NoTpm { .. } | TpmError::Poisoned | TpmError::BadTcti { .. } => {
-                KeyStoreError::Unavailable(error.to_string())
+            TpmError::WrongPin => KeyStoreError::pin_incorrect(None),
+            TpmError::Lockout { recovery_seconds } => {
+                let hint = match recovery_seconds {
+                    Some(seconds) => format!(
+                        "The TPM refuses every PIN for now (too many wrong PINs in total); try again in at most {seconds} s, or have an administrator reset it (tpm2_dictionarylockout --clear-lockout)."
+                    ),
+                    None => Reason::TpmLockout.default_hint().to_string(),
+                };
+                KeyStoreError::new(Reason::TpmLockout, error.to_string())
+                    .with_retry_after(recovery_seconds)
+                    .with_hint(hint)
             }
-            other if other.is_connection_lost() => KeyStoreError::Unavailable(other.to_string()),
-            other => KeyStoreError::Backend(format!("TPM: {other}")),
+            TpmError::PinTooLong(_) => KeyStoreError::pin_rules(&error),
+            TpmError::KeyRejected(_) => KeyStoreError::new(Reason::TpmKeyRejected, error.to_string()),
+            TpmError::BadBlob(ref detail) => KeyStoreError::corrupt("TPM key blob", detail),
+            TpmError::NoTpm { .. } | TpmError::Poisoned | TpmError::BadTcti { .. } => {
+                KeyStoreError::unavailable(&error)
+            }
+            other if other.is_connection_lost() => KeyStoreError::unavailable(&other)
+                .with_hint("The connection to the TPM broke (the TPM or its resource manager restarted); try again."),
+            other => KeyStoreError::internal(format!("TPM: {other}")),
         }
     }
 }
@@ -189,24 +194,27 @@ mod tests {
         // The same number from a TSS layer (here the ESAPI, layer 7) is not
         // a TPM answer.
         assert_eq!(kind(&tss(0x7_098e)), None);
-        assert!(matches!(
-            KeyStoreError::from(TpmError::WrongPin),
-            KeyStoreError::PinIncorrect { tries_left: None }
-        ));
+        let wrong = KeyStoreError::from(TpmError::WrongPin);
+        assert!(
+            wrong.is(Reason::PinWrong) && wrong.tries_left.is_none(),
+            "{wrong:?}"
+        );
         let lockout = KeyStoreError::from(TpmError::Lockout {
             recovery_seconds: Some(1000),
         });
-        assert!(
-            matches!(
-                lockout,
-                KeyStoreError::HardwareLockout {
-                    retry_after_seconds: Some(1000),
-                    ..
-                }
-            ),
-            "{lockout:?}"
-        );
+        assert!(lockout.is(Reason::TpmLockout), "{lockout:?}");
+        assert_eq!(lockout.retry_after_seconds, Some(1000));
         assert!(lockout.to_string().contains("1000 s"), "{lockout}");
+        // The TPM's own hint, with the wait, reaches the failure.
+        let failure = lockout.into_failure("tpm");
+        assert!(failure.hint.contains("1000 s"), "{failure:?}");
+        assert!(
+            failure.hint.contains("tpm2_dictionarylockout"),
+            "{failure:?}"
+        );
+        assert_eq!(failure.meta("retry_after_seconds"), Some("1000"));
+        let rejected = KeyStoreError::from(TpmError::KeyRejected("integrity".into()));
+        assert_eq!(rejected.into_failure("tpm").reason, Reason::TpmKeyRejected);
     }
 
     #[test]
@@ -214,10 +222,7 @@ mod tests {
         // TCTI I/O error (layer 10), TPM_RC_REFERENCE_H0, TPM_RC_INITIALIZE.
         for rc in [0xa_000a, 0x910, 0x100] {
             assert!(TpmError::Sign(tss(rc)).is_connection_lost(), "{rc:#x}");
-            assert!(matches!(
-                KeyStoreError::from(TpmError::Load(tss(rc))),
-                KeyStoreError::Unavailable(_)
-            ));
+            assert!(KeyStoreError::from(TpmError::Load(tss(rc))).is(Reason::BackendUnavailable));
         }
         for rc in [0x98e, 0x921, 0x9a2] {
             assert!(!TpmError::Sign(tss(rc)).is_connection_lost(), "{rc:#x}");

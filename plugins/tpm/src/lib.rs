@@ -17,7 +17,7 @@
 //!   store. A key is loaded for each operation and flushed right after, so
 //!   any number of users fits in the TPM's few object slots. The private
 //!   area is sealed by this TPM's storage key: a blob copied to another TPM
-//!   does not load there ([`KeyStoreError::KeyRejected`]).
+//!   does not load there (reason `TPM_KEY_REJECTED`).
 //! - **PIN.** Every command that carries or proves the PIN runs in a salted
 //!   HMAC session with AES-128-CFB parameter encryption: the PIN never
 //!   crosses the bus in clear, and the HMAC cannot be attacked offline. A
@@ -28,7 +28,8 @@
 //!   stop before that: [`KeyStore::max_pin_attempts`] is `max_tries - 1`,
 //!   read from the TPM, and the daemon locks the user there. If the TPM is
 //!   in lockout anyway (several users guessing, or another program), the
-//!   answer is [`KeyStoreError::HardwareLockout`] with the longest wait.
+//!   answer is `TPM_LOCKOUT` with the longest wait as `retry_after_seconds`
+//!   and a hint that says it.
 //! - **Attestation** ([`attest`]): at device activation the store shows
 //!   the portal its endorsement key, EK certificate and attestation key,
 //!   and answers the portal's credential challenge; each new user key is
@@ -42,12 +43,12 @@ pub mod connection;
 pub mod error;
 pub mod keys;
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 
 use fleetkey_plugin::{
     Attestation, BackendInfo, CreatedKey, CredentialChallenge, HardwareIdentity, KeyStore,
-    KeyStoreError, Operation, Pin, PinRules,
+    KeyStoreError, KeyStoreFactory, OpenContext, Operation, Pin, PinRules, SettingError,
 };
 use prost::Message;
 use tss_esapi::constants::response_code::Tss2ResponseCodeKind;
@@ -73,8 +74,10 @@ pub const ATTESTATION_FORMAT: &str = "tpm2-certify";
 /// UTF-8 bytes are used as they are (so tpm2-tools can use the key too).
 pub const MAX_PIN_BYTES: usize = 32;
 
-/// How to reach the TPM.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// How to reach the TPM; the `[backends.tpm]` section of the daemon's
+/// config.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct TpmConfig {
     /// A TCTI string (`device:/dev/tpmrm0`, `swtpm:host=127.0.0.1,port=2321`,
     /// `tabrmd:`); None: the `TCTI` environment variable, else the devices.
@@ -82,6 +85,38 @@ pub struct TpmConfig {
     /// Keep the storage key at this persistent handle (0x81000000-0x81ffffff)
     /// instead of deriving it again at each start.
     pub persistent_handle: Option<u32>,
+}
+
+/// Opens the TPM key store for the daemon's registry.
+pub struct TpmFactory;
+
+impl KeyStoreFactory for TpmFactory {
+    const NAME: &'static str = BACKEND_NAME;
+    const DESCRIPTION: &'static str = "Keys inside the TPM 2.0, PINs checked by the TPM";
+    const HARDWARE_BACKED: bool = true;
+    type Config = TpmConfig;
+
+    fn check(config: &TpmConfig) -> Result<(), SettingError> {
+        if let Some(handle) = config.persistent_handle
+            && !(0x8100_0000..=0x81ff_ffff).contains(&handle)
+        {
+            return Err(SettingError::new(
+                "persistent_handle",
+                format!("{handle:#010x} is not a persistent handle (0x81000000 to 0x81ffffff)"),
+            ));
+        }
+        if config.tcti.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return Err(SettingError::new(
+                "tcti",
+                "is empty; leave it out to use the TCTI environment variable or /dev/tpmrm0",
+            ));
+        }
+        Ok(())
+    }
+
+    fn open(config: &TpmConfig, _: &OpenContext) -> Result<Arc<dyn KeyStore>, KeyStoreError> {
+        Ok(Arc::new(TpmKeyStore::open(config)?))
+    }
 }
 
 /// User keys in a TPM 2.0.

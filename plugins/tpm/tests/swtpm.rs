@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use fleetkey_e2e::Swtpm;
-use fleetkey_plugin::{KeyStore, KeyStoreError, Pin};
+use fleetkey_plugin::{KeyStore, Pin, Reason};
 use fleetkey_tpm::{TpmConfig, TpmError, TpmKeyStore};
 use p256::ecdsa::signature::hazmat::PrehashVerifier;
 use p256::ecdsa::{Signature, VerifyingKey};
@@ -65,7 +65,7 @@ fn keys_sign_with_the_pin_and_many_users_fit() {
     let err = store
         .sign_digest(&alice.key_ref, &Pin::new("pin1"), &digest)
         .unwrap_err();
-    assert!(matches!(err, KeyStoreError::PinIncorrect { .. }), "{err:?}");
+    assert!(err.is(Reason::PinWrong), "{err:?}");
 
     // Change the PIN: the new blob opens with the new PIN only.
     let new_ref = store
@@ -76,16 +76,19 @@ fn keys_sign_with_the_pin_and_many_users_fit() {
         .unwrap();
     assert!(verifies(&alice.public_key_der, &digest, &signature));
     let err = store.sign_digest(&new_ref, alice_pin, &digest).unwrap_err();
-    assert!(matches!(err, KeyStoreError::PinIncorrect { .. }), "{err:?}");
+    assert!(err.is(Reason::PinWrong), "{err:?}");
 
     // PINs longer than the TPM takes are refused before the TPM sees them.
     let err = store
         .create_key("u-long", &Pin::new("x".repeat(33)))
         .unwrap_err();
-    assert!(matches!(err, KeyStoreError::PinRules(_)), "{err:?}");
+    assert!(err.is(Reason::PinPolicy), "{err:?}");
     // Damaged blobs say so.
     let err = store.sign_digest(b"junk", alice_pin, &digest).unwrap_err();
-    assert!(matches!(err, KeyStoreError::Corrupt { .. }), "{err:?}");
+    assert!(
+        err.is(Reason::Internal) && err.message.contains("damaged"),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -101,7 +104,7 @@ fn a_key_blob_from_another_tpm_does_not_load() {
     let err = store_b
         .sign_digest(&key.key_ref, &pin, &digest)
         .unwrap_err();
-    assert!(matches!(err, KeyStoreError::KeyRejected(_)), "{err:?}");
+    assert!(err.is(Reason::TpmKeyRejected), "{err:?}");
     assert!(err.to_string().contains("not made by this TPM"), "{err}");
 }
 
@@ -117,23 +120,23 @@ fn wrong_pins_are_counted_by_the_tpm_until_lockout() {
         let err = store
             .sign_digest(&key.key_ref, &Pin::new("0000"), &digest)
             .unwrap_err();
-        assert!(matches!(err, KeyStoreError::PinIncorrect { .. }), "{err:?}");
+        assert!(err.is(Reason::PinWrong), "{err:?}");
         assert_eq!(store.da_state().unwrap().counter, expected);
     }
     // The TPM now refuses every PIN, the right one too, and says how long.
     let da = store.da_state().unwrap();
     assert!(da.in_lockout, "{da:?}");
     let err = store.sign_digest(&key.key_ref, &pin, &digest).unwrap_err();
-    match err {
-        KeyStoreError::HardwareLockout {
-            retry_after_seconds,
-            ref detail,
-        } => {
-            assert_eq!(retry_after_seconds, Some(1000), "{detail}");
-            assert!(detail.contains("lockout"), "{detail}");
-        }
-        other => panic!("expected a lockout, got {other:?}"),
-    }
+    assert!(
+        err.is(Reason::TpmLockout),
+        "expected a lockout, got {err:?}"
+    );
+    assert_eq!(err.retry_after_seconds, Some(1000), "{err}");
+    assert!(err.message.contains("lockout"), "{err}");
+    assert!(
+        err.hint.as_deref().is_some_and(|h| h.contains("1000 s")),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -219,11 +222,7 @@ fn the_identity_answers_a_credential_challenge_made_by_tpm2_tools() {
     assert!(modulus.status.success(), "{modulus:?}");
     let modulus = String::from_utf8(modulus.stdout).unwrap();
     let modulus = modulus.trim().trim_start_matches("Modulus=").to_lowercase();
-    let ek_hex: String = identity
-        .ek_public
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let ek_hex = hex::encode(&identity.ek_public);
     assert!(
         ek_hex.ends_with(&modulus),
         "EK certificate is for another key"
@@ -238,7 +237,7 @@ fn the_identity_answers_a_credential_challenge_made_by_tpm2_tools() {
     std::fs::write(&secret, b"0123456789abcdef0123456789abcdef").unwrap();
     let make = |name: &[u8]| {
         let out = dir.path().join("cred");
-        let hex: String = name.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = hex::encode(name);
         let made = std::process::Command::new("tpm2_makecredential")
             .args(["-T", "none", "-n", &hex, "-u"])
             .arg(&ek_pub)
@@ -300,6 +299,6 @@ fn certify_takes_the_pin() {
     let err = store
         .attest(&key.key_ref, &Pin::new("0000"), &[1; 32])
         .unwrap_err();
-    assert!(matches!(err, KeyStoreError::PinIncorrect { .. }), "{err:?}");
+    assert!(err.is(Reason::PinWrong), "{err:?}");
     assert!(store.attest(&key.key_ref, &pin, &[1; 32]).is_ok());
 }

@@ -106,8 +106,8 @@ impl ManufacturerCa {
         let cert =
             crate::x509::certificate(CA_NAME, &public, CA_NAME, &key, &random::<8>()?, true)?;
         let ca = ManufacturerCa {
-            key: hex(&key.to_bytes()),
-            cert: hex(&cert),
+            key: hex::encode(&key.to_bytes()),
+            cert: hex::encode(&cert),
         };
         let text = serde_json::to_vec_pretty(&ca).map_err(|e| e.to_string())?;
         std::fs::write(path, text)
@@ -143,20 +143,8 @@ enum PendingAuth {
     Challenge(Vec<u8>),
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn unhex(text: &str) -> Result<Vec<u8>, String> {
-    if !text.len().is_multiple_of(2) {
-        return Err(format!("odd-length hex {text:?}"));
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| {
-            u8::from_str_radix(&text[i..i + 2], 16).map_err(|e| format!("bad hex {text:?}: {e}"))
-        })
-        .collect()
+    hex::decode(text).map_err(|e| format!("bad hex {text:?}: {e}"))
 }
 
 fn random<const N: usize>() -> Result<[u8; N], String> {
@@ -252,7 +240,7 @@ impl Card {
                 };
                 let state = State {
                     serial,
-                    guid: hex(&random::<16>()?),
+                    guid: hex::encode(&random::<16>()?),
                     pin: FACTORY_PIN.into(),
                     puk: FACTORY_PUK.into(),
                     pin_retries: 3,
@@ -262,7 +250,7 @@ impl Card {
                     pin_is_default: true,
                     puk_is_default: true,
                     mgmt_alg: ALG_3DES,
-                    mgmt_key: hex(&FACTORY_MGMT_KEY),
+                    mgmt_key: hex::encode(&FACTORY_MGMT_KEY),
                     keys: BTreeMap::new(),
                     objects: BTreeMap::new(),
                     attestation_key: None,
@@ -320,7 +308,9 @@ impl Card {
         chuid.extend(tlv(&[0x35], b"20991231"));
         chuid.extend(tlv(&[0x3E], &[]));
         chuid.extend(tlv(&[0xFE], &[]));
-        self.state.objects.insert("5fc102".into(), hex(&chuid));
+        self.state
+            .objects
+            .insert("5fc102".into(), hex::encode(&chuid));
         Ok(())
     }
 
@@ -343,8 +333,8 @@ impl Card {
         object.extend(tlv(&[0xFE], &[]));
         self.state
             .objects
-            .insert(ATTESTATION_OBJECT.into(), hex(&object));
-        self.state.attestation_key = Some(hex(&key.to_bytes()));
+            .insert(ATTESTATION_OBJECT.into(), hex::encode(&object));
+        self.state.attestation_key = Some(hex::encode(&key.to_bytes()));
         Ok(())
     }
 
@@ -533,7 +523,7 @@ impl Card {
         if content.is_empty() {
             self.state.objects.remove(&key);
         } else {
-            self.state.objects.insert(key, hex(content));
+            self.state.objects.insert(key, hex::encode(content));
         }
         self.persist()?;
         Ok(Vec::new())
@@ -806,7 +796,7 @@ impl Card {
         let point = key.verifying_key().to_sec1_point(false);
         self.state
             .keys
-            .insert(format!("{:02x}", c.p2), hex(&key.to_bytes()));
+            .insert(format!("{:02x}", c.p2), hex::encode(&key.to_bytes()));
         // A new key makes the slot's old certificate meaningless.
         if let Some(object) = cert_object(c.p2) {
             self.state.objects.remove(&format!("{object:06x}"));
