@@ -31,13 +31,14 @@ without echo, or read from stdin with --pin-stdin.";
     propagate_version = true
 )]
 pub struct Cli {
-    /// Path of fleetkeyd's Unix socket
+    /// Path of fleetkeyd's Unix socket (default: /run/fleetkey/fleetkeyd.sock when it
+    /// exists, else $XDG_RUNTIME_DIR/fleetkey/fleetkeyd.sock; see docs/security.md)
     #[arg(
         long,
         global = true,
         value_name = "PATH",
         env = "FLEETKEY_SOCKET",
-        default_value_os_t = fleetkey_proto::paths::default_socket()
+        default_value_os_t = fleetkey_proto::paths::client_socket()
     )]
     pub socket: PathBuf,
 

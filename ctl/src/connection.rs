@@ -1,5 +1,11 @@
 //! The connection to fleetkeyd: gRPC over its Unix socket, and the mapping
 //! of transport failures to fleetkey's reasons.
+//!
+//! Whoever listens on a socket can ask for a PIN, so before a single byte
+//! is written the server's uid, as the kernel recorded it when the server
+//! started listening (SO_PEERCRED), must be root, the caller's own uid, or
+//! one named in `FLEETKEY_TRUSTED_UIDS`; otherwise the connection is
+//! closed and the command fails with DAEMON_UNTRUSTED (docs/security.md).
 
 use std::error::Error as StdError;
 use std::io;
@@ -17,9 +23,80 @@ pub type Client = FleetkeyClient<Channel>;
 /// The URI tonic needs; the connector ignores it and dials the socket.
 const PLACEHOLDER_URI: &str = "http://[::]:50051";
 
+/// The environment variable naming further uids whose daemon the CLI
+/// trusts: numbers separated by commas or spaces.
+pub const TRUSTED_UIDS_ENV: &str = "FLEETKEY_TRUSTED_UIDS";
+
+/// Whose server the CLI talks to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedUids {
+    uids: Vec<u32>,
+}
+
+impl TrustedUids {
+    /// Root, this process's real and effective uids, and the uids in
+    /// `FLEETKEY_TRUSTED_UIDS`; an entry that is not a uid is an error
+    /// (a typo must not silently trust nobody, or somebody else).
+    pub fn from_env() -> Result<Self, Failure> {
+        let extra = std::env::var(TRUSTED_UIDS_ENV).unwrap_or_default();
+        // SAFETY: getuid and geteuid have no preconditions.
+        let own = unsafe { [libc::getuid(), libc::geteuid()] };
+        Self::parse(&own, &extra)
+    }
+
+    fn parse(own: &[u32], extra: &str) -> Result<Self, Failure> {
+        let mut uids = vec![0];
+        uids.extend_from_slice(own);
+        for entry in extra.split([',', ' ']).filter(|e| !e.is_empty()) {
+            let uid = entry.parse::<u32>().map_err(|_| {
+                Failure::new(
+                    Reason::InvalidArgument,
+                    format!(
+                        "{TRUSTED_UIDS_ENV} holds '{}', which is not a numeric uid",
+                        entry
+                    ),
+                )
+                .with_hint(
+                    "List uids as numbers separated by commas, e.g. FLEETKEY_TRUSTED_UIDS=998.",
+                )
+            })?;
+            uids.push(uid);
+        }
+        Ok(Self { uids })
+    }
+
+    pub fn trusts(&self, uid: u32) -> bool {
+        self.uids.contains(&uid)
+    }
+}
+
+/// Raised inside the connector when the server's uid is not trusted.
+#[derive(Debug, thiserror::Error)]
+#[error("the socket is served by uid {server_uid}, which this user does not trust")]
+struct Untrusted {
+    server_uid: u32,
+}
+
+/// Connects to `socket` and checks its server's uid before anything is
+/// written to it.
+async fn dial_trusted(path: &Path, trusted: &TrustedUids) -> io::Result<tokio::net::UnixStream> {
+    let stream = tokio::net::UnixStream::connect(path).await?;
+    let server_uid = stream.peer_cred()?.uid();
+    if !trusted.trusts(server_uid) {
+        // Dropping the stream closes it; nothing was sent.
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            Untrusted { server_uid },
+        ));
+    }
+    Ok(stream)
+}
+
 /// Connects to fleetkeyd's socket now, so that a missing daemon is reported
-/// before anything is asked of the person (a PIN, say).
+/// before anything is asked of the person (a PIN, say). The server's uid is
+/// checked first (DAEMON_UNTRUSTED).
 pub async fn connect(socket: &Path) -> Result<Client, Failure> {
+    let trusted = TrustedUids::from_env()?;
     let endpoint = Endpoint::try_from(PLACEHOLDER_URI).map_err(|e| {
         Failure::new(
             Reason::Internal,
@@ -27,16 +104,14 @@ pub async fn connect(socket: &Path) -> Result<Client, Failure> {
         )
     })?;
     let path: PathBuf = socket.to_path_buf();
-    let channel =
-        endpoint
-            .connect_with_connector(tower::service_fn(move |_| {
-                let path = path.clone();
-                async move {
-                    Ok::<_, io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-                }
-            }))
-            .await
-            .map_err(|e| unreachable(socket, &e))?;
+    let channel = endpoint
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            let trusted = trusted.clone();
+            async move { Ok::<_, io::Error>(TokioIo::new(dial_trusted(&path, &trusted).await?)) }
+        }))
+        .await
+        .map_err(|e| unreachable(socket, &e))?;
     Ok(FleetkeyClient::new(channel))
 }
 
@@ -44,6 +119,12 @@ pub async fn connect(socket: &Path) -> Result<Client, Failure> {
 /// the underlying I/O error.
 pub fn unreachable(socket: &Path, error: &(dyn StdError + 'static)) -> Failure {
     let io_error = find_io_error(error);
+    if let Some(untrusted) = io_error
+        .and_then(io::Error::get_ref)
+        .and_then(|inner| inner.downcast_ref::<Untrusted>())
+    {
+        return untrusted_failure(socket, untrusted.server_uid);
+    }
     let detail = match io_error {
         Some(io) => io.to_string(),
         None => error.to_string(),
@@ -58,6 +139,46 @@ pub fn unreachable(socket: &Path, error: &(dyn StdError + 'static)) -> Failure {
         ),
         _ => failure,
     }
+}
+
+/// DAEMON_UNTRUSTED, naming the socket and the uid found serving it.
+fn untrusted_failure(socket: &Path, server_uid: u32) -> Failure {
+    Failure::new(
+        Reason::DaemonUntrusted,
+        format!(
+            "refusing to talk to {}: it is served by uid {server_uid}{}, not by root or this \
+             user; nothing was sent",
+            socket.display(),
+            user_name(server_uid)
+                .map(|name| format!(" ({name})"))
+                .unwrap_or_default()
+        ),
+    )
+    .with_meta("server_uid", server_uid)
+}
+
+/// The login name of `uid`, through NSS.
+fn user_name(uid: u32) -> Option<String> {
+    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buffer = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call and the buffer's length
+    // is passed with it; `result` is null or points at `entry`.
+    let rc = unsafe {
+        libc::getpwuid_r(
+            uid,
+            &mut entry,
+            buffer.as_mut_ptr(),
+            buffer.len(),
+            &mut result,
+        )
+    };
+    if rc != 0 || result.is_null() || entry.pw_name.is_null() {
+        return None;
+    }
+    // SAFETY: pw_name is a NUL-terminated string inside `buffer`.
+    let name = unsafe { std::ffi::CStr::from_ptr(entry.pw_name) };
+    Some(name.to_string_lossy().into_owned())
 }
 
 fn find_io_error<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a io::Error> {
@@ -123,6 +244,31 @@ mod tests {
         let failure = connect(&socket).await.unwrap_err();
         assert_eq!(failure.reason, Reason::DaemonUnreachable);
         assert!(failure.message.contains("refused"), "{}", failure.message);
+    }
+
+    #[test]
+    fn trusted_uids_are_root_self_and_the_listed_ones() {
+        let trusted = TrustedUids::parse(&[1000, 1000], "998, 997,,").unwrap();
+        for uid in [0, 1000, 998, 997] {
+            assert!(trusted.trusts(uid), "{uid}");
+        }
+        assert!(!trusted.trusts(65534));
+        let failure = TrustedUids::parse(&[1000], "fleetkey").unwrap_err();
+        assert_eq!(failure.reason, Reason::InvalidArgument);
+        assert!(
+            failure.message.contains("'fleetkey'"),
+            "{}",
+            failure.message
+        );
+    }
+
+    #[test]
+    fn untrusted_names_the_uid() {
+        let failure = untrusted_failure(Path::new("/run/x.sock"), 4242);
+        assert_eq!(failure.reason, Reason::DaemonUntrusted);
+        assert_eq!(failure.reason.exit_code(), 61);
+        assert_eq!(failure.meta("server_uid"), Some("4242"));
+        assert!(failure.message.contains("uid 4242"), "{}", failure.message);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 
+use fleetkey_proto::terminal::escape;
 use fleetkey_proto::{Failure, Reason};
 use serde::Serialize;
 use serde_json::Value;
@@ -81,7 +82,7 @@ pub struct ErrorBody {
 }
 
 /// Metadata keys whose values are numbers in the JSON form.
-const NUMERIC_METADATA: &[&str] = &["tries_left"];
+const NUMERIC_METADATA: &[&str] = &["tries_left", "server_uid"];
 
 /// Shapes a failure for `--json`.
 pub fn failure_json(failure: &Failure) -> ErrorDocument {
@@ -116,14 +117,19 @@ pub fn failure_json(failure: &Failure) -> ErrorDocument {
 /// ```
 ///
 /// Every metadata key is shown as a `key: value` line, underscores read as
-/// spaces.
+/// spaces. Message, hint and metadata come from the daemon and, through
+/// it, from the portal: every part is escaped for the terminal.
 pub fn failure_text(failure: &Failure) -> String {
-    let mut text = format!("error: {} ({})\n", failure.message, failure.reason);
+    let mut text = format!("error: {} ({})\n", escape(&failure.message), failure.reason);
     if !failure.hint.is_empty() {
-        text.push_str(&format!("hint: {}\n", failure.hint));
+        text.push_str(&format!("hint: {}\n", escape(&failure.hint)));
     }
     for (key, value) in &failure.metadata {
-        text.push_str(&format!("{}: {value}\n", key.replace('_', " ")));
+        text.push_str(&format!(
+            "{}: {}\n",
+            escape(&key.replace('_', " ")),
+            escape(value)
+        ));
     }
     text
 }
@@ -141,8 +147,14 @@ pub fn print_failure(failure: &Failure, json_mode: bool) {
 }
 
 /// Left-aligned columns separated by two spaces; the last column is not
-/// padded.
+/// padded. Every cell is escaped for the terminal (cells hold names and
+/// text from the daemon, the portal and the hardware).
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| escape(cell).into_owned()).collect())
+        .collect();
+    let rows = rows.as_slice();
     let columns = headers.len();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {
@@ -226,6 +238,24 @@ mod tests {
         );
         let bare = Failure::new(Reason::Internal, "boom").with_hint("");
         assert_eq!(failure_text(&bare), "error: boom (INTERNAL)\n");
+    }
+
+    #[test]
+    fn failure_text_escapes_foreign_text() {
+        let failure = Failure::new(Reason::PortalError, "portal says \u{1b}]0;pwned\u{7}")
+            .with_hint("\u{1b}[2Jsee")
+            .with_meta("portal", "http://x\r\n");
+        let text = failure_text(&failure);
+        assert!(!text.contains('\u{1b}') && !text.contains('\r'), "{text:?}");
+        assert!(text.contains("\\u{1b}]0;pwned\\u{7}"), "{text}");
+        assert_eq!(text.lines().count(), 3, "{text}");
+    }
+
+    #[test]
+    fn table_cells_are_escaped() {
+        let rows = vec![vec!["\u{1b}[2Jx".to_string(), "ok".to_string()]];
+        let text = table(&["A", "B"], &rows);
+        assert!(!text.contains('\u{1b}'), "{text:?}");
     }
 
     #[test]

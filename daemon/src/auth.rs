@@ -1,39 +1,190 @@
-//! Who is calling, from the kernel (SO_PEERCRED on the Unix socket), and
-//! what they may do. Admins are root, the daemon's own user, and members
-//! of the configured admin group; everyone else may read, sign and change
-//! a PIN, and only with the user's PIN.
+//! Who is calling, from the kernel, and what they may do. Admins are root,
+//! the daemon's own user, and members of the configured admin group;
+//! everyone else may read, sign and change a PIN, and only with the user's
+//! PIN.
+//!
+//! The caller's uid, gid and supplementary groups are the ones the kernel
+//! recorded when the connection was made (SO_PEERCRED, SO_PEERGROUPS), read
+//! once when the daemon accepts it ([`PeerStream::accept`]) and carried
+//! with the connection. Nothing is looked up later by PID: a connection
+//! handed to another process, or outliving a process whose PID is reused,
+//! keeps the rights of whoever opened it.
 
 use std::ffi::CString;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use fleetkey_proto::{Failure, Reason};
-use tonic::transport::server::UdsConnectInfo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::UnixStream;
+use tonic::transport::server::Connected;
 
-/// A caller as the kernel reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A caller as the kernel reported it at connect time.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub uid: u32,
     pub gid: u32,
-    pub pid: Option<i32>,
+    /// Supplementary groups at connect time.
+    pub groups: Arc<[u32]>,
+    /// For logs only: never used to look anything up.
+    pub pid: i32,
 }
 
 impl Caller {
     /// The peer of a request on the Unix socket.
     pub fn of<T>(request: &tonic::Request<T>) -> Result<Caller, Failure> {
-        let cred = request
+        request
             .extensions()
-            .get::<UdsConnectInfo>()
-            .and_then(|info| info.peer_cred)
+            .get::<Caller>()
+            .cloned()
             .ok_or_else(|| {
                 Failure::new(
                     Reason::PermissionDenied,
                     "the caller's identity could not be read from the socket",
                 )
-            })?;
+            })
+    }
+
+    /// The credentials the kernel recorded for the peer of `socket` when
+    /// it connected.
+    pub fn of_socket(socket: &impl AsRawFd) -> io::Result<Caller> {
+        let fd = socket.as_raw_fd();
+        let cred = peer_cred(fd)?;
         Ok(Caller {
-            uid: cred.uid(),
-            gid: cred.gid(),
-            pid: cred.pid(),
+            uid: cred.uid,
+            gid: cred.gid,
+            groups: peer_groups(fd)?.into(),
+            pid: cred.pid,
         })
+    }
+}
+
+fn peer_cred(fd: i32) -> io::Result<libc::ucred> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` is valid for writes of `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred)
+}
+
+/// SO_PEERGROUPS (Linux 4.13; the libc crate does not export it for
+/// every target): 59 everywhere but sparc.
+#[cfg(not(target_arch = "sparc64"))]
+const SO_PEERGROUPS: libc::c_int = 59;
+#[cfg(target_arch = "sparc64")]
+const SO_PEERGROUPS: libc::c_int = 0x003d;
+
+/// The peer's supplementary groups as recorded at connect time. The
+/// kernel says how much room it needs when the buffer is too small.
+fn peer_groups(fd: i32) -> io::Result<Vec<u32>> {
+    // NGROUPS_MAX is 65536; start small, grow to what the kernel asks.
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    for _ in 0..2 {
+        let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+        // SAFETY: `groups` is valid for writes of `len` bytes.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let count = len as usize / std::mem::size_of::<libc::gid_t>();
+        if rc == 0 {
+            groups.truncate(count);
+            return Ok(groups);
+        }
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::ERANGE) || count <= groups.len() {
+            return Err(error);
+        }
+        groups.resize(count.min(65_536), 0);
+    }
+    Err(io::Error::other("the peer's group list kept growing"))
+}
+
+/// An accepted connection with its caller's credentials, read once at
+/// accept. tonic puts [`Caller`] into every request's extensions.
+#[derive(Debug)]
+pub struct PeerStream {
+    stream: UnixStream,
+    caller: Caller,
+}
+
+impl PeerStream {
+    /// Reads the peer's credentials now; a connection whose credentials
+    /// cannot be read is refused.
+    pub fn accept(stream: UnixStream) -> io::Result<PeerStream> {
+        let caller = Caller::of_socket(&stream)?;
+        Ok(PeerStream { stream, caller })
+    }
+}
+
+impl Connected for PeerStream {
+    type ConnectInfo = Caller;
+
+    fn connect_info(&self) -> Caller {
+        self.caller.clone()
+    }
+}
+
+impl AsyncRead for PeerStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PeerStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
     }
 }
 
@@ -71,10 +222,7 @@ impl AdminPolicy {
         let Some((_, gid)) = &self.admin_group else {
             return false;
         };
-        caller.gid == *gid
-            || caller
-                .pid
-                .is_some_and(|pid| supplementary_groups(pid).contains(gid))
+        caller.gid == *gid || caller.groups.contains(gid)
     }
 
     /// PERMISSION_DENIED unless the caller is an admin.
@@ -91,23 +239,6 @@ impl AdminPolicy {
             format!("uid {} may not {action}; only {who} may", caller.uid),
         ))
     }
-}
-
-/// The supplementary groups of a process, from /proc.
-fn supplementary_groups(pid: i32) -> Vec<u32> {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return Vec::new();
-    };
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("Groups:"))
-        .map(|groups| {
-            groups
-                .split_whitespace()
-                .filter_map(|g| g.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// The gid of a group name, through NSS.
@@ -134,25 +265,21 @@ fn group_id(name: &str) -> Option<u32> {
 mod tests {
     use super::*;
 
+    fn caller(uid: u32, gid: u32, groups: &[u32]) -> Caller {
+        Caller {
+            uid,
+            gid,
+            groups: groups.into(),
+            pid: 1,
+        }
+    }
+
     #[test]
     fn root_and_self_are_admins_others_not() {
         let policy = AdminPolicy::new(None);
-        let root = Caller {
-            uid: 0,
-            gid: 0,
-            pid: None,
-        };
-        let me = Caller {
-            uid: fleetkey_proto::paths::effective_uid(),
-            gid: 12345,
-            pid: None,
-        };
-        let nobody = Caller {
-            uid: 65534,
-            gid: 65534,
-            pid: None,
-        };
-        assert!(policy.is_admin(&root));
+        let me = caller(fleetkey_proto::paths::effective_uid(), 12345, &[]);
+        let nobody = caller(65534, 65534, &[0]);
+        assert!(policy.is_admin(&caller(0, 0, &[])));
         assert!(policy.is_admin(&me));
         if me.uid != nobody.uid {
             assert!(!policy.is_admin(&nobody));
@@ -163,15 +290,13 @@ mod tests {
     }
 
     #[test]
-    fn admin_group_by_primary_gid() {
+    fn admin_group_by_primary_or_supplementary_gid() {
         // "root" exists everywhere with gid 0.
         let policy = AdminPolicy::new(Some("root"));
         assert_eq!(policy.admin_group.as_ref().map(|g| g.1), Some(0));
-        assert!(policy.is_admin(&Caller {
-            uid: 4242,
-            gid: 0,
-            pid: None
-        }));
+        assert!(policy.is_admin(&caller(4242, 0, &[])));
+        assert!(policy.is_admin(&caller(4242, 4242, &[7, 0])));
+        assert!(!policy.is_admin(&caller(4242, 4242, &[7, 8])));
         assert!(
             AdminPolicy::new(Some("no-such-group-fleetkey"))
                 .admin_group
@@ -179,11 +304,26 @@ mod tests {
         );
     }
 
-    #[test]
-    fn supplementary_groups_of_this_process() {
-        let pid = i32::try_from(std::process::id()).unwrap();
-        // Readable for our own process; contents depend on the machine.
-        let _ = supplementary_groups(pid);
-        assert!(supplementary_groups(-1).is_empty());
+    #[tokio::test]
+    async fn credentials_come_from_the_socket() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let peer = PeerStream::accept(a).unwrap();
+        let me = peer.connect_info();
+        assert_eq!(me.uid, fleetkey_proto::paths::effective_uid());
+        // SAFETY: no preconditions.
+        assert_eq!(me.gid, unsafe { libc::getegid() });
+        let expected = {
+            // SAFETY: a zero-length query returns the count only.
+            let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+            let mut groups = vec![0; usize::try_from(n).unwrap()];
+            // SAFETY: `groups` has room for `n` entries.
+            unsafe { libc::getgroups(n, groups.as_mut_ptr()) };
+            groups
+        };
+        let mut got = me.groups.to_vec();
+        let mut want = expected;
+        got.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(got, want);
     }
 }

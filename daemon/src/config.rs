@@ -37,6 +37,9 @@ pub struct Config {
     pub portal_url: Option<String>,
     /// PEM file with extra CA certificates for https portals.
     pub portal_ca_file: Option<PathBuf>,
+    /// Hosts (names or addresses) the daemon may reach over plain http://
+    /// besides loopback; every other portal must be https://.
+    pub allow_plaintext_portals: Vec<String>,
     /// Members of this group may activate and add or remove users.
     pub admin_group: Option<String>,
     /// Backend used when `user add` names none.
@@ -58,6 +61,7 @@ impl Default for Config {
             state_dir: None,
             portal_url: None,
             portal_ca_file: None,
+            allow_plaintext_portals: Vec::new(),
             admin_group: None,
             default_backend: "soft".into(),
             device_name: None,

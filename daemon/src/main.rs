@@ -38,11 +38,15 @@ fn quiet_tss_log() {
 }
 
 fn load_config(args: &Args) -> Result<Config, String> {
-    let (path, required) = match &args.config {
-        Some(path) => (path.clone(), true),
-        None => (fleetkey_proto::paths::default_config(), false),
-    };
-    let mut config = Config::load(&path, required).map_err(|e| e.to_string())?;
+    let mut config = match &args.config {
+        Some(path) => Config::load(path, true),
+        None => match fleetkey_proto::paths::default_config() {
+            Some(path) => Config::load(&path, false),
+            // No home directory: no per-user file to look for.
+            None => Ok(Config::default()),
+        },
+    }
+    .map_err(|e| e.to_string())?;
     if let Some(socket) = &args.socket {
         config.socket = Some(socket.clone());
     }
@@ -70,11 +74,16 @@ fn run(args: Args) -> Result<(), String> {
     let state_dir = config
         .state_dir
         .clone()
-        .unwrap_or_else(fleetkey_proto::paths::default_state_dir);
+        .or_else(fleetkey_proto::paths::default_state_dir)
+        .ok_or("no state directory: HOME is not set and this user has no home directory; give --state-dir")?;
     let socket = config
         .socket
         .clone()
-        .unwrap_or_else(fleetkey_proto::paths::default_socket);
+        .or_else(fleetkey_proto::paths::default_socket)
+        .ok_or(
+            "no socket path: XDG_RUNTIME_DIR is not set; give --socket (in a directory only this user \
+             or root can write), or run the system daemon as root",
+        )?;
     std::fs::create_dir_all(&state_dir)
         .and_then(|()| std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700)))
         .map_err(|e| format!("cannot use state directory {}: {e}", state_dir.display()))?;
@@ -102,7 +111,7 @@ fn run(args: Args) -> Result<(), String> {
             &config,
             Arc::new(state),
             backends,
-            PortalConnector::new(portal_ca),
+            PortalConnector::new(portal_ca).allow_plaintext(&config.allow_plaintext_portals),
         ));
         engine
             .recover()

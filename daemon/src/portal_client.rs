@@ -1,7 +1,15 @@
 //! Calls to the portal. Failures the portal reports with a fleetkey reason
 //! (CODE_EXPIRED, ALREADY_ENROLLED, ...) pass through unchanged; a portal
 //! that cannot be reached is PORTAL_UNREACHABLE, naming the URL.
+//!
+//! Before any connection is opened the URL is checked: its scheme and host
+//! are compared in lower case, and plain `http://` is refused
+//! (PORTAL_INSECURE) unless the host is loopback (127.0.0.0/8, ::1,
+//! `localhost`) or listed in the config's `allow_plaintext_portals`: a QR
+//! code must not be able to send codes and enrollments across the network
+//! in clear.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use fleetkey_proto::portal::portal_client::PortalClient as Grpc;
@@ -19,16 +27,52 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Clone, Default)]
 pub struct PortalConnector {
     extra_ca: Option<Vec<u8>>,
+    /// Lower-case host names and addresses allowed over plain http://.
+    plaintext_hosts: Vec<String>,
 }
 
 impl PortalConnector {
     pub fn new(extra_ca_pem: Option<Vec<u8>>) -> Self {
         Self {
             extra_ca: extra_ca_pem,
+            plaintext_hosts: Vec::new(),
         }
     }
 
+    /// Hosts besides loopback that may be reached over plain http://
+    /// (the config's `allow_plaintext_portals`).
+    pub fn allow_plaintext(mut self, hosts: &[String]) -> Self {
+        self.plaintext_hosts = hosts.iter().map(|h| normalize_host(h)).collect();
+        self
+    }
+
+    /// The URL as it will be dialled (scheme and host in lower case), or
+    /// PORTAL_INSECURE for plain http:// to a host that is neither
+    /// loopback nor allowed; nothing is opened either way.
+    pub fn checked_url(&self, url: &str) -> Result<PortalUrl, Failure> {
+        let parsed = PortalUrl::parse(url).ok_or_else(|| {
+            Failure::new(
+                Reason::PortalUnreachable,
+                format!("cannot reach the portal at {url}: bad URL"),
+            )
+            .with_meta("portal", url)
+        })?;
+        if !parsed.tls && !is_loopback(&parsed.host) && !self.plaintext_hosts.contains(&parsed.host)
+        {
+            return Err(Failure::new(
+                Reason::PortalInsecure,
+                format!(
+                    "refusing to send enrollment data in clear to the portal at {url}: plain \
+                     http:// is allowed only to loopback and to hosts in allow_plaintext_portals"
+                ),
+            )
+            .with_meta("portal", url));
+        }
+        Ok(parsed)
+    }
+
     pub async fn connect(&self, url: &str) -> Result<Portal, Failure> {
+        let checked = self.checked_url(url)?;
         let unreachable = |detail: String| {
             Failure::new(
                 Reason::PortalUnreachable,
@@ -36,11 +80,11 @@ impl PortalConnector {
             )
             .with_meta("portal", url)
         };
-        let mut endpoint = Endpoint::from_shared(url.to_string())
+        let mut endpoint = Endpoint::from_shared(checked.url.clone())
             .map_err(|e| unreachable(format!("bad URL ({e})")))?
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT);
-        if url.starts_with("https://") {
+        if checked.tls {
             let mut tls = ClientTlsConfig::new().with_native_roots();
             if let Some(ca) = &self.extra_ca {
                 tls = tls.ca_certificate(Certificate::from_pem(ca));
@@ -57,6 +101,71 @@ impl PortalConnector {
             url: url.to_string(),
             client: Grpc::new(channel),
         })
+    }
+}
+
+/// A portal URL with its scheme and host in lower case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortalUrl {
+    /// The whole URL, normalized.
+    pub url: String,
+    pub tls: bool,
+    /// Lower case; an IPv6 address without its brackets.
+    pub host: String,
+}
+
+impl PortalUrl {
+    /// None unless `url` is http:// or https:// (in any case) with a host.
+    pub fn parse(url: &str) -> Option<PortalUrl> {
+        let (scheme, rest) = url.split_once("://")?;
+        let scheme = scheme.to_ascii_lowercase();
+        let tls = match scheme.as_str() {
+            "https" => true,
+            "http" => false,
+            _ => return None,
+        };
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(end);
+        // Userinfo has no place in a portal URL; "a@b" would hide the host.
+        if authority.contains('@') || authority.is_empty() {
+            return None;
+        }
+        let authority = authority.to_ascii_lowercase();
+        let host = if let Some(bracketed) = authority.strip_prefix('[') {
+            bracketed.split(']').next()?.to_string()
+        } else {
+            authority.split(':').next()?.to_string()
+        };
+        if host.is_empty() {
+            return None;
+        }
+        Some(PortalUrl {
+            url: format!("{scheme}://{authority}{tail}"),
+            tls,
+            host,
+        })
+    }
+}
+
+fn normalize_host(host: &str) -> String {
+    let host = host.trim().to_ascii_lowercase();
+    match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(inner) => inner.to_string(),
+        None => host,
+    }
+}
+
+/// 127.0.0.0/8, ::1 (also as ::ffff:127.x.y.z) and `localhost`.
+fn is_loopback(host: &str) -> bool {
+    if host == "localhost" || host == "localhost." {
+        return true;
+    }
+    match host.parse::<IpAddr>() {
+        Ok(IpAddr::V4(v4)) => v4.is_loopback(),
+        Ok(IpAddr::V6(v6)) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        Err(_) => false,
     }
 }
 
@@ -147,4 +256,71 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = inner.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schemes_and_hosts_compare_in_lower_case() {
+        let url = PortalUrl::parse("HTTPS://Portal.Example.COM:8443/Fleet").unwrap();
+        assert!(url.tls);
+        assert_eq!(url.host, "portal.example.com");
+        assert_eq!(url.url, "https://portal.example.com:8443/Fleet");
+        let v6 = PortalUrl::parse("Http://[::1]:7000").unwrap();
+        assert!(!v6.tls);
+        assert_eq!(v6.host, "::1");
+        for bad in [
+            "ftp://x",
+            "https://",
+            "http://user@evil.example",
+            "portal:80",
+            "http://:80",
+        ] {
+            assert_eq!(PortalUrl::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn plaintext_only_to_loopback_or_allowed_hosts() {
+        let connector = PortalConnector::new(None);
+        for ok in [
+            "http://127.0.0.1:7000",
+            "http://127.9.8.7",
+            "HTTP://LOCALHOST:1",
+            "http://[::1]:7000",
+            "https://192.0.2.1:7000",
+            "HTTPS://portal.example.com",
+        ] {
+            assert!(connector.checked_url(ok).is_ok(), "{ok}");
+        }
+        for refused in [
+            "http://192.0.2.1:7000",
+            "HTTP://192.0.2.1",
+            "http://portal.example.com",
+            "http://localhost.example.com",
+            "http://128.0.0.1",
+            "http://[::2]",
+        ] {
+            let failure = connector.checked_url(refused).unwrap_err();
+            assert_eq!(failure.reason, Reason::PortalInsecure, "{refused}");
+            assert_eq!(failure.meta("portal"), Some(refused));
+        }
+        let allowed =
+            connector.allow_plaintext(&["Portal.Lab.Internal".into(), "[2001:db8::1]".into()]);
+        assert!(
+            allowed
+                .checked_url("http://portal.lab.internal:80/x")
+                .is_ok()
+        );
+        assert!(allowed.checked_url("http://[2001:db8::1]:80").is_ok());
+        assert_eq!(
+            allowed
+                .checked_url("http://other.lab.internal")
+                .unwrap_err()
+                .reason,
+            Reason::PortalInsecure
+        );
+    }
 }

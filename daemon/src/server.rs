@@ -2,7 +2,7 @@
 //! message conversion. Every failure leaves as a Status with a reason.
 
 use std::io;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -17,10 +17,11 @@ use fleetkey_proto::daemon::{
     User,
 };
 use tokio::net::UnixListener;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tonic::{Request, Response};
 
-use crate::auth::{AdminPolicy, Caller};
+use crate::auth::{AdminPolicy, Caller, PeerStream};
 use crate::engine::{Engine, Requester};
 use crate::limits::{self, MAX_REQUEST_BYTES};
 use crate::scan;
@@ -236,27 +237,43 @@ pub enum ServeError {
     AlreadyRunning(PathBuf),
     #[error("{path} exists and is not a socket; refusing to replace it")]
     NotASocket { path: PathBuf },
+    #[error(
+        "refusing to serve in {dir}: {problem}; the socket's directory must be owned by root or \
+         the daemon's user (uid {daemon_uid}) and writable by no one else, so that no other user \
+         can put a socket of their own in its place (see docs/security.md)"
+    )]
+    UnsafeDirectory {
+        dir: PathBuf,
+        problem: String,
+        daemon_uid: u32,
+    },
     #[error("cannot set up the socket {path}: {source}")]
     Socket { path: PathBuf, source: io::Error },
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Binds the Unix socket: makes its directory, replaces a stale socket
-/// left by a crash, refuses to take over a live one. Anyone may connect;
+/// Binds the Unix socket: makes its directory, checks that no one but
+/// root and the daemon's user can write it (or any directory above it,
+/// unless sticky), replaces a stale socket left by a crash, refuses to
+/// take over a live one. Anyone who can reach the socket may connect;
 /// authorization is per call, from the caller's credentials.
 pub fn bind_socket(path: &Path) -> Result<UnixListener, ServeError> {
     let socket_error = |source| ServeError::Socket {
         path: path.to_path_buf(),
         source,
     };
-    if let Some(dir) = path.parent()
-        && !dir.exists()
-    {
-        std::fs::create_dir_all(dir).map_err(socket_error)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.exists() {
+        std::fs::create_dir_all(&dir).map_err(socket_error)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
             .map_err(socket_error)?;
     }
+    let dir = dir.canonicalize().map_err(socket_error)?;
+    check_socket_dir(&dir, fleetkey_proto::paths::effective_uid())?;
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -274,7 +291,84 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, ServeError> {
     }
     let listener = UnixListener::bind(path).map_err(socket_error)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(socket_error)?;
+    if let Some(closed) = unreachable_by_others(&dir) {
+        tracing::warn!(
+            socket = %path.display(),
+            directory = %closed.display(),
+            "only this daemon's user (uid {}) and root can connect: {} is not searchable by \
+             other users; for multi-user use, serve in a directory they can enter \
+             (e.g. mode 0755, as /run/fleetkey)",
+            fleetkey_proto::paths::effective_uid(),
+            closed.display()
+        );
+    }
     Ok(listener)
+}
+
+/// The socket's directory must be owned by root or `daemon_uid` and
+/// writable by no one else: whoever can write it can replace the socket
+/// with their own and read the PINs sent to it. Each directory above it
+/// must be owned by root or `daemon_uid` too, and be writable by no one
+/// else unless it is sticky (as /tmp is: others cannot rename what they
+/// do not own).
+fn check_socket_dir(dir: &Path, daemon_uid: u32) -> Result<(), ServeError> {
+    let unsafe_dir = |at: &Path, problem: String| ServeError::UnsafeDirectory {
+        dir: at.to_path_buf(),
+        problem,
+        daemon_uid,
+    };
+    let mut current = Some(dir);
+    let mut first = true;
+    while let Some(at) = current {
+        let meta = std::fs::metadata(at).map_err(|source| ServeError::Socket {
+            path: at.to_path_buf(),
+            source,
+        })?;
+        let mode = meta.mode();
+        if meta.uid() != 0 && meta.uid() != daemon_uid {
+            return Err(unsafe_dir(at, format!("it is owned by uid {}", meta.uid())));
+        }
+        let sticky = mode & 0o1000 != 0;
+        if mode & 0o022 != 0 && (first || !sticky) {
+            return Err(unsafe_dir(
+                at,
+                format!(
+                    "its mode {:04o} lets {} write it",
+                    mode & 0o7777,
+                    if mode & 0o002 != 0 {
+                        "every user"
+                    } else {
+                        "its group"
+                    }
+                ),
+            ));
+        }
+        first = false;
+        current = at.parent();
+    }
+    Ok(())
+}
+
+/// The first directory on the way to the socket that other users cannot
+/// enter (no search permission for "others"), if any.
+fn unreachable_by_others(dir: &Path) -> Option<PathBuf> {
+    let mut chain: Vec<&Path> = dir.ancestors().collect();
+    chain.reverse();
+    chain
+        .into_iter()
+        .find(|at| std::fs::metadata(at).is_ok_and(|meta| meta.mode() & 0o001 == 0))
+        .map(Path::to_path_buf)
+}
+
+/// Accepted connections, each with its caller's credentials read at
+/// accept time. A connection whose credentials cannot be read is closed
+/// (tonic skips the error and goes on accepting).
+fn accepted(listener: UnixListener) -> impl tokio_stream::Stream<Item = io::Result<PeerStream>> {
+    UnixListenerStream::new(listener).map(|accepted| {
+        accepted.and_then(PeerStream::accept).inspect_err(|e| {
+            tracing::warn!(error = %e, "connection dropped: cannot read its credentials");
+        })
+    })
 }
 
 /// Serves until `shutdown` completes, then removes the socket.
@@ -287,7 +381,7 @@ pub async fn serve(
     let result = tonic::transport::Server::builder()
         .layer(limits::RequestLimitLayer)
         .add_service(FleetkeyServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(accepted(listener), shutdown)
         .await;
     if let Err(e) = std::fs::remove_file(socket_path) {
         tracing::warn!(socket = %socket_path.display(), error = %e, "could not remove the socket");

@@ -1,6 +1,7 @@
 //! `fleetkeyctl activate CODE|URI`: registers this device with a portal.
 
 use fleetkey_proto::daemon::{ActivateRequest, ActivateResponse};
+use fleetkey_proto::terminal::escape;
 use fleetkey_proto::{EnrollmentInput, Failure};
 use serde::Serialize;
 
@@ -75,10 +76,11 @@ pub fn activate_json(response: &ActivateResponse) -> ActivateJson {
 pub fn activate_text(response: &ActivateResponse) -> String {
     let mut text = format!(
         "Device activated: {} ({})",
-        response.device_id, response.portal_url
+        escape(&response.device_id),
+        escape(&response.portal_url)
     );
     if !response.attestation.is_empty() {
-        text.push_str(&format!("\nAttestation: {}", response.attestation));
+        text.push_str(&format!("\nAttestation: {}", escape(&response.attestation)));
     }
     text
 }

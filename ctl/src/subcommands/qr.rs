@@ -110,9 +110,14 @@ impl QrDecode {
         let printed = if json {
             output::json(&DecodeJson { images })
         } else {
-            let lines: Vec<&str> = images
+            // QR payloads are foreign text: one escaped line each.
+            let lines: Vec<String> = images
                 .iter()
-                .flat_map(|i| i.codes.iter().map(|c| c.text.as_str()))
+                .flat_map(|i| {
+                    i.codes
+                        .iter()
+                        .map(|c| fleetkey_proto::terminal::escape(&c.text).into_owned())
+                })
                 .collect();
             if lines.is_empty() {
                 Ok(())

@@ -87,7 +87,10 @@ impl Sign {
         let mut client = ctx.client().await?;
         let mut pins = PinInput::from_flag(self.pin_stdin)?;
         let digest = sha256(reader).map_err(|e| read_failure(&self.input, &e))?;
-        let pin = pins.existing(&format!("PIN for {}: ", self.user), "PIN")?;
+        let pin = pins.existing(
+            &format!("PIN for {}: ", fleetkey_proto::terminal::escape(&self.user)),
+            "PIN",
+        )?;
         let response = client
             .sign(SignRequest {
                 user: self.user.clone(),

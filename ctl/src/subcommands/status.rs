@@ -2,6 +2,7 @@
 
 use fleetkey_proto::Failure;
 use fleetkey_proto::daemon::{self, GetStatusRequest};
+use fleetkey_proto::terminal::escape;
 use fleetkey_proto::time::rfc3339;
 use serde::Serialize;
 
@@ -150,13 +151,13 @@ pub fn status_text(status: &daemon::Status) -> String {
     let policy = status.pin_policy.unwrap_or_default();
     let mut text = format!(
         "fleetkeyd {} (fleetkeyctl {})\n",
-        status.version,
+        escape(&status.version),
         crate::CTL_VERSION
     );
     let device = if status.activated {
-        let mut line = format!("activated as {}", status.device_id);
+        let mut line = format!("activated as {}", escape(&status.device_id));
         if !status.portal_url.is_empty() {
-            line.push_str(&format!(" with {}", status.portal_url));
+            line.push_str(&format!(" with {}", escape(&status.portal_url)));
         }
         if status.activated_at != 0 {
             line.push_str(&format!(" since {}", rfc3339(status.activated_at)));
@@ -165,19 +166,22 @@ pub fn status_text(status: &daemon::Status) -> String {
     } else if status.portal_url.is_empty() {
         "not activated (no default portal configured)".to_string()
     } else {
-        format!("not activated (default portal: {})", status.portal_url)
+        format!(
+            "not activated (default portal: {})",
+            escape(&status.portal_url)
+        )
     };
     let default_backend = if status.default_backend.is_empty() {
-        "-"
+        "-".into()
     } else {
-        status.default_backend.as_str()
+        escape(&status.default_backend)
     };
     text.push_str(&format!("Device:           {device}\n"));
     if status.activated {
         let attestation = if status.device_attestation.is_empty() {
-            "unknown (activated by an older fleetkeyd)"
+            "unknown (activated by an older fleetkeyd)".into()
         } else {
-            status.device_attestation.as_str()
+            escape(&status.device_attestation)
         };
         text.push_str(&format!("Attestation:      {attestation}\n"));
     }
@@ -227,7 +231,8 @@ pub fn status_text(status: &daemon::Status) -> String {
         if backend.pin_max_attempts != 0 && backend.pin_max_attempts < policy_max {
             text.push_str(&format!(
                 "\n{}: users are locked after {} wrong PINs (fewer than the policy's {policy_max}: the hardware needs it)\n",
-                backend.name, backend.pin_max_attempts
+                escape(&backend.name),
+                backend.pin_max_attempts
             ));
         }
         let mut details: Vec<(&String, &String)> = backend
@@ -237,13 +242,17 @@ pub fn status_text(status: &daemon::Status) -> String {
             .collect();
         details.sort();
         if !details.is_empty() {
-            text.push_str(&format!("\n{}:\n", backend.name));
+            text.push_str(&format!("\n{}:\n", escape(&backend.name)));
             for (key, value) in details {
-                text.push_str(&format!("  {key}: {value}\n"));
+                text.push_str(&format!("  {}: {}\n", escape(key), escape(value)));
             }
         }
         if let Some(warning) = backend.details.get("warning") {
-            text.push_str(&format!("warning: {}: {warning}\n", backend.name));
+            text.push_str(&format!(
+                "warning: {}: {}\n",
+                escape(&backend.name),
+                escape(warning)
+            ));
         }
     }
     let unavailable: Vec<&daemon::Backend> =
@@ -252,11 +261,14 @@ pub fn status_text(status: &daemon::Status) -> String {
         text.push('\n');
         for backend in unavailable {
             let why = if backend.unavailable_reason.is_empty() {
-                "no reason given"
+                "no reason given".into()
             } else {
-                backend.unavailable_reason.as_str()
+                escape(&backend.unavailable_reason)
             };
-            text.push_str(&format!("{} is unavailable: {why}\n", backend.name));
+            text.push_str(&format!(
+                "{} is unavailable: {why}\n",
+                escape(&backend.name)
+            ));
         }
     }
     text

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use fleetkey_proto::daemon::add_user_scan_request::Source;
 use fleetkey_proto::daemon::scan_progress::Event;
 use fleetkey_proto::daemon::{self, AddUserRequest, AddUserScanRequest, GetStatusRequest, User};
-use fleetkey_proto::{EnrollmentInput, Failure, Reason};
+use fleetkey_proto::terminal::escape;
+use fleetkey_proto::{Failure, Reason};
 
 use super::Context;
 use super::activate::checked_enrollment_input;
@@ -109,18 +110,13 @@ impl UserAdd {
         let backend = self.backend.clone().unwrap_or_default();
 
         let mut pins = PinInput::from_flag(self.pin_stdin)?;
-        if matches!(pins, PinInput::Terminal) {
-            // Tell the person what PIN to choose, as far as known.
-            if let Ok(EnrollmentInput::Payload(payload)) = EnrollmentInput::parse(&code)
-                && let Some(user) = payload.user_hint
-            {
-                output::message(&format!("Enrolling {user}."));
-            }
-            if let Ok(status) = client.get_status(GetStatusRequest {}).await
-                && let Some(rule) = pin_rule(&status.into_inner(), &backend)
-            {
-                output::message(&format!("Choose a PIN: {rule}."));
-            }
+        // The URI's `u=` field is not shown: anyone can write it, and only
+        // the portal says whom a code enrolls. The answer names that user.
+        if matches!(pins, PinInput::Terminal)
+            && let Ok(status) = client.get_status(GetStatusRequest {}).await
+            && let Some(rule) = pin_rule(&status.into_inner(), &backend)
+        {
+            output::message(&format!("Choose a PIN: {rule}."));
         }
         let pin = pins.new_pin("PIN: ", "Repeat PIN: ", "PIN")?;
 
@@ -143,7 +139,7 @@ impl UserAdd {
             })
         } else {
             for note in &user.notes {
-                output::message(&format!("note: {note}"));
+                output::message(&format!("note: {}", escape(note)));
             }
             output::data(&added_text(&user))
         }
@@ -208,7 +204,7 @@ impl UserAdd {
                     })
                 } else {
                     for note in &user.notes {
-                        output::message(&format!("note: {note}"));
+                        output::message(&format!("note: {}", escape(note)));
                     }
                     output::data(&added_text(&user))
                 };
@@ -286,11 +282,20 @@ impl Progress {
 pub fn progress_text(event: &Event) -> Option<String> {
     Some(match event {
         Event::CameraOpened(c) if c.name == "image" => {
-            format!("Reading the image ({} {}x{}).", c.format, c.width, c.height)
+            format!(
+                "Reading the image ({} {}x{}).",
+                escape(&c.format),
+                c.width,
+                c.height
+            )
         }
         Event::CameraOpened(c) => format!(
             "Camera opened: {} ({}, {} {}x{}). Point it at the QR code.",
-            c.name, c.path, c.format, c.width, c.height
+            escape(&c.name),
+            escape(&c.path),
+            escape(&c.format),
+            c.width,
+            c.height
         ),
         Event::FramesScanned(f) => format!(
             "Scanning: {} frames read{}",
@@ -305,27 +310,24 @@ pub fn progress_text(event: &Event) -> Option<String> {
             "warning: a QR code was read, but it is not a fleetkey enrollment code (QR_NOT_ENROLLMENT): \"{}\"; still scanning",
             shorten(&code.text)
         ),
-        Event::CodeFound(found) if found.user_hint.is_empty() => {
-            format!("QR code found ({} frames).", found.frames_scanned)
-        }
+        // The QR code's user hint is not shown: anyone can write it; the
+        // final answer names the user the portal bound to the code.
         Event::CodeFound(found) => format!(
-            "QR code found ({} frames): enrolling {}.",
-            found.frames_scanned, found.user_hint
+            "QR code found ({} frames); the portal will say whom it enrolls.",
+            found.frames_scanned
         ),
         Event::Enrolling(_) => "Enrolling: registering the key with the portal...".to_string(),
         Event::Done(_) => return None,
     })
 }
 
+/// The first 60 characters of foreign text, escaped.
 fn shorten(text: &str) -> String {
-    let clean: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if clean.chars().count() > 60 {
-        format!("{}...", clean.chars().take(60).collect::<String>())
+    if text.chars().count() > 60 {
+        let head: String = text.chars().take(60).collect();
+        format!("{}...", escape(&head))
     } else {
-        clean
+        escape(text).into_owned()
     }
 }
 
@@ -352,8 +354,8 @@ pub fn pin_rule(status: &daemon::Status, backend: &str) -> Option<String> {
 pub fn added_text(user: &User) -> String {
     format!(
         "Enrolled {} with the {} key store ({}).",
-        user.name,
-        user.backend,
+        escape(&user.name),
+        escape(&user.backend),
         protection(user.hardware_backed)
     )
 }
@@ -432,10 +434,17 @@ mod tests {
             portal_url: String::new(),
             frames_scanned: 7,
         });
-        assert_eq!(
-            progress_text(&found).unwrap(),
-            "QR code found (7 frames): enrolling alice."
-        );
+        let shown = progress_text(&found).unwrap();
+        assert!(!shown.contains("alice"), "{shown}");
+        let hostile = Event::ForeignCode(ForeignCode {
+            text: "\u{1b}]0;pwned\u{7}\u{1b}[2Jx".into(),
+        });
+        assert!(!progress_text(&hostile).unwrap().contains('\u{1b}'));
+        let named = User {
+            name: "mal\u{1b}[2Jlory".into(),
+            ..alice()
+        };
+        assert!(!added_text(&named).contains('\u{1b}'));
         assert_eq!(progress_text(&Event::Done(alice())), None);
     }
 

@@ -2,6 +2,7 @@
 
 use fleetkey_proto::Failure;
 use fleetkey_proto::daemon::ChangePinRequest;
+use fleetkey_proto::terminal::escape;
 use serde::Serialize;
 
 use super::Context;
@@ -38,7 +39,10 @@ impl UserPinChange {
     pub async fn run(&self, ctx: &Context) -> Result<(), Failure> {
         let mut client = ctx.client().await?;
         let mut pins = PinInput::from_flag(self.pin_stdin)?;
-        let old_pin = pins.existing(&format!("Current PIN for {}: ", self.name), "current PIN")?;
+        let old_pin = pins.existing(
+            &format!("Current PIN for {}: ", escape(&self.name)),
+            "current PIN",
+        )?;
         let new_pin = pins.new_pin("New PIN: ", "Repeat new PIN: ", "new PIN")?;
         client
             .change_pin(ChangePinRequest {
@@ -51,7 +55,7 @@ impl UserPinChange {
         if ctx.json {
             output::json(&pin_changed_json(&self.name))
         } else {
-            output::data(&format!("Changed the PIN of {}.", self.name))
+            output::data(&format!("Changed the PIN of {}.", escape(&self.name)))
         }
     }
 }

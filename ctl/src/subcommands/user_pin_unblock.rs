@@ -2,6 +2,7 @@
 
 use fleetkey_proto::Failure;
 use fleetkey_proto::daemon::UnblockPinRequest;
+use fleetkey_proto::terminal::escape;
 use serde::Serialize;
 
 use super::Context;
@@ -39,7 +40,7 @@ impl UserPinUnblock {
     pub async fn run(&self, ctx: &Context) -> Result<(), Failure> {
         let mut client = ctx.client().await?;
         let mut pins = PinInput::from_flag(self.pin_stdin)?;
-        let puk = pins.existing(&format!("PUK of {}'s card: ", self.name), "PUK")?;
+        let puk = pins.existing(&format!("PUK of {}'s card: ", escape(&self.name)), "PUK")?;
         let new_pin = pins.new_pin("New PIN: ", "Repeat new PIN: ", "new PIN")?;
         client
             .unblock_pin(UnblockPinRequest {
@@ -54,7 +55,7 @@ impl UserPinUnblock {
         } else {
             output::data(&format!(
                 "Unblocked the PIN of {} and set the new PIN.",
-                self.name
+                escape(&self.name)
             ))
         }
     }

@@ -3,6 +3,7 @@
 
 use fleetkey_proto::Failure;
 use fleetkey_proto::daemon::{RemoveUserRequest, RemoveUserResponse};
+use fleetkey_proto::terminal::escape;
 use serde::Serialize;
 
 use super::Context;
@@ -63,9 +64,15 @@ pub fn remove_json(name: &str, response: &RemoveUserResponse) -> RemoveJson {
 
 pub fn removed_text(name: &str, response: &RemoveUserResponse) -> String {
     if response.revoked_at_portal {
-        format!("Removed {name}: the key is deleted and revoked at the portal.")
+        format!(
+            "Removed {}: the key is deleted and revoked at the portal.",
+            escape(name)
+        )
     } else {
-        format!("Removed {name}: the key is deleted from this device.")
+        format!(
+            "Removed {}: the key is deleted from this device.",
+            escape(name)
+        )
     }
 }
 
@@ -77,10 +84,11 @@ pub fn portal_warning(name: &str, response: &RemoveUserResponse) -> Option<Strin
     let why = if response.portal_message.is_empty() {
         String::new()
     } else {
-        format!(" ({})", response.portal_message)
+        format!(" ({})", escape(&response.portal_message))
     };
     Some(format!(
-        "the portal could not be told{why}; revoke {name}'s key in the portal by hand"
+        "the portal could not be told{why}; revoke {}'s key in the portal by hand",
+        escape(name)
     ))
 }
 

@@ -2,6 +2,7 @@
 
 use fleetkey_proto::Failure;
 use fleetkey_proto::daemon::{GetUserRequest, User};
+use fleetkey_proto::terminal::escape;
 use fleetkey_proto::time::rfc3339;
 
 use super::Context;
@@ -42,11 +43,15 @@ impl UserShow {
 /// `key: value` lines, then the PEM.
 pub fn show_text(user: &User) -> String {
     let lines = [
-        ("user", user.name.clone()),
-        ("credential id", user.credential_id.clone()),
+        ("user", escape(&user.name).into_owned()),
+        ("credential id", escape(&user.credential_id).into_owned()),
         (
             "backend",
-            format!("{} ({})", user.backend, protection(user.hardware_backed)),
+            format!(
+                "{} ({})",
+                escape(&user.backend),
+                protection(user.hardware_backed)
+            ),
         ),
         ("enrolled", rfc3339(user.enrolled_at)),
         ("PIN", pin_state(user)),
@@ -57,7 +62,9 @@ pub fn show_text(user: &User) -> String {
     for (key, value) in lines {
         text.push_str(&format!("{:<15}{value}\n", format!("{key}:")));
     }
-    text.push_str(&user.public_key_pem);
+    text.push_str(&fleetkey_proto::terminal::escape_multiline(
+        &user.public_key_pem,
+    ));
     if !text.ends_with('\n') {
         text.push('\n');
     }
