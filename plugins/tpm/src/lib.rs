@@ -41,6 +41,7 @@ pub mod attest;
 pub mod connection;
 pub mod error;
 pub mod keys;
+pub mod quote;
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -14,11 +14,14 @@
 //! - [`tpm`]: TPM 2.0 structures, TPM2_MakeCredential and the checks of
 //!   docs/tpm-attestation.md; [`der`]: the X.509 subset certificate chains
 //!   need; [`attestation`]: PIV attestation.
+//! - [`integrity`]: the check of a device's integrity report and quote
+//!   (docs/integrity.md).
 
 pub mod attestation;
 pub mod cli;
 pub mod der;
 pub mod error;
+pub mod integrity;
 pub mod qr;
 pub mod server;
 pub mod service;
