@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::eventlog::TPM_ALG_SHA256;
-use crate::{Report, hex};
+use crate::Report;
 
 /// Shortest and longest nonce accepted (bytes).
 pub const MIN_NONCE: usize = 16;
@@ -269,13 +269,13 @@ pub fn write_checkquote_files(
     write("quote.msg", &attest)?;
     write("quote.sig", &signature)?;
     write("quote.pcrs", &tpm2_tools_pcr_file(&quote.pcrs)?)?;
-    let _ = hex;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hex;
 
     fn attest(extra: &[u8], bitmap: [u8; 3], digest: &[u8]) -> Vec<u8> {
         let mut a = Vec::new();

@@ -17,10 +17,10 @@ pub fn iommu(root: &Root) -> Attribute {
 pub fn lsm(root: &Root) -> Attribute {
     const HINT: &str = "Enforce a mandatory access control LSM: SELinux in enforcing mode, or AppArmor with profiles in enforce mode.";
     let active = root.read_text("/sys/kernel/security/lsm").unwrap_or_default();
-    if root.read_text("/sys/fs/selinux/enforce").as_deref() == Ok("1") {
+    if root.read_text("/sys/fs/selinux/enforce").is_ok_and(|v| v == "1") {
         return pass(ids::LSM, "enforcing", "SELinux is enforcing");
     }
-    if root.read_text("/sys/module/apparmor/parameters/enabled").as_deref() == Ok("Y") {
+    if root.read_text("/sys/module/apparmor/parameters/enabled").is_ok_and(|v| v == "Y") {
         let profiles = root.read_text("/sys/kernel/security/apparmor/profiles").unwrap_or_default();
         let enforced = profiles.lines().filter(|l| l.trim_end().ends_with("(enforce)")).count();
         if enforced > 0 {
@@ -81,7 +81,7 @@ fn is_verity(root: &Root, source: &str) -> bool {
         root.list("/sys/block", 4096)
             .into_iter()
             .filter(|d| d.starts_with("dm-"))
-            .find(|d| root.read_text(&format!("/sys/block/{d}/dm/name")).as_deref() == Ok(name))
+            .find(|d| root.read_text(&format!("/sys/block/{d}/dm/name")).is_ok_and(|n| n == name))
     } else {
         None
     };

@@ -13,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 
 use fleetkey_integrity::eventlog::{EventLog, MAX_LOG_BYTES, TPM_ALG_SHA256};
 use fleetkey_integrity::quote::{Evidence, QUOTED_PCRS, QuoteAttest, pcr_digest, qualifying_data};
-use fleetkey_integrity::{Policy, Report, hex, unhex};
+use fleetkey_integrity::{Policy, Report, unhex};
 use p256::ecdsa::signature::hazmat::PrehashVerifier;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -89,7 +89,7 @@ impl NonceBook {
     /// Records `nonce` as issued to `device` (e.g. the nonce of a code check).
     pub fn insert(&mut self, device: &str, nonce: [u8; NONCE_BYTES], now: i64) {
         let list = self.by_device.entry(device.to_string()).or_default();
-        list.retain(|(_, at)| now - at <= NONCE_LIFETIME_SECS);
+        list.retain(|(_, at)| now.saturating_sub(*at) <= NONCE_LIFETIME_SECS);
         if list.len() >= MAX_NONCES_PER_DEVICE {
             list.pop_front();
         }
@@ -116,8 +116,8 @@ impl NonceBook {
         let found = list.iter().position(|(n, _)| constant_time_eq(n, nonce));
         match found {
             Some(i) => {
-                let (_, at) = list.remove(i).unwrap_or(([0; NONCE_BYTES], i64::MIN));
-                now >= at && now - at <= NONCE_LIFETIME_SECS
+                let (_, at) = list.remove(i).unwrap_or(([0; NONCE_BYTES], i64::MAX));
+                now >= at && now.saturating_sub(at) <= NONCE_LIFETIME_SECS
             }
             None => false,
         }
@@ -181,7 +181,7 @@ fn check_quote(
     event_log: &str,
     ak_public: Option<&[u8]>,
 ) -> Result<(), IntegrityError> {
-    let invalid = |m: String| IntegrityError::QuoteInvalid(m);
+    let invalid = IntegrityError::QuoteInvalid;
     let ak = ak_public.ok_or(IntegrityError::NoAttestationKey)?;
     let ak = Public::parse(ak).map_err(|e| invalid(format!("registered AK: {e}")))?;
     let ak_key = ak.p256_key().map_err(|e| invalid(format!("registered AK: {e}")))?;
@@ -190,10 +190,10 @@ fn check_quote(
     let signature = unhex(&quote.signature, 256).ok_or_else(|| invalid("the signature is not hex".into()))?;
     let signature = tpm::parse_ecdsa_signature(&signature).map_err(|e| invalid(e.to_string()))?;
     let digest = Sha256::digest(&attest);
+    // TPMs do not normalize s; ECDSA accepts either.
+    let normalized = signature.normalize_s();
     let verifies = ak_key.verify_prehash(&digest, &signature).is_ok()
-        || signature
-            .normalize_s()
-            .is_some_and(|n| ak_key.verify_prehash(&digest, &n).is_ok());
+        || (normalized != signature && ak_key.verify_prehash(&digest, &normalized).is_ok());
     if !verifies {
         return Err(IntegrityError::WrongSigner);
     }
@@ -216,7 +216,7 @@ fn check_quote(
         .map(|p| unhex(&p.value, 32).filter(|v| v.len() == 32))
         .collect::<Option<_>>()
         .ok_or(IntegrityError::PcrMismatch)?;
-    if numbers != QUOTED_PCRS || pcr_digest(&values) != parsed.pcr_digest.as_slice() {
+    if numbers != QUOTED_PCRS || pcr_digest(&values).as_slice() != parsed.pcr_digest.as_slice() {
         return Err(IntegrityError::PcrMismatch);
     }
     let log = unhex(event_log, MAX_LOG_BYTES).ok_or_else(|| {
@@ -239,7 +239,6 @@ fn check_quote(
             differing.join(", ")
         )));
     }
-    let _ = hex;
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use std::process::Command;
 use fleetkey_integrity::checks::ids;
 use fleetkey_integrity::eventlog::{EV_POST_CODE, LogBuilder, TPM_ALG_SHA256, synthetic_boot};
 use fleetkey_integrity::quote::{PcrValue, Quote};
-use fleetkey_integrity::{Attribute, Outcome};
+use fleetkey_integrity::{Attribute, Outcome, hex};
 
 use super::*;
 
@@ -65,6 +65,12 @@ impl Swtpm {
             .env("TPM2TOOLS_TCTI", &self.tcti)
             .output()
             .unwrap_or_else(|e| panic!("{} (tpm2-tools) must be installed: {e}", args[0]));
+        // Without a resource manager, transient objects stay loaded after
+        // each tool; flush them so the TPM's few slots do not run out.
+        let _ = Command::new("tpm2_flushcontext")
+            .arg("-t")
+            .env("TPM2TOOLS_TCTI", &self.tcti)
+            .output();
         assert!(output.status.success(), "{}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
         output.stdout
     }
@@ -100,11 +106,11 @@ impl Swtpm {
 
 impl Drop for Swtpm {
     fn drop(&mut self) {
-        if let Ok(pid) = std::fs::read_to_string(self.path("state/swtpm.pid")) {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                // SAFETY: signalling the swtpm this test started.
-                unsafe { libc::kill(pid, libc::SIGTERM) };
-            }
+        if let Ok(pid) = std::fs::read_to_string(self.path("state/swtpm.pid"))
+            && let Ok(pid) = pid.trim().parse::<i32>()
+        {
+            // SAFETY: signalling the swtpm this test started.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
         }
     }
 }
