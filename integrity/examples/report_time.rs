@@ -7,7 +7,10 @@ use std::time::Instant;
 use fleetkey_integrity::{Inputs, report};
 
 fn main() {
-    let n: u32 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(100);
+    let n: u32 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(100);
     let inputs = Inputs {
         own_files: vec!["/etc/passwd".into()],
         accounts: vec!["root".into()],

@@ -55,14 +55,18 @@ const STARTUP_LOCALITY_SIGNATURE: &[u8; 16] = b"StartupLocality\0";
 pub enum EventLogError {
     #[error("the event log is {0} bytes, more than the {MAX_LOG_BYTES} accepted")]
     TooLarge(usize),
-    #[error("the event log is truncated at byte {offset}: {field} needs {needed} bytes, {left} are left")]
+    #[error(
+        "the event log is truncated at byte {offset}: {field} needs {needed} bytes, {left} are left"
+    )]
     Truncated {
         offset: usize,
         field: &'static str,
         needed: usize,
         left: usize,
     },
-    #[error("the event log does not begin with a TCG2 Spec ID event (it is not a crypto-agile log): {0}")]
+    #[error(
+        "the event log does not begin with a TCG2 Spec ID event (it is not a crypto-agile log): {0}"
+    )]
     NotCryptoAgile(String),
     #[error("event {index} at byte {offset}: {message}")]
     BadEvent {
@@ -190,7 +194,9 @@ impl<'a> Reader<'a> {
 fn parse_spec_id(data: &[u8]) -> Result<SpecId, EventLogError> {
     let bad = |m: &str| EventLogError::NotCryptoAgile(m.to_string());
     let mut r = Reader { data, offset: 0 };
-    let signature = r.take(16, "Spec ID signature").map_err(|e| bad(&e.to_string()))?;
+    let signature = r
+        .take(16, "Spec ID signature")
+        .map_err(|e| bad(&e.to_string()))?;
     if signature != SPEC_ID_SIGNATURE {
         return Err(bad("its signature is not \"Spec ID Event03\""));
     }
@@ -323,8 +329,14 @@ impl EventLog {
                 && data.len() == 17
                 && data.starts_with(STARTUP_LOCALITY_SIGNATURE)
             {
-                if startup_locality.is_some() || events.iter().any(|e: &Event| e.pcr == 0 && e.event_type != EV_NO_ACTION) {
-                    return Err(bad("a StartupLocality event after PCR 0 was extended".into()));
+                if startup_locality.is_some()
+                    || events
+                        .iter()
+                        .any(|e: &Event| e.pcr == 0 && e.event_type != EV_NO_ACTION)
+                {
+                    return Err(bad(
+                        "a StartupLocality event after PCR 0 was extended".into()
+                    ));
                 }
                 startup_locality = data.get(16).copied();
             }
@@ -438,15 +450,23 @@ impl LogBuilder {
     }
 
     /// An event with the digests given, whatever the data.
-    pub fn raw_event(&mut self, pcr: u32, event_type: u32, digests: &[(u16, Vec<u8>)], data: &[u8]) {
+    pub fn raw_event(
+        &mut self,
+        pcr: u32,
+        event_type: u32,
+        digests: &[(u16, Vec<u8>)],
+        data: &[u8],
+    ) {
         self.bytes.extend_from_slice(&pcr.to_le_bytes());
         self.bytes.extend_from_slice(&event_type.to_le_bytes());
-        self.bytes.extend_from_slice(&(digests.len() as u32).to_le_bytes());
+        self.bytes
+            .extend_from_slice(&(digests.len() as u32).to_le_bytes());
         for (alg, digest) in digests {
             self.bytes.extend_from_slice(&alg.to_le_bytes());
             self.bytes.extend_from_slice(digest);
         }
-        self.bytes.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        self.bytes
+            .extend_from_slice(&(data.len() as u32).to_le_bytes());
         self.bytes.extend_from_slice(data);
     }
 
@@ -465,9 +485,19 @@ pub fn synthetic_boot(banks: &[u16]) -> (Vec<u8>, Vec<(u32, Vec<u8>)>) {
         let d = log.event(pcr, kind, data);
         extended.push((pcr, d));
     };
-    add(&mut log, 0, EV_S_CRTM_VERSION, b"fleetkey test firmware 1.0\0");
+    add(
+        &mut log,
+        0,
+        EV_S_CRTM_VERSION,
+        b"fleetkey test firmware 1.0\0",
+    );
     add(&mut log, 0, EV_POST_CODE, b"POST CODE");
-    add(&mut log, 4, EV_EFI_ACTION, b"Calling EFI Application from Boot Option");
+    add(
+        &mut log,
+        4,
+        EV_EFI_ACTION,
+        b"Calling EFI Application from Boot Option",
+    );
     for pcr in 0..8 {
         add(&mut log, pcr, EV_SEPARATOR, &[0, 0, 0, 0]);
     }

@@ -150,7 +150,11 @@ impl Report {
     pub fn summary(&self) -> String {
         let failing: Vec<&str> = self.failing().map(|a| a.id.as_str()).collect();
         if failing.is_empty() {
-            format!("HSI:{} (all {} checks pass)", self.level, self.attributes.len())
+            format!(
+                "HSI:{} (all {} checks pass)",
+                self.level,
+                self.attributes.len()
+            )
         } else {
             format!(
                 "HSI:{} ({} of {} checks fail: {})",
@@ -166,7 +170,11 @@ impl Report {
 fn hsi_level(attributes: &[Attribute]) -> u8 {
     let mut level = 0;
     for l in 1..=4u8 {
-        if attributes.iter().filter(|a| a.level == l).all(Attribute::passes) {
+        if attributes
+            .iter()
+            .filter(|a| a.level == l)
+            .all(Attribute::passes)
+        {
             level = l;
         } else {
             break;
@@ -198,7 +206,10 @@ pub fn unhex(text: &str, max: usize) -> Option<Vec<u8>> {
     }
     (0..text.len())
         .step_by(2)
-        .map(|i| text.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+        })
         .collect()
 }
 
@@ -219,7 +230,10 @@ mod tests {
 
     #[test]
     fn level_is_the_highest_level_all_of_whose_checks_pass() {
-        let r = Report::new(vec![attr("a", 1, true), attr("b", 2, true), attr("c", 3, false)], true);
+        let r = Report::new(
+            vec![attr("a", 1, true), attr("b", 2, true), attr("c", 3, false)],
+            true,
+        );
         assert_eq!(r.level, 2);
         let r = Report::new(vec![attr("a", 1, false), attr("b", 2, true)], true);
         assert_eq!(r.level, 0);

@@ -53,12 +53,18 @@ impl Policy {
     /// ignored.
     pub fn validate(&self) -> Result<(), String> {
         if self.min_level > 4 {
-            return Err(format!("min_level is {}; HSI levels are 0 to 4", self.min_level));
+            return Err(format!(
+                "min_level is {}; HSI levels are 0 to 4",
+                self.min_level
+            ));
         }
         for id in self.require.iter().chain(&self.ignore) {
             if ids::level(id).is_none() {
                 let known: Vec<&str> = ids::ALL.iter().map(|(i, _)| *i).collect();
-                return Err(format!("unknown integrity check {id:?}; known: {}", known.join(", ")));
+                return Err(format!(
+                    "unknown integrity check {id:?}; known: {}",
+                    known.join(", ")
+                ));
             }
         }
         if let Some(id) = self.require.iter().find(|id| self.ignore.contains(id)) {
@@ -112,7 +118,12 @@ mod tests {
             hint: format!("{id} hint"),
         };
         Report::new(
-            vec![a(ids::SECURE_BOOT, false), a(ids::TPM, true), a(ids::IOMMU, false), a(ids::LSM, false)],
+            vec![
+                a(ids::SECURE_BOOT, false),
+                a(ids::TPM, true),
+                a(ids::IOMMU, false),
+                a(ids::LSM, false),
+            ],
             true,
         )
     }
@@ -121,24 +132,71 @@ mod tests {
     fn the_level_and_the_lists_decide() {
         let r = report();
         assert!(Policy::default().judge(&r).allowed());
-        let v = Policy { min_level: 1, ..Default::default() }.judge(&r);
-        assert_eq!(v.failing.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(), [ids::SECURE_BOOT]);
-        assert!(v.explain().contains("org.fleetkey.SecureBoot hint"), "{}", v.explain());
-        let v = Policy { min_level: 2, ignore: vec![ids::SECURE_BOOT.into()], ..Default::default() }.judge(&r);
+        let v = Policy {
+            min_level: 1,
+            ..Default::default()
+        }
+        .judge(&r);
+        assert_eq!(
+            v.failing.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+            [ids::SECURE_BOOT]
+        );
+        assert!(
+            v.explain().contains("org.fleetkey.SecureBoot hint"),
+            "{}",
+            v.explain()
+        );
+        let v = Policy {
+            min_level: 2,
+            ignore: vec![ids::SECURE_BOOT.into()],
+            ..Default::default()
+        }
+        .judge(&r);
         assert_eq!(v.failing.len(), 1);
         assert_eq!(v.failing[0].id, ids::IOMMU);
         assert_eq!(v.excepted[0].id, ids::SECURE_BOOT);
-        let v = Policy { require: vec![ids::LSM.into(), ids::ROOT_FS.into()], ..Default::default() }.judge(&r);
+        let v = Policy {
+            require: vec![ids::LSM.into(), ids::ROOT_FS.into()],
+            ..Default::default()
+        }
+        .judge(&r);
         let failing: Vec<&str> = v.failing.iter().map(|a| a.id.as_str()).collect();
         assert_eq!(failing, [ids::LSM, ids::ROOT_FS]);
     }
 
     #[test]
     fn bad_policies_are_refused() {
-        assert!(Policy { min_level: 5, ..Default::default() }.validate().is_err());
-        assert!(Policy { require: vec!["org.fleetkey.Nope".into()], ..Default::default() }.validate().unwrap_err().contains("known:"));
-        let both = Policy { require: vec![ids::LSM.into()], ignore: vec![ids::LSM.into()], min_level: 0 };
+        assert!(
+            Policy {
+                min_level: 5,
+                ..Default::default()
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            Policy {
+                require: vec!["org.fleetkey.Nope".into()],
+                ..Default::default()
+            }
+            .validate()
+            .unwrap_err()
+            .contains("known:")
+        );
+        let both = Policy {
+            require: vec![ids::LSM.into()],
+            ignore: vec![ids::LSM.into()],
+            min_level: 0,
+        };
         assert!(both.validate().is_err());
-        assert!(Policy { min_level: 4, ignore: vec![ids::LSM.into()], ..Default::default() }.validate().is_ok());
+        assert!(
+            Policy {
+                min_level: 4,
+                ignore: vec![ids::LSM.into()],
+                ..Default::default()
+            }
+            .validate()
+            .is_ok()
+        );
     }
 }

@@ -8,8 +8,8 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::eventlog::TPM_ALG_SHA256;
 use crate::Report;
+use crate::eventlog::TPM_ALG_SHA256;
 
 /// Shortest and longest nonce accepted (bytes).
 pub const MIN_NONCE: usize = 16;
@@ -119,7 +119,10 @@ impl QuoteAttest {
     /// Parses a marshalled TPMS_ATTEST; refuses other types than quote.
     pub fn parse(data: &[u8]) -> Result<Self, QuoteError> {
         if data.len() > MAX_ATTEST {
-            return fail(format!("the quote is {} bytes, more than {MAX_ATTEST}", data.len()));
+            return fail(format!(
+                "the quote is {} bytes, more than {MAX_ATTEST}",
+                data.len()
+            ));
         }
         let mut r = Reader { rest: data };
         let magic = r.uint(4, "magic")? as u32;
@@ -157,7 +160,10 @@ impl QuoteAttest {
         }
         let pcr_digest = r.tpm2b("pcrDigest", 64)?.to_vec();
         if !r.rest.is_empty() {
-            return fail(format!("the quote has {} unexpected bytes after its end", r.rest.len()));
+            return fail(format!(
+                "the quote has {} unexpected bytes after its end",
+                r.rest.len()
+            ));
         }
         Ok(QuoteAttest {
             qualified_signer,
@@ -254,10 +260,7 @@ pub fn tpm2_tools_pcr_file(pcrs: &[PcrValue]) -> Result<Vec<u8>, QuoteError> {
 
 /// The files `tpm2_checkquote -m quote.msg -s quote.sig -f quote.pcrs
 /// -g sha256 -q QUALIFYING_HEX -u AK` verifies, written into `dir`.
-pub fn write_checkquote_files(
-    quote: &Quote,
-    dir: &std::path::Path,
-) -> Result<(), QuoteError> {
+pub fn write_checkquote_files(quote: &Quote, dir: &std::path::Path) -> Result<(), QuoteError> {
     let write = |name: &str, bytes: &[u8]| {
         std::fs::write(dir.join(name), bytes)
             .map_err(|e| QuoteError(format!("writing {name}: {e}")))
@@ -304,9 +307,18 @@ mod tests {
     fn a_quote_attest_parses() {
         let q = QuoteAttest::parse(&attest(&[5; 32], [0xff, 0, 0x01], &[1; 32])).unwrap();
         assert_eq!(q.extra_data, vec![5; 32]);
-        assert_eq!(q.selection, vec![PcrSelection { bank: TPM_ALG_SHA256, pcrs: vec![0, 1, 2, 3, 4, 5, 6, 7, 16] }]);
+        assert_eq!(
+            q.selection,
+            vec![PcrSelection {
+                bank: TPM_ALG_SHA256,
+                pcrs: vec![0, 1, 2, 3, 4, 5, 6, 7, 16]
+            }]
+        );
         assert_eq!(q.pcr_digest, vec![1; 32]);
-        assert_eq!((q.clock, q.reset_count, q.restart_count, q.safe), (7, 1, 2, true));
+        assert_eq!(
+            (q.clock, q.reset_count, q.restart_count, q.safe),
+            (7, 1, 2, true)
+        );
     }
 
     #[test]
@@ -317,13 +329,28 @@ mod tests {
         }
         let mut long = good.clone();
         long.push(0);
-        assert!(QuoteAttest::parse(&long).unwrap_err().0.contains("unexpected bytes"));
+        assert!(
+            QuoteAttest::parse(&long)
+                .unwrap_err()
+                .0
+                .contains("unexpected bytes")
+        );
         let mut certify = good.clone();
         certify[5] = 0x17;
-        assert!(QuoteAttest::parse(&certify).unwrap_err().0.contains("TPM_ST_ATTEST_QUOTE"));
+        assert!(
+            QuoteAttest::parse(&certify)
+                .unwrap_err()
+                .0
+                .contains("TPM_ST_ATTEST_QUOTE")
+        );
         let mut magic = good;
         magic[0] = 0;
-        assert!(QuoteAttest::parse(&magic).unwrap_err().0.contains("TPM_GENERATED_VALUE"));
+        assert!(
+            QuoteAttest::parse(&magic)
+                .unwrap_err()
+                .0
+                .contains("TPM_GENERATED_VALUE")
+        );
     }
 
     #[test]
@@ -338,7 +365,10 @@ mod tests {
     #[test]
     fn the_pcr_file_has_tpm2_tools_layout() {
         let pcrs: Vec<PcrValue> = (0..9)
-            .map(|i| PcrValue { pcr: i, value: hex(&[i as u8; 32]) })
+            .map(|i| PcrValue {
+                pcr: i,
+                value: hex(&[i as u8; 32]),
+            })
             .collect();
         let file = tpm2_tools_pcr_file(&pcrs).unwrap();
         assert_eq!(file.len(), 132 + 4 + 2 * 532);

@@ -133,7 +133,10 @@ mod tests {
     fn paths_stay_under_the_root() {
         let root = Root::new("/fake");
         assert_eq!(root.path("/proc/cmdline"), Path::new("/fake/proc/cmdline"));
-        assert_eq!(root.path("/../../etc/../group"), Path::new("/fake/etc/group"));
+        assert_eq!(
+            root.path("/../../etc/../group"),
+            Path::new("/fake/etc/group")
+        );
     }
 
     #[test]

@@ -57,7 +57,12 @@ fn groups(root: &Root) -> Vec<Group> {
                 gid: f.get(2)?.parse().ok()?,
                 members: f
                     .get(3)
-                    .map(|m| m.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect())
+                    .map(|m| {
+                        m.split(',')
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_string)
+                            .collect()
+                    })
                     .unwrap_or_default(),
             })
         })
@@ -82,7 +87,9 @@ fn sudoers_subjects(root: &Root) -> Vec<(String, String)> {
             if line.is_empty() || line.starts_with('#') || line.starts_with('@') {
                 continue;
             }
-            let Some(first) = line.split_whitespace().next() else { continue };
+            let Some(first) = line.split_whitespace().next() else {
+                continue;
+            };
             if first == "Defaults" || first.starts_with("Defaults") || first.ends_with("_Alias") {
                 continue;
             }
@@ -114,7 +121,9 @@ pub fn admin_accounts(root: &Root, accounts: &[String]) -> Attribute {
         .collect();
     for shell in &shells {
         if setuid_root(root, shell) {
-            problems.push(format!("the shell {shell} is setuid root: every user can become root"));
+            problems.push(format!(
+                "the shell {shell} is setuid root: every user can become root"
+            ));
         }
     }
 
@@ -145,7 +154,8 @@ pub fn admin_accounts(root: &Root, accounts: &[String]) -> Attribute {
                 why.push(format!("has a sudo rule ({subject} in {file})"));
             }
         }
-        if !user.shell.is_empty() && !shells.contains(&user.shell) && setuid_root(root, &user.shell) {
+        if !user.shell.is_empty() && !shells.contains(&user.shell) && setuid_root(root, &user.shell)
+        {
             why.push(format!("has the setuid-root login shell {}", user.shell));
         }
         if !why.is_empty() {

@@ -19,13 +19,24 @@ fn efi_byte(root: &Root, name: &str) -> Result<u8, String> {
 }
 
 pub fn secure_boot(root: &Root) -> Attribute {
-    const HINT: &str = "Enable UEFI Secure Boot in the firmware setup (and enroll the distribution's keys).";
+    const HINT: &str =
+        "Enable UEFI Secure Boot in the firmware setup (and enroll the distribution's keys).";
     if !root.exists("/sys/firmware/efi") {
-        return fail(ids::SECURE_BOOT, "not-supported", "the system did not boot with UEFI", HINT);
+        return fail(
+            ids::SECURE_BOOT,
+            "not-supported",
+            "the system did not boot with UEFI",
+            HINT,
+        );
     }
     match efi_byte(root, "SecureBoot") {
         Ok(1) => pass(ids::SECURE_BOOT, "enabled", "Secure Boot is on"),
-        Ok(v) => fail(ids::SECURE_BOOT, "not-enabled", format!("SecureBoot = {v}"), HINT),
+        Ok(v) => fail(
+            ids::SECURE_BOOT,
+            "not-enabled",
+            format!("SecureBoot = {v}"),
+            HINT,
+        ),
         Err(e) => fail(ids::SECURE_BOOT, "not-found", e, HINT),
     }
 }
@@ -33,11 +44,25 @@ pub fn secure_boot(root: &Root) -> Attribute {
 pub fn setup_mode(root: &Root) -> Attribute {
     const HINT: &str = "Leave Setup Mode: enroll a Platform Key in the firmware setup, so nobody can replace the Secure Boot keys.";
     if !root.exists("/sys/firmware/efi") {
-        return fail(ids::SETUP_MODE, "not-supported", "the system did not boot with UEFI", HINT);
+        return fail(
+            ids::SETUP_MODE,
+            "not-supported",
+            "the system did not boot with UEFI",
+            HINT,
+        );
     }
     match efi_byte(root, "SetupMode") {
-        Ok(0) => pass(ids::SETUP_MODE, "locked", "the firmware is in User Mode (a Platform Key is enrolled)"),
-        Ok(v) => fail(ids::SETUP_MODE, "not-locked", format!("SetupMode = {v}: anyone can enroll Secure Boot keys"), HINT),
+        Ok(0) => pass(
+            ids::SETUP_MODE,
+            "locked",
+            "the firmware is in User Mode (a Platform Key is enrolled)",
+        ),
+        Ok(v) => fail(
+            ids::SETUP_MODE,
+            "not-locked",
+            format!("SetupMode = {v}: anyone can enroll Secure Boot keys"),
+            HINT,
+        ),
         Err(e) => fail(ids::SETUP_MODE, "not-found", e, HINT),
     }
 }
@@ -52,12 +77,26 @@ pub fn lockdown(root: &Root) -> Attribute {
                 .map(|w| w.trim_matches(['[', ']']).to_string())
                 .unwrap_or_default();
             match selected.as_str() {
-                "integrity" | "confidentiality" => pass(ids::LOCKDOWN, "enabled", format!("lockdown mode {selected}")),
+                "integrity" | "confidentiality" => pass(
+                    ids::LOCKDOWN,
+                    "enabled",
+                    format!("lockdown mode {selected}"),
+                ),
                 "none" => fail(ids::LOCKDOWN, "not-enabled", "lockdown mode none", HINT),
-                _ => fail(ids::LOCKDOWN, "not-valid", format!("unreadable lockdown state {text:?}"), HINT),
+                _ => fail(
+                    ids::LOCKDOWN,
+                    "not-valid",
+                    format!("unreadable lockdown state {text:?}"),
+                    HINT,
+                ),
             }
         }
-        Err(e) => fail(ids::LOCKDOWN, "not-supported", format!("the kernel has no lockdown LSM ({e})"), HINT),
+        Err(e) => fail(
+            ids::LOCKDOWN,
+            "not-supported",
+            format!("the kernel has no lockdown LSM ({e})"),
+            HINT,
+        ),
     }
 }
 
@@ -101,8 +140,18 @@ pub fn tainted(root: &Root) -> Attribute {
     match root.read_text("/proc/sys/kernel/tainted") {
         Ok(text) => match text.parse::<u64>() {
             Ok(0) => pass(ids::TAINTED, "not-tainted", "the kernel is not tainted"),
-            Ok(v) => fail(ids::TAINTED, "tainted", format!("taint {v}: {}", decode_taint(v).join(", ")), HINT),
-            Err(_) => fail(ids::TAINTED, "not-valid", format!("unreadable taint value {text:?}"), HINT),
+            Ok(v) => fail(
+                ids::TAINTED,
+                "tainted",
+                format!("taint {v}: {}", decode_taint(v).join(", ")),
+                HINT,
+            ),
+            Err(_) => fail(
+                ids::TAINTED,
+                "not-valid",
+                format!("unreadable taint value {text:?}"),
+                HINT,
+            ),
         },
         Err(e) => fail(ids::TAINTED, "not-found", e.to_string(), HINT),
     }
@@ -120,7 +169,10 @@ pub const UNSAFE_CMDLINE: [(&str, &str); 26] = [
     ("emergency", "emergency mode (a root shell)"),
     ("rescue", "rescue mode (a root shell)"),
     ("systemd.unit=rescue.target", "rescue mode (a root shell)"),
-    ("systemd.unit=emergency.target", "emergency mode (a root shell)"),
+    (
+        "systemd.unit=emergency.target",
+        "emergency mode (a root shell)",
+    ),
     ("systemd.debug_shell", "a root shell on tty9"),
     ("systemd.debug-shell", "a root shell on tty9"),
     ("rd.break", "a root shell in the initramfs"),
@@ -161,7 +213,11 @@ pub fn cmdline(root: &Root) -> Attribute {
         }
     }
     if found.is_empty() {
-        pass(ids::CMDLINE, "valid", "no unsafe kernel command-line options")
+        pass(
+            ids::CMDLINE,
+            "valid",
+            "no unsafe kernel command-line options",
+        )
     } else {
         fail(ids::CMDLINE, "not-valid", found.join(", "), HINT)
     }

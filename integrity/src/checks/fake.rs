@@ -48,35 +48,64 @@ impl FakeRoot {
     /// Writes the event log and sets sysfs's SHA-256 PCRs to its replay.
     pub fn event_log(&self, log: &[u8]) {
         self.write("/sys/kernel/security/tpm0/binary_bios_measurements", log);
-        let pcrs = EventLog::parse(log).unwrap().replay(TPM_ALG_SHA256).unwrap();
+        let pcrs = EventLog::parse(log)
+            .unwrap()
+            .replay(TPM_ALG_SHA256)
+            .unwrap();
         for (i, v) in pcrs.iter().enumerate() {
-            self.write(&format!("/sys/class/tpm/tpm0/pcr-sha256/{i}"), format!("{}\n", hex(v).to_uppercase()));
+            self.write(
+                &format!("/sys/class/tpm/tpm0/pcr-sha256/{i}"),
+                format!("{}\n", hex(v).to_uppercase()),
+            );
         }
     }
 
     pub fn inputs(&self, accounts: &[&str]) -> Inputs {
         Inputs {
             root: Root::new(self.dir.path()),
-            own_files: vec!["/usr/sbin/fleetkeyd".into(), "/etc/fleetkey/fleetkeyd.toml".into()],
+            own_files: vec![
+                "/usr/sbin/fleetkeyd".into(),
+                "/etc/fleetkey/fleetkeyd.toml".into(),
+            ],
             accounts: accounts.iter().map(|a| a.to_string()).collect(),
         }
     }
 
     /// A machine where every check passes.
     pub fn good() -> FakeRoot {
-        let f = FakeRoot { dir: tempfile::tempdir().unwrap() };
-        f.write(&format!("/sys/firmware/efi/efivars/SecureBoot-{GUID}"), [6, 0, 0, 0, 1]);
-        f.write(&format!("/sys/firmware/efi/efivars/SetupMode-{GUID}"), [6, 0, 0, 0, 0]);
-        f.write("/sys/kernel/security/lockdown", "none [integrity] confidentiality\n");
-        f.write("/sys/kernel/security/lsm", "lockdown,capability,yama,apparmor\n");
+        let f = FakeRoot {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        f.write(
+            &format!("/sys/firmware/efi/efivars/SecureBoot-{GUID}"),
+            [6, 0, 0, 0, 1],
+        );
+        f.write(
+            &format!("/sys/firmware/efi/efivars/SetupMode-{GUID}"),
+            [6, 0, 0, 0, 0],
+        );
+        f.write(
+            "/sys/kernel/security/lockdown",
+            "none [integrity] confidentiality\n",
+        );
+        f.write(
+            "/sys/kernel/security/lsm",
+            "lockdown,capability,yama,apparmor\n",
+        );
         f.write("/proc/sys/kernel/tainted", "0\n");
-        f.write("/proc/cmdline", "BOOT_IMAGE=/vmlinuz-6.8 root=/dev/sda1 ro quiet splash debugfs=off\n");
+        f.write(
+            "/proc/cmdline",
+            "BOOT_IMAGE=/vmlinuz-6.8 root=/dev/sda1 ro quiet splash debugfs=off\n",
+        );
         f.write("/sys/class/tpm/tpm0/tpm_version_major", "2\n");
         f.mkdir("/sys/class/tpm/tpm0/pcr-sha1");
         f.event_log(&synthetic_boot(&[TPM_ALG_SHA256]).0);
         f.mkdir("/sys/class/iommu/dmar0");
         f.write("/sys/module/apparmor/parameters/enabled", "Y\n");
-        f.write("/sys/kernel/security/apparmor/profiles", "/usr/bin/man (enforce)\nlsb_release (complain)\n");
+        f.write(
+            "/sys/kernel/security/apparmor/profiles",
+            "/usr/bin/man (enforce)\nlsb_release (complain)\n",
+        );
         f.write("/proc/sys/kernel/yama/ptrace_scope", "1\n");
         f.write("/proc/sys/kernel/unprivileged_bpf_disabled", "2\n");
         f.write("/proc/self/mountinfo", "1 0 8:1 / / ro,relatime shared:1 - ext4 /dev/sda1 ro\n25 1 0:5 / /dev rw - devtmpfs udev rw\n");

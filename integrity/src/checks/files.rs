@@ -21,16 +21,24 @@ fn unsafe_because(root: &Root, path: &str) -> Option<String> {
     // A sticky folder (/tmp) still lets others make their own entries, but
     // fleetkey's files have no business there.
     if mode & 0o002 != 0 {
-        return Some(format!("{path} is writable by every user (mode {:o})", mode & 0o7777));
+        return Some(format!(
+            "{path} is writable by every user (mode {:o})",
+            mode & 0o7777
+        ));
     }
     if mode & 0o020 != 0 && meta.gid() != 0 {
-        return Some(format!("{path} is writable by group {} (mode {:o})", meta.gid(), mode & 0o7777));
+        return Some(format!(
+            "{path} is writable by group {} (mode {:o})",
+            meta.gid(),
+            mode & 0o7777
+        ));
     }
     None
 }
 
 pub fn own_files(root: &Root, files: &[String]) -> Attribute {
-    const HINT: &str = "chown root:root the file and its folders, and chmod go-w them (packages install them so).";
+    const HINT: &str =
+        "chown root:root the file and its folders, and chmod go-w them (packages install them so).";
     if files.is_empty() {
         return pass(ids::OWN_FILES, "valid", "no files to check");
     }
@@ -51,7 +59,14 @@ pub fn own_files(root: &Root, files: &[String]) -> Attribute {
         }
     }
     if problems.is_empty() {
-        pass(ids::OWN_FILES, "valid", format!("{} owned by root and not writable by others", files.join(", ")))
+        pass(
+            ids::OWN_FILES,
+            "valid",
+            format!(
+                "{} owned by root and not writable by others",
+                files.join(", ")
+            ),
+        )
     } else {
         fail(ids::OWN_FILES, "not-valid", problems.join("; "), HINT)
     }

@@ -44,13 +44,26 @@ fn a_good_machine_passes_every_check_at_level_4() {
 #[test]
 fn secure_boot_and_setup_mode() {
     let f = FakeRoot::good();
-    f.write(&format!("/sys/firmware/efi/efivars/SecureBoot-{GUID}"), [6, 0, 0, 0, 0]);
-    fails(&check(&f, ids::SECURE_BOOT), "not-enabled", "SecureBoot = 0");
-    f.write(&format!("/sys/firmware/efi/efivars/SecureBoot-{GUID}"), [6, 0, 0, 0, 1, 1]);
+    f.write(
+        &format!("/sys/firmware/efi/efivars/SecureBoot-{GUID}"),
+        [6, 0, 0, 0, 0],
+    );
+    fails(
+        &check(&f, ids::SECURE_BOOT),
+        "not-enabled",
+        "SecureBoot = 0",
+    );
+    f.write(
+        &format!("/sys/firmware/efi/efivars/SecureBoot-{GUID}"),
+        [6, 0, 0, 0, 1, 1],
+    );
     fails(&check(&f, ids::SECURE_BOOT), "not-found", "not 5");
     f.remove(&format!("/sys/firmware/efi/efivars/SecureBoot-{GUID}"));
     fails(&check(&f, ids::SECURE_BOOT), "not-found", "does not exist");
-    f.write(&format!("/sys/firmware/efi/efivars/SetupMode-{GUID}"), [6, 0, 0, 0, 1]);
+    f.write(
+        &format!("/sys/firmware/efi/efivars/SetupMode-{GUID}"),
+        [6, 0, 0, 0, 1],
+    );
     fails(&check(&f, ids::SETUP_MODE), "not-locked", "SetupMode = 1");
     f.remove("/sys/firmware/efi");
     fails(&check(&f, ids::SECURE_BOOT), "not-supported", "UEFI");
@@ -62,9 +75,15 @@ fn secure_boot_and_setup_mode() {
 #[test]
 fn kernel_lockdown() {
     let f = FakeRoot::good();
-    f.write("/sys/kernel/security/lockdown", "none integrity [confidentiality]\n");
+    f.write(
+        "/sys/kernel/security/lockdown",
+        "none integrity [confidentiality]\n",
+    );
     passes(&check(&f, ids::LOCKDOWN), "enabled");
-    f.write("/sys/kernel/security/lockdown", "[none] integrity confidentiality\n");
+    f.write(
+        "/sys/kernel/security/lockdown",
+        "[none] integrity confidentiality\n",
+    );
     fails(&check(&f, ids::LOCKDOWN), "not-enabled", "none");
     f.write("/sys/kernel/security/lockdown", "garbage\n");
     fails(&check(&f, ids::LOCKDOWN), "not-valid", "garbage");
@@ -78,7 +97,10 @@ fn taint_flags_are_decoded() {
     f.write("/proc/sys/kernel/tainted", "12289\n"); // P, O, E
     let a = check(&f, ids::TAINTED);
     fails(&a, "tainted", "P (proprietary module loaded)");
-    assert!(a.detail.contains("O (externally-built") && a.detail.contains("E (unsigned module loaded)"), "{a:?}");
+    assert!(
+        a.detail.contains("O (externally-built") && a.detail.contains("E (unsigned module loaded)"),
+        "{a:?}"
+    );
     assert_eq!(boot::decode_taint(1 << 40), vec!["bit 40 (unknown)"]);
     f.write("/proc/sys/kernel/tainted", "x\n");
     fails(&check(&f, ids::TAINTED), "not-valid", "x");
@@ -89,14 +111,27 @@ fn taint_flags_are_decoded() {
 #[test]
 fn unsafe_command_line_options_are_named() {
     let f = FakeRoot::good();
-    f.write("/proc/cmdline", "root=/dev/sda1 init=/bin/sh module.sig_enforce=0 quiet -- single\n");
+    f.write(
+        "/proc/cmdline",
+        "root=/dev/sda1 init=/bin/sh module.sig_enforce=0 quiet -- single\n",
+    );
     let a = check(&f, ids::CMDLINE);
     fails(&a, "not-valid", "init=/bin/sh (replaces the init program)");
-    assert!(a.detail.contains("module.sig_enforce=0") && a.detail.contains("single ("), "{a:?}");
+    assert!(
+        a.detail.contains("module.sig_enforce=0") && a.detail.contains("single ("),
+        "{a:?}"
+    );
     f.write("/proc/cmdline", "root=/dev/sda1 debug\n");
-    fails(&check(&f, ids::CMDLINE), "not-valid", "debug (kernel debug output)");
+    fails(
+        &check(&f, ids::CMDLINE),
+        "not-valid",
+        "debug (kernel debug output)",
+    );
     // Look-alikes are not flagged: debugfs=off, rescue_foo, module.sig_enforce=1.
-    f.write("/proc/cmdline", "debugfs=off rescue_foo module.sig_enforce=1 initrd=/x\n");
+    f.write(
+        "/proc/cmdline",
+        "debugfs=off rescue_foo module.sig_enforce=1 initrd=/x\n",
+    );
     passes(&check(&f, ids::CMDLINE), "valid");
 }
 
@@ -113,7 +148,11 @@ fn tpm_presence_and_banks() {
     fails(&check(&f, ids::PCR_BANKS), "not-found", "no PCR banks");
     f.remove("/sys/class/tpm");
     let r = report(&f.inputs(&[]));
-    fails(r.attribute(ids::TPM).unwrap(), "not-found", "cannot be verified remotely");
+    fails(
+        r.attribute(ids::TPM).unwrap(),
+        "not-found",
+        "cannot be verified remotely",
+    );
     assert!(!r.remotely_verifiable);
 }
 
@@ -131,13 +170,20 @@ fn the_event_log_must_replay_to_the_tpms_pcrs() {
     f.event_log(&b.bytes());
     f.write("/sys/class/tpm/tpm0/pcr-sha256/0", good_pcrs);
     fails(&check(&f, ids::EVENT_LOG), "not-valid", "PCR 0 is");
-    f.write("/sys/kernel/security/tpm0/binary_bios_measurements", b"\x00\x01garbage");
+    f.write(
+        "/sys/kernel/security/tpm0/binary_bios_measurements",
+        b"\x00\x01garbage",
+    );
     fails(&check(&f, ids::EVENT_LOG), "not-valid", "truncated");
     f.event_log(&b.bytes());
     f.remove("/sys/class/tpm/tpm0/pcr-sha256/7");
     fails(&check(&f, ids::EVENT_LOG), "not-verified", "not readable");
     f.remove("/sys/kernel/security/tpm0");
-    fails(&check(&f, ids::EVENT_LOG), "not-found", "no measured-boot event log");
+    fails(
+        &check(&f, ids::EVENT_LOG),
+        "not-found",
+        "no measured-boot event log",
+    );
 }
 
 #[test]
@@ -151,13 +197,28 @@ fn iommu() {
 #[test]
 fn an_lsm_must_enforce() {
     let f = FakeRoot::good();
-    assert!(check(&f, ids::LSM).detail.contains("AppArmor enforces 1 profiles"));
-    f.write("/sys/kernel/security/apparmor/profiles", "lsb_release (complain)\n");
+    assert!(
+        check(&f, ids::LSM)
+            .detail
+            .contains("AppArmor enforces 1 profiles")
+    );
+    f.write(
+        "/sys/kernel/security/apparmor/profiles",
+        "lsb_release (complain)\n",
+    );
     fails(&check(&f, ids::LSM), "not-enforcing", "enforces no profile");
     f.write("/sys/module/apparmor/parameters/enabled", "N\n");
-    fails(&check(&f, ids::LSM), "not-enforcing", "active LSMs: lockdown,capability,yama,apparmor");
+    fails(
+        &check(&f, ids::LSM),
+        "not-enforcing",
+        "active LSMs: lockdown,capability,yama,apparmor",
+    );
     f.write("/sys/fs/selinux/enforce", "0");
-    fails(&check(&f, ids::LSM), "not-enforcing", "SELinux is permissive");
+    fails(
+        &check(&f, ids::LSM),
+        "not-enforcing",
+        "SELinux is permissive",
+    );
     f.write("/sys/fs/selinux/enforce", "1");
     passes(&check(&f, ids::LSM), "enforcing");
 }
@@ -193,16 +254,29 @@ fn root_fs_read_only_or_verity() {
         "/proc/self/mountinfo",
         "1 0 8:1 / / ro shared:1 - ext4 /dev/sda1 ro\n30 1 0:40 / / rw,relatime - overlay overlay rw\n",
     );
-    fails(&check(&f, ids::ROOT_FS), "not-enabled", "read-write (overlay)");
-    f.write("/proc/self/mountinfo", "1 0 253:0 / / rw,relatime - ext4 /dev/mapper/root rw\n");
+    fails(
+        &check(&f, ids::ROOT_FS),
+        "not-enabled",
+        "read-write (overlay)",
+    );
+    f.write(
+        "/proc/self/mountinfo",
+        "1 0 253:0 / / rw,relatime - ext4 /dev/mapper/root rw\n",
+    );
     f.write("/sys/block/dm-0/dm/name", "root\n");
     f.write("/sys/block/dm-0/dm/uuid", "CRYPT-LUKS2-abc-root\n");
     fails(&check(&f, ids::ROOT_FS), "not-enabled", "/dev/mapper/root");
     f.write("/sys/block/dm-0/dm/uuid", "CRYPT-VERITY-0123-root\n");
     assert!(check(&f, ids::ROOT_FS).detail.contains("dm-verity"));
-    f.write("/proc/self/mountinfo", "1 0 253:0 / / rw - ext4 /dev/dm-0 rw\n");
+    f.write(
+        "/proc/self/mountinfo",
+        "1 0 253:0 / / rw - ext4 /dev/dm-0 rw\n",
+    );
     passes(&check(&f, ids::ROOT_FS), "enabled");
-    f.write("/proc/self/mountinfo", "25 1 0:5 / /dev rw - devtmpfs udev rw\n");
+    f.write(
+        "/proc/self/mountinfo",
+        "25 1 0:5 / /dev rw - devtmpfs udev rw\n",
+    );
     fails(&check(&f, ids::ROOT_FS), "not-found", "no mount of /");
 }
 
@@ -211,17 +285,33 @@ fn fleetkeys_files_must_be_roots_alone() {
     let f = FakeRoot::good();
     passes(&check(&f, ids::OWN_FILES), "valid");
     f.chown("/usr/sbin/fleetkeyd", 1000, 0);
-    fails(&check(&f, ids::OWN_FILES), "not-valid", "/usr/sbin/fleetkeyd is owned by uid 1000");
+    fails(
+        &check(&f, ids::OWN_FILES),
+        "not-valid",
+        "/usr/sbin/fleetkeyd is owned by uid 1000",
+    );
     f.chown("/usr/sbin/fleetkeyd", 0, 0);
     f.chmod("/etc/fleetkey/fleetkeyd.toml", 0o666);
-    fails(&check(&f, ids::OWN_FILES), "not-valid", "fleetkeyd.toml is writable by every user");
+    fails(
+        &check(&f, ids::OWN_FILES),
+        "not-valid",
+        "fleetkeyd.toml is writable by every user",
+    );
     f.chmod("/etc/fleetkey/fleetkeyd.toml", 0o664);
     passes(&check(&f, ids::OWN_FILES), "valid"); // group root may write
     f.chown("/etc/fleetkey/fleetkeyd.toml", 0, 1000);
-    fails(&check(&f, ids::OWN_FILES), "not-valid", "writable by group 1000");
+    fails(
+        &check(&f, ids::OWN_FILES),
+        "not-valid",
+        "writable by group 1000",
+    );
     f.chown("/etc/fleetkey/fleetkeyd.toml", 0, 0);
     f.chmod("/usr/sbin", 0o777);
-    fails(&check(&f, ids::OWN_FILES), "not-valid", "/usr/sbin is writable by every user");
+    fails(
+        &check(&f, ids::OWN_FILES),
+        "not-valid",
+        "/usr/sbin is writable by every user",
+    );
     f.chmod("/usr/sbin", 0o755);
     f.remove("/etc/fleetkey/fleetkeyd.toml");
     fails(&check(&f, ids::OWN_FILES), "not-valid", "does not exist");
@@ -243,8 +333,15 @@ fn accounts_with_root_power_make_the_device_rooted() {
     fails(&check(&f, ids::ROOTED), "rooted", "alice is in group wheel");
     // A sudoers.d rule of its own.
     f.write("/etc/group", "alice:x:1000:\n");
-    f.write("/etc/sudoers.d/kiosk", "kiosk ALL=(root) NOPASSWD: /usr/bin/systemctl\n");
-    fails(&check(&f, ids::ROOTED), "rooted", "kiosk has a sudo rule (kiosk in /etc/sudoers.d/kiosk)");
+    f.write(
+        "/etc/sudoers.d/kiosk",
+        "kiosk ALL=(root) NOPASSWD: /usr/bin/systemctl\n",
+    );
+    fails(
+        &check(&f, ids::ROOTED),
+        "rooted",
+        "kiosk has a sudo rule (kiosk in /etc/sudoers.d/kiosk)",
+    );
     // Files sudo skips are skipped.
     f.remove("/etc/sudoers.d/kiosk");
     f.write("/etc/sudoers.d/kiosk.dpkg-old", "kiosk ALL=(ALL) ALL\n");
@@ -259,8 +356,15 @@ fn accounts_with_root_power_make_the_device_rooted() {
     fails(&a, "rooted", "the shell /bin/bash is setuid root");
     // A setuid login shell that /etc/shells does not list.
     f.chmod("/bin/bash", 0o755);
-    f.write("/etc/passwd", "alice:x:1000:1000::/home/alice:/opt/rootsh\n");
+    f.write(
+        "/etc/passwd",
+        "alice:x:1000:1000::/home/alice:/opt/rootsh\n",
+    );
     f.write("/opt/rootsh", "");
     f.chmod("/opt/rootsh", 0o4755);
-    fails(&check(&f, ids::ROOTED), "rooted", "alice has the setuid-root login shell /opt/rootsh");
+    fails(
+        &check(&f, ids::ROOTED),
+        "rooted",
+        "alice has the setuid-root login shell /opt/rootsh",
+    );
 }

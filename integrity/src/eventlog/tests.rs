@@ -12,7 +12,10 @@ fn extend(pcr: &mut Vec<u8>, digest: &[u8]) {
 fn a_synthetic_log_parses_and_replays_to_the_extended_values() {
     let (bytes, extended) = synthetic_boot(&[TPM_ALG_SHA256, TPM_ALG_SHA384]);
     let log = EventLog::parse(&bytes).unwrap();
-    assert_eq!(log.spec.algorithms, vec![(TPM_ALG_SHA256, 32), (TPM_ALG_SHA384, 48)]);
+    assert_eq!(
+        log.spec.algorithms,
+        vec![(TPM_ALG_SHA256, 32), (TPM_ALG_SHA384, 48)]
+    );
     assert_eq!(log.events.len(), extended.len());
     let mut expected = vec![vec![0u8; 32]; 8];
     for (pcr, digest) in &extended {
@@ -23,7 +26,10 @@ fn a_synthetic_log_parses_and_replays_to_the_extended_values() {
     assert_eq!(replayed[17], vec![0xff; 32]);
     assert_eq!(replayed[8], vec![0; 32]);
     assert_eq!(log.replay(TPM_ALG_SHA384).unwrap()[0].len(), 48);
-    assert_eq!(log.replay(TPM_ALG_SHA512), Err(EventLogError::NoSuchBank("SHA-512")));
+    assert_eq!(
+        log.replay(TPM_ALG_SHA512),
+        Err(EventLogError::NoSuchBank("SHA-512"))
+    );
     assert!(matches!(
         log.replay(TPM_ALG_SHA1),
         Err(EventLogError::UnsupportedBank { .. })
@@ -50,7 +56,11 @@ fn an_event_without_the_banks_digest_does_not_replay() {
     let log = EventLog::parse(&b.bytes()).unwrap();
     assert!(matches!(
         log.replay(TPM_ALG_SHA256),
-        Err(EventLogError::MissingDigest { index: 1, pcr: 2, .. })
+        Err(EventLogError::MissingDigest {
+            index: 1,
+            pcr: 2,
+            ..
+        })
     ));
 }
 
@@ -68,14 +78,23 @@ fn malformed_logs_are_refused_with_what_is_wrong() {
     // Not crypto-agile: wrong signature.
     let mut bad = good.clone();
     bad[32] = b'X';
-    assert!(event_error(&bad).contains("Spec ID"), "{}", event_error(&bad));
+    assert!(
+        event_error(&bad).contains("Spec ID"),
+        "{}",
+        event_error(&bad)
+    );
     // A digest of an algorithm the header does not declare.
     let mut b = LogBuilder::new(&[TPM_ALG_SHA256]);
     b.raw_event(0, EV_POST_CODE, &[(TPM_ALG_SHA384, vec![0; 48])], b"");
     assert!(event_error(&b.bytes()).contains("does not declare"));
     // More digests than algorithms.
     let mut b = LogBuilder::new(&[TPM_ALG_SHA256]);
-    b.raw_event(0, EV_POST_CODE, &[(TPM_ALG_SHA256, vec![0; 32]), (TPM_ALG_SHA256, vec![0; 32])], b"");
+    b.raw_event(
+        0,
+        EV_POST_CODE,
+        &[(TPM_ALG_SHA256, vec![0; 32]), (TPM_ALG_SHA256, vec![0; 32])],
+        b"",
+    );
     assert!(event_error(&b.bytes()).contains("2 digests"));
     // A PCR a PC Client TPM does not have.
     let mut b = LogBuilder::new(&[TPM_ALG_SHA256]);
@@ -87,7 +106,11 @@ fn malformed_logs_are_refused_with_what_is_wrong() {
     let mut bytes = b.bytes();
     let n = bytes.len();
     bytes[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
-    assert!(event_error(&bytes).contains("more than"), "{}", event_error(&bytes));
+    assert!(
+        event_error(&bytes).contains("more than"),
+        "{}",
+        event_error(&bytes)
+    );
     // A count of 4 billion digests too.
     let mut b = LogBuilder::new(&[TPM_ALG_SHA256]);
     b.raw_event(1, EV_POST_CODE, &[], b"");
@@ -120,8 +143,15 @@ fn tpm2_eventlog_parses_the_same_log() {
     }
     // tpm2_eventlog's own replay ("pcrs:" section, "0  : 0x...") agrees
     // with ours.
-    let words = text.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
-    let replayed = EventLog::parse(&bytes).unwrap().replay(TPM_ALG_SHA256).unwrap();
+    let words = text
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase();
+    let replayed = EventLog::parse(&bytes)
+        .unwrap()
+        .replay(TPM_ALG_SHA256)
+        .unwrap();
     for (pcr, value) in replayed.iter().enumerate().take(8) {
         let line = format!("{pcr} : 0x{}", crate::hex(value)).to_lowercase();
         assert!(words.contains(&line), "PCR {pcr} {line} not in\n{text}");

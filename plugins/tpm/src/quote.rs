@@ -4,10 +4,12 @@
 //! digest || nonce) (`fleetkey_integrity::quote::qualifying_data`). The
 //! protocol is in `docs/integrity.md`.
 
-use fleetkey_integrity::quote::{PcrValue, Quote, QUOTED_PCRS, QuoteAttest, pcr_digest};
 use fleetkey_integrity::hex;
+use fleetkey_integrity::quote::{PcrValue, QUOTED_PCRS, Quote, QuoteAttest, pcr_digest};
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
-use tss_esapi::structures::{Data, PcrSelectionList, PcrSelectionListBuilder, PcrSlot, SignatureScheme};
+use tss_esapi::structures::{
+    Data, PcrSelectionList, PcrSelectionListBuilder, PcrSlot, SignatureScheme,
+};
 use tss_esapi::traits::Marshall;
 
 use crate::connection::Tpm;
@@ -91,7 +93,10 @@ pub fn quote(tpm: &mut Tpm, qualifying_data: &[u8; 32]) -> Result<DeviceQuote, T
                 pcrs: QUOTED_PCRS
                     .iter()
                     .zip(values)
-                    .map(|(pcr, v)| PcrValue { pcr: *pcr, value: hex(&v) })
+                    .map(|(pcr, v)| PcrValue {
+                        pcr: *pcr,
+                        value: hex(&v),
+                    })
                     .collect(),
             });
         }

@@ -18,7 +18,6 @@ use fleetkey_tpm::{TpmConfig, TpmKeyStore};
 use p256::ecdsa::VerifyingKey;
 use p256::pkcs8::{DecodePublicKey, EncodePublicKey, LineEnding};
 
-
 fn report() -> Report {
     Report::new(
         vec![Attribute {
@@ -35,7 +34,19 @@ fn report() -> Report {
 
 fn checkquote(dir: &Path, qualifying: &[u8]) -> Output {
     Command::new("tpm2_checkquote")
-        .args(["-u", "ak.pem", "-m", "quote.msg", "-s", "quote.sig", "-f", "quote.pcrs", "-g", "sha256", "-q"])
+        .args([
+            "-u",
+            "ak.pem",
+            "-m",
+            "quote.msg",
+            "-s",
+            "quote.sig",
+            "-f",
+            "quote.pcrs",
+            "-g",
+            "sha256",
+            "-q",
+        ])
         .arg(hex(qualifying))
         .current_dir(dir)
         .output()
@@ -47,10 +58,17 @@ fn a_quote_of_the_boot_pcrs_verifies_with_tpm2_checkquote() {
     let tpm = Swtpm::start();
     let (log, events) = synthetic_boot(&[TPM_ALG_SHA256]);
     for (pcr, digest) in &events {
-        let out = tpm.tpm2("tpm2_pcrextend", &[&format!("{pcr}:sha256={}", hex(digest))]);
+        let out = tpm.tpm2(
+            "tpm2_pcrextend",
+            &[&format!("{pcr}:sha256={}", hex(digest))],
+        );
         assert!(out.status.success(), "{out:?}");
     }
-    let store = TpmKeyStore::open(&TpmConfig { tcti: Some(tpm.tcti.clone()), persistent_handle: None }).unwrap();
+    let store = TpmKeyStore::open(&TpmConfig {
+        tcti: Some(tpm.tcti.clone()),
+        persistent_handle: None,
+    })
+    .unwrap();
     let report = report();
     let nonce = [0x5a; 32];
     let digest: [u8; 32] = unhex(&report.digest, 32).unwrap().try_into().unwrap();
@@ -58,10 +76,15 @@ fn a_quote_of_the_boot_pcrs_verifies_with_tpm2_checkquote() {
     let quoted = store.quote(&qualifying).unwrap();
 
     // The AK is the one activation showed the portal.
-    let identity = fleetkey_plugin::KeyStore::hardware_identity(&store).unwrap().unwrap();
+    let identity = fleetkey_plugin::KeyStore::hardware_identity(&store)
+        .unwrap()
+        .unwrap();
     assert_eq!(identity.ak_public, quoted.ak_public);
     // The quote covers PCRs 0-7, which the event log replays to.
-    let replayed = EventLog::parse(&log).unwrap().replay(TPM_ALG_SHA256).unwrap();
+    let replayed = EventLog::parse(&log)
+        .unwrap()
+        .replay(TPM_ALG_SHA256)
+        .unwrap();
     let values: Vec<String> = quoted.quote.pcrs.iter().map(|p| p.value.clone()).collect();
     let expected: Vec<String> = replayed[..8].iter().map(|v| hex(v)).collect();
     assert_eq!(values, expected);
@@ -77,7 +100,11 @@ fn a_quote_of_the_boot_pcrs_verifies_with_tpm2_checkquote() {
         .unwrap();
     std::fs::write(dir.path().join("ak.pem"), pem).unwrap();
     let out = checkquote(dir.path(), &qualifying);
-    assert!(out.status.success(), "tpm2_checkquote: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "tpm2_checkquote: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // ... and refuses other qualifying data, PCR values and signers.
     let out = checkquote(dir.path(), &qualifying_data(&digest, &[0x5b; 32]).unwrap());
@@ -88,9 +115,15 @@ fn a_quote_of_the_boot_pcrs_verifies_with_tpm2_checkquote() {
     assert!(!checkquote(dir.path(), &qualifying).status.success());
     write_checkquote_files(&quoted.quote, dir.path()).unwrap();
     // Another key of the same TPM (a user key) did not sign it.
-    let other = store.create_key("u-other", &fleetkey_plugin::Pin::new("1234")).unwrap();
+    let other = store
+        .create_key("u-other", &fleetkey_plugin::Pin::new("1234"))
+        .unwrap();
     let other = VerifyingKey::from_public_key_der(&other.public_key_der).unwrap();
-    std::fs::write(dir.path().join("ak.pem"), other.to_public_key_pem(LineEnding::LF).unwrap()).unwrap();
+    std::fs::write(
+        dir.path().join("ak.pem"),
+        other.to_public_key_pem(LineEnding::LF).unwrap(),
+    )
+    .unwrap();
     assert!(!checkquote(dir.path(), &qualifying).status.success());
 
     // The same AK every time (made again from its template). The time of

@@ -38,11 +38,15 @@ pub enum IntegrityError {
     ReportInconsistent,
     #[error("the device sent no quote, and the policy requires a TPM-verified report")]
     Unverifiable,
-    #[error("the device registered no attestation key at activation, so its quote cannot be checked")]
+    #[error(
+        "the device registered no attestation key at activation, so its quote cannot be checked"
+    )]
     NoAttestationKey,
     #[error("the quote is invalid: {0}")]
     QuoteInvalid(String),
-    #[error("the quote's signature does not verify with the device's attestation key (a quote from another TPM?)")]
+    #[error(
+        "the quote's signature does not verify with the device's attestation key (a quote from another TPM?)"
+    )]
     WrongSigner,
     #[error("the quote does not bind this report and nonce (qualifying data differs)")]
     WrongQualifyingData,
@@ -154,7 +158,13 @@ pub fn verify(
     }
     let tpm_verified = match &evidence.quote {
         Some(quote) => {
-            check_quote(report, &nonce, quote, &evidence.event_log, expected.ak_public)?;
+            check_quote(
+                report,
+                &nonce,
+                quote,
+                &evidence.event_log,
+                expected.ak_public,
+            )?;
             true
         }
         None if expected.require_quote => return Err(IntegrityError::Unverifiable),
@@ -184,10 +194,13 @@ fn check_quote(
     let invalid = IntegrityError::QuoteInvalid;
     let ak = ak_public.ok_or(IntegrityError::NoAttestationKey)?;
     let ak = Public::parse(ak).map_err(|e| invalid(format!("registered AK: {e}")))?;
-    let ak_key = ak.p256_key().map_err(|e| invalid(format!("registered AK: {e}")))?;
+    let ak_key = ak
+        .p256_key()
+        .map_err(|e| invalid(format!("registered AK: {e}")))?;
     let attest = unhex(&quote.attest, fleetkey_integrity::quote::MAX_ATTEST)
         .ok_or_else(|| invalid("the quote is not hex".into()))?;
-    let signature = unhex(&quote.signature, 256).ok_or_else(|| invalid("the signature is not hex".into()))?;
+    let signature =
+        unhex(&quote.signature, 256).ok_or_else(|| invalid("the signature is not hex".into()))?;
     let signature = tpm::parse_ecdsa_signature(&signature).map_err(|e| invalid(e.to_string()))?;
     let digest = Sha256::digest(&attest);
     // TPMs do not normalize s; ECDSA accepts either.
@@ -205,9 +218,15 @@ fn check_quote(
     if !constant_time_eq(&parsed.extra_data, &expected) {
         return Err(IntegrityError::WrongQualifyingData);
     }
-    let selected = parsed.selection.iter().map(|s| (s.bank, s.pcrs.clone())).collect::<Vec<_>>();
+    let selected = parsed
+        .selection
+        .iter()
+        .map(|s| (s.bank, s.pcrs.clone()))
+        .collect::<Vec<_>>();
     if selected != vec![(TPM_ALG_SHA256, QUOTED_PCRS.to_vec())] {
-        return Err(invalid(format!("it selects {selected:?}, not PCRs 0-7 of SHA-256")));
+        return Err(invalid(format!(
+            "it selects {selected:?}, not PCRs 0-7 of SHA-256"
+        )));
     }
     let numbers: Vec<u32> = quote.pcrs.iter().map(|p| p.pcr).collect();
     let values: Vec<Vec<u8>> = quote
