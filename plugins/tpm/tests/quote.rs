@@ -14,6 +14,7 @@ use fleetkey_integrity::checks::ids;
 use fleetkey_integrity::eventlog::{EventLog, TPM_ALG_SHA256, synthetic_boot};
 use fleetkey_integrity::quote::{QuoteAttest, qualifying_data, write_checkquote_files};
 use fleetkey_integrity::{Attribute, Outcome, Report, hex, unhex};
+use fleetkey_plugin::KeyStore;
 use fleetkey_tpm::{TpmConfig, TpmKeyStore};
 use p256::ecdsa::VerifyingKey;
 use p256::pkcs8::{DecodePublicKey, EncodePublicKey, LineEnding};
@@ -76,9 +77,7 @@ fn a_quote_of_the_boot_pcrs_verifies_with_tpm2_checkquote() {
     let quoted = store.quote(&qualifying).unwrap();
 
     // The AK is the one activation showed the portal.
-    let identity = fleetkey_plugin::KeyStore::hardware_identity(&store)
-        .unwrap()
-        .unwrap();
+    let identity = store.hardware_identity().unwrap().unwrap();
     assert_eq!(identity.ak_public, quoted.ak_public);
     // The quote covers PCRs 0-7, which the event log replays to.
     let replayed = EventLog::parse(&log)
