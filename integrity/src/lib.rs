@@ -201,7 +201,7 @@ pub fn hex(bytes: &[u8]) -> String {
 /// bytes.
 pub fn unhex(text: &str, max: usize) -> Option<Vec<u8>> {
     let text = text.trim();
-    if text.len() % 2 != 0 || text.len() / 2 > max {
+    if !text.len().is_multiple_of(2) || text.len() / 2 > max {
         return None;
     }
     (0..text.len())

@@ -116,17 +116,14 @@ pub fn bpf(root: &Root) -> Attribute {
 /// The mount of `/` from mountinfo (the last one: later mounts hide
 /// earlier ones): (options, source).
 fn root_mount(mountinfo: &str) -> Option<(String, String)> {
-    mountinfo
-        .lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let mount_point = fields.get(4)?;
-            let options = fields.get(5)?;
-            let dash = fields.iter().position(|f| *f == "-")?;
-            let source = fields.get(dash + 2)?;
-            (*mount_point == "/").then(|| (options.to_string(), source.to_string()))
-        })
-        .last()
+    mountinfo.lines().rev().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let mount_point = fields.get(4)?;
+        let options = fields.get(5)?;
+        let dash = fields.iter().position(|f| *f == "-")?;
+        let source = fields.get(dash + 2)?;
+        (*mount_point == "/").then(|| (options.to_string(), source.to_string()))
+    })
 }
 
 /// Whether block device `source` is a dm-verity device.
