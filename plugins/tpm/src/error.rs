@@ -45,6 +45,8 @@ pub enum TpmError {
     Attest(#[source] tss_esapi::Error),
     #[error("certifying the key with the attestation key failed: {0}")]
     Certify(#[source] tss_esapi::Error),
+    #[error("quoting the PCRs with the attestation key failed: {0}")]
+    Quote(#[source] tss_esapi::Error),
     #[error(
         "the TPM could not answer the portal's credential challenge (TPM2_ActivateCredential): {0}; the challenge was not made for this TPM's endorsement and attestation keys"
     )]
@@ -93,6 +95,7 @@ impl TpmError {
             | TpmError::ChangeAuth(e)
             | TpmError::Attest(e)
             | TpmError::Certify(e)
+            | TpmError::Quote(e)
             | TpmError::ActivateCredential(e)
             | TpmError::Structure(e) => Some(e),
             _ => None,

@@ -42,6 +42,7 @@ pub mod attest;
 pub mod connection;
 pub mod error;
 pub mod keys;
+pub mod quote;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};

@@ -17,6 +17,8 @@
 //! - [`tpm`]: TPM 2.0 structures, TPM2_MakeCredential and the checks of
 //!   docs/tpm-attestation.md; [`der`]: the X.509 subset certificate chains
 //!   need; [`attestation`]: PIV attestation.
+//! - [`integrity`]: the check of a device's integrity report and quote
+//!   (docs/integrity.md).
 
 pub mod attestation;
 pub mod cli;
@@ -24,6 +26,7 @@ pub mod code_key;
 pub mod der;
 pub mod error;
 pub mod files;
+pub mod integrity;
 pub mod qr;
 pub mod rate_limit;
 pub mod server;
