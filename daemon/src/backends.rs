@@ -53,11 +53,14 @@ pub struct Registration {
     built: Option<Built>,
 }
 
+/// Opens a built-in key store from its parsed section.
+type OpenFn = fn(&Settings, &OpenContext) -> Result<Arc<dyn KeyStore>, KeyStoreError>;
+
 #[derive(Clone, Copy)]
 struct Built {
     defaults: fn() -> Settings,
     parse: fn(toml::Table) -> Result<Settings, SectionError>,
-    open: fn(&Settings, &OpenContext) -> Result<Arc<dyn KeyStore>, KeyStoreError>,
+    open: OpenFn,
 }
 
 /// Why a `[backends.NAME]` section cannot be used: the key inside it
@@ -508,8 +511,10 @@ mod tests {
             enabled: true,
             settings: None,
         });
-        let mut config = Config::default();
-        config.backends = sections;
+        let config = Config {
+            backends: sections,
+            ..Config::default()
+        };
         let dir = tempfile::tempdir().unwrap();
         let backends = Backends::open(&config, dir.path());
         let failure = backends.get("hsm").err().unwrap();

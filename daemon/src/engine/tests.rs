@@ -64,14 +64,17 @@ struct Fixture {
 
 fn engine_for(portal_url: &str) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config {
-        portal_url: Some(portal_url.to_string()),
-        ..Config::default()
-    };
-    config.backends.soft.argon2_memory_kib = 64;
-    config.backends.soft.argon2_iterations = 1;
-    config.backends.tpm.enabled = false;
-    config.backends.pcsc.enabled = false;
+    let config_file = dir.path().join("fleetkeyd.toml");
+    std::fs::write(
+        &config_file,
+        format!(
+            "portal_url = \"{portal_url}\"\n\
+             [backends.soft]\nargon2_memory_kib = 64\nargon2_iterations = 1\n\
+             [backends.tpm]\nenabled = false\n[backends.pcsc]\nenabled = false\n"
+        ),
+    )
+    .unwrap();
+    let config = Config::load(&config_file, true).unwrap();
     let state = Arc::new(StateStore::open(&dir.path().join("state.db")).unwrap());
     let backends = Backends::open(&config, dir.path());
     let engine = Engine::new(&config, state, backends, PortalConnector::new(None));

@@ -7,7 +7,6 @@ use std::process::Command;
 
 use tempfile::TempDir;
 
-
 /// Fast Argon2 settings so the suite does not spend its time hashing PINs;
 /// one test runs with the defaults.
 pub const FAST_SOFT_KEYS: &str =

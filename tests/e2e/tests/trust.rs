@@ -357,6 +357,7 @@ fn start_daemon(dir: &Path, socket: &Path) -> Result<(Child, PathBuf), String> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("fleetkeyd neither came up nor exited");
 }
 

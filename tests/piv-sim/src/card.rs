@@ -106,7 +106,7 @@ impl ManufacturerCa {
         let cert =
             crate::x509::certificate(CA_NAME, &public, CA_NAME, &key, &random::<8>()?, true)?;
         let ca = ManufacturerCa {
-            key: hex::encode(&key.to_bytes()),
+            key: hex::encode(key.to_bytes()),
             cert: hex::encode(&cert),
         };
         let text = serde_json::to_vec_pretty(&ca).map_err(|e| e.to_string())?;
@@ -240,7 +240,7 @@ impl Card {
                 };
                 let state = State {
                     serial,
-                    guid: hex::encode(&random::<16>()?),
+                    guid: hex::encode(random::<16>()?),
                     pin: FACTORY_PIN.into(),
                     puk: FACTORY_PUK.into(),
                     pin_retries: 3,
@@ -250,7 +250,7 @@ impl Card {
                     pin_is_default: true,
                     puk_is_default: true,
                     mgmt_alg: ALG_3DES,
-                    mgmt_key: hex::encode(&FACTORY_MGMT_KEY),
+                    mgmt_key: hex::encode(FACTORY_MGMT_KEY),
                     keys: BTreeMap::new(),
                     objects: BTreeMap::new(),
                     attestation_key: None,
@@ -334,7 +334,7 @@ impl Card {
         self.state
             .objects
             .insert(ATTESTATION_OBJECT.into(), hex::encode(&object));
-        self.state.attestation_key = Some(hex::encode(&key.to_bytes()));
+        self.state.attestation_key = Some(hex::encode(key.to_bytes()));
         Ok(())
     }
 
@@ -796,7 +796,7 @@ impl Card {
         let point = key.verifying_key().to_sec1_point(false);
         self.state
             .keys
-            .insert(format!("{:02x}", c.p2), hex::encode(&key.to_bytes()));
+            .insert(format!("{:02x}", c.p2), hex::encode(key.to_bytes()));
         // A new key makes the slot's old certificate meaningless.
         if let Some(object) = cert_object(c.p2) {
             self.state.objects.remove(&format!("{object:06x}"));
