@@ -313,8 +313,9 @@ pub fn progress_text(event: &Event) -> Option<String> {
         // The QR code's user hint is not shown: anyone can write it; the
         // final answer names the user the portal bound to the code.
         Event::CodeFound(found) => format!(
-            "QR code found ({} frames); the portal will say whom it enrolls.",
-            found.frames_scanned
+            "QR code found (after {} {}); the portal will say whom it enrolls.",
+            found.frames_scanned,
+            if found.frames_scanned == 1 { "frame" } else { "frames" }
         ),
         Event::Enrolling(_) => "Enrolling: registering the key with the portal...".to_string(),
         Event::Done(_) => return None,
