@@ -41,7 +41,9 @@ impl TrustedUids {
         let extra = std::env::var(TRUSTED_UIDS_ENV).unwrap_or_default();
         // SAFETY: getuid and geteuid have no preconditions.
         let own = unsafe { [libc::getuid(), libc::geteuid()] };
-        Self::parse(&own, &extra)
+        let mut trusted = Self::parse(&own, &extra)?;
+        trusted.uids.extend(system_daemon_uid());
+        Ok(trusted)
     }
 
     fn parse(own: &[u32], extra: &str) -> Result<Self, Failure> {
@@ -68,6 +70,32 @@ impl TrustedUids {
     pub fn trusts(&self, uid: u32) -> bool {
         self.uids.contains(&uid)
     }
+}
+
+/// The packaged daemon's own system user (`packaging/sysusers.d`), whose
+/// uid serves `/run/fleetkey/fleetkeyd.sock` when fleetkeyd runs as the
+/// systemd service. Only root can create that account, so trusting it
+/// trusts what root installed.
+pub const SYSTEM_DAEMON_USER: &str = "_fleetkey";
+
+/// The uid of [`SYSTEM_DAEMON_USER`], when the account exists.
+fn system_daemon_uid() -> Option<u32> {
+    let name = std::ffi::CString::new(SYSTEM_DAEMON_USER).ok()?;
+    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buffer = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call and the buffer's length
+    // is passed with it; `result` is null or points at `entry`.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            name.as_ptr(),
+            &mut entry,
+            buffer.as_mut_ptr(),
+            buffer.len(),
+            &mut result,
+        )
+    };
+    (rc == 0 && !result.is_null()).then_some(entry.pw_uid)
 }
 
 /// Raised inside the connector when the server's uid is not trusted.

@@ -15,8 +15,9 @@ use crate::output;
 Removes a user from this device: deletes their key from its key store and \
 their record, and tells the portal to revoke the key. When the portal cannot \
 be told, the user is removed all the same (the command succeeds), a warning \
-is printed on stderr and revoked_at_portal is false in the JSON: revoke the \
-key in the portal by hand. Admins only.")]
+is printed on stderr and revoked_at_portal is false in the JSON: have the \
+portal's administrator revoke it (with the reference portal: fleetkey-portal \
+user revoke NAME --device DEVICE_ID). Admins only.")]
 pub struct UserRemove {
     /// The user's name, as user list shows it
     #[arg(value_name = "NAME")]
@@ -87,7 +88,9 @@ pub fn portal_warning(name: &str, response: &RemoveUserResponse) -> Option<Strin
         format!(" ({})", escape(&response.portal_message))
     };
     Some(format!(
-        "the portal could not be told{why}; revoke {}'s key in the portal by hand",
+        "the portal could not be told{why}; have the portal's administrator revoke {}'s key \
+         (with the reference portal: fleetkey-portal user revoke {} --device DEVICE_ID)",
+        escape(name),
         escape(name)
     ))
 }
@@ -135,7 +138,7 @@ mod tests {
         );
         assert_eq!(
             portal_warning("alice", &response).unwrap(),
-            "the portal could not be told (connection refused); revoke alice's key in the portal by hand"
+            "the portal could not be told (connection refused); have the portal's administrator revoke alice's key (with the reference portal: fleetkey-portal user revoke alice --device DEVICE_ID)"
         );
     }
 }
