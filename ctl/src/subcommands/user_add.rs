@@ -315,7 +315,11 @@ pub fn progress_text(event: &Event) -> Option<String> {
         Event::CodeFound(found) => format!(
             "QR code found (after {} {}); the portal will say whom it enrolls.",
             found.frames_scanned,
-            if found.frames_scanned == 1 { "frame" } else { "frames" }
+            if found.frames_scanned == 1 {
+                "frame"
+            } else {
+                "frames"
+            }
         ),
         Event::Enrolling(_) => "Enrolling: registering the key with the portal...".to_string(),
         Event::Done(_) => return None,

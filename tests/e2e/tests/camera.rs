@@ -71,7 +71,8 @@ fn user_add_from_the_portal_qr_png() {
     // The URI's user hint is not shown (anyone can write it); the portal's
     // answer names the user.
     assert!(
-        out.stderr.contains("QR code found (after 1 frame); the portal will say whom it enrolls"),
+        out.stderr
+            .contains("QR code found (after 1 frame); the portal will say whom it enrolls"),
         "{}",
         out.stderr
     );
