@@ -301,6 +301,7 @@ async fn recovery_resends_the_recorded_request_and_keeps_the_user() {
         .issue_code(CodeKind::User, Some("alice"), 600, time::now_unix())
         .unwrap()
         .code
+        .compact()
         .to_string();
     let (_, request) = pending_enrollment(engine, &code, "alice").await;
     let first = engine
@@ -349,6 +350,7 @@ async fn recovery_keeps_pending_users_while_the_portal_is_down() {
         .issue_code(CodeKind::User, Some("carol"), 600, time::now_unix())
         .unwrap()
         .code
+        .compact()
         .to_string();
     let (record, _) = pending_enrollment(engine, &code, "carol").await;
     drop(portal);
