@@ -65,11 +65,22 @@ fn load_config(args: &Args) -> Result<Config, String> {
 
 fn run(args: Args) -> Result<(), String> {
     let config = load_config(&args)?;
-    tracing_subscriber::fmt()
+    // Under systemd the journal records the time itself, and nothing
+    // that is not a terminal gets colour codes.
+    let to_journal = fleetkeyd::systemd::stderr_is_journal();
+    let logs = tracing_subscriber::fmt()
         .with_max_level(config.log_level.tracing_level())
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false);
+    if to_journal {
+        logs.without_time().init();
+    } else {
+        logs.init();
+    }
+    // The socket systemd's fleetkeyd.socket hands over, if it did; taken
+    // before the runtime starts any thread (it edits the environment).
+    let activated = fleetkeyd::systemd::take_listener()?;
 
     let state_dir = config
         .state_dir
@@ -119,15 +130,34 @@ fn run(args: Args) -> Result<(), String> {
             .map_err(|f| format!("startup recovery failed: {}", f.message))?;
         let retrying = engine.clone();
         tokio::spawn(async move { retrying.retry_pending().await });
-        let listener = server::bind_socket(&socket).map_err(|e| e.to_string())?;
+        let (listener, owned_socket) = match activated {
+            Some(listener) => (
+                tokio::net::UnixListener::from_std(listener)
+                    .map_err(|e| format!("cannot use the socket systemd handed over: {e}"))?,
+                None,
+            ),
+            None => (
+                server::bind_socket(&socket).map_err(|e| e.to_string())?,
+                Some(socket.as_path()),
+            ),
+        };
         let service = Service::new(engine, AdminPolicy::new(config.admin_group.as_deref()));
         tracing::info!(
             socket = %socket.display(),
+            socket_activated = owned_socket.is_none(),
             state_dir = %state_dir.display(),
             version = env!("CARGO_PKG_VERSION"),
             "fleetkeyd ready"
         );
-        server::serve(service, listener, &socket, shutdown_signal())
+        fleetkeyd::systemd::notify_or_log(&format!(
+            "READY=1\nSTATUS=Serving on {}",
+            socket.display()
+        ));
+        let shutdown = async {
+            shutdown_signal().await;
+            fleetkeyd::systemd::notify_or_log("STOPPING=1");
+        };
+        server::serve(service, listener, owned_socket, shutdown)
             .await
             .map_err(|e| e.to_string())?;
         tracing::info!("fleetkeyd stopped");

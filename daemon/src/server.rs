@@ -371,11 +371,13 @@ fn accepted(listener: UnixListener) -> impl tokio_stream::Stream<Item = io::Resu
     })
 }
 
-/// Serves until `shutdown` completes, then removes the socket.
+/// Serves until `shutdown` completes, then removes the socket the daemon
+/// bound itself (`socket_path`; None for a socket systemd handed over,
+/// which systemd removes).
 pub async fn serve(
     service: Service,
     listener: UnixListener,
-    socket_path: &Path,
+    socket_path: Option<&Path>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let result = tonic::transport::Server::builder()
@@ -383,7 +385,9 @@ pub async fn serve(
         .add_service(FleetkeyServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))
         .serve_with_incoming_shutdown(accepted(listener), shutdown)
         .await;
-    if let Err(e) = std::fs::remove_file(socket_path) {
+    if let Some(socket_path) = socket_path
+        && let Err(e) = std::fs::remove_file(socket_path)
+    {
         tracing::warn!(socket = %socket_path.display(), error = %e, "could not remove the socket");
     }
     Ok(result?)
