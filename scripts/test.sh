@@ -17,11 +17,12 @@ cd "$(dirname "$0")/.."
 # builds the pcsc backend, pcscd with the vsmartcard-vpcd driver hosts the
 # simulated PIV cards, opensc checks them; libclang-dev is for the v4l
 # crate's bindgen (the daemon's v4l feature); zbar-tools is the QR bench's
-# reference decoder.
+# reference decoder; systemd provides systemd-socket-activate, which stands in
+# for the socket unit in the service tests.
 packages=(openssl util-linux ca-certificates pkg-config
     libcurl4-openssl-dev libtss2-dev swtpm swtpm-tools tpm2-tools
     libpcsclite-dev pcscd vsmartcard-vpcd opensc
-    libclang-dev zbar-tools)
+    libclang-dev zbar-tools systemd)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
