@@ -18,4 +18,4 @@ cargo run --quiet -p fleetkey-gen -- "$out" >&2
 gzip -9n "$out"/man/*.[18]
 
 cargo build --release -p fleetkeyd -p fleetkeyctl --features fleetkeyd/tpm,fleetkeyd/pcsc,fleetkeyd/v4l >&2
-cargo deb -p fleetkeyd --no-build --output target/debian/ 2>&1 | tail -n 1
+cargo deb -p fleetkeyd --no-build --strip --output target/debian/ 2>&1 | tail -n 1

@@ -62,10 +62,7 @@ fn generate(out: &Path) -> Result<usize, String> {
 
 /// The page of `command` and, recursively, one per subcommand.
 fn man_pages(command: &Command, name: &str, section: &str, dir: &Path) -> Result<usize, String> {
-    let command = command
-        .clone()
-        .name(name.to_string())
-        .display_name(name.replace('-', " "));
+    let command = command.clone().name(name.to_string());
     let mut buffer = Vec::new();
     clap_mangen::Man::new(command.clone())
         .section(section)
