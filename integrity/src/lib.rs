@@ -194,23 +194,17 @@ fn field(hash: &mut Sha256, s: &str) {
 
 /// Lowercase hex.
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    ::hex::encode(bytes)
 }
 
-/// Bytes from hex (either case); None when malformed or longer than `max`
-/// bytes.
+/// Bytes from hex (either case, surrounding whitespace ignored); None when
+/// malformed or longer than `max` bytes, checked before decoding.
 pub fn unhex(text: &str, max: usize) -> Option<Vec<u8>> {
     let text = text.trim();
-    if !text.len().is_multiple_of(2) || text.len() / 2 > max {
+    if text.len() / 2 > max {
         return None;
     }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| {
-            text.get(i..i + 2)
-                .and_then(|b| u8::from_str_radix(b, 16).ok())
-        })
-        .collect()
+    ::hex::decode(text).ok()
 }
 
 #[cfg(test)]
