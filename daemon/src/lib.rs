@@ -4,6 +4,7 @@
 //! See ARCHITECTURE.md at the repository root for the map.
 
 pub mod args;
+pub mod audit;
 pub mod auth;
 pub mod backends;
 pub mod config;

@@ -99,6 +99,8 @@ fn run(args: Args) -> Result<(), String> {
         .and_then(|()| std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700)))
         .map_err(|e| format!("cannot use state directory {}: {e}", state_dir.display()))?;
     let state = StateStore::open(&state_dir.join("state.db")).map_err(|e| e.to_string())?;
+    let audit = fleetkeyd::audit::AuditLog::open(&state_dir.join(fleetkeyd::audit::FILE_NAME))
+        .map_err(|e| e.to_string())?;
     let portal_ca = match &config.portal_ca_file {
         Some(path) => Some(
             std::fs::read(path)
@@ -123,6 +125,7 @@ fn run(args: Args) -> Result<(), String> {
             Arc::new(state),
             backends,
             PortalConnector::new(portal_ca).allow_plaintext(&config.allow_plaintext_portals),
+            Arc::new(audit),
         ));
         engine
             .recover()

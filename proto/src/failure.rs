@@ -141,6 +141,24 @@ reasons! {
         "Move the code closer or farther, light it evenly without glare, try another camera, or type the code printed under the QR code.";
     QrNotEnrollment = "QR_NOT_ENROLLMENT", 89, InvalidArgument,
         "This QR code is not a fleetkey enrollment code; show the code the portal gives for adding a user.";
+    PinChangeRequired = "PIN_CHANGE_REQUIRED", 33, FailedPrecondition,
+        "This user's PIN was set by an administrator; choose your own first: fleetkeyctl user change-pin NAME.";
+    TpmBudgetSpent = "TPM_BUDGET_SPENT", 82, Unavailable,
+        "Wrong PINs on this device have used up the TPM's shared allowance; users who have made no mistake can still sign. Try again after retry_after_seconds.";
+    ChallengeExpired = "CHALLENGE_EXPIRED", 100, FailedPrecondition,
+        "The login request has expired; start the login again at the portal.";
+    ChallengeUnknown = "CHALLENGE_UNKNOWN", 101, NotFound,
+        "No such login request on this device; fleetkeyctl approvals list shows the pending ones.";
+    ChallengeAnswered = "CHALLENGE_ANSWERED", 102, FailedPrecondition,
+        "This login request was already approved or denied; each is answered once.";
+    NumberWrong = "NUMBER_WRONG", 103, PermissionDenied,
+        "The number did not match the one on the login screen; the login was denied. Start the login again if it was yours.";
+    PortalNotConnected = "PORTAL_NOT_CONNECTED", 104, Unavailable,
+        "The device is not connected to the portal right now, so the answer cannot be delivered; fleetkeyctl status shows the connection, try again when it is connected.";
+    AuditTampered = "AUDIT_TAMPERED", 105, DataLoss,
+        "The audit log has been edited, cut or reordered at the line named; keep a copy for investigation.";
+    IntegrityRefused = "INTEGRITY_REFUSED", 110, FailedPrecondition,
+        "This device fails integrity checks the configuration requires; fix each one as its hint says (fleetkeyctl integrity), then try again.";
 }
 
 impl fmt::Display for Reason {

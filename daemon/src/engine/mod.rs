@@ -30,6 +30,7 @@ use p256::pkcs8::{DecodePublicKey, EncodePublicKey, LineEnding};
 pub use keystore::{Requester, Store, WorkQueue};
 pub use recovery::Recovery;
 
+use crate::audit::{AuditEvent, AuditLog};
 use crate::backends::Backends;
 use crate::config::{Config, PinConfig};
 use crate::portal_client::PortalConnector;
@@ -50,6 +51,8 @@ pub struct Engine {
     state: Arc<StateStore>,
     backends: Backends,
     portal: PortalConnector,
+    /// The hash-chained record of security events (audit.rs).
+    audit: Arc<AuditLog>,
     /// Bounds the key-store work that runs at once, and each caller's
     /// share of it.
     queue: Arc<WorkQueue>,
@@ -67,6 +70,7 @@ impl Engine {
         state: Arc<StateStore>,
         backends: Backends,
         portal: PortalConnector,
+        audit: Arc<AuditLog>,
     ) -> Self {
         Self {
             pin_policy: config.pin,
@@ -76,10 +80,20 @@ impl Engine {
             state,
             backends,
             portal,
+            audit,
             queue: WorkQueue::sized_to_machine(),
             enroll_lock: tokio::sync::Mutex::new(()),
             user_locks: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Records a security event in the audit log, for `requester`.
+    fn audit(&self, requester: Requester, event: AuditEvent) {
+        let uid = match requester {
+            Requester::Uid(uid) => Some(uid),
+            Requester::Daemon => None,
+        };
+        self.audit.record(uid, event);
     }
 
     pub async fn status(&self) -> Result<daemon::Status, Failure> {

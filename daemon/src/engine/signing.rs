@@ -7,6 +7,7 @@ use fleetkey_proto::{Failure, Reason, daemon};
 
 use super::failure::{key_store_failure, wrong_pin_failure};
 use super::{Engine, Requester, public_key_pem};
+use crate::audit::AuditEvent;
 use crate::pin_policy;
 use crate::state::UserRecord;
 
@@ -33,6 +34,12 @@ impl Engine {
         let store = self.store(&user.backend)?.for_requester(who);
         let outcome = store.sign_digest(user.key_ref.clone(), pin, digest).await?;
         let signature = self.count_pin_outcome(&user, outcome).await?;
+        self.audit(
+            who,
+            AuditEvent::Signed {
+                user: user.name.clone(),
+            },
+        );
         Ok(daemon::SignResponse {
             signature_der: signature,
             public_key_pem: public_key_pem(&user.public_key_der)?,

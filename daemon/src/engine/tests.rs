@@ -77,7 +77,8 @@ fn engine_for(portal_url: &str) -> Fixture {
     let config = Config::load(&config_file, true).unwrap();
     let state = Arc::new(StateStore::open(&dir.path().join("state.db")).unwrap());
     let backends = Backends::open(&config, dir.path());
-    let engine = Engine::new(&config, state, backends, PortalConnector::new(None));
+    let audit = Arc::new(AuditLog::open(&dir.path().join(crate::audit::FILE_NAME)).unwrap());
+    let engine = Engine::new(&config, state, backends, PortalConnector::new(None), audit);
     Fixture { engine, _dir: dir }
 }
 
