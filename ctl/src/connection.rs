@@ -186,7 +186,7 @@ fn untrusted_failure(socket: &Path, server_uid: u32) -> Failure {
 }
 
 /// The login name of `uid`, through NSS.
-fn user_name(uid: u32) -> Option<String> {
+pub fn user_name(uid: u32) -> Option<String> {
     let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
     let mut buffer = vec![0 as libc::c_char; 16 * 1024];
     let mut result: *mut libc::passwd = std::ptr::null_mut();

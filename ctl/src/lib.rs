@@ -26,6 +26,9 @@ pub fn run(cli: Cli) -> u8 {
     if let subcommands::Subcommand::Qr(command) = &cli.command {
         return command.run(json);
     }
+    if let subcommands::Subcommand::Doctor(command) = &cli.command {
+        return command.run(&cli.socket, json);
+    }
     match execute(cli) {
         Ok(()) => 0,
         Err(failure) => {

@@ -12,7 +12,7 @@ use clap::Parser;
 /// to it. Run as root it uses /run/fleetkey, /var/lib/fleetkey and
 /// /etc/fleetkey/fleetkeyd.toml; as another user, per-user XDG directories,
 /// so it runs without installing anything.
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(version)]
 pub struct Args {
     /// Configuration file (TOML; see fleetkeyd.example.toml). Default:

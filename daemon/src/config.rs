@@ -9,6 +9,21 @@ use serde::Deserialize;
 
 use crate::backends::KeyStoreSections;
 
+/// Most drop-in files read from one directory.
+const MAX_DROP_INS: usize = 256;
+
+/// Merges `over` into `base`: tables key by key, other values replaced.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(into)), toml::Value::Table(from)) => merge(into, from),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
 /// Why the configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -52,7 +67,13 @@ pub struct Config {
     /// `[backends.NAME]`: each key store's section, parsed by its factory
     /// (`backends.rs`).
     pub backends: KeyStoreSections,
+    /// The merged files as read, to tell what a reload changed.
+    #[serde(skip)]
+    pub source: toml::Table,
 }
+
+/// The top-level settings SIGHUP applies without a restart.
+pub const RELOADABLE: [&str; 2] = ["log_level", "pin"];
 
 impl Default for Config {
     fn default() -> Self {
@@ -68,6 +89,7 @@ impl Default for Config {
             log_level: LogLevel::default(),
             pin: PinConfig::default(),
             backends: KeyStoreSections::default(),
+            source: toml::Table::new(),
         }
     }
 }
@@ -147,13 +169,15 @@ impl std::str::FromStr for LogLevel {
 }
 
 impl Config {
-    /// Reads `path`; a missing file is an error only when `required`.
+    /// Reads `path`, then its drop-ins (`<path>.d/*.toml`, in lexical
+    /// order of their names), each typed and checked like the main file;
+    /// a missing main file is an error only when `required`. A drop-in
+    /// replaces the keys it names: tables (`[pin]`, `[backends.NAME]`)
+    /// are merged key by key, any other value (lists included) replaced.
     pub fn load(path: &Path, required: bool) -> Result<Self, ConfigError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
-                return Ok(Self::default());
-            }
+        let mut merged = match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse_file(path, &text)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => toml::Table::new(),
             Err(source) => {
                 return Err(ConfigError::Read {
                     path: path.to_path_buf(),
@@ -161,12 +185,92 @@ impl Config {
                 });
             }
         };
-        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        for drop_in in Self::drop_ins(path)? {
+            let text = std::fs::read_to_string(&drop_in).map_err(|source| ConfigError::Read {
+                path: drop_in.clone(),
+                source,
+            })?;
+            merge(&mut merged, Self::parse_file(&drop_in, &text)?);
+        }
+        let source = merged.clone();
+        let config: Config = merged.try_into().map_err(|e: toml::de::Error| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: e.to_string().trim_end().replace('\n', " "),
+            message: format!(
+                "{} (with its drop-ins merged)",
+                e.to_string().trim_end().replace('\n', " ")
+            ),
         })?;
         config.validate()?;
+        let mut config = config;
+        config.source = source;
         Ok(config)
+    }
+
+    /// The drop-in directory of a config file: `<path>.d`.
+    pub fn drop_in_dir(path: &Path) -> PathBuf {
+        let mut dir = path.as_os_str().to_owned();
+        dir.push(".d");
+        PathBuf::from(dir)
+    }
+
+    /// The `*.toml` files of the drop-in directory, sorted by name; none
+    /// when it does not exist. Other files (editor backups, `.dpkg-old`)
+    /// are skipped.
+    fn drop_ins(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+        let dir = Self::drop_in_dir(path);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(ConfigError::Read { path: dir, source }),
+        };
+        let mut files = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|source| ConfigError::Read {
+                path: dir.clone(),
+                source,
+            })?;
+            let file = entry.path();
+            if file.extension().is_some_and(|e| e == "toml") && !entry.file_name().to_string_lossy().starts_with('.') {
+                files.push(file);
+            }
+        }
+        if files.len() > MAX_DROP_INS {
+            return Err(ConfigError::Invalid {
+                setting: "drop-in directory",
+                message: format!(
+                    "{} holds {} files; at most {MAX_DROP_INS} are read",
+                    dir.display(),
+                    files.len()
+                ),
+            });
+        }
+        files.sort();
+        Ok(files)
+    }
+
+    /// One file as a table, after checking that it is a valid (partial)
+    /// config on its own, so that an error names the file it is in.
+    fn parse_file(path: &Path, text: &str) -> Result<toml::Table, ConfigError> {
+        let parse_error = |e: toml::de::Error| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        };
+        toml::from_str::<Config>(text).map_err(parse_error)?;
+        toml::from_str::<toml::Table>(text).map_err(parse_error)
+    }
+
+    /// The top-level settings whose text differs between `self`
+    /// (running) and `new` as their files say, and that take effect only
+    /// at a restart: all but `log_level` and `[pin]`.
+    pub fn restart_needed(&self, new: &Config) -> Vec<String> {
+        let mut keys: Vec<&String> = self.source.keys().chain(new.source.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        keys.into_iter()
+            .filter(|key| !RELOADABLE.contains(&key.as_str()))
+            .filter(|key| self.source.get(*key) != new.source.get(*key))
+            .cloned()
+            .collect()
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -354,6 +458,58 @@ mod tests {
         }
         let err = parse("[pin\n").unwrap_err().to_string();
         assert!(err.contains("not valid"), "{err}");
+    }
+
+    #[test]
+    fn drop_ins_merge_in_lexical_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fleetkeyd.toml");
+        std::fs::write(
+            &path,
+            "log_level = 'warn'\nadmin_group = 'wheel'\n[pin]\nmin_length = 4\nmax_length = 8\n",
+        )
+        .unwrap();
+        let drop_ins = Config::drop_in_dir(&path);
+        assert!(drop_ins.ends_with("fleetkeyd.toml.d"));
+        std::fs::create_dir(&drop_ins).unwrap();
+        std::fs::write(drop_ins.join("20-pin.toml"), "[pin]\nmin_length = 6\n").unwrap();
+        std::fs::write(drop_ins.join("10-log.toml"), "log_level = 'debug'\n[pin]\nmin_length = 5\n").unwrap();
+        std::fs::write(drop_ins.join("30-ignored.toml~"), "garbage = [").unwrap();
+        let config = Config::load(&path, true).unwrap();
+        assert_eq!(config.log_level, LogLevel::Debug);
+        // 20-pin.toml comes after 10-log.toml and wins; [pin] merged key by key.
+        assert_eq!(config.pin.min_length, 6);
+        assert_eq!(config.pin.max_length, 8);
+        assert_eq!(config.admin_group.as_deref(), Some("wheel"));
+
+        // A drop-in is typed like the main file and the error names it.
+        std::fs::write(drop_ins.join("40-bad.toml"), "log_level = 'loud'\n").unwrap();
+        let err = Config::load(&path, true).unwrap_err().to_string();
+        assert!(err.contains("40-bad.toml"), "{err}");
+        assert!(err.contains("log_level"), "{err}");
+        std::fs::write(drop_ins.join("40-bad.toml"), "sokcet = '/x'\n").unwrap();
+        let err = Config::load(&path, true).unwrap_err().to_string();
+        assert!(err.contains("40-bad.toml") && err.contains("sokcet"), "{err}");
+        // Checks across keys run on the merged result.
+        std::fs::write(drop_ins.join("40-bad.toml"), "[pin]\nmax_length = 5\n").unwrap();
+        let err = Config::load(&path, true).unwrap_err().to_string();
+        assert!(err.contains("pin.min_length"), "{err}");
+        std::fs::remove_file(drop_ins.join("40-bad.toml")).unwrap();
+
+        // Drop-ins apply even when the optional main file is missing.
+        std::fs::remove_file(&path).unwrap();
+        let config = Config::load(&path, false).unwrap();
+        assert_eq!(config.pin.min_length, 6);
+        assert_eq!(config.log_level, LogLevel::Debug);
+    }
+
+    #[test]
+    fn only_log_level_and_pin_reload_without_restart() {
+        let old = parse("log_level = 'info'").unwrap();
+        let new = parse("log_level = 'debug'\n[pin]\nmin_length = 5").unwrap();
+        assert!(old.restart_needed(&new).is_empty());
+        let new = parse("admin_group = 'wheel'\n[backends.soft]\nenabled = false").unwrap();
+        assert_eq!(old.restart_needed(&new), ["admin_group", "backends"]);
     }
 
     #[test]

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 use fleetkeyd::args::Args;
 use fleetkeyd::auth::AdminPolicy;
 use fleetkeyd::backends::Backends;
@@ -63,20 +65,80 @@ fn load_config(args: &Args) -> Result<Config, String> {
     Ok(config)
 }
 
+/// The handle SIGHUP changes the log level through.
+type LevelHandle = tracing_subscriber::reload::Handle<
+    tracing_subscriber::filter::LevelFilter,
+    tracing_subscriber::Registry,
+>;
+
+/// On each SIGHUP, reads the configuration again (file, drop-ins, then the
+/// same flags) and applies what can change while running: `log_level` and
+/// `[pin]`. Other changed settings are named in the log as waiting for a
+/// restart. A configuration that does not load is logged and ignored: the
+/// running one stays.
+async fn reload_on_hangup(
+    args: Args,
+    started: Config,
+    engine: Arc<Engine>,
+    log_level: LevelHandle,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler; configuration reload is off");
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        tracing::info!("SIGHUP received, reloading the configuration");
+        let new = match load_config(&args) {
+            Ok(new) => new,
+            Err(e) => {
+                tracing::warn!(error = %e, "configuration reload failed; keeping the running configuration");
+                fleetkeyd::systemd::notify_or_log("STATUS=Configuration reload failed; see the log");
+                continue;
+            }
+        };
+        let level = tracing_subscriber::filter::LevelFilter::from_level(new.log_level.tracing_level());
+        if let Err(e) = log_level.modify(|filter| *filter = level) {
+            tracing::warn!(error = %e, "could not change the log level");
+        }
+        engine.set_pin_policy(new.pin);
+        let waiting = started.restart_needed(&new);
+        if !waiting.is_empty() {
+            tracing::warn!(
+                settings = %waiting.join(", "),
+                "changed settings take effect only when fleetkeyd restarts"
+            );
+        }
+        tracing::info!(
+            log_level = ?new.log_level,
+            pin_min_length = new.pin.min_length,
+            pin_max_length = new.pin.max_length,
+            pin_max_attempts = new.pin.max_attempts,
+            pin_digits_only = new.pin.digits_only,
+            "configuration reloaded"
+        );
+        fleetkeyd::systemd::notify_or_log("STATUS=Configuration reloaded");
+    }
+}
+
 fn run(args: Args) -> Result<(), String> {
     let config = load_config(&args)?;
     // Under systemd the journal records the time itself, and nothing
     // that is not a terminal gets colour codes.
+    // The level sits in a reload layer so that SIGHUP can change it.
     let to_journal = fleetkeyd::systemd::stderr_is_journal();
-    let logs = tracing_subscriber::fmt()
-        .with_max_level(config.log_level.tracing_level())
+    let (level, log_level) = tracing_subscriber::reload::Layer::new(
+        tracing_subscriber::filter::LevelFilter::from_level(config.log_level.tracing_level()),
+    );
+    let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
+    let registry = tracing_subscriber::registry().with(level);
     if to_journal {
-        logs.without_time().init();
+        registry.with(logs.without_time()).init();
     } else {
-        logs.init();
+        registry.with(logs).init();
     }
     // The socket systemd's fleetkeyd.socket hands over, if it did; taken
     // before the runtime starts any thread (it edits the environment).
@@ -133,6 +195,12 @@ fn run(args: Args) -> Result<(), String> {
             .map_err(|f| format!("startup recovery failed: {}", f.message))?;
         let retrying = engine.clone();
         tokio::spawn(async move { retrying.retry_pending().await });
+        tokio::spawn(reload_on_hangup(
+            args,
+            config.clone(),
+            engine.clone(),
+            log_level,
+        ));
         let (listener, owned_socket) = match activated {
             Some(listener) => (
                 tokio::net::UnixListener::from_std(listener)

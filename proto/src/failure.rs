@@ -159,6 +159,9 @@ reasons! {
         "The audit log has been edited, cut or reordered at the line named; keep a copy for investigation.";
     IntegrityRefused = "INTEGRITY_REFUSED", 110, FailedPrecondition,
         "This device fails integrity checks the configuration requires; fix each one as its hint says (fleetkeyctl integrity), then try again.";
+    // --- system service ---
+    DoctorProblems = "DOCTOR_PROBLEMS", 65, FailedPrecondition,
+        "fleetkeyctl doctor found something broken; fix each failed check as its hint says and run it again.";
 }
 
 impl fmt::Display for Reason {

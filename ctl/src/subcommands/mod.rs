@@ -4,6 +4,7 @@
 pub mod activate;
 pub mod camera;
 pub mod card;
+pub mod doctor;
 pub mod qr;
 pub mod sign;
 pub mod status;
@@ -58,6 +59,7 @@ pub enum Subcommand {
     /// Decode QR codes in images, offline
     #[command(subcommand)]
     Qr(qr::QrCommand),
+    Doctor(doctor::Doctor),
 }
 
 impl Subcommand {
@@ -72,6 +74,8 @@ impl Subcommand {
             Subcommand::Camera(cmd) => cmd.run(ctx).await,
             // Offline; lib.rs runs it before any runtime is made.
             Subcommand::Qr(_) => Ok(()),
+            // Prints its own report; lib.rs runs it.
+            Subcommand::Doctor(_) => Ok(()),
         }
     }
 
@@ -85,6 +89,7 @@ impl Subcommand {
             Subcommand::Card(_) => "card",
             Subcommand::Camera(_) => "camera",
             Subcommand::Qr(_) => "qr",
+            Subcommand::Doctor(_) => "doctor",
         }
     }
 

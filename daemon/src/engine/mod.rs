@@ -44,7 +44,8 @@ impl From<StateError> for Failure {
 }
 
 pub struct Engine {
-    pin_policy: PinConfig,
+    /// The `[pin]` policy; SIGHUP replaces it (`set_pin_policy`).
+    pin_policy: std::sync::RwLock<PinConfig>,
     default_portal: Option<String>,
     default_backend: String,
     device_name: String,
@@ -73,7 +74,7 @@ impl Engine {
         audit: Arc<AuditLog>,
     ) -> Self {
         Self {
-            pin_policy: config.pin,
+            pin_policy: std::sync::RwLock::new(config.pin),
             default_portal: config.portal_url.clone(),
             default_backend: config.default_backend.clone(),
             device_name: config.device_name.clone().unwrap_or_else(host_name),
@@ -96,10 +97,27 @@ impl Engine {
         self.audit.record(uid, event);
     }
 
+    /// The `[pin]` policy in force now.
+    pub fn pin_policy(&self) -> PinConfig {
+        match self.pin_policy.read() {
+            Ok(policy) => *policy,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+
+    /// Replaces the `[pin]` policy (SIGHUP): new PINs follow it, and wrong
+    /// PINs are counted against its `max_attempts` from now on.
+    pub fn set_pin_policy(&self, policy: PinConfig) {
+        match self.pin_policy.write() {
+            Ok(mut current) => *current = policy,
+            Err(poisoned) => *poisoned.into_inner() = policy,
+        }
+    }
+
     pub async fn status(&self) -> Result<daemon::Status, Failure> {
         let device = self.state.device()?;
         let user_count = self.state.active_user_count()?;
-        let mut backends = self.backends.describe(self.pin_policy.max_attempts);
+        let mut backends = self.backends.describe(self.pin_policy().max_attempts);
         for store in self.stores() {
             let facts = store.details().await?;
             if let Some(backend) = backends.iter_mut().find(|b| b.name == store.name()) {
@@ -122,9 +140,9 @@ impl Engine {
             user_count,
             default_backend: self.default_backend.clone(),
             pin_policy: Some(daemon::PinPolicy {
-                min_length: self.pin_policy.min_length,
-                max_length: self.pin_policy.max_length,
-                max_attempts: self.pin_policy.max_attempts,
+                min_length: self.pin_policy().min_length,
+                max_length: self.pin_policy().max_length,
+                max_attempts: self.pin_policy().max_attempts,
             }),
             activated_at: device.as_ref().map_or(0, |d| d.activated_at),
             device_attestation: device
@@ -180,8 +198,8 @@ impl Engine {
     /// Wrong PINs in a row after which a user of this backend is locked.
     fn max_attempts_for(&self, backend: &str) -> u32 {
         match self.store(backend) {
-            Ok(store) => store.max_attempts(self.pin_policy.max_attempts),
-            Err(_) => self.pin_policy.max_attempts,
+            Ok(store) => store.max_attempts(self.pin_policy().max_attempts),
+            Err(_) => self.pin_policy().max_attempts,
         }
     }
 

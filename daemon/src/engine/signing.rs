@@ -58,7 +58,7 @@ impl Engine {
         self.refuse_if_locked(&user)?;
         let store = self.store(&user.backend)?.for_requester(who);
         pin_policy::check(
-            &self.pin_policy,
+            &self.pin_policy(),
             store.name(),
             &store.info().pin_rules,
             &new_pin,
@@ -89,7 +89,7 @@ impl Engine {
         let name = user.name.as_str();
         let store = self.store(&user.backend)?.for_requester(who);
         pin_policy::check(
-            &self.pin_policy,
+            &self.pin_policy(),
             store.name(),
             &store.info().pin_rules,
             &new_pin,

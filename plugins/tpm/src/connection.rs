@@ -41,6 +41,17 @@ pub fn tcti_candidates(configured: Option<&str>, env: Option<&str>) -> Vec<Strin
     }
 }
 
+/// The device node a `device:` TCTI names, when it does not exist: the
+/// TSS library would only say "response code not recognized".
+pub fn missing_device(tcti: &str) -> Option<String> {
+    let path = tcti.strip_prefix("device:")?;
+    let path = if path.is_empty() { "/dev/tpm0" } else { path };
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(path.to_string()),
+        _ => None,
+    }
+}
+
 /// The TPM's identity, for `status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TpmIdentity {
@@ -110,6 +121,10 @@ impl Tpm {
                 tcti: tcti.clone(),
                 source,
             })?;
+            if let Some(missing) = missing_device(tcti) {
+                last = format!("{tcti}: no such device ({missing} does not exist)");
+                continue;
+            }
             let mut context = match Context::new(conf) {
                 Ok(context) => context,
                 Err(e) => {
@@ -388,6 +403,22 @@ mod tests {
         assert_eq!(tcti_candidates(None, Some("mssim:")), ["mssim:"]);
         assert_eq!(tcti_candidates(Some(" "), None), DEFAULT_DEVICES);
         assert_eq!(tcti_candidates(None, None), DEFAULT_DEVICES);
+    }
+
+    #[test]
+    fn a_missing_device_node_is_named() {
+        assert_eq!(
+            missing_device("device:/dev/fleetkey-no-such-tpm").as_deref(),
+            Some("/dev/fleetkey-no-such-tpm")
+        );
+        assert_eq!(missing_device("device:/dev/null"), None);
+        assert_eq!(missing_device("swtpm:port=2321"), None);
+        let Err(e) = Tpm::open(&["device:/dev/fleetkey-no-such-tpm".into()], None) else {
+            panic!("opened a TPM that does not exist");
+        };
+        let message = e.to_string();
+        assert!(message.contains("no such device"), "{message}");
+        assert!(!message.contains("not recognized"), "{message}");
     }
 
     #[test]
