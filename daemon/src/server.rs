@@ -251,6 +251,8 @@ pub enum ServeError {
     Socket { path: PathBuf, source: io::Error },
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("cannot set up gRPC server reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
 }
 
 /// Binds the Unix socket: makes its directory, checks that no one but
@@ -380,9 +382,25 @@ pub async fn serve(
     socket_path: Option<&Path>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    // gRPC health (grpc.health.v1) and server reflection (v1 and v1alpha,
+    // which grpcurl and older tools ask for), so that generic clients can
+    // check, list and call the API (docs/clients.md).
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<FleetkeyServer<Service>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(fleetkey_proto::DAEMON_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(fleetkey_proto::DAEMON_DESCRIPTOR_SET)
+        .build_v1alpha()?;
     let result = tonic::transport::Server::builder()
         .layer(limits::RequestLimitLayer)
         .add_service(FleetkeyServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(accepted(listener), shutdown)
         .await;
     if let Some(socket_path) = socket_path

@@ -21,6 +21,11 @@ pub mod daemon {
     tonic::include_proto!("fleetkey.v1");
 }
 
+/// The encoded `FileDescriptorSet` of the daemon API (`fleetkey/v1/daemon.proto`),
+/// which the daemon serves through gRPC server reflection.
+pub const DAEMON_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/fleetkey_daemon_descriptor.bin"));
+
 /// The portal API, `fleetkey.portal.v1`.
 pub mod portal {
     tonic::include_proto!("fleetkey.portal.v1");
