@@ -17,5 +17,21 @@ rm -rf "$out"
 cargo run --quiet -p fleetkey-gen -- "$out" >&2
 gzip -9n "$out"/man/*.[18]
 
-cargo build --release -p fleetkeyd -p fleetkeyctl --features fleetkeyd/tpm,fleetkeyd/pcsc,fleetkeyd/v4l >&2
-cargo deb -p fleetkeyd --no-build --strip --output target/debian/ 2>&1 | tail -n 1
+# FLEETKEY_DEB_PROFILE=dev packages the debug binaries of
+# `cargo build --workspace --all-features --bins` (the test suite's own
+# build, so nothing is built again): for the package test only. Real
+# packages use the release profile (the default).
+profile=${FLEETKEY_DEB_PROFILE:-release}
+case "$profile" in
+release)
+    cargo build --release -p fleetkeyd -p fleetkeyctl --features fleetkeyd/tpm,fleetkeyd/pcsc,fleetkeyd/v4l >&2
+    ;;
+dev)
+    cargo build --workspace --all-features --bins >&2
+    ;;
+*)
+    echo "FLEETKEY_DEB_PROFILE must be release or dev, not $profile" >&2
+    exit 2
+    ;;
+esac
+cargo deb -p fleetkeyd --no-build --profile "$profile" --strip --output target/debian/ 2>&1 | tail -n 1

@@ -18,11 +18,15 @@ cd "$(dirname "$0")/.."
 # simulated PIV cards, opensc checks them; libclang-dev is for the v4l
 # crate's bindgen (the daemon's v4l feature); zbar-tools is the QR bench's
 # reference decoder; systemd provides systemd-socket-activate, which stands in
-# for the socket unit in the service tests.
+# for the socket unit in the service tests, and busctl (doctor's D-Bus
+# check); dbus is the private bus of the doctor tests; python3-venv holds
+# the PyPI grpcio client of the interop test; lintian, binutils (strip),
+# dpkg-dev and man-db are for the Debian package test.
 packages=(openssl util-linux ca-certificates pkg-config
     libcurl4-openssl-dev libtss2-dev swtpm swtpm-tools tpm2-tools
     libpcsclite-dev pcscd vsmartcard-vpcd opensc
-    libclang-dev zbar-tools systemd)
+    libclang-dev zbar-tools systemd dbus python3-venv
+    lintian binutils dpkg-dev man-db)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -43,6 +47,22 @@ if [ "$(id -u)" = 0 ]; then
     export FLEETKEY_REQUIRE_ROOT_TESTS=1
 fi
 
+# The interop test's client is the grpcio users get: from PyPI, in a venv
+# under target/ (made once; pip is a no-op when it is there already).
+venv=target/grpc-venv
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import grpc, grpc_tools' 2>/dev/null; then
+    echo "== installing grpcio and grpcio-tools from PyPI into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check 'grpcio>=1.85' grpcio-tools
+fi
+export FLEETKEY_PYTHON="$PWD/$venv/bin/python" FLEETKEY_REQUIRE_PYTHON=1
+
+# The package test builds the .deb with cargo-deb.
+if [ "$(id -u)" = 0 ] && ! command -v cargo-deb >/dev/null; then
+    echo "== installing cargo-deb"
+    cargo install --locked cargo-deb
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
@@ -56,6 +76,25 @@ set +e
 cargo test --workspace --all-features --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
+# The Debian package, built from the debug binaries the tests just used
+# (FLEETKEY_DEB_PROFILE=dev: no second build; real packages use the
+# release profile), installed and run (tests/packaging/deb-test.sh). It
+# needs root (dpkg -i); its result counts in the totals below.
+if [ "$(id -u)" = 0 ]; then
+    echo "== Debian package test"
+    set +e
+    start=$(date +%s)
+    FLEETKEY_DEB_PROFILE=dev tests/packaging/deb-test.sh 2>&1 | tee -a "$log"
+    deb_status=${PIPESTATUS[0]}
+    set -e
+    echo "deb-test took $(($(date +%s) - start)) s"
+    if [ "$deb_status" != 0 ]; then
+        echo "test result: FAILED. 0 passed; 1 failed (tests/packaging/deb-test.sh)" >>"$log"
+        status=1
+    fi
+else
+    echo "== Debian package test skipped: it needs root (dpkg -i)"
+fi
 # One closing line for the whole suite (cargo prints one per test binary).
-awk '/^test result:/ { passed += $4; failed += $6 } END { printf "\ntests: %d passed, %d failed\n", passed, failed }' "$log"
+awk '/^test result:/ { passed += $4; failed += $6 } /^deb-test: [0-9]+ passed/ { passed += $2 } END { printf "\ntests: %d passed, %d failed\n", passed, failed }' "$log"
 exit "$status"
