@@ -206,7 +206,7 @@ fn python_grpcio_default_authority_is_what_docs_clients_md_says() {
     let doc = std::fs::read_to_string(workspace().join("docs/clients.md")).unwrap();
     if ok {
         assert!(
-            doc.contains("works without the setting"),
+            doc.contains("Python grpcio works without the setting"),
             "grpcio's default authority now works; update docs/clients.md: {seen}"
         );
     } else {
