@@ -193,13 +193,16 @@ impl Config {
             merge(&mut merged, Self::parse_file(&drop_in, &text)?);
         }
         let source = merged.clone();
-        let config: Config = merged.try_into().map_err(|e: toml::de::Error| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: format!(
-                "{} (with its drop-ins merged)",
-                e.to_string().trim_end().replace('\n', " ")
-            ),
-        })?;
+        let config: Config =
+            merged
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "{} (with its drop-ins merged)",
+                        e.to_string().trim_end().replace('\n', " ")
+                    ),
+                })?;
         config.validate()?;
         let mut config = config;
         config.source = source;
@@ -230,7 +233,9 @@ impl Config {
                 source,
             })?;
             let file = entry.path();
-            if file.extension().is_some_and(|e| e == "toml") && !entry.file_name().to_string_lossy().starts_with('.') {
+            if file.extension().is_some_and(|e| e == "toml")
+                && !entry.file_name().to_string_lossy().starts_with('.')
+            {
                 files.push(file);
             }
         }
@@ -473,7 +478,11 @@ mod tests {
         assert!(drop_ins.ends_with("fleetkeyd.toml.d"));
         std::fs::create_dir(&drop_ins).unwrap();
         std::fs::write(drop_ins.join("20-pin.toml"), "[pin]\nmin_length = 6\n").unwrap();
-        std::fs::write(drop_ins.join("10-log.toml"), "log_level = 'debug'\n[pin]\nmin_length = 5\n").unwrap();
+        std::fs::write(
+            drop_ins.join("10-log.toml"),
+            "log_level = 'debug'\n[pin]\nmin_length = 5\n",
+        )
+        .unwrap();
         std::fs::write(drop_ins.join("30-ignored.toml~"), "garbage = [").unwrap();
         let config = Config::load(&path, true).unwrap();
         assert_eq!(config.log_level, LogLevel::Debug);
@@ -489,7 +498,10 @@ mod tests {
         assert!(err.contains("log_level"), "{err}");
         std::fs::write(drop_ins.join("40-bad.toml"), "sokcet = '/x'\n").unwrap();
         let err = Config::load(&path, true).unwrap_err().to_string();
-        assert!(err.contains("40-bad.toml") && err.contains("sokcet"), "{err}");
+        assert!(
+            err.contains("40-bad.toml") && err.contains("sokcet"),
+            "{err}"
+        );
         // Checks across keys run on the merged result.
         std::fs::write(drop_ins.join("40-bad.toml"), "[pin]\nmax_length = 5\n").unwrap();
         let err = Config::load(&path, true).unwrap_err().to_string();

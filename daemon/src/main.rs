@@ -5,8 +5,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 use fleetkeyd::args::Args;
 use fleetkeyd::auth::AdminPolicy;
 use fleetkeyd::backends::Backends;
@@ -15,6 +13,8 @@ use fleetkeyd::engine::Engine;
 use fleetkeyd::portal_client::PortalConnector;
 use fleetkeyd::server::{self, Service};
 use fleetkeyd::state::StateStore;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 fn main() -> ExitCode {
     quiet_tss_log();
@@ -93,11 +93,14 @@ async fn reload_on_hangup(
             Ok(new) => new,
             Err(e) => {
                 tracing::warn!(error = %e, "configuration reload failed; keeping the running configuration");
-                fleetkeyd::systemd::notify_or_log("STATUS=Configuration reload failed; see the log");
+                fleetkeyd::systemd::notify_or_log(
+                    "STATUS=Configuration reload failed; see the log",
+                );
                 continue;
             }
         };
-        let level = tracing_subscriber::filter::LevelFilter::from_level(new.log_level.tracing_level());
+        let level =
+            tracing_subscriber::filter::LevelFilter::from_level(new.log_level.tracing_level());
         if let Err(e) = log_level.modify(|filter| *filter = level) {
             tracing::warn!(error = %e, "could not change the log level");
         }

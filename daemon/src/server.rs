@@ -386,9 +386,7 @@ pub async fn serve(
     // which grpcurl and older tools ask for), so that generic clients can
     // check, list and call the API (docs/clients.md).
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<FleetkeyServer<Service>>()
-        .await;
+    health.set_serving::<FleetkeyServer<Service>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(fleetkey_proto::DAEMON_DESCRIPTOR_SET)
         .build_v1()?;

@@ -137,7 +137,7 @@ impl Doctor {
         let failed = checks.iter().filter(|c| c.status == Health::Fail).count();
         let report = Report {
             ok: failed == 0,
-            reason: (failed > 0).then(|| Reason::DoctorProblems.as_str()),
+            reason: (failed > 0).then_some(Reason::DoctorProblems.as_str()),
             checks,
         };
         let printed = if json {
@@ -357,7 +357,11 @@ async fn check_pcsc(view: Option<&mut DaemonView>) -> Check {
         return Check::new(name, Health::Skip, "the daemon did not answer");
     };
     let Some(pcsc) = view.status.backends.iter().find(|b| b.name == "pcsc") else {
-        return Check::new(name, Health::Skip, "this fleetkeyd has no smartcard key store");
+        return Check::new(
+            name,
+            Health::Skip,
+            "this fleetkeyd has no smartcard key store",
+        );
     };
     if !pcsc.available {
         if not_in_use(pcsc) {
@@ -401,8 +405,12 @@ async fn check_pcsc(view: Option<&mut DaemonView>) -> Check {
         }
     };
     let mut check = if cards.is_empty() {
-        Check::new(name, Health::Warn, "pcscd answers, but no reader is connected")
-            .hint("Connect a smartcard reader (or token) to enroll users on cards.")
+        Check::new(
+            name,
+            Health::Warn,
+            "pcscd answers, but no reader is connected",
+        )
+        .hint("Connect a smartcard reader (or token) to enroll users on cards.")
     } else {
         let present = cards.iter().filter(|c| c.card_present).count();
         Check::new(
@@ -635,7 +643,9 @@ async fn check_portal(url: Option<&str>, ca: Option<&Path>) -> Check {
         .and_then(|v| httpdate::parse_http_date(v).ok());
     let Some(portal_time) = portal_time else {
         check.status = Health::Warn;
-        check.summary.push_str("; its clock is unknown (no Date header)");
+        check
+            .summary
+            .push_str("; its clock is unknown (no Date header)");
         return check;
     };
     let now = SystemTime::now();
@@ -709,12 +719,7 @@ fn check_dbus() -> Check {
     let answer = String::from_utf8_lossy(&output.stdout).trim().to_string();
     if !output.status.success() {
         let error = String::from_utf8_lossy(&output.stderr).trim().to_string();
-        return Check::new(
-            name,
-            Health::Warn,
-            format!("no system bus to ask: {error}"),
-        )
-        .hint(
+        return Check::new(name, Health::Warn, format!("no system bus to ask: {error}")).hint(
             "Without a system bus, kiosk UIs cannot use fleetkey's D-Bus interface; the gRPC \
              socket works regardless.",
         );

@@ -26,7 +26,12 @@ impl Engine {
         };
         self.require_device()?;
         let store = self.store(backend_name)?;
-        pin_policy::check(&self.pin_policy(), backend_name, &store.info().pin_rules, pin)
+        pin_policy::check(
+            &self.pin_policy(),
+            backend_name,
+            &store.info().pin_rules,
+            pin,
+        )
     }
 
     /// Enrolls the user an add-user code is bound to: key in the backend,

@@ -8,8 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fleetkey_e2e::{
-    Daemon, FAST_SOFT_KEYS, Pcscd, Portal, Swtpm, bin, open_tempdir, pcsc_tests_can_run,
-    pcscd_lock,
+    Daemon, FAST_SOFT_KEYS, Pcscd, Portal, Swtpm, bin, open_tempdir, pcsc_tests_can_run, pcscd_lock,
 };
 use fleetkey_proto::Reason;
 use serde_json::Value;
@@ -189,7 +188,10 @@ fn pcscd_missing_then_running_with_readers() {
     let report = doctor(&daemon, &[]);
     let check = report.check("pcsc");
     assert_eq!(check["status"], "ok", "{check}");
-    assert!(check["summary"].as_str().unwrap().contains("2 readers"), "{check}");
+    assert!(
+        check["summary"].as_str().unwrap().contains("2 readers"),
+        "{check}"
+    );
     assert!(
         check["details"]["reader 0"]
             .as_str()
@@ -212,7 +214,10 @@ fn cameras_absent_is_a_warning_with_the_alternatives() {
     let report = doctor(&daemon, &[]);
     let check = report.check("cameras");
     assert_eq!(check["status"], "warn", "{check}");
-    assert!(check["hint"].as_str().unwrap().contains("--qr-image"), "{check}");
+    assert!(
+        check["hint"].as_str().unwrap().contains("--qr-image"),
+        "{check}"
+    );
     assert!(check["details"]["daemon"].is_string(), "{check}");
 }
 
@@ -241,15 +246,38 @@ impl Drop for TlsPortal {
 fn tls_portal(dir: &Path) -> TlsPortal {
     openssl(
         &[
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=fleetkey test CA",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=fleetkey test CA",
         ],
         dir,
     );
     openssl(
         &[
-            "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
-            "portal.key", "-out", "portal.csr", "-subj", "/CN=127.0.0.1",
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "portal.key",
+            "-out",
+            "portal.csr",
+            "-subj",
+            "/CN=127.0.0.1",
         ],
         dir,
     );
@@ -260,8 +288,21 @@ fn tls_portal(dir: &Path) -> TlsPortal {
     .unwrap();
     openssl(
         &[
-            "x509", "-req", "-in", "portal.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "portal.pem", "-days", "2", "-extfile", "ext",
+            "x509",
+            "-req",
+            "-in",
+            "portal.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "portal.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext",
         ],
         dir,
     );
@@ -299,24 +340,47 @@ fn portal_unreachable_untrusted_then_valid_with_clock_skew() {
     let report = doctor(&daemon, &["--portal-url", "http://127.0.0.1:1"]);
     let check = report.check("portal");
     assert_eq!(check["status"], "fail", "{check}");
-    assert!(check["summary"].as_str().unwrap().contains("cannot be reached"), "{check}");
+    assert!(
+        check["summary"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be reached"),
+        "{check}"
+    );
 
     let dir = open_tempdir();
     let portal = tls_portal(dir.path());
     let report = doctor(&daemon, &["--portal-url", &portal.url]);
     let check = report.check("portal");
     assert_eq!(check["status"], "fail", "{check}");
-    assert!(check["summary"].as_str().unwrap().contains("certificate"), "{check}");
-    assert!(check["hint"].as_str().unwrap().contains("portal_ca_file"), "{check}");
+    assert!(
+        check["summary"].as_str().unwrap().contains("certificate"),
+        "{check}"
+    );
+    assert!(
+        check["hint"].as_str().unwrap().contains("portal_ca_file"),
+        "{check}"
+    );
 
     let ca = dir.path().join("ca.pem");
     let report = doctor(
         &daemon,
-        &["--portal-url", &portal.url, "--portal-ca", ca.to_str().unwrap()],
+        &[
+            "--portal-url",
+            &portal.url,
+            "--portal-ca",
+            ca.to_str().unwrap(),
+        ],
     );
     let check = report.check("portal");
     assert_eq!(check["status"], "ok", "{check}");
-    assert!(check["summary"].as_str().unwrap().contains("TLS certificate valid"), "{check}");
+    assert!(
+        check["summary"]
+            .as_str()
+            .unwrap()
+            .contains("TLS certificate valid"),
+        "{check}"
+    );
     let skew: i64 = check["details"]["clock_skew_seconds"]
         .as_str()
         .unwrap()
@@ -451,18 +515,30 @@ fn own_name(bus: &Bus, name: &str) -> UnixStream {
         .unwrap();
     let mut answer = [0u8; 256];
     let n = stream.read(&mut answer).unwrap();
-    assert!(answer[..n].starts_with(b"OK "), "{:?}", String::from_utf8_lossy(&answer[..n]));
+    assert!(
+        answer[..n].starts_with(b"OK "),
+        "{:?}",
+        String::from_utf8_lossy(&answer[..n])
+    );
     stream.write_all(b"BEGIN\r\n").unwrap();
     stream.write_all(&bus_call(1, "Hello", None)).unwrap();
-    stream.write_all(&bus_call(2, "RequestName", Some(name))).unwrap();
+    stream
+        .write_all(&bus_call(2, "RequestName", Some(name)))
+        .unwrap();
     stream
 }
 
 fn name_owned(bus: &Bus, name: &str) -> bool {
     let out = Command::new("busctl")
         .args([
-            "--system", "call", "org.freedesktop.DBus", "/org/freedesktop/DBus",
-            "org.freedesktop.DBus", "NameHasOwner", "s", name,
+            "--system",
+            "call",
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus",
+            "NameHasOwner",
+            "s",
+            name,
         ])
         .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
         .output()
@@ -482,12 +558,21 @@ fn dbus_no_bus_then_name_unowned_then_owned() {
     let report = doctor_at(&daemon.socket, &bus.address, &[]);
     let check = report.check("dbus");
     assert_eq!(check["status"], "fail", "{check}");
-    assert!(check["hint"].as_str().unwrap().contains("journalctl -u fleetkeyd"), "{check}");
+    assert!(
+        check["hint"]
+            .as_str()
+            .unwrap()
+            .contains("journalctl -u fleetkeyd"),
+        "{check}"
+    );
 
     let _owner = own_name(&bus, "org.fleetkey.Daemon1");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !name_owned(&bus, "org.fleetkey.Daemon1") {
-        assert!(Instant::now() < deadline, "the stand-in never owned the name");
+        assert!(
+            Instant::now() < deadline,
+            "the stand-in never owned the name"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let report = doctor_at(&daemon.socket, &bus.address, &[]);

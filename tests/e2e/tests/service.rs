@@ -59,7 +59,11 @@ fn sighup_reloads_pin_policy_and_log_level_and_keeps_the_old_on_error() {
     let portal = Portal::start();
     daemon.activate(&portal);
     let after = daemon.log_text().matches("DEBUG").count();
-    assert!(after > before, "no debug lines after the reload: {}", daemon.log_text());
+    assert!(
+        after > before,
+        "no debug lines after the reload: {}",
+        daemon.log_text()
+    );
 
     // A bad drop-in: the reload is refused with the file named, and the
     // running policy stays.
@@ -72,7 +76,11 @@ fn sighup_reloads_pin_policy_and_log_level_and_keeps_the_old_on_error() {
     std::fs::write(drop_ins.join("60-bad.toml"), "pin_typo = 1\n").unwrap();
     hangup(&daemon);
     wait_log(&daemon, "configuration reload failed", 2);
-    assert!(daemon.log_text().contains("60-bad.toml"), "{}", daemon.log_text());
+    assert!(
+        daemon.log_text().contains("60-bad.toml"),
+        "{}",
+        daemon.log_text()
+    );
     std::fs::remove_file(drop_ins.join("60-bad.toml")).unwrap();
 
     // A setting that needs a restart is named, and not applied.
@@ -80,7 +88,10 @@ fn sighup_reloads_pin_policy_and_log_level_and_keeps_the_old_on_error() {
     hangup(&daemon);
     wait_log(&daemon, "configuration reloaded", 2);
     let log = daemon.log_text();
-    assert!(log.contains("take effect only when fleetkeyd restarts"), "{log}");
+    assert!(
+        log.contains("take effect only when fleetkeyd restarts"),
+        "{log}"
+    );
     assert!(log.contains("admin_group"), "{log}");
     // Still serving after all of it.
     daemon.ctl(&["--json", "status"]).assert_ok();
@@ -133,7 +144,12 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn python_client(python: &Path, daemon: &Daemon, code: &str, authority: &str) -> (bool, Value, String) {
+fn python_client(
+    python: &Path,
+    daemon: &Daemon,
+    code: &str,
+    authority: &str,
+) -> (bool, Value, String) {
     let out_dir = open_tempdir();
     let out = Command::new(python)
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/grpcio_client.py"))
@@ -171,7 +187,10 @@ fn python_grpcio_client_calls_status_add_user_sign_health_and_reflection() {
     assert_eq!(info["reason"], "PIN_WRONG", "{seen}");
     assert_eq!(info["domain"], "fleetkey.dev", "{seen}");
     assert_eq!(info["metadata"]["tries_left"], "4", "{seen}");
-    assert_eq!(seen["wrong_pin"]["code"], "StatusCode.UNAUTHENTICATED", "{seen}");
+    assert_eq!(
+        seen["wrong_pin"]["code"], "StatusCode.UNAUTHENTICATED",
+        "{seen}"
+    );
     // HealthCheckResponse{status: SERVING}.
     assert_eq!(seen["health"], "0801", "{seen}");
     assert_eq!(seen["reflection_lists_fleetkey"], true, "{seen}");
@@ -215,6 +234,9 @@ fn python_grpcio_default_authority_is_what_docs_clients_md_says() {
             doc.contains("RST_STREAM") && doc.contains("grpc.default_authority"),
             "docs/clients.md must explain the failure: {error} {stderr}"
         );
-        assert!(error.contains("UNAVAILABLE") || error.contains("INTERNAL"), "{seen} {stderr}");
+        assert!(
+            error.contains("UNAVAILABLE") || error.contains("INTERNAL"),
+            "{seen} {stderr}"
+        );
     }
 }
