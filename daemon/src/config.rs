@@ -52,6 +52,9 @@ pub struct Config {
     /// `[backends.NAME]`: each key store's section, parsed by its factory
     /// (`backends.rs`).
     pub backends: KeyStoreSections,
+    /// Which D-Bus bus the daemon owns org.fleetkey.Daemon1 on: `auto`,
+    /// `system`, `session` or `off` (docs/dbus.md).
+    pub dbus: BusChoice,
 }
 
 impl Default for Config {
@@ -68,6 +71,7 @@ impl Default for Config {
             log_level: LogLevel::default(),
             pin: PinConfig::default(),
             backends: KeyStoreSections::default(),
+            dbus: BusChoice::default(),
         }
     }
 }
@@ -362,4 +366,20 @@ mod tests {
         assert_eq!(config.pin.max_attempts, 5);
         assert!(Config::load(Path::new("/nonexistent/fleetkeyd.toml"), true).is_err());
     }
+}
+
+/// The bus the D-Bus service (daemon/src/dbus) uses, in the config file
+/// (`dbus = "..."`) and in `--dbus` alike.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BusChoice {
+    /// The system bus when the daemon runs as root or as a system account
+    /// (uid below 1000, like the packaged `_fleetkey`); else the session
+    /// bus (development).
+    #[default]
+    Auto,
+    System,
+    Session,
+    /// No D-Bus service: gRPC only.
+    Off,
 }
