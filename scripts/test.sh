@@ -18,11 +18,13 @@ cd "$(dirname "$0")/.."
 # simulated PIV cards, opensc checks them; libclang-dev is for the v4l
 # crate's bindgen (the daemon's v4l feature); zbar-tools is the QR bench's
 # reference decoder; systemd provides systemd-socket-activate, which stands in
-# for the socket unit in the service tests.
+# for the socket unit in the service tests (and busctl); dbus-daemon hosts
+# the private bus of the D-Bus tests, libglib2.0-bin provides gdbus, polkitd
+# answers their authorization checks.
 packages=(openssl util-linux ca-certificates pkg-config
     libcurl4-openssl-dev libtss2-dev swtpm swtpm-tools tpm2-tools
     libpcsclite-dev pcscd vsmartcard-vpcd opensc
-    libclang-dev zbar-tools systemd)
+    libclang-dev zbar-tools systemd dbus-daemon libglib2.0-bin polkitd)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
