@@ -86,7 +86,7 @@ impl Device {
         let enrolling = self.enrolling.clone();
         tokio::spawn(async move {
             while let Some(item) = receiver.recv().await {
-                let (step, done, details) = enroll_status(item);
+                let (step, done, details) = step_of(item);
                 if let Err(error) = Device::enroll_status(&emitter, step, done, details).await {
                     tracing::warn!(%error, "could not send an EnrollStatus signal");
                 }
@@ -279,6 +279,14 @@ impl Device {
         path: OwnedObjectPath,
     ) -> zbus::Result<()>;
 
+    /// A smartcard came into a reader (pcsc key store).
+    #[zbus(signal)]
+    pub async fn card_inserted(emitter: &SignalEmitter<'_>, reader: &str) -> zbus::Result<()>;
+
+    /// The card left the reader.
+    #[zbus(signal)]
+    pub async fn card_removed(emitter: &SignalEmitter<'_>, reader: &str) -> zbus::Result<()>;
+
     /// A wrong PIN used up a user's last try.
     #[zbus(signal)]
     pub async fn pin_locked(
@@ -302,7 +310,7 @@ fn put<T: Into<Value<'static>>>(dict: &mut Dict, key: &str, value: T) {
 
 /// Text from a QR code or a failure, made fit for a signal: no NUL
 /// (D-Bus strings cannot hold one), at most MAX_SIGNAL_TEXT bytes.
-fn bounded(text: &str) -> String {
+pub(super) fn bounded(text: &str) -> String {
     let mut out: String = text.chars().filter(|c| *c != '\0').collect();
     if out.len() > MAX_SIGNAL_TEXT {
         let mut end = MAX_SIGNAL_TEXT;
@@ -315,7 +323,7 @@ fn bounded(text: &str) -> String {
 }
 
 /// One progress item of the scan as (step, done, details).
-fn enroll_status(item: scan::ProgressItem) -> (&'static str, bool, Dict) {
+fn step_of(item: scan::ProgressItem) -> (&'static str, bool, Dict) {
     let mut details = Dict::new();
     let event = match item {
         Err(status) => {
@@ -376,7 +384,7 @@ mod tests {
     #[test]
     fn a_failure_ends_the_enrollment_with_its_reason() {
         let failure = Failure::new(Reason::CodeExpired, "expired");
-        let (step, done, details) = enroll_status(Err(failure.to_status()));
+        let (step, done, details) = step_of(Err(failure.to_status()));
         assert_eq!((step, done), ("failed", true));
         assert_eq!(
             details.get("Reason").and_then(|v| String::try_from(v.clone()).ok()),

@@ -96,6 +96,7 @@ pub async fn start(choice: BusChoice, engine: Arc<Engine>, admins: AdminPolicy) 
         }
     }
     tokio::spawn(follow(connection.clone(), engine, events));
+    follow_cards(connection.clone());
     tracing::info!(bus = which, name = NAME, "D-Bus service ready");
     Some(connection)
 }
@@ -147,6 +148,41 @@ async fn follow(
             tracing::warn!(%error, ?event, "D-Bus: could not send a signal");
         }
     }
+}
+
+/// Card events the key stores report (fleetkey_plugin::events) become
+/// CardInserted and CardRemoved signals. The key store's thread only
+/// queues them; beyond 64 waiting, events are dropped (and logged).
+fn follow_cards(connection: Connection) {
+    use fleetkey_plugin::events::{self, DeviceEvent};
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<DeviceEvent>(64);
+    let listening = events::listen(move |event| {
+        if sender.try_send(event.clone()).is_err() {
+            tracing::debug!("D-Bus: card events queue full; one dropped");
+        }
+    });
+    if !listening {
+        tracing::warn!("D-Bus: cannot follow card events");
+        return;
+    }
+    tokio::spawn(async move {
+        let Ok(emitter) = SignalEmitter::new(&connection, PATH) else {
+            return;
+        };
+        while let Some(event) = receiver.recv().await {
+            let sent = match &event {
+                DeviceEvent::CardInserted { reader } => {
+                    Device::card_inserted(&emitter, &device::bounded(reader)).await
+                }
+                DeviceEvent::CardRemoved { reader } => {
+                    Device::card_removed(&emitter, &device::bounded(reader)).await
+                }
+            };
+            if let Err(error) = sent {
+                tracing::warn!(%error, "D-Bus: could not send a card signal");
+            }
+        }
+    });
 }
 
 #[cfg(test)]

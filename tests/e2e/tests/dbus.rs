@@ -321,3 +321,44 @@ fn the_daemon_runs_without_a_bus() {
     off.ctl(&["status"]).assert_ok();
     assert!(off.log_text().contains("D-Bus service off"), "{}", off.log_text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn card_inserted_and_removed_signals() {
+    if !fleetkey_e2e::pcsc_tests_can_run() {
+        return;
+    }
+    let _lock = fleetkey_e2e::pcscd_lock();
+    let _pcscd = fleetkey_e2e::Pcscd::start();
+    let bus = PrivateBus::start();
+    let _daemon = bus.daemon("");
+    let listener = connect(&bus).await;
+    listener
+        .call_method(
+            Some("org.freedesktop.DBus"),
+            "/org/freedesktop/DBus",
+            Some("org.freedesktop.DBus"),
+            "AddMatch",
+            &(format!("type='signal',sender='{NAME}',interface='{NAME}'"),),
+        )
+        .await
+        .unwrap();
+    let mut signals = zbus::MessageStream::from(&listener);
+    let reader = fleetkey_e2e::VPCD_READERS[0].0;
+
+    let mut card = tokio::task::spawn_blocking(|| fleetkey_e2e::SimCard::new(0))
+        .await
+        .unwrap();
+    let inserted = next_signal(&mut signals, "CardInserted", Duration::from_secs(15)).await;
+    let (name,): (String,) = inserted.body().deserialize().unwrap();
+    assert_eq!(name, reader);
+    let card = tokio::task::spawn_blocking(move || {
+        card.remove();
+        card
+    })
+    .await
+    .unwrap();
+    let removed = next_signal(&mut signals, "CardRemoved", Duration::from_secs(15)).await;
+    let (name,): (String,) = removed.body().deserialize().unwrap();
+    assert_eq!(name, reader);
+    drop(card);
+}
