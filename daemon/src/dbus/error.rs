@@ -42,11 +42,11 @@ impl From<Failure> for BusFailure {
 
 impl DBusError for BusFailure {
     fn create_reply(&self, call: &Header<'_>) -> zbus::Result<Message> {
-        Message::error(call, self.name.as_ref())?.build(&(self.description.as_str(),))
+        Message::error(call, ErrorName::from(&self.name))?.build(&(self.description.as_str(),))
     }
 
     fn name(&self) -> ErrorName<'_> {
-        self.name.as_ref()
+        ErrorName::from(&self.name)
     }
 
     fn description(&self) -> Option<&str> {

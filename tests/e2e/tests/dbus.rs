@@ -114,7 +114,7 @@ async fn status_and_users_read_over_dbus() {
     let conn = connect(&bus).await;
 
     let status: HashMap<String, OwnedValue> = call(&conn, "GetStatus", &()).await.unwrap();
-    assert_eq!(bool::try_from(status["Activated"].clone()).unwrap(), true);
+    assert!(bool::try_from(status["Activated"].clone()).unwrap());
     assert_eq!(u32::try_from(status["UserCount"].clone()).unwrap(), 1);
     assert!(!String::try_from(status["DeviceId"].clone()).unwrap().is_empty());
 
@@ -349,7 +349,7 @@ async fn card_inserted_and_removed_signals() {
         .await
         .unwrap();
     let inserted = next_signal(&mut signals, "CardInserted", Duration::from_secs(15)).await;
-    let (name,): (String,) = inserted.body().deserialize().unwrap();
+    let name: String = inserted.body().deserialize().unwrap();
     assert_eq!(name, reader);
     let card = tokio::task::spawn_blocking(move || {
         card.remove();
@@ -358,7 +358,7 @@ async fn card_inserted_and_removed_signals() {
     .await
     .unwrap();
     let removed = next_signal(&mut signals, "CardRemoved", Duration::from_secs(15)).await;
-    let (name,): (String,) = removed.body().deserialize().unwrap();
+    let name: String = removed.body().deserialize().unwrap();
     assert_eq!(name, reader);
     drop(card);
 }
