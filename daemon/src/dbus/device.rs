@@ -26,7 +26,6 @@ use crate::scan;
 /// The longest foreign text an EnrollStatus signal carries, in bytes.
 const MAX_SIGNAL_TEXT: usize = 512;
 
-type Reply<T> = Result<T, BusFailure>;
 type Dict = HashMap<String, OwnedValue>;
 
 pub struct Device {
@@ -55,7 +54,7 @@ impl Device {
         pin: String,
         backend: String,
         timeout_seconds: u32,
-    ) -> Reply<()> {
+    ) -> Result<(), BusFailure> {
         let pin = Pin::new(pin);
         self.authorizer
             .require(bus, call, Action::ManageUsers)
@@ -103,7 +102,7 @@ impl Device {
 #[zbus::interface(name = "org.fleetkey.Daemon1")]
 impl Device {
     /// Everything `fleetkeyctl status` shows, as a dictionary.
-    async fn get_status(&self) -> Reply<Dict> {
+    async fn get_status(&self) -> Result<Dict, BusFailure> {
         let status = self.engine.status().await?;
         let mut dict = Dict::new();
         put(&mut dict, "Version", status.version);
@@ -127,7 +126,7 @@ impl Device {
     }
 
     /// The enrolled users: name and object path of each.
-    async fn list_users(&self) -> Reply<Vec<(String, OwnedObjectPath)>> {
+    async fn list_users(&self) -> Result<Vec<(String, OwnedObjectPath)>, BusFailure> {
         let users = self.engine.list_users().await?;
         Ok(users
             .into_iter()
@@ -139,7 +138,7 @@ impl Device {
     }
 
     /// The object path of an enrolled user (USER_UNKNOWN otherwise).
-    async fn get_user(&self, name: String) -> Reply<OwnedObjectPath> {
+    async fn get_user(&self, name: String) -> Result<OwnedObjectPath, BusFailure> {
         let user = self.engine.get_user(&name).await?;
         Ok(user_path(&user.name))
     }
@@ -152,7 +151,7 @@ impl Device {
         code: String,
         #[zbus(connection)] bus: &Connection,
         #[zbus(header)] call: Header<'_>,
-    ) -> Reply<(String, String)> {
+    ) -> Result<(String, String), BusFailure> {
         self.authorizer.require(bus, &call, Action::Activate).await?;
         let activated = self.engine.activate(&code).await?;
         Ok((activated.device_id, activated.portal_url))
@@ -165,7 +164,7 @@ impl Device {
         name: String,
         #[zbus(connection)] bus: &Connection,
         #[zbus(header)] call: Header<'_>,
-    ) -> Reply<bool> {
+    ) -> Result<bool, BusFailure> {
         self.authorizer
             .require(bus, &call, Action::ManageUsers)
             .await?;
@@ -185,7 +184,7 @@ impl Device {
         timeout_seconds: u32,
         #[zbus(connection)] bus: &Connection,
         #[zbus(header)] call: Header<'_>,
-    ) -> Reply<()> {
+    ) -> Result<(), BusFailure> {
         self.start_enrollment(bus, &call, Source::Camera(camera), pin, backend, timeout_seconds)
             .await
     }
@@ -199,7 +198,7 @@ impl Device {
         backend: String,
         #[zbus(connection)] bus: &Connection,
         #[zbus(header)] call: Header<'_>,
-    ) -> Reply<()> {
+    ) -> Result<(), BusFailure> {
         if image.len() > MAX_REQUEST_BYTES {
             return Err(Failure::new(
                 Reason::InvalidArgument,
