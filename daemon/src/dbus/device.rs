@@ -61,6 +61,9 @@ impl Device {
             .await?;
         self.engine.check_add_user(&pin, &backend)?;
         let open = scan::opener(Some(source))?;
+        let emitter = SignalEmitter::new(bus, super::PATH)
+            .map_err(|e| Failure::new(Reason::Internal, e.to_string()))?
+            .into_owned();
         if self.enrolling.swap(true, Ordering::SeqCst) {
             return Err(Failure::new(
                 Reason::Busy,
@@ -79,9 +82,6 @@ impl Device {
             scan::timeout(timeout_seconds),
             sender,
         ));
-        let emitter = SignalEmitter::new(bus, super::PATH)
-            .map_err(|e| Failure::new(Reason::Internal, e.to_string()))?
-            .into_owned();
         let enrolling = self.enrolling.clone();
         tokio::spawn(async move {
             while let Some(item) = receiver.recv().await {
@@ -359,7 +359,7 @@ fn step_of(item: scan::ProgressItem) -> (&'static str, bool, Dict) {
         }
         Some(Event::Enrolling(_)) => ("enrolling", false, details),
         Some(Event::Done(user)) => {
-            put(&mut details, "Path", Value::from(user_path(&user.name)));
+            put(&mut details, "Path", Value::from(user_path(&user.name).into_inner()));
             put(&mut details, "User", user.name);
             ("enrolled", true, details)
         }
