@@ -152,7 +152,9 @@ impl Device {
         #[zbus(connection)] bus: &Connection,
         #[zbus(header)] call: Header<'_>,
     ) -> Result<(String, String), BusFailure> {
-        self.authorizer.require(bus, &call, Action::Activate).await?;
+        self.authorizer
+            .require(bus, &call, Action::Activate)
+            .await?;
         let activated = self.engine.activate(&code).await?;
         Ok((activated.device_id, activated.portal_url))
     }
@@ -185,8 +187,15 @@ impl Device {
         #[zbus(connection)] bus: &Connection,
         #[zbus(header)] call: Header<'_>,
     ) -> Result<(), BusFailure> {
-        self.start_enrollment(bus, &call, Source::Camera(camera), pin, backend, timeout_seconds)
-            .await
+        self.start_enrollment(
+            bus,
+            &call,
+            Source::Camera(camera),
+            pin,
+            backend,
+            timeout_seconds,
+        )
+        .await
     }
 
     /// Starts an enrollment from an image of the QR code (PNG, JPEG or
@@ -359,7 +368,11 @@ fn step_of(item: scan::ProgressItem) -> (&'static str, bool, Dict) {
         }
         Some(Event::Enrolling(_)) => ("enrolling", false, details),
         Some(Event::Done(user)) => {
-            put(&mut details, "Path", Value::from(user_path(&user.name).into_inner()));
+            put(
+                &mut details,
+                "Path",
+                Value::from(user_path(&user.name).into_inner()),
+            );
             put(&mut details, "User", user.name);
             ("enrolled", true, details)
         }
@@ -386,7 +399,9 @@ mod tests {
         let (step, done, details) = step_of(Err(failure.to_status()));
         assert_eq!((step, done), ("failed", true));
         assert_eq!(
-            details.get("Reason").and_then(|v| String::try_from(v.clone()).ok()),
+            details
+                .get("Reason")
+                .and_then(|v| String::try_from(v.clone()).ok()),
             Some("CODE_EXPIRED".to_string())
         );
     }

@@ -81,9 +81,6 @@ mod tests {
             failure.description(),
             Some("no user named 'x'\nCheck the name.")
         );
-        assert_eq!(
-            failure.name().as_str(),
-            "org.fleetkey.Error.USER_UNKNOWN"
-        );
+        assert_eq!(failure.name().as_str(), "org.fleetkey.Error.USER_UNKNOWN");
     }
 }

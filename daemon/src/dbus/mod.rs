@@ -34,7 +34,7 @@ pub use user::{UserObject, user_path};
 
 use crate::auth::AdminPolicy;
 use crate::config::BusChoice;
-use crate::engine::{EngineEvent, Engine};
+use crate::engine::{Engine, EngineEvent};
 
 /// The well-known name the daemon owns.
 pub const NAME: &str = "org.fleetkey.Daemon1";
@@ -56,7 +56,11 @@ pub fn resolve(choice: BusChoice, uid: u32) -> BusChoice {
 /// None (logged) when off or when there is no usable bus: the daemon
 /// runs on without it. Keep the connection for as long as the service
 /// should live.
-pub async fn start(choice: BusChoice, engine: Arc<Engine>, admins: AdminPolicy) -> Option<Connection> {
+pub async fn start(
+    choice: BusChoice,
+    engine: Arc<Engine>,
+    admins: AdminPolicy,
+) -> Option<Connection> {
     let bus = resolve(choice, fleetkey_proto::paths::effective_uid());
     let builder = match bus {
         BusChoice::Off | BusChoice::Auto => {
@@ -66,7 +70,11 @@ pub async fn start(choice: BusChoice, engine: Arc<Engine>, admins: AdminPolicy) 
         BusChoice::System => zbus::connection::Builder::system(),
         BusChoice::Session => zbus::connection::Builder::session(),
     };
-    let which = if bus == BusChoice::System { "system" } else { "session" };
+    let which = if bus == BusChoice::System {
+        "system"
+    } else {
+        "session"
+    };
     let device = Device::new(engine.clone(), Authorizer::new(admins));
     let connection = match builder.and_then(|b| b.serve_at(PATH, device)) {
         Ok(b) => b.name(NAME).map(|b| b.build()),
@@ -123,7 +131,10 @@ async fn follow(
         let event = match events.recv().await {
             Ok(event) => event,
             Err(RecvError::Lagged(missed)) => {
-                tracing::warn!(missed, "D-Bus: fell behind the engine's events; some signals were not sent");
+                tracing::warn!(
+                    missed,
+                    "D-Bus: fell behind the engine's events; some signals were not sent"
+                );
                 continue;
             }
             Err(RecvError::Closed) => return,
@@ -135,7 +146,11 @@ async fn follow(
             }
             EngineEvent::UserRemoved { name } => {
                 let path = user_path(name);
-                if let Err(error) = connection.object_server().remove::<UserObject, _>(&path).await {
+                if let Err(error) = connection
+                    .object_server()
+                    .remove::<UserObject, _>(&path)
+                    .await
+                {
                     tracing::debug!(%error, "D-Bus: no object to remove for the user");
                 }
                 Device::user_removed(&emitter, name, path).await

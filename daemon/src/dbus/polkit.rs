@@ -82,14 +82,9 @@ impl Authorizer {
     ) -> Result<(), Failure> {
         let sender = call
             .sender()
-            .ok_or_else(|| {
-                Failure::new(Reason::PermissionDenied, "the call names no sender")
-            })?
+            .ok_or_else(|| Failure::new(Reason::PermissionDenied, "the call names no sender"))?
             .to_owned();
-        let interactive = call
-            .primary()
-            .flags()
-            .contains(Flags::AllowInteractiveAuth);
+        let interactive = call.primary().flags().contains(Flags::AllowInteractiveAuth);
         match check_authorization(bus, sender.as_str(), action, interactive).await {
             Ok(answer) if answer.is_authorized => {
                 tracing::info!(caller = %sender, action = action.id(), "authorized by polkit");
@@ -118,14 +113,21 @@ impl Authorizer {
                 self.admins
                     .require_admin(&caller, action.verb())
                     .inspect_err(|_| {
-                        tracing::warn!(uid = caller.uid, action = action.id(), "refused: not an admin");
+                        tracing::warn!(
+                            uid = caller.uid,
+                            action = action.id(),
+                            "refused: not an admin"
+                        );
                     })
             }
             Err(error) => {
                 tracing::error!(%error, action = action.id(), "polkit could not decide; refused");
                 Err(Failure::new(
                     Reason::PermissionDenied,
-                    format!("polkit could not decide whether this caller may {}: {error}", action.verb()),
+                    format!(
+                        "polkit could not decide whether this caller may {}: {error}",
+                        action.verb()
+                    ),
                 ))
             }
         }
@@ -143,7 +145,11 @@ async fn check_authorization(
         HashMap::from([("name", Value::from(sender))]),
     );
     let details: HashMap<&str, &str> = HashMap::new();
-    let flags = if interactive { ALLOW_USER_INTERACTION } else { 0 };
+    let flags = if interactive {
+        ALLOW_USER_INTERACTION
+    } else {
+        0
+    };
     let reply = bus
         .call_method(
             Some(POLKIT_NAME),

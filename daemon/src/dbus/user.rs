@@ -7,8 +7,8 @@ use std::sync::Arc;
 use fleetkey_proto::daemon;
 use zbus::zvariant::OwnedObjectPath;
 
-use super::error::property_error;
 use super::PATH;
+use super::error::property_error;
 use crate::engine::Engine;
 
 /// The object path of a user: each byte of the name that is not an ASCII
@@ -26,8 +26,9 @@ pub fn user_path(name: &str) -> OwnedObjectPath {
     if element.is_empty() {
         element.push('_');
     }
-    OwnedObjectPath::try_from(format!("{PATH}/users/{element}"))
-        .unwrap_or_else(|_| OwnedObjectPath::from(zbus::zvariant::ObjectPath::from_static_str_unchecked(PATH)))
+    OwnedObjectPath::try_from(format!("{PATH}/users/{element}")).unwrap_or_else(|_| {
+        OwnedObjectPath::from(zbus::zvariant::ObjectPath::from_static_str_unchecked(PATH))
+    })
 }
 
 pub struct UserObject {
@@ -106,7 +107,10 @@ mod tests {
 
     #[test]
     fn user_paths_are_valid_and_distinct() {
-        assert_eq!(user_path("alice").as_str(), "/org/fleetkey/Daemon1/users/alice");
+        assert_eq!(
+            user_path("alice").as_str(),
+            "/org/fleetkey/Daemon1/users/alice"
+        );
         assert_eq!(
             user_path("a.b-c").as_str(),
             "/org/fleetkey/Daemon1/users/a_2eb_2dc"

@@ -61,7 +61,8 @@ impl Engine {
             }
         }
         tracing::info!(user = %name, revoked_at_portal = revoked.is_ok(), "user removed");
-        self.events.send(super::EngineEvent::UserRemoved { name: name.into() });
+        self.events
+            .send(super::EngineEvent::UserRemoved { name: name.into() });
         Ok(daemon::RemoveUserResponse {
             revoked_at_portal: revoked.is_ok(),
             portal_message: revoked.err().map(|f| f.message).unwrap_or_default(),

@@ -85,7 +85,9 @@ impl PrivateBus {
             bus,
             polkit: None,
         };
-        wait_until(Duration::from_secs(10), "the private bus", || socket.exists());
+        wait_until(Duration::from_secs(10), "the private bus", || {
+            socket.exists()
+        });
         bus
     }
 

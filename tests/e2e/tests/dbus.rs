@@ -116,7 +116,11 @@ async fn status_and_users_read_over_dbus() {
     let status: HashMap<String, OwnedValue> = call(&conn, "GetStatus", &()).await.unwrap();
     assert!(bool::try_from(status["Activated"].clone()).unwrap());
     assert_eq!(u32::try_from(status["UserCount"].clone()).unwrap(), 1);
-    assert!(!String::try_from(status["DeviceId"].clone()).unwrap().is_empty());
+    assert!(
+        !String::try_from(status["DeviceId"].clone())
+            .unwrap()
+            .is_empty()
+    );
 
     let users: Vec<(String, OwnedObjectPath)> = call(&conn, "ListUsers", &()).await.unwrap();
     assert_eq!(users.len(), 1);
@@ -124,15 +128,23 @@ async fn status_and_users_read_over_dbus() {
     let alice = users[0].1.to_string();
     assert_eq!(alice, "/org/fleetkey/Daemon1/users/alice");
     let user_iface = "org.fleetkey.Daemon1.User";
-    let backend: String = property(&conn, &alice, user_iface, "Backend").await.unwrap();
+    let backend: String = property(&conn, &alice, user_iface, "Backend")
+        .await
+        .unwrap();
     assert_eq!(backend, "soft");
-    let hardware: bool = property(&conn, &alice, user_iface, "HardwareBacked").await.unwrap();
+    let hardware: bool = property(&conn, &alice, user_iface, "HardwareBacked")
+        .await
+        .unwrap();
     assert!(!hardware);
     let locked: bool = property(&conn, &alice, user_iface, "Locked").await.unwrap();
     assert!(!locked);
-    let tries: u32 = property(&conn, &alice, user_iface, "TriesLeft").await.unwrap();
+    let tries: u32 = property(&conn, &alice, user_iface, "TriesLeft")
+        .await
+        .unwrap();
     assert_eq!(tries, 5);
-    let unknown = call::<_, OwnedObjectPath>(&conn, "GetUser", &("bob",)).await.unwrap_err();
+    let unknown = call::<_, OwnedObjectPath>(&conn, "GetUser", &("bob",))
+        .await
+        .unwrap_err();
     assert_eq!(error_name(&unknown), "org.fleetkey.Error.USER_UNKNOWN");
 
     // The external check: busctl, as root and as an unprivileged uid
@@ -150,14 +162,24 @@ async fn status_and_users_read_over_dbus() {
             "busctl",
             &[&address, "get-property", NAME, PATH, NAME, "Activated"],
         );
-        assert_eq!(String::from_utf8_lossy(&read.stdout).trim(), "b true", "{}", text(&read));
+        assert_eq!(
+            String::from_utf8_lossy(&read.stdout).trim(),
+            "b true",
+            "{}",
+            text(&read)
+        );
         let count = bus.run_as(
             NOBODY,
             NOBODY,
             "busctl",
             &[&address, "get-property", NAME, PATH, NAME, "UserCount"],
         );
-        assert_eq!(String::from_utf8_lossy(&count.stdout).trim(), "u 1", "{}", text(&count));
+        assert_eq!(
+            String::from_utf8_lossy(&count.stdout).trim(),
+            "u 1",
+            "{}",
+            text(&count)
+        );
     }
 }
 
@@ -175,7 +197,9 @@ async fn enrollment_user_and_pin_signals() {
             "/org/freedesktop/DBus",
             Some("org.freedesktop.DBus"),
             "AddMatch",
-            &(format!("type='signal',sender='{NAME}',path='{PATH}',interface='{NAME}'"),),
+            &(format!(
+                "type='signal',sender='{NAME}',path='{PATH}',interface='{NAME}'"
+            ),),
         )
         .await
         .unwrap();
@@ -204,21 +228,30 @@ async fn enrollment_user_and_pin_signals() {
     assert!(steps.contains(&"enrolling".to_string()), "{steps:?}");
     let added = next_signal(&mut signals, "UserAdded", Duration::from_secs(10)).await;
     let (name, path): (String, OwnedObjectPath) = added.body().deserialize().unwrap();
-    assert_eq!((name.as_str(), path.as_str()), ("alice", "/org/fleetkey/Daemon1/users/alice"));
+    assert_eq!(
+        (name.as_str(), path.as_str()),
+        ("alice", "/org/fleetkey/Daemon1/users/alice")
+    );
     let user_name: String = property(&conn, path.as_str(), "org.fleetkey.Daemon1.User", "Name")
         .await
         .unwrap();
     assert_eq!(user_name, "alice");
 
     // The same code again: the enrollment fails, and says why.
-    let () = call(&conn, "EnrollFromImage", &(image, "1234", "")).await.unwrap();
+    let () = call(&conn, "EnrollFromImage", &(image, "1234", ""))
+        .await
+        .unwrap();
     loop {
         let signal = next_signal(&mut signals, "EnrollStatus", Duration::from_secs(60)).await;
         let (step, done, details): (String, bool, HashMap<String, OwnedValue>) =
             signal.body().deserialize().unwrap();
         if done {
             assert_eq!(step, "failed");
-            assert!(!String::try_from(details["Reason"].clone()).unwrap().is_empty());
+            assert!(
+                !String::try_from(details["Reason"].clone())
+                    .unwrap()
+                    .is_empty()
+            );
             break;
         }
     }
@@ -246,7 +279,11 @@ async fn enrollment_user_and_pin_signals() {
     let gone = property::<String>(&conn, path.as_str(), "org.fleetkey.Daemon1.User", "Name")
         .await
         .unwrap_err();
-    assert!(error_name(&gone).contains("UnknownObject") || error_name(&gone).contains("UnknownInterface"), "{gone:?}");
+    assert!(
+        error_name(&gone).contains("UnknownObject")
+            || error_name(&gone).contains("UnknownInterface"),
+        "{gone:?}"
+    );
 }
 
 /// gdbus as `uid` calling RemoveUser: its output.
@@ -265,16 +302,30 @@ async fn without_polkit_the_admin_rule_decides() {
     let _daemon = bus.daemon("admin_group = \"nogroup\"");
     let refused = remove_as(&bus, NOBODY, 12345, "alice");
     assert!(
-        refused.contains("org.fleetkey.Error.PERMISSION_DENIED") && refused.contains("uid 65534 may not"),
+        refused.contains("org.fleetkey.Error.PERMISSION_DENIED")
+            && refused.contains("uid 65534 may not"),
         "{refused}"
     );
     let allowed = remove_as(&bus, NOBODY, NOBODY, "alice");
-    assert!(allowed.contains("org.fleetkey.Error.USER_UNKNOWN"), "{allowed}");
+    assert!(
+        allowed.contains("org.fleetkey.Error.USER_UNKNOWN"),
+        "{allowed}"
+    );
     let conn = connect(&bus).await;
-    let root = call::<_, bool>(&conn, "RemoveUser", &("alice",)).await.unwrap_err();
+    let root = call::<_, bool>(&conn, "RemoveUser", &("alice",))
+        .await
+        .unwrap_err();
     assert_eq!(error_name(&root), "org.fleetkey.Error.USER_UNKNOWN");
-    let activate = text(&bus.gdbus_call_as(NOBODY, 12345, "org.fleetkey.Daemon1.Activate", &["ABCD-EFGH"]));
-    assert!(activate.contains("org.fleetkey.Error.PERMISSION_DENIED"), "{activate}");
+    let activate = text(&bus.gdbus_call_as(
+        NOBODY,
+        12345,
+        "org.fleetkey.Daemon1.Activate",
+        &["ABCD-EFGH"],
+    ));
+    assert!(
+        activate.contains("org.fleetkey.Error.PERMISSION_DENIED"),
+        "{activate}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,7 +345,9 @@ async fn polkit_decides_when_it_is_on_the_bus() {
     );
     // polkit authorizes root (uid 0 is an administrator to polkit).
     let conn = connect(&bus).await;
-    let root = call::<_, bool>(&conn, "RemoveUser", &("alice",)).await.unwrap_err();
+    let root = call::<_, bool>(&conn, "RemoveUser", &("alice",))
+        .await
+        .unwrap_err();
     assert_eq!(error_name(&root), "org.fleetkey.Error.USER_UNKNOWN");
     let enroll = text(&bus.gdbus_call_as(
         NOBODY,
@@ -302,7 +355,10 @@ async fn polkit_decides_when_it_is_on_the_bus() {
         "org.fleetkey.Daemon1.EnrollFromCamera",
         &["", "1234", "", "5"],
     ));
-    assert!(enroll.contains("org.fleetkey.Error.PERMISSION_DENIED"), "{enroll}");
+    assert!(
+        enroll.contains("org.fleetkey.Error.PERMISSION_DENIED"),
+        "{enroll}"
+    );
 }
 
 #[test]
@@ -310,16 +366,22 @@ fn the_daemon_runs_without_a_bus() {
     let dir = open_tempdir();
     let nowhere = format!("unix:path={}", dir.path().join("no-bus").display());
     let config = format!("dbus = \"system\"\n{}", fleetkey_e2e::FAST_SOFT_KEYS);
-    let daemon = fleetkey_e2e::Daemon::start_with_env(&config, &[("DBUS_SYSTEM_BUS_ADDRESS", &nowhere)]);
+    let daemon =
+        fleetkey_e2e::Daemon::start_with_env(&config, &[("DBUS_SYSTEM_BUS_ADDRESS", &nowhere)]);
     daemon.ctl(&["status"]).assert_ok();
     assert!(
         daemon.log_text().contains("no D-Bus service"),
         "{}",
         daemon.log_text()
     );
-    let off = fleetkey_e2e::Daemon::start(&format!("dbus = \"off\"\n{}", fleetkey_e2e::FAST_SOFT_KEYS));
+    let off =
+        fleetkey_e2e::Daemon::start(&format!("dbus = \"off\"\n{}", fleetkey_e2e::FAST_SOFT_KEYS));
     off.ctl(&["status"]).assert_ok();
-    assert!(off.log_text().contains("D-Bus service off"), "{}", off.log_text());
+    assert!(
+        off.log_text().contains("D-Bus service off"),
+        "{}",
+        off.log_text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
