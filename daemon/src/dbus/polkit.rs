@@ -13,11 +13,10 @@
 use std::collections::HashMap;
 
 use fleetkey_proto::{Failure, Reason};
-use serde::Deserialize;
 use zbus::Connection;
 use zbus::message::{Flags, Header};
 use zbus::names::BusName;
-use zbus::zvariant::{Type, Value};
+use zbus::zvariant::Value;
 
 use crate::auth::{AdminPolicy, Caller};
 
@@ -53,12 +52,10 @@ impl Action {
     }
 }
 
-/// polkit's answer: `(bba{ss})`.
-#[derive(Debug, Deserialize, Type)]
+/// polkit's answer: is_authorized, is_challenge, details: `(bba{ss})`.
 struct AuthorizationResult {
     is_authorized: bool,
     is_challenge: bool,
-    _details: HashMap<String, String>,
 }
 
 /// Decides admin methods; see the module comment.
@@ -159,7 +156,14 @@ async fn check_authorization(
             &(subject, action.id(), details, flags, ""),
         )
         .await?;
-    reply.body().deserialize::<AuthorizationResult>()
+    let (is_authorized, is_challenge, _details) =
+        reply
+            .body()
+            .deserialize::<(bool, bool, HashMap<String, String>)>()?;
+    Ok(AuthorizationResult {
+        is_authorized,
+        is_challenge,
+    })
 }
 
 /// Whether an error says that nobody owns polkit's name on this bus.
