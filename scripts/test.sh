@@ -19,14 +19,16 @@ cd "$(dirname "$0")/.."
 # crate's bindgen (the daemon's v4l feature); zbar-tools is the QR bench's
 # reference decoder; systemd provides systemd-socket-activate, which stands in
 # for the socket unit in the service tests, and busctl (doctor's D-Bus
-# check); dbus is the private bus of the doctor tests; python3-venv holds
-# the PyPI grpcio client of the interop test; lintian, binutils (strip),
-# dpkg-dev and man-db are for the Debian package test.
+# check); dbus and dbus-daemon host the private buses of the doctor and
+# D-Bus tests, libglib2.0-bin provides gdbus, polkitd answers their
+# authorization checks; python3-venv holds the PyPI grpcio client of the
+# interop test; lintian, binutils (strip), dpkg-dev and man-db are for the
+# Debian package test.
 packages=(openssl util-linux ca-certificates pkg-config
     libcurl4-openssl-dev libtss2-dev swtpm swtpm-tools tpm2-tools
     libpcsclite-dev pcscd vsmartcard-vpcd opensc
-    libclang-dev zbar-tools systemd dbus python3-venv
-    lintian binutils dpkg-dev man-db)
+    libclang-dev zbar-tools systemd dbus dbus-daemon libglib2.0-bin polkitd
+    python3-venv lintian binutils dpkg-dev man-db)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -33,4 +33,8 @@ pub struct Args {
     /// Log level: error, warn, info, debug, trace (overrides the config file).
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<crate::config::LogLevel>,
+    /// D-Bus bus to own org.fleetkey.Daemon1 on: auto, system, session or
+    /// off (overrides the config file; see docs/dbus.md).
+    #[arg(long, value_name = "BUS")]
+    pub dbus: Option<crate::config::BusChoice>,
 }

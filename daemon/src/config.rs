@@ -70,6 +70,9 @@ pub struct Config {
     /// The merged files as read, to tell what a reload changed.
     #[serde(skip)]
     pub source: toml::Table,
+    /// Which D-Bus bus the daemon owns org.fleetkey.Daemon1 on: `auto`,
+    /// `system`, `session` or `off` (docs/dbus.md).
+    pub dbus: BusChoice,
 }
 
 /// The top-level settings SIGHUP applies without a restart.
@@ -90,6 +93,7 @@ impl Default for Config {
             pin: PinConfig::default(),
             backends: KeyStoreSections::default(),
             source: toml::Table::new(),
+            dbus: BusChoice::default(),
         }
     }
 }
@@ -530,4 +534,20 @@ mod tests {
         assert_eq!(config.pin.max_attempts, 5);
         assert!(Config::load(Path::new("/nonexistent/fleetkeyd.toml"), true).is_err());
     }
+}
+
+/// The bus the D-Bus service (daemon/src/dbus) uses, in the config file
+/// (`dbus = "..."`) and in `--dbus` alike.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BusChoice {
+    /// The system bus when the daemon runs as root or as a system account
+    /// (uid below 1000, like the packaged `_fleetkey`); else the session
+    /// bus (development).
+    #[default]
+    Auto,
+    System,
+    Session,
+    /// No D-Bus service: gRPC only.
+    Off,
 }

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod auth;
 pub mod backends;
 pub mod config;
+pub mod dbus;
 pub mod device_key;
 pub mod engine;
 pub mod fault;

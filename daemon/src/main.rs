@@ -58,6 +58,9 @@ fn load_config(args: &Args) -> Result<Config, String> {
     if let Some(url) = &args.portal_url {
         config.portal_url = Some(url.clone());
     }
+    if let Some(bus) = args.dbus {
+        config.dbus = bus;
+    }
     if let Some(level) = args.log_level {
         config.log_level = level;
     }
@@ -215,7 +218,10 @@ fn run(args: Args) -> Result<(), String> {
                 Some(socket.as_path()),
             ),
         };
-        let service = Service::new(engine, AdminPolicy::new(config.admin_group.as_deref()));
+        let admins = AdminPolicy::new(config.admin_group.as_deref());
+        // Held until the daemon stops: dropping it leaves the bus.
+        let _bus = fleetkeyd::dbus::start(config.dbus, engine.clone(), admins.clone()).await;
+        let service = Service::new(engine, admins);
         tracing::info!(
             socket = %socket.display(),
             socket_activated = owned_socket.is_none(),

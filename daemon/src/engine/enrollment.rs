@@ -150,6 +150,8 @@ impl Engine {
         self.write(move |state| state.activate_user(&user, &credential, at))
             .await?;
         tracing::info!(user = %name, backend = %store.name(), "user enrolled");
+        self.events
+            .send(super::EngineEvent::UserAdded { name: name.clone() });
         let active = UserRecord {
             credential_id: registered.credential_id,
             enrolled_at: registered.enrolled_at,

@@ -13,6 +13,7 @@
 
 mod activation;
 mod enrollment;
+mod events;
 mod failure;
 mod keystore;
 mod recovery;
@@ -27,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use fleetkey_proto::{Failure, Reason, daemon, user_name};
 use p256::pkcs8::{DecodePublicKey, EncodePublicKey, LineEnding};
 
+pub use events::EngineEvent;
 pub use keystore::{Requester, Store, WorkQueue};
 pub use recovery::Recovery;
 
@@ -63,6 +65,8 @@ pub struct Engine {
     /// guesses cannot outrun the attempt counter. Entries only for
     /// enrolled users (looked up first), removed with the user.
     user_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Users added and removed, PINs locked: for front ends (events.rs).
+    events: events::Events,
 }
 
 impl Engine {
@@ -85,7 +89,13 @@ impl Engine {
             queue: WorkQueue::sized_to_machine(),
             enroll_lock: tokio::sync::Mutex::new(()),
             user_locks: Mutex::new(HashMap::new()),
+            events: events::Events::default(),
         }
+    }
+
+    /// Follows users added and removed and PINs locked, from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<EngineEvent> {
+        self.events.subscribe()
     }
 
     /// Records a security event in the audit log, for `requester`.

@@ -130,6 +130,11 @@ impl Engine {
                     .write(move |state| state.record_failed_attempt(&name))
                     .await?;
                 tracing::warn!(user = %user.name, failed, "wrong PIN");
+                if failed >= max {
+                    self.events.send(super::EngineEvent::PinLocked {
+                        name: user.name.clone(),
+                    });
+                }
                 Err(wrong_pin_failure(&user.name, &user.backend, e, failed, max))
             }
             Err(e) if e.is(Reason::PinLocked) => {

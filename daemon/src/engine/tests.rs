@@ -368,3 +368,44 @@ async fn recovery_keeps_pending_users_while_the_portal_is_down() {
     assert!(engine.state.user("carol").unwrap().is_none());
     let _ = record;
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn events_tell_of_users_added_removed_and_locked() {
+    use super::EngineEvent;
+    let portal = Portal::start().await;
+    let fixture = engine_for(&portal.url);
+    let engine = &fixture.engine;
+    engine
+        .activate(&portal.code(CodeKind::Device, None))
+        .await
+        .unwrap();
+    let mut events = engine.subscribe();
+    enrolled(&portal, &fixture, "alice", "1234").await;
+    assert_eq!(
+        events.try_recv().unwrap(),
+        EngineEvent::UserAdded {
+            name: "alice".into()
+        }
+    );
+    // Wrong PINs up to the limit (5 by default): PinLocked once, at the last.
+    for _ in 0..5 {
+        engine
+            .sign(ME, "alice", Pin::new("9999"), &DIGEST)
+            .await
+            .unwrap_err();
+    }
+    assert_eq!(
+        events.try_recv().unwrap(),
+        EngineEvent::PinLocked {
+            name: "alice".into()
+        }
+    );
+    assert!(events.try_recv().is_err());
+    engine.remove_user("alice").await.unwrap();
+    assert_eq!(
+        events.try_recv().unwrap(),
+        EngineEvent::UserRemoved {
+            name: "alice".into()
+        }
+    );
+}

@@ -61,6 +61,8 @@ impl Engine {
             }
         }
         tracing::info!(user = %name, revoked_at_portal = revoked.is_ok(), "user removed");
+        self.events
+            .send(super::EngineEvent::UserRemoved { name: name.into() });
         Ok(daemon::RemoveUserResponse {
             revoked_at_portal: revoked.is_ok(),
             portal_message: revoked.err().map(|f| f.message).unwrap_or_default(),
@@ -81,6 +83,9 @@ impl Engine {
             self.delete_key(&store, &user.key_ref).await;
         }
         tracing::warn!(user = %user.name, "removed a user whose enrollment the portal never confirmed");
+        self.events.send(super::EngineEvent::UserRemoved {
+            name: user.name.clone(),
+        });
         Ok(daemon::RemoveUserResponse {
             revoked_at_portal: false,
             portal_message: "the portal never confirmed this enrollment; if it recorded it, its administrator can revoke it there".into(),

@@ -19,6 +19,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
+pub mod events;
+
 pub use fleetkey_proto::{Failure, Reason};
 use zeroize::Zeroizing;
 

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use fleetkey_plugin::events::DeviceEvent;
+
 /// The watcher thread; stops when dropped (at the next event or within a
 /// minute).
 pub struct Watcher {
@@ -121,8 +123,14 @@ fn watch(context: &pcsc::Context, stop: &AtomicBool) {
                     let is = now.contains(pcsc::State::PRESENT);
                     if is && !was {
                         tracing::info!(%reader, "card inserted");
+                        fleetkey_plugin::events::report(&DeviceEvent::CardInserted {
+                            reader: reader.to_string(),
+                        });
                     } else if was && !is && !before.contains(pcsc::State::UNAWARE) {
                         tracing::info!(%reader, "card removed");
+                        fleetkey_plugin::events::report(&DeviceEvent::CardRemoved {
+                            reader: reader.to_string(),
+                        });
                     }
                 }
             }

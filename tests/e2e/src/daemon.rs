@@ -18,6 +18,8 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub config: PathBuf,
     pub log: PathBuf,
+    /// Extra environment for the daemon process (e.g. a private bus).
+    pub env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -33,6 +35,29 @@ impl Daemon {
             dir,
             socket,
             config: config_path,
+            env: Vec::new(),
+        };
+        daemon.spawn();
+        daemon
+    }
+
+    /// Starts a daemon with the given config file text and extra
+    /// environment variables.
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Daemon {
+        let dir = open_tempdir();
+        let socket = dir.path().join("fleetkeyd.sock");
+        let config_path = dir.path().join("fleetkeyd.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let mut daemon = Daemon {
+            child: None,
+            log: dir.path().join("fleetkeyd.log"),
+            dir,
+            socket,
+            config: config_path,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         daemon.spawn();
         daemon
@@ -51,6 +76,7 @@ impl Daemon {
             dir,
             socket,
             config: config_path,
+            env: Vec::new(),
         };
         let to = daemon.state_dir();
         std::fs::create_dir_all(&to).expect("state dir");
@@ -125,6 +151,7 @@ impl Daemon {
             .open(&self.log)
             .expect("daemon log");
         let child = Command::new(bin("fleetkeyd"))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .arg("--config")
             .arg(&self.config)
             .arg("--socket")

@@ -7,12 +7,14 @@
 //! Helpers panic with a clear message: they are test code.
 
 mod daemon;
+mod dbus;
 mod helpers;
 mod pcsc;
 mod portal;
 mod swtpm;
 
 pub use daemon::*;
+pub use dbus::*;
 pub use helpers::*;
 pub use pcsc::*;
 pub use portal::*;

@@ -1,0 +1,215 @@
+//! The D-Bus service: fleetkeyd owns `org.fleetkey.Daemon1` for kiosk UIs
+//! (fprintd is the model), on the system bus, or the session bus in
+//! development. It is a front end like the gRPC socket (server.rs): it
+//! calls the engine and follows its events. docs/dbus.md documents the
+//! interface.
+//!
+//! - `device`: the daemon object and its signals;
+//! - `user`: one object per enrolled user;
+//! - `polkit`: who may call the admin methods;
+//! - `error`: failures as D-Bus errors.
+//!
+//! Pending approvals get objects `/org/fleetkey/Daemon1/approvals/<id>`
+//! (interface `org.fleetkey.Daemon1.Approval`, already allowed by the bus
+//! policy) registered from the engine's approval events in [`follow`],
+//! as the users' objects are.
+//!
+//! Without a bus, the daemon logs why and serves gRPC only.
+
+mod device;
+mod error;
+mod polkit;
+mod user;
+
+use std::sync::Arc;
+
+use tokio::sync::broadcast::error::RecvError;
+use zbus::Connection;
+use zbus::object_server::SignalEmitter;
+
+pub use device::Device;
+pub use error::{BusFailure, PREFIX as ERROR_PREFIX, error_name};
+pub use polkit::{Action, Authorizer};
+pub use user::{UserObject, user_path};
+
+use crate::auth::AdminPolicy;
+use crate::config::BusChoice;
+use crate::engine::{Engine, EngineEvent};
+
+/// The well-known name the daemon owns.
+pub const NAME: &str = "org.fleetkey.Daemon1";
+/// The daemon object.
+pub const PATH: &str = "/org/fleetkey/Daemon1";
+
+/// The bus `auto` means for a daemon running as `uid`: the system bus for
+/// root and system accounts (below 1000, as Debian allocates them), else
+/// the session bus.
+pub fn resolve(choice: BusChoice, uid: u32) -> BusChoice {
+    match choice {
+        BusChoice::Auto if uid < 1000 => BusChoice::System,
+        BusChoice::Auto => BusChoice::Session,
+        other => other,
+    }
+}
+
+/// Connects to the chosen bus, serves the objects and owns the name.
+/// None (logged) when off or when there is no usable bus: the daemon
+/// runs on without it. Keep the connection for as long as the service
+/// should live.
+pub async fn start(
+    choice: BusChoice,
+    engine: Arc<Engine>,
+    admins: AdminPolicy,
+) -> Option<Connection> {
+    let bus = resolve(choice, fleetkey_proto::paths::effective_uid());
+    let builder = match bus {
+        BusChoice::Off | BusChoice::Auto => {
+            tracing::info!("D-Bus service off (dbus = \"off\"); serving gRPC only");
+            return None;
+        }
+        BusChoice::System => zbus::connection::Builder::system(),
+        BusChoice::Session => zbus::connection::Builder::session(),
+    };
+    let which = if bus == BusChoice::System {
+        "system"
+    } else {
+        "session"
+    };
+    let device = Device::new(engine.clone(), Authorizer::new(admins));
+    let connection = match builder.and_then(|b| b.serve_at(PATH, device)) {
+        Ok(b) => b.name(NAME).map(|b| b.build()),
+        Err(e) => Err(e),
+    };
+    let connected = match connection {
+        Ok(pending) => pending.await,
+        Err(e) => Err(e),
+    };
+    let connection = match connected {
+        Ok(connection) => connection,
+        Err(error) => {
+            tracing::warn!(bus = which, %error, "no D-Bus service: cannot connect to the {which} bus or own {NAME}; serving gRPC only");
+            return None;
+        }
+    };
+    // Subscribe before listing, so no user added in between is missed.
+    let events = engine.subscribe();
+    match engine.list_users().await {
+        Ok(users) => {
+            for user in users {
+                add_user_object(&connection, &engine, &user.name).await;
+            }
+        }
+        Err(failure) => {
+            tracing::warn!(reason = %failure.reason, "D-Bus: cannot list the users to serve their objects")
+        }
+    }
+    tokio::spawn(follow(connection.clone(), engine, events));
+    follow_cards(connection.clone());
+    tracing::info!(bus = which, name = NAME, "D-Bus service ready");
+    Some(connection)
+}
+
+async fn add_user_object(connection: &Connection, engine: &Arc<Engine>, name: &str) {
+    let path = user_path(name);
+    let object = UserObject::new(engine.clone(), name.to_string());
+    if let Err(error) = connection.object_server().at(&path, object).await {
+        tracing::warn!(%error, user = %name, "D-Bus: cannot serve the user's object");
+    }
+}
+
+/// Turns the engine's events into objects and signals, until the engine
+/// goes away.
+async fn follow(
+    connection: Connection,
+    engine: Arc<Engine>,
+    mut events: tokio::sync::broadcast::Receiver<EngineEvent>,
+) {
+    let Ok(emitter) = SignalEmitter::new(&connection, PATH) else {
+        return;
+    };
+    loop {
+        let event = match events.recv().await {
+            Ok(event) => event,
+            Err(RecvError::Lagged(missed)) => {
+                tracing::warn!(
+                    missed,
+                    "D-Bus: fell behind the engine's events; some signals were not sent"
+                );
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        let sent = match &event {
+            EngineEvent::UserAdded { name } => {
+                add_user_object(&connection, &engine, name).await;
+                Device::user_added(&emitter, name, user_path(name)).await
+            }
+            EngineEvent::UserRemoved { name } => {
+                let path = user_path(name);
+                if let Err(error) = connection
+                    .object_server()
+                    .remove::<UserObject, _>(&path)
+                    .await
+                {
+                    tracing::debug!(%error, "D-Bus: no object to remove for the user");
+                }
+                Device::user_removed(&emitter, name, path).await
+            }
+            EngineEvent::PinLocked { name } => {
+                Device::pin_locked(&emitter, name, user_path(name)).await
+            }
+        };
+        if let Err(error) = sent {
+            tracing::warn!(%error, ?event, "D-Bus: could not send a signal");
+        }
+    }
+}
+
+/// Card events the key stores report (fleetkey_plugin::events) become
+/// CardInserted and CardRemoved signals. The key store's thread only
+/// queues them; beyond 64 waiting, events are dropped (and logged).
+fn follow_cards(connection: Connection) {
+    use fleetkey_plugin::events::{self, DeviceEvent};
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<DeviceEvent>(64);
+    let listening = events::listen(move |event| {
+        if sender.try_send(event.clone()).is_err() {
+            tracing::debug!("D-Bus: card events queue full; one dropped");
+        }
+    });
+    if !listening {
+        tracing::warn!("D-Bus: cannot follow card events");
+        return;
+    }
+    tokio::spawn(async move {
+        let Ok(emitter) = SignalEmitter::new(&connection, PATH) else {
+            return;
+        };
+        while let Some(event) = receiver.recv().await {
+            let sent = match &event {
+                DeviceEvent::CardInserted { reader } => {
+                    Device::card_inserted(&emitter, &device::bounded(reader)).await
+                }
+                DeviceEvent::CardRemoved { reader } => {
+                    Device::card_removed(&emitter, &device::bounded(reader)).await
+                }
+            };
+            if let Err(error) = sent {
+                tracing::warn!(%error, "D-Bus: could not send a card signal");
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_is_the_system_bus_for_system_accounts() {
+        assert_eq!(resolve(BusChoice::Auto, 0), BusChoice::System);
+        assert_eq!(resolve(BusChoice::Auto, 998), BusChoice::System);
+        assert_eq!(resolve(BusChoice::Auto, 1000), BusChoice::Session);
+        assert_eq!(resolve(BusChoice::Off, 0), BusChoice::Off);
+        assert_eq!(resolve(BusChoice::Session, 0), BusChoice::Session);
+    }
+}
