@@ -170,7 +170,10 @@ impl PrivateBus {
     /// and `extra` top-level config lines; returns once it owns the name.
     pub fn daemon(&self, extra: &str) -> Daemon {
         let config = format!("dbus = \"system\"\n{extra}\n{FAST_SOFT_KEYS}");
-        let daemon = Daemon::start_with_env(&config, &[("DBUS_SYSTEM_BUS_ADDRESS", &self.address)]);
+        let daemon = Daemon::start_with_env(
+            &config,
+            &[("DBUS_SYSTEM_BUS_ADDRESS", self.address.as_str())],
+        );
         let deadline = Instant::now() + Duration::from_secs(20);
         while !self.has_owner("org.fleetkey.Daemon1") {
             assert!(

@@ -366,8 +366,10 @@ fn the_daemon_runs_without_a_bus() {
     let dir = open_tempdir();
     let nowhere = format!("unix:path={}", dir.path().join("no-bus").display());
     let config = format!("dbus = \"system\"\n{}", fleetkey_e2e::FAST_SOFT_KEYS);
-    let daemon =
-        fleetkey_e2e::Daemon::start_with_env(&config, &[("DBUS_SYSTEM_BUS_ADDRESS", &nowhere)]);
+    let daemon = fleetkey_e2e::Daemon::start_with_env(
+        &config,
+        &[("DBUS_SYSTEM_BUS_ADDRESS", nowhere.as_str())],
+    );
     daemon.ctl(&["status"]).assert_ok();
     assert!(
         daemon.log_text().contains("no D-Bus service"),
