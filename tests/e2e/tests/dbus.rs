@@ -386,6 +386,9 @@ fn the_daemon_runs_without_a_bus() {
     );
 }
 
+// The lock serializes the tests that share pcscd for the whole test, awaits
+// included; nothing else in this test takes it.
+#[allow(clippy::await_holding_lock)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn card_inserted_and_removed_signals() {
     if !fleetkey_e2e::pcsc_tests_can_run() {

@@ -448,7 +448,7 @@ fn start_bus() -> Bus {
 
 /// Appends `value` to a D-Bus message buffer after padding to `align`.
 fn pad(buffer: &mut Vec<u8>, align: usize) {
-    while buffer.len() % align != 0 {
+    while !buffer.len().is_multiple_of(align) {
         buffer.push(0);
     }
 }
