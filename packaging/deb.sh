@@ -12,11 +12,6 @@ command -v cargo-deb >/dev/null || {
     exit 1
 }
 
-out=packaging/build
-rm -rf "$out"
-cargo run --quiet -p fleetkey-gen -- "$out" >&2
-gzip -9n "$out"/man/*.[18]
-
 # FLEETKEY_DEB_PROFILE=dev packages the debug binaries of
 # `cargo build --workspace --all-features --bins` (the test suite's own
 # build, so nothing is built again): for the package test only. Real
@@ -34,4 +29,16 @@ dev)
     exit 2
     ;;
 esac
+# The man pages and completions. With the dev profile, the generator the
+# workspace build above already made (`cargo run -p` would rebuild the
+# dependencies under that one package's feature set: minutes in CI).
+out=packaging/build
+rm -rf "$out"
+if [ "$profile" = dev ]; then
+    target/debug/fleetkey-gen "$out" >&2
+else
+    cargo run --quiet -p fleetkey-gen -- "$out" >&2
+fi
+gzip -9n "$out"/man/*.[18]
+
 cargo deb -p fleetkeyd --no-build --profile "$profile" --strip --output target/debian/ 2>&1 | tail -n 1
