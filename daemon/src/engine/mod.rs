@@ -9,9 +9,11 @@
 //!   per-user locks;
 //! - `recovery`: startup recovery of what a crash interrupted;
 //! - `keystore`: the one async wrapper around a key store;
-//! - `failure`: key-store errors as `Failure`s.
+//! - `failure`: key-store errors as `Failure`s;
+//! - `approvals`: login challenges from the portal stream, answered here.
 
 mod activation;
+mod approvals;
 mod enrollment;
 mod failure;
 mod keystore;
@@ -27,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use fleetkey_proto::{Failure, Reason, daemon, user_name};
 use p256::pkcs8::{DecodePublicKey, EncodePublicKey, LineEnding};
 
+pub use approvals::{Approvals, BACKOFF_MAX, MAX_PENDING_CHALLENGES};
 pub use keystore::{Requester, Store, WorkQueue};
 pub use recovery::Recovery;
 
@@ -62,6 +65,8 @@ pub struct Engine {
     /// guesses cannot outrun the attempt counter. Entries only for
     /// enrolled users (looked up first), removed with the user.
     user_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Login challenges: the portal stream's state and the watchers.
+    approvals: Approvals,
 }
 
 impl Engine {
@@ -84,6 +89,7 @@ impl Engine {
             queue: WorkQueue::sized_to_machine(),
             enroll_lock: tokio::sync::Mutex::new(()),
             user_locks: Mutex::new(HashMap::new()),
+            approvals: Approvals::default(),
         }
     }
 
@@ -106,7 +112,7 @@ impl Engine {
                 backend.details = facts.into_iter().collect();
             }
         }
-        Ok(daemon::Status {
+        let mut status = daemon::Status {
             version: env!("CARGO_PKG_VERSION").into(),
             activated: device.is_some(),
             device_id: device
@@ -131,7 +137,10 @@ impl Engine {
                 .as_ref()
                 .map(|d| d.attestation.clone())
                 .unwrap_or_default(),
-        })
+            ..Default::default()
+        };
+        self.stream_status(&mut status);
+        Ok(status)
     }
 
     /// The readers and cards a key store sees (default: pcsc).
