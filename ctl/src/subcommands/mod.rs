@@ -2,8 +2,11 @@
 //! and pure functions shaping its output (tested without a daemon).
 
 pub mod activate;
+pub mod approvals;
+pub mod approve;
 pub mod camera;
 pub mod card;
+pub mod deny;
 pub mod qr;
 pub mod sign;
 pub mod status;
@@ -58,6 +61,11 @@ pub enum Subcommand {
     /// Decode QR codes in images, offline
     #[command(subcommand)]
     Qr(qr::QrCommand),
+    /// Login challenges from the portal: list, watch
+    #[command(subcommand)]
+    Approvals(approvals::ApprovalsCommand),
+    Approve(approve::Approve),
+    Deny(deny::Deny),
 }
 
 impl Subcommand {
@@ -72,6 +80,9 @@ impl Subcommand {
             Subcommand::Camera(cmd) => cmd.run(ctx).await,
             // Offline; lib.rs runs it before any runtime is made.
             Subcommand::Qr(_) => Ok(()),
+            Subcommand::Approvals(cmd) => cmd.run(ctx).await,
+            Subcommand::Approve(cmd) => cmd.run(ctx).await,
+            Subcommand::Deny(cmd) => cmd.run(ctx).await,
         }
     }
 
@@ -85,6 +96,9 @@ impl Subcommand {
             Subcommand::Card(_) => "card",
             Subcommand::Camera(_) => "camera",
             Subcommand::Qr(_) => "qr",
+            Subcommand::Approvals(_) => "approvals",
+            Subcommand::Approve(_) => "approve",
+            Subcommand::Deny(_) => "deny",
         }
     }
 
@@ -92,6 +106,7 @@ impl Subcommand {
     pub fn usage_problem(&self) -> Option<String> {
         match self {
             Subcommand::Sign(cmd) => cmd.usage_problem(),
+            Subcommand::Approve(cmd) => cmd.usage_problem(),
             _ => None,
         }
     }
