@@ -385,13 +385,14 @@ fn several_users_and_challenges_at_once() {
     }
     let status = daemon.ctl(&["--json", "status"]).json();
     assert_eq!(status["pending_approvals"], 9, "{status}");
-    // Answered from several processes at once.
-    std::thread::scope(|scope| {
-        for (id, number, pin) in &started {
-            let daemon = &daemon;
-            scope.spawn(move || approve(daemon, id, *number, pin).assert_ok());
-        }
-    });
+    // Answered in an order unlike the one they came in (one caller runs
+    // at most two key-store operations at once: BUSY beyond, see
+    // docs/daemon-limits.md).
+    for (id, number, pin) in started.iter().rev() {
+        approve(&daemon, id, *number, pin).assert_ok();
+    }
+    let status = daemon.ctl(&["--json", "status"]).json();
+    assert_eq!(status["pending_approvals"], 0, "{status}");
     for (id, _, _) in &started {
         let (ok, json) = login_wait(&portal, id);
         assert!(ok, "{json}");
