@@ -260,8 +260,7 @@ impl Fleetkey for Service {
 }
 
 /// The stream of `WatchApprovals`.
-pub type ApprovalStream =
-    ReceiverStream<Result<fleetkey_proto::daemon::Approval, tonic::Status>>;
+pub type ApprovalStream = ReceiverStream<Result<fleetkey_proto::daemon::Approval, tonic::Status>>;
 
 /// The kept challenges, then (with `watch`) each change until the caller
 /// hangs up. A watcher that falls behind gets the whole list again.

@@ -35,8 +35,9 @@ impl ApprovalsCommand {
             let Some(approval) = next else { break };
             if watch {
                 if ctx.json {
-                    let line = serde_json::to_string(&approval_json(&approval))
-                        .map_err(|e| Failure::new(fleetkey_proto::Reason::Internal, e.to_string()))?;
+                    let line = serde_json::to_string(&approval_json(&approval)).map_err(|e| {
+                        Failure::new(fleetkey_proto::Reason::Internal, e.to_string())
+                    })?;
                     output::data(&line)?;
                 } else {
                     output::data(&approval_line(&approval))?;

@@ -66,7 +66,10 @@ impl Approve {
         let Some(challenge) = found else {
             return Err(Failure::new(
                 Reason::ChallengeUnknown,
-                format!("no login challenge {} is known on this device", escape(&self.id)),
+                format!(
+                    "no login challenge {} is known on this device",
+                    escape(&self.id)
+                ),
             )
             .with_hint("fleetkeyctl approvals list shows the challenges this device received."));
         };
@@ -81,10 +84,7 @@ impl Approve {
             Some(number) => number,
             None => ask_number()?,
         };
-        let pin = pins.existing(
-            &format!("PIN for {}: ", escape(&challenge.user)),
-            "PIN",
-        )?;
+        let pin = pins.existing(&format!("PIN for {}: ", escape(&challenge.user)), "PIN")?;
         let response = client
             .approve(ApproveRequest {
                 id: self.id.clone(),
@@ -119,7 +119,10 @@ fn ask_number() -> Result<u32, Failure> {
     let _ = err.flush();
     let mut line = String::new();
     stdin.lock().read_line(&mut line).map_err(|e| {
-        Failure::new(Reason::InvalidArgument, format!("cannot read the number: {e}"))
+        Failure::new(
+            Reason::InvalidArgument,
+            format!("cannot read the number: {e}"),
+        )
     })?;
     parse_number(line.trim())
 }

@@ -469,7 +469,9 @@ impl Engine {
                     refuse("too many challenges are pending");
                 }
             }
-            Err(failure) => tracing::warn!(error = %failure.message, "cannot keep a login challenge"),
+            Err(failure) => {
+                tracing::warn!(error = %failure.message, "cannot keep a login challenge")
+            }
         }
     }
 }

@@ -377,7 +377,10 @@ mod approvals {
         daemon.add_user(portal, user, PIN);
         let start = Instant::now();
         while daemon.ctl(&["--json", "status"]).json()["portal_stream"] != "connected" {
-            assert!(start.elapsed() < Duration::from_secs(30), "stream not connected");
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "stream not connected"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         daemon
@@ -428,7 +431,11 @@ mod approvals {
             (visible, approve, sign)
         });
         let zero = Duration::ZERO;
-        let (v, a, s) = (stats(visible, zero), stats(approve, zero), stats(sign, zero));
+        let (v, a, s) = (
+            stats(visible, zero),
+            stats(approve, zero),
+            stats(sign, zero),
+        );
         println!("approvals ({rounds} rounds, cheap soft keys):");
         println!(
             "  login start -> visible on device   p50 {:>9.0} us  p99 {:>9.0} us",
@@ -447,7 +454,9 @@ mod approvals {
         drop(daemon);
 
         // 10 devices, 10 pending challenges each: 100 at once.
-        let devices: Vec<Daemon> = (0..10).map(|d| device(&portal, &format!("user{d}"))).collect();
+        let devices: Vec<Daemon> = (0..10)
+            .map(|d| device(&portal, &format!("user{d}")))
+            .collect();
         let mut pending = Vec::new();
         for d in 0..10 {
             for _ in 0..10 {

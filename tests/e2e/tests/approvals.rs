@@ -36,7 +36,15 @@ fn json_of(output: &Output) -> Value {
 fn login_start(portal: &Portal, user: &str, context: &str, ttl: u64) -> (String, u32) {
     let ttl = ttl.to_string();
     let out = portal.cli(&[
-        "login", "start", "--user", user, "--context", context, "--ttl", &ttl, "--json",
+        "login",
+        "start",
+        "--user",
+        user,
+        "--context",
+        context,
+        "--ttl",
+        &ttl,
+        "--json",
     ]);
     assert!(out.status.success(), "login start: {out:?}");
     let json = json_of(&out);
@@ -319,9 +327,17 @@ fn kill_9_keeps_pending_challenges_and_answers_each_once() {
     // stream is back.
     let listed = approvals(&daemon);
     for (id, _) in &started {
-        assert!(listed.iter().any(|a| &a.get("id").unwrap().as_str().unwrap().to_string() == id), "{listed:?}");
+        assert!(
+            listed
+                .iter()
+                .any(|a| &a.get("id").unwrap().as_str().unwrap().to_string() == id),
+            "{listed:?}"
+        );
     }
-    assert_eq!(state_of(&daemon, &started[0].0).as_deref(), Some("approved"));
+    assert_eq!(
+        state_of(&daemon, &started[0].0).as_deref(),
+        Some("approved")
+    );
     wait_stream(&daemon, "connected", RECONNECT_BOUND);
     // Nothing answered twice.
     approve(&daemon, &started[0].0, started[0].1, "1234").assert_reason(Reason::ChallengeAnswered);
@@ -411,7 +427,11 @@ fn hostile_context_is_escaped_on_the_terminal() {
     assert!(!out.stdout.contains('\u{202e}'), "{out:?}");
     // The JSON keeps the text as it is.
     let listed = approvals(&daemon);
-    assert!(listed.iter().any(|a| a["context"] == "hi\u{1b}[2J\u{202e}evil"));
+    assert!(
+        listed
+            .iter()
+            .any(|a| a["context"] == "hi\u{1b}[2J\u{202e}evil")
+    );
 }
 
 #[test]

@@ -1033,10 +1033,13 @@ fn login_start(args: LoginStartArgs) -> Result<(), PortalError> {
         });
     }
     print(&aligned(&[
-            ("challenge", challenge.id.clone()),
-            ("user", challenge.user.clone()),
-            ("number", format!("{} (show it at the login)", challenge.number)),
-            ("expires", rfc3339(challenge.expires_at)),
+        ("challenge", challenge.id.clone()),
+        ("user", challenge.user.clone()),
+        (
+            "number",
+            format!("{} (show it at the login)", challenge.number),
+        ),
+        ("expires", rfc3339(challenge.expires_at)),
     ]))
 }
 

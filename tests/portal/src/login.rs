@@ -254,7 +254,11 @@ pub fn start(
 pub fn get(db: &Db<'_>, id: &str) -> Result<Option<Challenge>, StoreError> {
     Ok(db
         .conn()
-        .query_row(&format!("{COLUMNS} WHERE id = ?1"), [id], Challenge::from_row)
+        .query_row(
+            &format!("{COLUMNS} WHERE id = ?1"),
+            [id],
+            Challenge::from_row,
+        )
         .optional()?)
 }
 

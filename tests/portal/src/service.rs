@@ -59,13 +59,13 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
+use crate::login;
 use crate::rate_limit::{RateLimit, RateLimiter};
 use crate::store::{
     CodeKind, CodeRecord, CodeState, Db, Device, EkCertificateStatus, Enrollment,
     PendingTpmChallenge, Store, StoreError, TpmIdentity, new_credential_id, new_device_id,
 };
 use crate::tpm;
-use crate::login;
 
 /// How far a revocation's timestamp may be from the portal's clock.
 pub const MAX_CLOCK_SKEW_SECS: u64 = 300;
@@ -1094,7 +1094,11 @@ impl PortalService {
             let looked_up = device_id.clone();
             let pending = self
                 .with_store(move |store| {
-                    Ok(login::pending_for_device(&store.db(), &looked_up, now_unix())?)
+                    Ok(login::pending_for_device(
+                        &store.db(),
+                        &looked_up,
+                        now_unix(),
+                    )?)
                 })
                 .await;
             match pending {
@@ -1164,7 +1168,10 @@ impl Portal for PortalService {
     ) -> Result<Response<DeviceEventStream>, Status> {
         let peer = request.remote_addr();
         let device_id = request.get_ref().device_id.clone();
-        match self.open_device_stream_from(peer, request.into_inner()).await {
+        match self
+            .open_device_stream_from(peer, request.into_inner())
+            .await
+        {
             Ok(stream) => {
                 tracing::info!(rpc = "OpenDeviceStream", peer = ?peer, device_id = %terminal::escape(&device_id), "device stream opened");
                 Ok(Response::new(stream))
@@ -1186,9 +1193,11 @@ impl Portal for PortalService {
                     login::Answered::Denied => "denied",
                 };
                 tracing::info!(rpc = "AnswerChallenge", peer = ?peer, challenge = %terminal::escape(&id), outcome, "login challenge answered; signature verified");
-                Ok(Response::new(fleetkey_proto::portal::AnswerChallengeResponse {
-                    outcome: outcome.into(),
-                }))
+                Ok(Response::new(
+                    fleetkey_proto::portal::AnswerChallengeResponse {
+                        outcome: outcome.into(),
+                    },
+                ))
             }
             Err(failure) => Err(refused("AnswerChallenge", peer, failure)),
         }
