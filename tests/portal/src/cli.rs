@@ -974,45 +974,6 @@ fn device_list(args: ListArgs) -> Result<(), PortalError> {
     ))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn help_is_consistent() {
-        use clap::CommandFactory;
-        Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn durations_read_well() {
-        assert_eq!(duration_text(600), "10 min");
-        assert_eq!(duration_text(90), "1 min 30 s");
-        assert_eq!(duration_text(0), "0 s");
-        assert_eq!(duration_text(86_400 + 3600), "1 d 1 h");
-    }
-
-    #[test]
-    fn tables_align() {
-        let text = table(
-            &["A", "BB"],
-            &[vec!["xxx".into(), "y".into()], vec!["z".into(), "w".into()]],
-        );
-        assert_eq!(text, "A    BB\nxxx  y\nz    w\n");
-    }
-
-    #[test]
-    fn listen_addresses_resolve() {
-        assert!(resolve_listen("127.0.0.1:0").unwrap().ip().is_loopback());
-        assert!(resolve_listen("[::1]:7000").unwrap().ip().is_loopback());
-        assert!(resolve_listen("localhost:0").unwrap().ip().is_loopback());
-        assert!(matches!(
-            resolve_listen("no port"),
-            Err(PortalError::Usage(_))
-        ));
-    }
-}
-
 // ---- login ----
 
 fn login_start(args: LoginStartArgs) -> Result<(), PortalError> {
@@ -1085,5 +1046,44 @@ fn login_wait(args: LoginWaitArgs) -> Result<(), PortalError> {
         Ok(())
     } else {
         Err(PortalError::NotApproved(outcome.outcome))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn help_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(duration_text(600), "10 min");
+        assert_eq!(duration_text(90), "1 min 30 s");
+        assert_eq!(duration_text(0), "0 s");
+        assert_eq!(duration_text(86_400 + 3600), "1 d 1 h");
+    }
+
+    #[test]
+    fn tables_align() {
+        let text = table(
+            &["A", "BB"],
+            &[vec!["xxx".into(), "y".into()], vec!["z".into(), "w".into()]],
+        );
+        assert_eq!(text, "A    BB\nxxx  y\nz    w\n");
+    }
+
+    #[test]
+    fn listen_addresses_resolve() {
+        assert!(resolve_listen("127.0.0.1:0").unwrap().ip().is_loopback());
+        assert!(resolve_listen("[::1]:7000").unwrap().ip().is_loopback());
+        assert!(resolve_listen("localhost:0").unwrap().ip().is_loopback());
+        assert!(matches!(
+            resolve_listen("no port"),
+            Err(PortalError::Usage(_))
+        ));
     }
 }
