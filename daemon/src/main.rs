@@ -207,6 +207,8 @@ fn run(args: Args) -> Result<(), String> {
             engine.clone(),
             log_level,
         ));
+        let streaming = engine.clone();
+        tokio::spawn(async move { streaming.run_portal_stream().await });
         let (listener, owned_socket) = match activated {
             Some(listener) => (
                 tokio::net::UnixListener::from_std(listener)

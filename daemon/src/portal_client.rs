@@ -22,6 +22,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+/// HTTP/2 pings on idle connections, and how long a ping may go unanswered.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Opens connections to portals.
 #[derive(Clone, Default)]
@@ -83,7 +85,11 @@ impl PortalConnector {
         let mut endpoint = Endpoint::from_shared(checked.url.clone())
             .map_err(|e| unreachable(format!("bad URL ({e})")))?
             .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT);
+            .timeout(REQUEST_TIMEOUT)
+            // A dead peer on a long-lived stream (approvals) is noticed.
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_INTERVAL)
+            .keep_alive_while_idle(true);
         if checked.tls {
             let mut tls = ClientTlsConfig::new().with_native_roots();
             if let Some(ca) = &self.extra_ca {
@@ -223,6 +229,52 @@ impl Portal {
             Ok(_) => Ok(()),
             Err(status) => Err(self.failure(&status)),
         }
+    }
+
+    // --- approvals ---
+
+    /// A fresh nonce to open the device stream with.
+    pub async fn stream_nonce(&mut self, device_id: &str) -> Result<Vec<u8>, Failure> {
+        let request = fleetkey_proto::portal::GetStreamNonceRequest {
+            device_id: device_id.into(),
+        };
+        match self.client.get_stream_nonce(request).await {
+            Ok(response) => Ok(response.into_inner().nonce),
+            Err(status) => Err(self.failure(&status)),
+        }
+    }
+
+    /// Opens the device's event stream; each message is at most
+    /// `max_message_bytes`.
+    pub async fn open_device_stream(
+        &mut self,
+        request: fleetkey_proto::portal::OpenDeviceStreamRequest,
+        max_message_bytes: usize,
+    ) -> Result<tonic::Streaming<fleetkey_proto::portal::DeviceEvent>, Failure> {
+        let mut client = self
+            .client
+            .clone()
+            .max_decoding_message_size(max_message_bytes);
+        match client.open_device_stream(request).await {
+            Ok(response) => Ok(response.into_inner()),
+            Err(status) => Err(self.failure(&status)),
+        }
+    }
+
+    /// Sends a signed answer to a login challenge; the portal's outcome.
+    pub async fn answer_challenge(
+        &mut self,
+        request: fleetkey_proto::portal::AnswerChallengeRequest,
+    ) -> Result<String, Failure> {
+        match self.client.answer_challenge(request).await {
+            Ok(response) => Ok(response.into_inner().outcome),
+            Err(status) => Err(self.failure(&status)),
+        }
+    }
+
+    /// A stream error as a failure.
+    pub fn stream_failure(&self, status: &tonic::Status) -> Failure {
+        self.failure(status)
     }
 
     fn failure(&self, status: &tonic::Status) -> Failure {

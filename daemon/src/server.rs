@@ -211,6 +211,98 @@ impl Fleetkey for Service {
                 .map(|()| UnblockPinResponse {}),
         )
     }
+
+    // --- approvals ---
+    type WatchApprovalsStream = ApprovalStream;
+
+    async fn watch_approvals(
+        &self,
+        request: Request<fleetkey_proto::daemon::WatchApprovalsRequest>,
+    ) -> Reply<ApprovalStream> {
+        self.caller(&request)?;
+        let watch = request.into_inner().watch;
+        reply(approval_stream(self.engine.clone(), watch))
+    }
+
+    async fn approve(
+        &self,
+        request: Request<fleetkey_proto::daemon::ApproveRequest>,
+    ) -> Reply<fleetkey_proto::daemon::ApproveResponse> {
+        let caller = self.caller(&request)?;
+        let request = request.into_inner();
+        check_pin_field("pin", &request.pin)?;
+        let pin = Pin::new(request.pin);
+        reply(
+            self.engine
+                .approve(Requester::Uid(caller.uid), &request.id, request.number, pin)
+                .await
+                .map(|approval| fleetkey_proto::daemon::ApproveResponse {
+                    approval: Some(approval),
+                }),
+        )
+    }
+
+    async fn deny(
+        &self,
+        request: Request<fleetkey_proto::daemon::DenyRequest>,
+    ) -> Reply<fleetkey_proto::daemon::DenyResponse> {
+        let caller = self.caller(&request)?;
+        let request = request.into_inner();
+        reply(
+            self.engine
+                .deny(Requester::Uid(caller.uid), &request.id)
+                .await
+                .map(|approval| fleetkey_proto::daemon::DenyResponse {
+                    approval: Some(approval),
+                }),
+        )
+    }
+}
+
+/// The stream of `WatchApprovals`.
+pub type ApprovalStream = ReceiverStream<Result<fleetkey_proto::daemon::Approval, tonic::Status>>;
+
+/// The kept challenges, then (with `watch`) each change until the caller
+/// hangs up. A watcher that falls behind gets the whole list again.
+fn approval_stream(engine: Arc<Engine>, watch: bool) -> Result<ApprovalStream, Failure> {
+    let mut events = engine.subscribe_approvals();
+    let current = engine.approvals()?;
+    let (sender, receiver) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        for approval in current {
+            if sender.send(Ok(approval)).await.is_err() {
+                return;
+            }
+        }
+        if !watch {
+            return;
+        }
+        loop {
+            let next = tokio::select! {
+                () = sender.closed() => return,
+                next = events.recv() => next,
+            };
+            match next {
+                Ok(approval) => {
+                    if sender.send(Ok(approval)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    let Ok(current) = engine.approvals() else {
+                        return;
+                    };
+                    for approval in current {
+                        if sender.send(Ok(approval)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    Ok(ReceiverStream::new(receiver))
 }
 
 /// The longest PIN or PUK any key store takes, in bytes; a longer one is

@@ -14,8 +14,11 @@ use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use rusqlite::{Connection, OptionalExtension, params};
 use zeroize::Zeroizing;
 
+mod approvals;
+pub use approvals::ChallengeRecord;
+
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -154,6 +157,10 @@ impl StateStore {
                  PRAGMA user_version = 3;
                  COMMIT;",
             )?;
+        }
+        if version < 4 {
+            // Version 4: login challenges waiting for an answer.
+            approvals::migrate_v3_to_v4(&conn)?;
         }
         let cache = Cache {
             device: load_device(&conn)?,

@@ -77,6 +77,54 @@ pub fn revocation_message(
     )
 }
 
+/// Signed by the device key to open its event stream with the portal: the
+/// nonce is fresh from the portal, so a captured signature opens nothing.
+pub fn device_stream_message(device_id: &str, nonce: &[u8]) -> Vec<u8> {
+    message("device-stream", &[device_id.as_bytes(), nonce])
+}
+
+/// What a login challenge's answer says; the byte in the signed message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Approve,
+    Deny,
+}
+
+impl Decision {
+    fn label(self) -> &'static [u8] {
+        match self {
+            Decision::Approve => b"approve",
+            Decision::Deny => b"deny",
+        }
+    }
+}
+
+/// Signed to answer a login challenge (docs/approvals.md): by the user's
+/// key for an approval, by the user's or the device key for a denial. It
+/// names the challenge, its nonce, the SHA-256 of the context the device
+/// showed, the number given, the decision and the device.
+pub fn challenge_answer_message(
+    challenge_id: &str,
+    nonce: &[u8],
+    context: &str,
+    number: u32,
+    decision: Decision,
+    device_id: &str,
+) -> Vec<u8> {
+    let context_hash = digest(context.as_bytes());
+    message(
+        "challenge-answer",
+        &[
+            challenge_id.as_bytes(),
+            nonce,
+            &context_hash,
+            &number.to_be_bytes(),
+            decision.label(),
+            device_id.as_bytes(),
+        ],
+    )
+}
+
 /// SHA-256 of a message: the digest that is signed.
 pub fn digest(message: &[u8]) -> [u8; 32] {
     Sha256::digest(message).into()
@@ -99,6 +147,22 @@ mod tests {
         assert_ne!(
             tpm_activation_message("c", b"k", b""),
             activation_message("c", b"k")
+        );
+        assert_ne!(
+            challenge_answer_message("c", b"n", "x", 42, Decision::Approve, "d"),
+            challenge_answer_message("c", b"n", "x", 42, Decision::Deny, "d")
+        );
+        assert_ne!(
+            challenge_answer_message("c", b"n", "x", 42, Decision::Approve, "d"),
+            challenge_answer_message("c", b"n", "y", 42, Decision::Approve, "d")
+        );
+        assert_ne!(
+            challenge_answer_message("c", b"n", "x", 42, Decision::Approve, "d"),
+            challenge_answer_message("c", b"n", "x", 43, Decision::Approve, "d")
+        );
+        assert_ne!(
+            device_stream_message("ab", b"c"),
+            device_stream_message("a", b"bc")
         );
         assert_ne!(
             key_attestation_nonce("ab", "c"),

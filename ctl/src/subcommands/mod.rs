@@ -2,9 +2,12 @@
 //! and pure functions shaping its output (tested without a daemon).
 
 pub mod activate;
+pub mod approvals;
+pub mod approve;
 pub mod camera;
 pub mod card;
 pub mod doctor;
+pub mod deny;
 pub mod qr;
 pub mod sign;
 pub mod status;
@@ -60,6 +63,11 @@ pub enum Subcommand {
     #[command(subcommand)]
     Qr(qr::QrCommand),
     Doctor(doctor::Doctor),
+    /// Login challenges from the portal: list, watch
+    #[command(subcommand)]
+    Approvals(approvals::ApprovalsCommand),
+    Approve(approve::Approve),
+    Deny(deny::Deny),
 }
 
 impl Subcommand {
@@ -76,6 +84,9 @@ impl Subcommand {
             Subcommand::Qr(_) => Ok(()),
             // Prints its own report; lib.rs runs it.
             Subcommand::Doctor(_) => Ok(()),
+            Subcommand::Approvals(cmd) => cmd.run(ctx).await,
+            Subcommand::Approve(cmd) => cmd.run(ctx).await,
+            Subcommand::Deny(cmd) => cmd.run(ctx).await,
         }
     }
 
@@ -90,6 +101,9 @@ impl Subcommand {
             Subcommand::Camera(_) => "camera",
             Subcommand::Qr(_) => "qr",
             Subcommand::Doctor(_) => "doctor",
+            Subcommand::Approvals(_) => "approvals",
+            Subcommand::Approve(_) => "approve",
+            Subcommand::Deny(_) => "deny",
         }
     }
 
@@ -97,6 +111,7 @@ impl Subcommand {
     pub fn usage_problem(&self) -> Option<String> {
         match self {
             Subcommand::Sign(cmd) => cmd.usage_problem(),
+            Subcommand::Approve(cmd) => cmd.usage_problem(),
             _ => None,
         }
     }

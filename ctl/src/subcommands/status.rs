@@ -52,6 +52,16 @@ pub struct StatusJson {
     pub pin_policy: PinPolicyJson,
     pub backends: Vec<BackendJson>,
     pub ctl_version: String,
+    /// The portal stream (docs/approvals.md): `connected`, `connecting`,
+    /// `disconnected` or `inactive`.
+    pub portal_stream: String,
+    /// RFC 3339: since when the stream is in that state.
+    pub portal_stream_since: Option<String>,
+    /// Why the last connection failed or ended; empty when none did.
+    pub portal_stream_error: String,
+    pub portal_stream_connections: u32,
+    /// Login challenges waiting for an answer.
+    pub pending_approvals: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -99,6 +109,12 @@ pub fn status_json(status: &daemon::Status) -> StatusJson {
         },
         backends: status.backends.iter().map(backend_json).collect(),
         ctl_version: crate::CTL_VERSION.to_string(),
+        portal_stream: status.portal_stream.clone(),
+        portal_stream_since: (status.portal_stream_since != 0)
+            .then(|| rfc3339(status.portal_stream_since)),
+        portal_stream_error: status.portal_stream_error.clone(),
+        portal_stream_connections: status.portal_stream_connections,
+        pending_approvals: status.pending_approvals,
     }
 }
 
@@ -184,6 +200,15 @@ pub fn status_text(status: &daemon::Status) -> String {
             escape(&status.device_attestation)
         };
         text.push_str(&format!("Attestation:      {attestation}\n"));
+        let mut stream = escape(&status.portal_stream).into_owned();
+        if !status.portal_stream_error.is_empty() && status.portal_stream != "connected" {
+            stream.push_str(&format!(" ({})", escape(&status.portal_stream_error)));
+        }
+        text.push_str(&format!("Portal stream:    {stream}\n"));
+        text.push_str(&format!(
+            "Approvals:        {} pending\n",
+            status.pending_approvals
+        ));
     }
     text.push_str(&format!("Users:            {}\n", status.user_count));
     text.push_str(&format!("Default backend:  {default_backend}\n"));
@@ -332,6 +357,7 @@ pub(crate) mod tests {
             }),
             activated_at: 1_795_918_359,
             device_attestation: "no TPM identity".into(),
+            ..Default::default()
         }
     }
 
@@ -379,6 +405,11 @@ pub(crate) mod tests {
                     }
                 ],
                 "ctl_version": crate::CTL_VERSION,
+                "portal_stream": "",
+                "portal_stream_since": null,
+                "portal_stream_error": "",
+                "portal_stream_connections": 0,
+                "pending_approvals": 0,
             })
         );
     }

@@ -9,9 +9,11 @@
 //!   per-user locks;
 //! - `recovery`: startup recovery of what a crash interrupted;
 //! - `keystore`: the one async wrapper around a key store;
-//! - `failure`: key-store errors as `Failure`s.
+//! - `failure`: key-store errors as `Failure`s;
+//! - `approvals`: login challenges from the portal stream, answered here.
 
 mod activation;
+mod approvals;
 mod enrollment;
 mod events;
 mod failure;
@@ -29,6 +31,7 @@ use fleetkey_proto::{Failure, Reason, daemon, user_name};
 use p256::pkcs8::{DecodePublicKey, EncodePublicKey, LineEnding};
 
 pub use events::EngineEvent;
+use approvals::Approvals;
 pub use keystore::{Requester, Store, WorkQueue};
 pub use recovery::Recovery;
 
@@ -67,6 +70,8 @@ pub struct Engine {
     user_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Users added and removed, PINs locked: for front ends (events.rs).
     events: events::Events,
+    /// Login challenges: the portal stream's state and the watchers.
+    approvals: Approvals,
 }
 
 impl Engine {
@@ -90,6 +95,7 @@ impl Engine {
             enroll_lock: tokio::sync::Mutex::new(()),
             user_locks: Mutex::new(HashMap::new()),
             events: events::Events::default(),
+            approvals: Approvals::default(),
         }
     }
 
@@ -134,7 +140,7 @@ impl Engine {
                 backend.details = facts.into_iter().collect();
             }
         }
-        Ok(daemon::Status {
+        let mut status = daemon::Status {
             version: env!("CARGO_PKG_VERSION").into(),
             activated: device.is_some(),
             device_id: device
@@ -159,7 +165,10 @@ impl Engine {
                 .as_ref()
                 .map(|d| d.attestation.clone())
                 .unwrap_or_default(),
-        })
+            ..Default::default()
+        };
+        self.stream_status(&mut status);
+        Ok(status)
     }
 
     /// The readers and cards a key store sees (default: pcsc).

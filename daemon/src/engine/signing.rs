@@ -109,7 +109,7 @@ impl Engine {
 
     /// Turns the result of a PIN-checked operation into the answer, and
     /// keeps the user's wrong-PIN count.
-    async fn count_pin_outcome<T>(
+    pub(super) async fn count_pin_outcome<T>(
         &self,
         user: &UserRecord,
         outcome: Result<T, KeyStoreError>,
@@ -156,7 +156,7 @@ impl Engine {
         }
     }
 
-    fn refuse_if_locked(&self, user: &UserRecord) -> Result<(), Failure> {
+    pub(super) fn refuse_if_locked(&self, user: &UserRecord) -> Result<(), Failure> {
         if user.failed_attempts >= self.max_attempts_for(&user.backend) {
             return Err(Failure::new(
                 Reason::PinLocked,
@@ -173,7 +173,7 @@ impl Engine {
     /// Takes the lock of the enrolled user `name` names, and reads the
     /// user's record again under it. The user is looked up first, so
     /// unknown or invalid names leave nothing behind in the lock table.
-    async fn lock_user(
+    pub(super) async fn lock_user(
         &self,
         name: &str,
     ) -> Result<(tokio::sync::OwnedMutexGuard<()>, UserRecord), Failure> {

@@ -343,6 +343,182 @@ fn main() {
     if only.as_deref().is_none_or(|o| o == "piv") {
         piv::run(&runtime, &portal, scale);
     }
+    if only.as_deref().is_none_or(|o| o == "approvals") {
+        approvals::run(&runtime, 100 / scale);
+    }
+}
+
+/// Login approvals (docs/approvals.md): the time from `login start` (the
+/// portal's command) to the challenge being visible on the device's
+/// `WatchApprovals` stream; `Approve` through the daemon against a bare
+/// `Sign` of the same user, alternating; and one portal with 10 devices
+/// and 100 challenges pending at once, all answered concurrently.
+mod approvals {
+    use std::time::{Duration, Instant};
+
+    use fleetkey_e2e::{Daemon, FAST_SOFT_KEYS, Portal};
+    use fleetkey_proto::daemon::{ApproveRequest, SignRequest, WatchApprovalsRequest};
+
+    use super::{PIN, connect, digest, stats};
+
+    fn login_start(portal: &Portal, user: &str) -> (String, u32) {
+        let out = portal.cli(&["login", "start", "--user", user, "--ttl", "600", "--json"]);
+        assert!(out.status.success(), "login start: {out:?}");
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        (
+            json["id"].as_str().expect("id").to_string(),
+            u32::try_from(json["number"].as_u64().expect("number")).expect("number"),
+        )
+    }
+
+    fn device(portal: &Portal, user: &str) -> Daemon {
+        let daemon = Daemon::start(FAST_SOFT_KEYS);
+        daemon.activate(portal);
+        daemon.add_user(portal, user, PIN);
+        let start = Instant::now();
+        while daemon.ctl(&["--json", "status"]).json()["portal_stream"] != "connected" {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "stream not connected"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        daemon
+    }
+
+    pub fn run(runtime: &tokio::runtime::Runtime, rounds: usize) {
+        let portal = Portal::start_with(&["--no-rate-limit"]);
+        let daemon = device(&portal, "approver");
+        let (visible, approve, sign) = runtime.block_on(async {
+            let mut client = connect(&daemon.socket).await;
+            let mut watch = client
+                .watch_approvals(WatchApprovalsRequest { watch: true })
+                .await
+                .expect("watch")
+                .into_inner();
+            let (mut visible, mut approve, mut sign) = (Vec::new(), Vec::new(), Vec::new());
+            for i in 0..rounds {
+                let start = Instant::now();
+                let (id, number) = login_start(&portal, "approver");
+                loop {
+                    let seen = watch.message().await.expect("watch").expect("open");
+                    if seen.id == id && seen.state == "pending" {
+                        break;
+                    }
+                }
+                visible.push(start.elapsed());
+                let start = Instant::now();
+                client
+                    .approve(ApproveRequest {
+                        id,
+                        number,
+                        pin: PIN.into(),
+                    })
+                    .await
+                    .expect("approve");
+                approve.push(start.elapsed());
+                let start = Instant::now();
+                client
+                    .sign(SignRequest {
+                        user: "approver".into(),
+                        pin: PIN.into(),
+                        digest: digest(i).to_vec(),
+                    })
+                    .await
+                    .expect("sign");
+                sign.push(start.elapsed());
+            }
+            (visible, approve, sign)
+        });
+        let zero = Duration::ZERO;
+        let (v, a, s) = (
+            stats(visible, zero),
+            stats(approve, zero),
+            stats(sign, zero),
+        );
+        println!("approvals ({rounds} rounds, cheap soft keys):");
+        println!(
+            "  login start -> visible on device   p50 {:>9.0} us  p99 {:>9.0} us",
+            v.p50_us, v.p99_us
+        );
+        println!(
+            "  Approve round trip (portal incl.)  p50 {:>9.0} us  p99 {:>9.0} us",
+            a.p50_us, a.p99_us
+        );
+        println!(
+            "  bare Sign through the daemon       p50 {:>9.0} us  p99 {:>9.0} us  (approve/sign p50 {:.1}x)",
+            s.p50_us,
+            s.p99_us,
+            a.p50_us / s.p50_us
+        );
+        drop(daemon);
+
+        // 10 devices, 10 pending challenges each: 100 at once.
+        let devices: Vec<Daemon> = (0..10)
+            .map(|d| device(&portal, &format!("user{d}")))
+            .collect();
+        let mut pending = Vec::new();
+        for d in 0..10 {
+            for _ in 0..10 {
+                pending.push((d, login_start(&portal, &format!("user{d}"))));
+            }
+        }
+        let start = Instant::now();
+        for daemon in &devices {
+            loop {
+                let list = daemon.ctl(&["--json", "approvals", "list"]).json();
+                let count = list
+                    .as_array()
+                    .map_or(0, |l| l.iter().filter(|a| a["state"] == "pending").count());
+                if count == 10 {
+                    break;
+                }
+                assert!(start.elapsed() < Duration::from_secs(60), "not all visible");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let all_visible = start.elapsed();
+        let start = Instant::now();
+        let errors = runtime.block_on(async {
+            let mut tasks = Vec::new();
+            for (d, daemon) in devices.iter().enumerate() {
+                let socket = daemon.socket.clone();
+                let mine: Vec<(String, u32)> = pending
+                    .iter()
+                    .filter(|(device, _)| *device == d)
+                    .map(|(_, c)| c.clone())
+                    .collect();
+                tasks.push(tokio::spawn(async move {
+                    let mut client = connect(&socket).await;
+                    let mut errors = 0;
+                    for (id, number) in mine {
+                        let answer = client
+                            .approve(ApproveRequest {
+                                id,
+                                number,
+                                pin: PIN.into(),
+                            })
+                            .await;
+                        if answer.is_err() {
+                            errors += 1;
+                        }
+                    }
+                    errors
+                }));
+            }
+            let mut errors = 0;
+            for task in tasks {
+                errors += task.await.expect("task");
+            }
+            errors
+        });
+        println!(
+            "  10 devices x 10 challenges: all 100 visible {:.2} s after the last login start; \
+             all answered in {:.2} s; errors: {errors}",
+            all_visible.as_secs_f64(),
+            start.elapsed().as_secs_f64()
+        );
+    }
 }
 
 /// Signing on a simulated PIV card (fleetkey-piv-sim in pcscd's vpcd

@@ -77,6 +77,50 @@ pub enum Command {
     /// Look at registered devices.
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Ask a user's devices to approve a login (docs/approvals.md).
+    #[command(subcommand)]
+    Login(LoginCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LoginCommand {
+    /// Make a login challenge for a user: prints its id, the number to show
+    /// at the login, and its expiry. Every device where the user has an
+    /// active credential receives it.
+    Start(LoginStartArgs),
+    /// Wait until a login challenge is approved, denied or expired; prints
+    /// the outcome (exit status 0 only when approved).
+    Wait(LoginWaitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LoginStartArgs {
+    #[command(flatten)]
+    pub db: DbArg,
+    /// The user logging in.
+    #[arg(long, value_name = "NAME", value_parser = parse_user_name)]
+    pub user: String,
+    /// What the person sees on the device (at most 1024 bytes).
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub context: String,
+    /// Seconds until the challenge expires (1 to 3600).
+    #[arg(long, value_name = "SECONDS", default_value_t = crate::login::DEFAULT_TTL_SECS)]
+    pub ttl: i64,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LoginWaitArgs {
+    #[command(flatten)]
+    pub db: DbArg,
+    /// The challenge id `login start` printed.
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -295,6 +339,8 @@ pub fn run_cli(cli: Cli) -> Result<(), PortalError> {
         Command::User(UserCommand::List(args)) => user_list(args),
         Command::User(UserCommand::Revoke(args)) => user_revoke(args),
         Command::Device(DeviceCommand::List(args)) => device_list(args),
+        Command::Login(LoginCommand::Start(args)) => login_start(args),
+        Command::Login(LoginCommand::Wait(args)) => login_wait(args),
     }
 }
 
@@ -926,6 +972,81 @@ fn device_list(args: ListArgs) -> Result<(), PortalError> {
         &["DEVICE", "USERS", "REGISTERED", "TPM", "EK CERT", "NAME"],
         &rows,
     ))
+}
+
+// ---- login ----
+
+fn login_start(args: LoginStartArgs) -> Result<(), PortalError> {
+    let store = Store::open_existing(&args.db.db)?;
+    let now = now_unix();
+    let challenge = crate::login::start(&store.db(), &args.user, &args.context, args.ttl, now)
+        .map_err(|error| match error {
+            crate::login::StartError::Store(error) => PortalError::Store(error),
+            crate::login::StartError::Refused(message) => PortalError::Usage(message),
+        })?;
+    tracing::info!(challenge = %challenge.id, user = %challenge.user, "login challenge made");
+    if args.json {
+        return print_json(&crate::login::Started {
+            id: challenge.id,
+            user: challenge.user,
+            number: challenge.number,
+            expires_at: rfc3339(challenge.expires_at),
+        });
+    }
+    print(&aligned(&[
+        ("challenge", challenge.id.clone()),
+        ("user", challenge.user.clone()),
+        (
+            "number",
+            format!("{} (show it at the login)", challenge.number),
+        ),
+        ("expires", rfc3339(challenge.expires_at)),
+    ]))
+}
+
+/// How often `login wait` looks at the database.
+const WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+fn login_wait(args: LoginWaitArgs) -> Result<(), PortalError> {
+    let store = Store::open_existing(&args.db.db)?;
+    let outcome = loop {
+        let now = now_unix();
+        let challenge = crate::login::get(&store.db(), &args.id)?.ok_or_else(|| {
+            PortalError::NotFound(format!("no login challenge {}", escape(&args.id)))
+        })?;
+        if challenge.outcome(now) != "pending" {
+            break crate::login::Outcome::of(&challenge, now);
+        }
+        std::thread::sleep(WAIT_POLL);
+    };
+    if args.json {
+        print_json(&outcome)?;
+    } else {
+        let mut rows = vec![
+            ("challenge", outcome.id.clone()),
+            ("user", outcome.user.clone()),
+            ("outcome", outcome.outcome.clone()),
+        ];
+        if let (Some(device), Some(signer)) = (&outcome.device_id, &outcome.signed_by) {
+            rows.push((
+                "signature",
+                format!("verified: signed by the {signer} key of device {device}"),
+            ));
+        }
+        if outcome.suspicious {
+            rows.push((
+                "warning",
+                "a wrong number was given on the device: someone else may be trying to log in"
+                    .into(),
+            ));
+        }
+        print(&aligned(&rows))?;
+    }
+    if outcome.outcome == "approved" {
+        Ok(())
+    } else {
+        Err(PortalError::NotApproved(outcome.outcome))
+    }
 }
 
 #[cfg(test)]

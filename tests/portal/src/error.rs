@@ -43,6 +43,9 @@ pub enum PortalError {
     NoPortalUrl,
     #[error("{0}")]
     NotFound(String),
+    /// `login wait`: the login was not approved (denied or expired).
+    #[error("the login was not approved: {0}")]
+    NotApproved(String),
     #[error("cannot make a QR code of this URI: {0}")]
     Qr(#[from] qrcode::types::QrError),
     #[error("cannot encode the PNG: {0}")]

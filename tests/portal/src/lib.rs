@@ -17,6 +17,7 @@
 //! - [`tpm`]: TPM 2.0 structures, TPM2_MakeCredential and the checks of
 //!   docs/tpm-attestation.md; [`der`]: the X.509 subset certificate chains
 //!   need; [`attestation`]: PIV attestation.
+//! - [`login`]: login challenges answered on devices (docs/approvals.md).
 //! - [`integrity`]: the check of a device's integrity report and quote
 //!   (docs/integrity.md).
 
@@ -27,6 +28,7 @@ pub mod der;
 pub mod error;
 pub mod files;
 pub mod integrity;
+pub mod login;
 pub mod qr;
 pub mod rate_limit;
 pub mod server;

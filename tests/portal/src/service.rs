@@ -59,6 +59,7 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
+use crate::login;
 use crate::rate_limit::{RateLimit, RateLimiter};
 use crate::store::{
     CodeKind, CodeRecord, CodeState, Db, Device, EkCertificateStatus, Enrollment,
@@ -103,6 +104,10 @@ pub struct PortalService {
     tpm_ek_roots: Arc<Option<Vec<Vec<u8>>>>,
     /// The per-peer and per-device rate limits.
     limiter: Arc<RateLimiter>,
+    /// Nonces handed out for opening device streams (approvals).
+    stream_nonces: Arc<login::NonceBook>,
+    /// The newest stream of each device: an older one stops.
+    streams: Arc<Mutex<std::collections::HashMap<String, u64>>>,
 }
 
 impl PortalService {
@@ -117,6 +122,8 @@ impl PortalService {
             piv_attestation_roots: Arc::new(Vec::new()),
             tpm_ek_roots: Arc::new(None),
             limiter: Arc::new(RateLimiter::default()),
+            stream_nonces: Arc::new(login::NonceBook::default()),
+            streams: Arc::new(Mutex::new(std::collections::HashMap::new())),
         }
     }
 
@@ -996,8 +1003,206 @@ fn refused(rpc: &'static str, peer: Option<std::net::SocketAddr>, failure: Failu
     failure.to_status()
 }
 
+/// How often an open device stream looks for new challenges.
+pub const STREAM_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The stream of events a device receives.
+pub type DeviceEventStream =
+    tokio_stream::wrappers::ReceiverStream<Result<fleetkey_proto::portal::DeviceEvent, Status>>;
+
+// --- approvals (docs/approvals.md) ---
+impl PortalService {
+    /// A fresh nonce for `device_id` to open its stream with.
+    pub async fn stream_nonce_from(
+        &self,
+        peer: Option<SocketAddr>,
+        request: fleetkey_proto::portal::GetStreamNonceRequest,
+    ) -> Result<fleetkey_proto::portal::GetStreamNonceResponse, Failure> {
+        self.limiter.charge_peer("GetStreamNonce", peer)?;
+        let device_id = request.device_id;
+        let looked_up = device_id.clone();
+        self.with_store(move |store| known_device(&store.db(), &looked_up))
+            .await?;
+        let nonce = self.stream_nonces.issue(&device_id, now_unix())?;
+        Ok(fleetkey_proto::portal::GetStreamNonceResponse { nonce })
+    }
+
+    /// Checks a stream opening and starts the stream: the device's pending
+    /// challenges, then each new one, until the device hangs up or opens a
+    /// newer stream.
+    pub async fn open_device_stream_from(
+        &self,
+        peer: Option<SocketAddr>,
+        request: fleetkey_proto::portal::OpenDeviceStreamRequest,
+    ) -> Result<DeviceEventStream, Failure> {
+        let device_id = request.device_id.clone();
+        let looked_up = device_id.clone();
+        let device = match self
+            .with_store(move |store| known_device(&store.db(), &looked_up))
+            .await
+        {
+            Ok(device) => device,
+            Err(failure) => {
+                self.limiter.charge_peer("OpenDeviceStream", peer)?;
+                return Err(failure);
+            }
+        };
+        if !self
+            .stream_nonces
+            .take(&device_id, &request.nonce, now_unix())
+        {
+            self.limiter.charge_peer("OpenDeviceStream", peer)?;
+            return Err(Failure::new(
+                Reason::SignatureInvalid,
+                "the stream nonce is unknown, used or expired",
+            )
+            .with_hint("Ask GetStreamNonce for a fresh one."));
+        }
+        let key = registered_key(&device)?;
+        let message = binding::device_stream_message(&device_id, &request.nonce);
+        verify(&key, &message, &request.signature, "device signature")?;
+        let generation = {
+            let mut streams = self
+                .streams
+                .lock()
+                .map_err(|_| internal("the stream table lock is poisoned"))?;
+            let entry = streams.entry(device_id.clone()).or_insert(0);
+            *entry += 1;
+            *entry
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let service = self.clone();
+        tokio::spawn(async move { service.push_challenges(device_id, generation, tx).await });
+        Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
+    }
+
+    fn is_current_stream(&self, device_id: &str, generation: u64) -> bool {
+        self.streams
+            .lock()
+            .is_ok_and(|streams| streams.get(device_id) == Some(&generation))
+    }
+
+    async fn push_challenges(
+        &self,
+        device_id: String,
+        generation: u64,
+        tx: tokio::sync::mpsc::Sender<Result<fleetkey_proto::portal::DeviceEvent, Status>>,
+    ) {
+        use fleetkey_proto::portal::{DeviceEvent, device_event};
+        let mut sent = std::collections::HashSet::new();
+        while self.is_current_stream(&device_id, generation) {
+            let looked_up = device_id.clone();
+            let pending = self
+                .with_store(move |store| {
+                    Ok(login::pending_for_device(
+                        &store.db(),
+                        &looked_up,
+                        now_unix(),
+                    )?)
+                })
+                .await;
+            match pending {
+                Ok(pending) => {
+                    // Forget what is no longer pending: the set stays as
+                    // small as the pending list.
+                    sent.retain(|id: &String| pending.iter().any(|c| &c.id == id));
+                    for challenge in pending {
+                        if sent.contains(&challenge.id) {
+                            continue;
+                        }
+                        let event = DeviceEvent {
+                            event: Some(device_event::Event::LoginChallenge(challenge.to_proto())),
+                        };
+                        if tx.send(Ok(event)).await.is_err() {
+                            return;
+                        }
+                        tracing::info!(challenge = %challenge.id, device_id = %device_id, "login challenge pushed");
+                        sent.insert(challenge.id);
+                    }
+                }
+                Err(failure) => {
+                    let _ = tx.send(Err(failure.to_status())).await;
+                    return;
+                }
+            }
+            tokio::select! {
+                () = tx.closed() => return,
+                () = tokio::time::sleep(STREAM_POLL) => {}
+            }
+        }
+    }
+
+    /// Checks and records an answer to a login challenge.
+    pub async fn answer_challenge_from(
+        &self,
+        peer: Option<SocketAddr>,
+        request: fleetkey_proto::portal::AnswerChallengeRequest,
+    ) -> Result<login::Answered, Failure> {
+        let _ = peer;
+        self.limiter
+            .device_has_room("AnswerChallenge", &request.device_id)?;
+        let now = now_unix();
+        self.with_store(move |store| store.immediate(|db| login::check_answer(db, &request, now)))
+            .await?
+    }
+}
+
 #[tonic::async_trait]
 impl Portal for PortalService {
+    type OpenDeviceStreamStream = DeviceEventStream;
+
+    async fn get_stream_nonce(
+        &self,
+        request: Request<fleetkey_proto::portal::GetStreamNonceRequest>,
+    ) -> Result<Response<fleetkey_proto::portal::GetStreamNonceResponse>, Status> {
+        let peer = request.remote_addr();
+        self.stream_nonce_from(peer, request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|failure| refused("GetStreamNonce", peer, failure))
+    }
+
+    async fn open_device_stream(
+        &self,
+        request: Request<fleetkey_proto::portal::OpenDeviceStreamRequest>,
+    ) -> Result<Response<DeviceEventStream>, Status> {
+        let peer = request.remote_addr();
+        let device_id = request.get_ref().device_id.clone();
+        match self
+            .open_device_stream_from(peer, request.into_inner())
+            .await
+        {
+            Ok(stream) => {
+                tracing::info!(rpc = "OpenDeviceStream", peer = ?peer, device_id = %terminal::escape(&device_id), "device stream opened");
+                Ok(Response::new(stream))
+            }
+            Err(failure) => Err(refused("OpenDeviceStream", peer, failure)),
+        }
+    }
+
+    async fn answer_challenge(
+        &self,
+        request: Request<fleetkey_proto::portal::AnswerChallengeRequest>,
+    ) -> Result<Response<fleetkey_proto::portal::AnswerChallengeResponse>, Status> {
+        let peer = request.remote_addr();
+        let id = request.get_ref().challenge_id.clone();
+        match self.answer_challenge_from(peer, request.into_inner()).await {
+            Ok(answered) => {
+                let outcome = match answered {
+                    login::Answered::Approved => "approved",
+                    login::Answered::Denied => "denied",
+                };
+                tracing::info!(rpc = "AnswerChallenge", peer = ?peer, challenge = %terminal::escape(&id), outcome, "login challenge answered; signature verified");
+                Ok(Response::new(
+                    fleetkey_proto::portal::AnswerChallengeResponse {
+                        outcome: outcome.into(),
+                    },
+                ))
+            }
+            Err(failure) => Err(refused("AnswerChallenge", peer, failure)),
+        }
+    }
+
     async fn check_code(
         &self,
         request: Request<CheckCodeRequest>,

@@ -13,7 +13,7 @@
 //! ([`crate::code_key`]): the key lives in `portal.db.key` beside the
 //! database, so the database alone leaks no usable code.
 //!
-//! Schema version 3 (`PRAGMA user_version`; version 1 and 2 databases are
+//! Schema version 4 (`PRAGMA user_version`; version 1 to 3 databases are
 //! migrated on open):
 //!
 //! | table | columns |
@@ -23,6 +23,8 @@
 //! | devices | device_id (PK), public_key (SPKI DER), name, registered_at; since v2: tpm_ak_public, tpm_ak_name, tpm_ek_public, tpm_ek_certificate, tpm_ek_certificate_status (`verified`/`not-checked`/`absent`), tpm_ek_certificate_anchor, tpm_verified_at (all NULL for devices without a verified TPM identity), attestation_detail |
 //! | enrollments | device_id, user, credential_id (unique), public_key (SPKI DER), backend, attestation_format, hardware_backed, enrolled_at, revoked_at, code_hash (the code redeemed; `code` before v3); since v2: attestation_detail |
 //! | tpm_challenges (v2) | code_hash (`code` before v3), device_public_key (PK together), device_name, secret_sha256 (never the secret), ak_public, ak_name, ek_public, ek_certificate, ek_certificate_status, ek_certificate_anchor, created_at — credential challenges waiting for CompleteTpmActivation |
+//!
+//! | login_challenges (v4) | see [`crate::login`]: login challenges for users' devices (docs/approvals.md) |
 //!
 //! A partial unique index allows only one active (not revoked) enrollment
 //! per (device_id, user). Times are Unix seconds.
@@ -39,7 +41,7 @@ use crate::code_key::{CodeHash, CodeKey, KeyError, key_path};
 use crate::files::{create_private, make_private, sqlite_side_files};
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 /// The settings key holding the code key's check value.
 pub const SETTING_CODE_KEY_CHECK: &str = "code_key_check";
 /// How long a statement waits for another process's lock (e.g. `code issue`
@@ -623,6 +625,9 @@ impl Store {
         if version <= 2 {
             migrate_v2_to_v3(&tx, &self.key)?;
         }
+        if version <= 3 {
+            crate::login::migrate_v3_to_v4(&tx)?;
+        }
         let broken: i64 =
             tx.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |row| {
                 row.get(0)
@@ -814,6 +819,11 @@ pub struct Db<'c> {
 
 impl Db<'_> {
     /// A setting's value.
+    /// The connection, for the tables other modules own (`crate::login`).
+    pub(crate) fn conn(&self) -> &Connection {
+        self.conn
+    }
+
     pub fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
         Ok(self
             .conn
