@@ -30,8 +30,8 @@ use std::sync::{Arc, Mutex};
 use fleetkey_proto::{Failure, Reason, daemon, user_name};
 use p256::pkcs8::{DecodePublicKey, EncodePublicKey, LineEnding};
 
-pub use events::EngineEvent;
 use approvals::Approvals;
+pub use events::EngineEvent;
 pub use keystore::{Requester, Store, WorkQueue};
 pub use recovery::Recovery;
 
