@@ -73,6 +73,22 @@ mod tokio_stream_free {
     }
 }
 
+/// Asks the bus to route the signals matching `rule` to `listener`, and
+/// returns the stream to read them from.
+async fn subscribe(listener: &zbus::Connection, rule: &str) -> tokio_stream_free::Signals {
+    listener
+        .call_method(
+            Some("org.freedesktop.DBus"),
+            "/org/freedesktop/DBus",
+            Some("org.freedesktop.DBus"),
+            "AddMatch",
+            &(rule,),
+        )
+        .await
+        .unwrap();
+    tokio_stream_free::Signals::from(listener)
+}
+
 async fn connect(bus: &PrivateBus) -> zbus::Connection {
     zbus::connection::Builder::address(bus.address.as_str())
         .unwrap()
@@ -218,19 +234,11 @@ async fn enrollment_user_and_pin_signals() {
     daemon.activate(&portal);
     let conn = connect(&bus).await;
     let listener = connect(&bus).await;
-    listener
-        .call_method(
-            Some("org.freedesktop.DBus"),
-            "/org/freedesktop/DBus",
-            Some("org.freedesktop.DBus"),
-            "AddMatch",
-            &(format!(
-                "type='signal',sender='{NAME}',path='{PATH}',interface='{NAME}'"
-            ),),
-        )
-        .await
-        .unwrap();
-    let mut signals = tokio_stream_free::Signals::from(&listener);
+    let mut signals = subscribe(
+        &listener,
+        &format!("type='signal',sender='{NAME}',path='{PATH}',interface='{NAME}'"),
+    )
+    .await;
 
     let dir = open_tempdir();
     let png = dir.path().join("alice.png");
@@ -426,17 +434,11 @@ async fn card_inserted_signal() {
     let bus = PrivateBus::start();
     let _daemon = bus.daemon("");
     let listener = connect(&bus).await;
-    listener
-        .call_method(
-            Some("org.freedesktop.DBus"),
-            "/org/freedesktop/DBus",
-            Some("org.freedesktop.DBus"),
-            "AddMatch",
-            &(format!("type='signal',sender='{NAME}',interface='{NAME}'"),),
-        )
-        .await
-        .unwrap();
-    let mut signals = tokio_stream_free::Signals::from(&listener);
+    let mut signals = subscribe(
+        &listener,
+        &format!("type='signal',sender='{NAME}',interface='{NAME}'"),
+    )
+    .await;
     let reader = fleetkey_e2e::VPCD_READERS[0].0;
 
     let card = tokio::task::spawn_blocking(|| fleetkey_e2e::SimCard::new(0))
