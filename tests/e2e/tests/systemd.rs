@@ -126,11 +126,18 @@ fn started_by_hand_nothing_is_notified_and_the_socket_is_its_own() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    // The socket is bound before the D-Bus connection and the ready line, so
+    // wait for the line itself.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() && Instant::now() < deadline {
+    while !log_text().contains("fleetkeyd ready") && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        std::os::unix::net::UnixStream::connect(&socket).is_ok(),
+        "{}",
+        log_text()
+    );
     assert!(
         log_text().contains("socket_activated=false"),
         "{}",
