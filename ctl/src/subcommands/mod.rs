@@ -2,13 +2,16 @@
 //! and pure functions shaping its output (tested without a daemon).
 
 pub mod activate;
+pub mod audit;
 pub mod camera;
+pub mod deactivate;
 pub mod card;
 pub mod qr;
 pub mod sign;
 pub mod status;
 pub mod user;
 pub mod user_add;
+pub mod user_add_check;
 pub mod user_list;
 pub mod user_pin_change;
 pub mod user_pin_unblock;
@@ -58,6 +61,10 @@ pub enum Subcommand {
     /// Decode QR codes in images, offline
     #[command(subcommand)]
     Qr(qr::QrCommand),
+    /// Show and verify the audit log (admins only)
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+    Deactivate(deactivate::Deactivate),
 }
 
 impl Subcommand {
@@ -72,6 +79,8 @@ impl Subcommand {
             Subcommand::Camera(cmd) => cmd.run(ctx).await,
             // Offline; lib.rs runs it before any runtime is made.
             Subcommand::Qr(_) => Ok(()),
+            Subcommand::Audit(cmd) => cmd.run(ctx).await,
+            Subcommand::Deactivate(cmd) => cmd.run(ctx).await,
         }
     }
 
@@ -85,6 +94,8 @@ impl Subcommand {
             Subcommand::Card(_) => "card",
             Subcommand::Camera(_) => "camera",
             Subcommand::Qr(_) => "qr",
+            Subcommand::Audit(_) => "audit",
+            Subcommand::Deactivate(_) => "deactivate",
         }
     }
 

@@ -12,9 +12,12 @@
 //! - `failure`: key-store errors as `Failure`s.
 
 mod activation;
+mod audit_log;
+mod deactivation;
 mod enrollment;
 mod failure;
 mod keystore;
+mod precheck;
 mod recovery;
 mod signing;
 #[cfg(test)]
