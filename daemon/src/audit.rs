@@ -647,7 +647,7 @@ mod tests {
         let entries = verify_file(&path).unwrap();
         assert_eq!(
             entries[3].body.event,
-            AuditEvent::TornEntryDropped { bytes: 19 }
+            AuditEvent::TornEntryDropped { bytes: 18 }
         );
         let kept = std::fs::read_to_string(dir.path().join(TORN_FILE_NAME)).unwrap();
         assert_eq!(kept, "{\"seq\":4,\"time\":17\n");

@@ -143,14 +143,17 @@ impl Engine {
                     .write(move |state| state.record_failed_attempt(&name))
                     .await?;
                 tracing::warn!(user = %user.name, failed, "wrong PIN");
+                // As wrong_pin_failure counts: ours, or the store's if fewer.
+                let ours = max.saturating_sub(failed);
+                let attempts_left = e.tries_left.map_or(ours, |store| store.min(ours));
                 self.audit(
                     who,
                     AuditEvent::PinWrong {
                         user: user.name.clone(),
-                        attempts_left: max.saturating_sub(failed),
+                        attempts_left,
                     },
                 );
-                if failed == max {
+                if attempts_left == 0 {
                     self.audit(
                         who,
                         AuditEvent::PinLocked {

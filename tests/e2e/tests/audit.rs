@@ -72,9 +72,11 @@ fn every_users_events_are_recorded_in_order_and_no_pin_is() {
     daemon.add_user(&portal, "bob", BOB_PIN);
     sign_as(&daemon, 0, "alice", ALICE_PIN).assert_ok();
     sign_as(&daemon, nobody, "bob", BOB_PIN).assert_ok();
-    for _ in 0..3 {
+    for _ in 0..2 {
         sign_as(&daemon, nobody, "bob", WRONG_PIN).assert_reason(Reason::PinWrong);
     }
+    // The third wrong PIN locks bob; then even the right one is refused.
+    sign_as(&daemon, nobody, "bob", WRONG_PIN).assert_reason(Reason::PinLocked);
     sign_as(&daemon, nobody, "bob", BOB_PIN).assert_reason(Reason::PinLocked);
     daemon
         .ctl_with_stdin(

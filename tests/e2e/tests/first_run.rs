@@ -171,3 +171,47 @@ fn deactivate_without_users_needs_no_flag() {
         .ctl(&["--json", "deactivate"])
         .assert_reason(Reason::DeviceNotActivated);
 }
+
+/// docs/cli.md's `status` example shows the soft store as a real run does
+/// (its row and its capabilities in the JSON example).
+#[test]
+fn the_status_example_in_cli_md_matches_a_real_run() {
+    let docs = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/cli.md"),
+    )
+    .unwrap();
+    let words = |line: &str| line.split_whitespace().collect::<Vec<_>>().join(" ");
+    let daemon = Daemon::start(FAST_SOFT_KEYS);
+    let text = daemon.ctl(&["status"]);
+    text.assert_ok();
+    let real_row = text
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("soft "))
+        .map(words)
+        .expect("a soft row");
+    let documented_row = docs
+        .lines()
+        .find(|l| l.starts_with("soft ") && l.contains("no (software)"))
+        .map(words)
+        .expect("a soft row in docs/cli.md");
+    assert_eq!(documented_row, real_row);
+
+    let json = daemon.ctl(&["--json", "status"]).json();
+    let soft = json["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "soft")
+        .unwrap()
+        .clone();
+    let capabilities = serde_json::to_string(&soft["capabilities"]).unwrap();
+    let documented = docs
+        .lines()
+        .find(|l| l.contains("\"capabilities\": ["))
+        .expect("a capabilities line in docs/cli.md");
+    assert!(
+        documented.contains(&capabilities.replace(',', ", ")),
+        "docs/cli.md says {documented}, a real run {capabilities}"
+    );
+}
