@@ -40,7 +40,9 @@ pub struct Args {
 pub fn portal_url_flag_problem(url: &str) -> String {
     let shown = fleetkey_proto::terminal::escape(url);
     if url.contains("://") {
-        format!("--portal-url {shown} is not a portal URL: it must start with http:// or https:// and name a host")
+        format!(
+            "--portal-url {shown} is not a portal URL: it must start with http:// or https:// and name a host"
+        )
     } else {
         format!(
             "--portal-url {shown} is not a portal URL: it must start with http:// or https://, e.g. --portal-url https://{shown} (or http://{shown} for a portal without TLS)"

@@ -235,7 +235,9 @@ impl AuditLog {
             .open(path)
             .map_err(io)?;
         let anchored = match &anchor {
-            Some(anchor) => anchor.load().map_err(|problem| AuditError::Anchor { problem })?,
+            Some(anchor) => anchor
+                .load()
+                .map_err(|problem| AuditError::Anchor { problem })?,
             None => None,
         };
         let mut seq = 0;

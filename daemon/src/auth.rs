@@ -359,7 +359,9 @@ mod tests {
             daemon_uid: 997,
             admin_group: Some(("fleetkey-admin".into(), 990)),
         };
-        let err = service_user.require_admin(&nobody, "add users").unwrap_err();
+        let err = service_user
+            .require_admin(&nobody, "add users")
+            .unwrap_err();
         assert_eq!(
             err.message,
             "uid 65534 may not add users; only root, the daemon's user (uid 997) or members of group 'fleetkey-admin' may"

@@ -510,7 +510,8 @@ mod tests {
         let mut backends = Backends {
             entries: Vec::new(),
         };
-        let error = KeyStoreError::unavailable("cannot talk to pcscd (no service); is pcscd running?");
+        let error =
+            KeyStoreError::unavailable("cannot talk to pcscd (no service); is pcscd running?");
         backends.add_unavailable(&Registration::not_built("pcsc"), error.detail());
         let failure = backends.get("pcsc").err().unwrap();
         assert_eq!(

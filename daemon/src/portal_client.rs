@@ -288,7 +288,9 @@ mod tests {
 
     impl std::error::Error for Layer {
         fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-            self.1.as_deref().map(|l| l as &(dyn std::error::Error + 'static))
+            self.1
+                .as_deref()
+                .map(|l| l as &(dyn std::error::Error + 'static))
         }
     }
 

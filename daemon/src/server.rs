@@ -23,8 +23,7 @@ use tonic::{Request, Response};
 
 use fleetkey_proto::daemon::{
     CheckAddUserRequest, CheckAddUserResponse, DeactivateRequest, DeactivateResponse,
-    ReadAuditRequest, ReadAuditResponse,
-    VerifyAuditRequest, VerifyAuditResponse,
+    ReadAuditRequest, ReadAuditResponse, VerifyAuditRequest, VerifyAuditResponse,
 };
 
 use crate::auth::{AdminPolicy, Caller, PeerStream};

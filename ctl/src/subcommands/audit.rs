@@ -141,15 +141,13 @@ pub fn show_text(entries: &[Value]) -> String {
 
 /// Check the audit log: chain and recorded head
 #[derive(Debug, clap::Args)]
-#[command(
-    long_about = "\
+#[command(long_about = "\
 Checks the whole audit log: every entry is chained to the one before by its \
 hash, the sequence numbers run without a gap, and the log reaches the head \
 (last sequence number and hash) the daemon keeps in state.db. So an entry \
 edited, removed (anywhere, the last ones included) or moved is found. On \
 success prints how many entries were checked; otherwise fails with \
-AUDIT_TAMPERED (exit 105) naming the first line that breaks. Admins only."
-)]
+AUDIT_TAMPERED (exit 105) naming the first line that breaks. Admins only.")]
 pub struct AuditVerify {}
 
 impl AuditVerify {

@@ -4,8 +4,8 @@
 pub mod activate;
 pub mod audit;
 pub mod camera;
-pub mod deactivate;
 pub mod card;
+pub mod deactivate;
 pub mod qr;
 pub mod sign;
 pub mod status;

@@ -165,7 +165,10 @@ async fn unknown_and_invalid_names_leave_no_lock_entries() {
         .sign(ME, "ａｌｉｃｅ", Pin::new("1234"), &DIGEST)
         .await
         .unwrap();
-    engine.remove_user(Requester::Daemon, "alice").await.unwrap();
+    engine
+        .remove_user(Requester::Daemon, "alice")
+        .await
+        .unwrap();
     assert!(engine.user_locks.lock().unwrap().is_empty());
 }
 
@@ -365,7 +368,10 @@ async fn recovery_keeps_pending_users_while_the_portal_is_down() {
     assert_eq!(listed.len(), 1);
     assert!(listed[0].notes.iter().any(|n| n.contains("pending")));
     // And the name can still be removed.
-    let removed = engine.remove_user(Requester::Daemon, "carol").await.unwrap();
+    let removed = engine
+        .remove_user(Requester::Daemon, "carol")
+        .await
+        .unwrap();
     assert!(!removed.revoked_at_portal);
     assert!(engine.state.user("carol").unwrap().is_none());
     let _ = record;

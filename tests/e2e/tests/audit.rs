@@ -247,7 +247,11 @@ fn a_torn_last_line_is_cut_off_at_start_and_recorded() {
     assert_eq!(entries[2]["uid"], Value::Null);
     let kept = std::fs::read_to_string(daemon.state_dir().join("audit.log.torn")).unwrap();
     assert_eq!(kept, format!("{torn}\n"));
-    assert!(daemon.log_text().contains("torn line"), "{}", daemon.log_text());
+    assert!(
+        daemon.log_text().contains("torn line"),
+        "{}",
+        daemon.log_text()
+    );
     let verified = daemon.ctl(&["--json", "audit", "verify"]);
     verified.assert_ok();
     assert_eq!(verified.json()["entries"], 3);

@@ -169,10 +169,7 @@ fn the_tpm_section_runs_as_written_on_its_own() {
     assert!(blocks.len() >= 4, "{blocks:#?}");
     let script = script(
         &blocks,
-        &[
-            ("7444", free_port_pair()),
-            ("2321", free_port_pair()),
-        ],
+        &[("7444", free_port_pair()), ("2321", free_port_pair())],
     );
     // On its own: nothing of the walkthrough (no $demo) is needed.
     assert!(!script.contains("$demo"), "{script}");

@@ -47,9 +47,8 @@ use std::sync::{Arc, Mutex};
 use fleetkey_proto::portal::portal_server::Portal;
 use fleetkey_proto::portal::{
     CheckCodeRequest, CheckCodeResponse, CompleteTpmActivationRequest, DeactivateDeviceRequest,
-    DeactivateDeviceResponse, EnrollUserRequest,
-    EnrollUserResponse, RegisterDeviceRequest, RegisterDeviceResponse, RevokeUserRequest,
-    RevokeUserResponse, TpmCertification, TpmChallenge,
+    DeactivateDeviceResponse, EnrollUserRequest, EnrollUserResponse, RegisterDeviceRequest,
+    RegisterDeviceResponse, RevokeUserRequest, RevokeUserResponse, TpmCertification, TpmChallenge,
 };
 use fleetkey_proto::time::{now_unix, rfc3339};
 use fleetkey_proto::{ActivationCode, Failure, Reason, binding, terminal, user_name};

@@ -1117,8 +1117,10 @@ impl Db<'_> {
             "DELETE FROM enrollments WHERE device_id = ?1",
             params![device_id],
         )?;
-        self.conn
-            .execute("DELETE FROM devices WHERE device_id = ?1", params![device_id])?;
+        self.conn.execute(
+            "DELETE FROM devices WHERE device_id = ?1",
+            params![device_id],
+        )?;
         Ok(Some(u32::try_from(active).unwrap_or(u32::MAX)))
     }
 }
