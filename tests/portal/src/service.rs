@@ -29,6 +29,9 @@
 //!   an active credential to revoke: the one named, or with an empty
 //!   `credential_id` whichever the user has on the device (a device that
 //!   lost the id in a crash still knows the name).
+//! - DeactivateDevice: as RevokeUser up to the device signature (over
+//!   `binding::deactivation_message`), then the device's enrollments and
+//!   record are removed in one transaction.
 //!
 //! User names come from codes, which `code issue` checked against the one
 //! user-name rule (`fleetkey_proto::user_name`, docs/user-names.md); a name
