@@ -82,7 +82,7 @@ pub struct ErrorBody {
 }
 
 /// Metadata keys whose values are numbers in the JSON form.
-const NUMERIC_METADATA: &[&str] = &["tries_left", "server_uid"];
+const NUMERIC_METADATA: &[&str] = &["tries_left", "server_uid", "line"];
 
 /// Shapes a failure for `--json`.
 pub fn failure_json(failure: &Failure) -> ErrorDocument {

@@ -38,3 +38,35 @@ pub struct Args {
     #[arg(long, value_name = "BUS")]
     pub dbus: Option<crate::config::BusChoice>,
 }
+
+/// Why `--portal-url URL` cannot be used, naming the flag, with what to
+/// type instead.
+pub fn portal_url_flag_problem(url: &str) -> String {
+    let shown = fleetkey_proto::terminal::escape(url);
+    if url.contains("://") {
+        format!(
+            "--portal-url {shown} is not a portal URL: it must start with http:// or https:// and name a host"
+        )
+    } else {
+        format!(
+            "--portal-url {shown} is not a portal URL: it must start with http:// or https://, e.g. --portal-url https://{shown} (or http://{shown} for a portal without TLS)"
+        )
+    }
+}
+
+#[cfg(test)]
+mod portal_url_tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_address_gets_the_flag_named_and_a_scheme_suggested() {
+        assert_eq!(
+            portal_url_flag_problem("127.0.0.1:27443"),
+            "--portal-url 127.0.0.1:27443 is not a portal URL: it must start with http:// or https://, e.g. --portal-url https://127.0.0.1:27443 (or http://127.0.0.1:27443 for a portal without TLS)"
+        );
+        assert_eq!(
+            portal_url_flag_problem("ftp://x"),
+            "--portal-url ftp://x is not a portal URL: it must start with http:// or https:// and name a host"
+        );
+    }
+}

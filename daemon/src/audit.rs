@@ -11,7 +11,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -82,6 +82,15 @@ pub enum AuditEvent {
         operation: String,
         failing: Vec<String>,
     },
+    /// A PIN was set anew with the PUK.
+    PinUnblocked {
+        user: String,
+    },
+    /// The log ended in a line torn by a crash; these bytes were cut off
+    /// at the next start (and kept in `audit.log.torn`).
+    TornEntryDropped {
+        bytes: u64,
+    },
 }
 
 /// What is hashed: everything in a line but the two hashes.
@@ -118,6 +127,8 @@ pub enum AuditError {
     },
     #[error("audit log line {line}: {problem}")]
     Broken { line: u64, problem: String },
+    #[error("the audit log's head in state.db: {problem}")]
+    Anchor { problem: String },
 }
 
 fn chain_hash(prev: &str, body: &Body) -> Result<String, serde_json::Error> {
@@ -134,6 +145,48 @@ struct Head {
     file: File,
     seq: u64,
     hash: String,
+    /// Where the head is kept outside the log; None when the log is not
+    /// anchored, or no longer reaches its anchor.
+    anchor: Option<Arc<dyn Anchor>>,
+}
+
+/// Keeps the log's head (sequence number and hash of the last entry)
+/// outside the log, in the state database, so that removing the last
+/// entries (which leaves a valid chain) is found.
+pub trait Anchor: Send + Sync {
+    fn load(&self) -> Result<Option<(u64, String)>, String>;
+    fn store(&self, seq: u64, hash: &str) -> Result<(), String>;
+}
+
+/// Where a torn last line is kept when it is cut off.
+pub const TORN_FILE_NAME: &str = "audit.log.torn";
+
+/// Cuts off bytes after the last newline (a line torn by a crash during
+/// an append) and appends them to `audit.log.torn` beside the log.
+/// Returns how many bytes were cut.
+fn cut_torn_tail(path: &Path) -> std::io::Result<Option<u64>> {
+    let data = match std::fs::read(path) {
+        Ok(data) => data,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if data.is_empty() || data.ends_with(b"\n") {
+        return Ok(None);
+    }
+    let keep = data.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let torn_path = path.with_file_name(TORN_FILE_NAME);
+    let mut torn = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&torn_path)?;
+    torn.write_all(&data[keep..])?;
+    torn.write_all(b"\n")?;
+    torn.sync_all()?;
+    let file = OpenOptions::new().write(true).open(path)?;
+    file.set_len(keep as u64)?;
+    file.sync_all()?;
+    Ok(Some((data.len() - keep) as u64))
 }
 
 /// The open log. Appends are serialized by a mutex and written with one
@@ -141,17 +194,39 @@ struct Head {
 pub struct AuditLog {
     path: PathBuf,
     head: Mutex<Head>,
+    /// Where the head is kept (state.db), for `verify`.
+    anchor: Option<Arc<dyn Anchor>>,
 }
 
 impl AuditLog {
     /// Opens (or creates, mode 0600) the log at `path` and reads its last
     /// entry to continue the chain. The whole chain is not checked here;
-    /// `verify` does that.
+    /// `verify` does that. No head anchor: see `open_anchored`.
     pub fn open(path: &Path) -> Result<Self, AuditError> {
+        Self::open_with(path, None)
+    }
+
+    /// Opens the log and keeps its head (the last entry's sequence number
+    /// and hash) in `anchor` after each append, so that removing the last
+    /// entries is found by `verify_anchored`.
+    ///
+    /// A torn last line (a crash in the middle of an append: bytes after
+    /// the last newline) is cut off, kept in `audit.log.torn`, and the cut
+    /// recorded as a `torn_entry_dropped` entry. A log that does not reach
+    /// the anchored head (its last entries were removed) or disagrees with
+    /// it is not anchored again: the daemon starts and goes on appending,
+    /// but the anchor stays where it was, so `verify` keeps failing until
+    /// an administrator moves the log aside (docs/audit.md).
+    pub fn open_anchored(path: &Path, anchor: Arc<dyn Anchor>) -> Result<Self, AuditError> {
+        Self::open_with(path, Some(anchor))
+    }
+
+    fn open_with(path: &Path, anchor: Option<Arc<dyn Anchor>>) -> Result<Self, AuditError> {
         let io = |source| AuditError::Io {
             path: path.to_path_buf(),
             source,
         };
+        let torn = cut_torn_tail(path).map_err(io)?;
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -159,25 +234,71 @@ impl AuditLog {
             .mode(0o600)
             .open(path)
             .map_err(io)?;
+        let anchored = match &anchor {
+            Some(anchor) => anchor
+                .load()
+                .map_err(|problem| AuditError::Anchor { problem })?,
+            None => None,
+        };
         let mut seq = 0;
         let mut hash = GENESIS.to_string();
+        // Whether the log holds the anchored entry, unchanged.
+        let mut reaches_anchor = anchored.is_none();
         let reader = BufReader::new(File::open(path).map_err(io)?);
         for (index, line) in reader.lines().enumerate() {
             let line = line.map_err(io)?;
-            if line.is_empty() {
-                continue;
+            match serde_json::from_str::<Entry>(&line) {
+                Ok(entry) => {
+                    if let Some((anchor_seq, anchor_hash)) = &anchored
+                        && entry.body.seq == *anchor_seq
+                    {
+                        reaches_anchor = entry.hash == *anchor_hash;
+                    }
+                    seq = entry.body.seq;
+                    hash = entry.hash;
+                }
+                Err(error) => {
+                    // Not torn (it ends in a newline): damaged or edited.
+                    // The daemon still starts; `verify` reports it.
+                    tracing::error!(line = index + 1, %error, path = %path.display(), "the audit log has a damaged line; `fleetkeyctl audit verify` reports it");
+                }
             }
-            let entry: Entry = serde_json::from_str(&line).map_err(|e| AuditError::Broken {
-                line: index as u64 + 1,
-                problem: e.to_string(),
-            })?;
-            seq = entry.body.seq;
-            hash = entry.hash;
         }
-        Ok(Self {
+        if !reaches_anchor {
+            tracing::error!(path = %path.display(), "the audit log does not reach the head recorded in state.db: entries were removed or changed; `fleetkeyctl audit verify` fails until the log is moved aside (docs/audit.md)");
+        }
+        let log = Self {
             path: path.to_path_buf(),
-            head: Mutex::new(Head { file, seq, hash }),
-        })
+            head: Mutex::new(Head {
+                file,
+                seq,
+                hash,
+                anchor: anchor.clone().filter(|_| reaches_anchor),
+            }),
+            anchor,
+        };
+        if let Some(bytes) = torn {
+            tracing::warn!(path = %path.display(), bytes, "the audit log ended in a torn line (a crash during an append); it was cut off and kept in {TORN_FILE_NAME}");
+            log.record(None, AuditEvent::TornEntryDropped { bytes });
+        } else {
+            // Brings the anchor up to the head after a crash between an
+            // append and its anchoring.
+            log.anchor_head()?;
+        }
+        Ok(log)
+    }
+
+    /// Records the head in the anchor, when the log is anchored.
+    fn anchor_head(&self) -> Result<(), AuditError> {
+        let head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(anchor) = &head.anchor
+            && head.seq > 0
+        {
+            anchor
+                .store(head.seq, &head.hash)
+                .map_err(|problem| AuditError::Anchor { problem })?;
+        }
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -214,7 +335,57 @@ impl AuditLog {
         head.file.sync_data().map_err(io)?;
         head.seq = entry.body.seq;
         head.hash = entry.hash.clone();
+        if let Some(anchor) = &head.anchor {
+            anchor
+                .store(head.seq, &head.hash)
+                .map_err(|problem| AuditError::Anchor { problem })?;
+        }
         Ok(entry)
+    }
+
+    /// The anchored head and the log's length, read together under the
+    /// append lock, so that a reader sees only whole lines and an anchor
+    /// the bytes it reads reach.
+    fn snapshot(&self) -> Result<(Option<(u64, String)>, u64), AuditError> {
+        let head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+        let anchor = match &self.anchor {
+            Some(anchor) => anchor
+                .load()
+                .map_err(|problem| AuditError::Anchor { problem })?,
+            None => None,
+        };
+        let length = head
+            .file
+            .metadata()
+            .map_err(|source| AuditError::Io {
+                path: self.path.clone(),
+                source,
+            })?
+            .len();
+        Ok((anchor, length))
+    }
+
+    fn reader(&self, length: u64) -> Result<impl BufRead, AuditError> {
+        let file = File::open(&self.path).map_err(|source| AuditError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        Ok(BufReader::new(std::io::Read::take(file, length)))
+    }
+
+    /// Checks the whole log and its anchored head (`verify_anchored`).
+    pub fn verify(&self) -> Result<Verified, AuditError> {
+        let (anchor, length) = self.snapshot()?;
+        verify_anchored(self.reader(length)?, anchor)
+    }
+
+    /// One page of entries after sequence number `after` (`read_page`).
+    pub fn page(&self, after: u64, limit: usize) -> Result<(Vec<String>, bool), AuditError> {
+        let (_, length) = self.snapshot()?;
+        read_page(self.reader(length)?, after, limit).map_err(|source| AuditError::Io {
+            path: self.path.clone(),
+            source,
+        })
     }
 
     /// Appends one event; a failure is logged, not returned. For events
@@ -231,6 +402,62 @@ impl AuditLog {
 /// matches its line. Returns the entries.
 pub fn verify(reader: impl BufRead) -> Result<Vec<Entry>, AuditError> {
     let mut entries = Vec::new();
+    verify_each(reader, |entry| entries.push(entry))?;
+    Ok(entries)
+}
+
+/// What `verify_anchored` found in a sound log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub entries: u64,
+    /// The head recorded outside the log, if any.
+    pub anchored_seq: Option<u64>,
+}
+
+/// `verify`, holding one entry at a time, and then checks the log
+/// against its anchored head: the log must reach the anchored entry and
+/// that entry must be the one anchored. So removing the last entries is
+/// found as well as any change before them.
+pub fn verify_anchored(
+    reader: impl BufRead,
+    anchor: Option<(u64, String)>,
+) -> Result<Verified, AuditError> {
+    let mut count = 0u64;
+    let mut anchored_hash = None;
+    verify_each(reader, |entry| {
+        count += 1;
+        if let Some((seq, _)) = &anchor
+            && entry.body.seq == *seq
+        {
+            anchored_hash = Some(entry.hash);
+        }
+    })?;
+    if let Some((seq, hash)) = &anchor {
+        match anchored_hash {
+            None => {
+                return Err(AuditError::Broken {
+                    line: count + 1,
+                    problem: format!(
+                        "the log ends after entry {count}, but state.db records entry {seq} as its last (entries at the end were removed)"
+                    ),
+                });
+            }
+            Some(found) if found != *hash => {
+                return Err(AuditError::Broken {
+                    line: *seq,
+                    problem: "is not the entry state.db records as the log's head (the log was rewritten)".into(),
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(Verified {
+        entries: count,
+        anchored_seq: anchor.map(|(seq, _)| seq),
+    })
+}
+
+fn verify_each(reader: impl BufRead, mut each: impl FnMut(Entry)) -> Result<(), AuditError> {
     let mut prev = GENESIS.to_string();
     for (index, line) in reader.lines().enumerate() {
         let number = index as u64 + 1;
@@ -259,9 +486,34 @@ pub fn verify(reader: impl BufRead) -> Result<Vec<Entry>, AuditError> {
             ));
         }
         prev = entry.hash.clone();
-        entries.push(entry);
+        each(entry);
     }
-    Ok(entries)
+    Ok(())
+}
+
+/// One page of the log: at most `limit` lines (as written) whose sequence
+/// number is above `after`, and whether more follow. Lines that do not
+/// parse are skipped (`verify` reports them).
+pub fn read_page(
+    reader: impl BufRead,
+    after: u64,
+    limit: usize,
+) -> Result<(Vec<String>, bool), std::io::Error> {
+    let mut page = Vec::new();
+    for line in reader.lines() {
+        let line = line?;
+        let Ok(entry) = serde_json::from_str::<Entry>(&line) else {
+            continue;
+        };
+        if entry.body.seq <= after {
+            continue;
+        }
+        if page.len() == limit {
+            return Ok((page, true));
+        }
+        page.push(line);
+    }
+    Ok((page, false))
 }
 
 #[cfg(test)]
@@ -332,5 +584,87 @@ mod tests {
                 .to_string()
                 .contains("line 2")
         );
+    }
+
+    /// An anchor in memory, standing in for state.db.
+    #[derive(Default)]
+    struct MemoryAnchor(Mutex<Option<(u64, String)>>);
+
+    impl Anchor for MemoryAnchor {
+        fn load(&self) -> Result<Option<(u64, String)>, String> {
+            Ok(self.0.lock().unwrap().clone())
+        }
+        fn store(&self, seq: u64, hash: &str) -> Result<(), String> {
+            *self.0.lock().unwrap() = Some((seq, hash.to_string()));
+            Ok(())
+        }
+    }
+
+    fn anchored_log() -> (tempfile::TempDir, PathBuf, Arc<MemoryAnchor>, AuditLog) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let anchor = Arc::new(MemoryAnchor::default());
+        let log = AuditLog::open_anchored(&path, anchor.clone()).unwrap();
+        for event in events() {
+            log.append(Some(1000), event).unwrap();
+        }
+        (dir, path, anchor, log)
+    }
+
+    #[test]
+    fn the_anchor_finds_removed_last_entries() {
+        let (_dir, path, anchor, log) = anchored_log();
+        assert_eq!(log.verify().unwrap().entries, 3);
+        assert_eq!(anchor.load().unwrap().unwrap().0, 3);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        std::fs::write(&path, format!("{}\n{}\n", lines[0], lines[1])).unwrap();
+        // The chain alone is sound; the anchor is not reached.
+        assert_eq!(verify_file(&path).unwrap().len(), 2);
+        let err = log.verify().unwrap_err().to_string();
+        assert!(err.contains("line 3") && err.contains("removed"), "{err}");
+        // Reopened and appended to, the log still fails: the anchor is
+        // not moved onto the shortened chain.
+        drop(log);
+        let log = AuditLog::open_anchored(&path, anchor.clone()).unwrap();
+        log.append(None, AuditEvent::UserRemoved { user: "x".into() })
+            .unwrap();
+        log.append(None, AuditEvent::UserRemoved { user: "y".into() })
+            .unwrap();
+        assert_eq!(anchor.load().unwrap().unwrap().0, 3);
+        let err = log.verify().unwrap_err().to_string();
+        assert!(err.contains("line 3") && err.contains("rewritten"), "{err}");
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_off_kept_and_recorded() {
+        let (dir, path, anchor, log) = anchored_log();
+        drop(log);
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(b"{\"seq\":4,\"time\":17").unwrap();
+        drop(file);
+        let log = AuditLog::open_anchored(&path, anchor.clone()).unwrap();
+        let verified = log.verify().unwrap();
+        assert_eq!(verified.entries, 4);
+        let entries = verify_file(&path).unwrap();
+        assert_eq!(
+            entries[3].body.event,
+            AuditEvent::TornEntryDropped { bytes: 18 }
+        );
+        let kept = std::fs::read_to_string(dir.path().join(TORN_FILE_NAME)).unwrap();
+        assert_eq!(kept, "{\"seq\":4,\"time\":17\n");
+    }
+
+    #[test]
+    fn pages_are_bounded_and_continue_after_the_last_seen() {
+        let (_dir, _path, _anchor, log) = anchored_log();
+        let (page, more) = log.page(0, 2).unwrap();
+        assert_eq!(page.len(), 2);
+        assert!(more);
+        assert!(page[1].contains("\"bob\""));
+        let (page, more) = log.page(2, 2).unwrap();
+        assert_eq!(page.len(), 1);
+        assert!(!more);
+        assert!(page[0].contains("\"carol\""));
     }
 }

@@ -230,14 +230,53 @@ impl AdminPolicy {
         if self.is_admin(caller) {
             return Ok(());
         }
-        let who = match &self.admin_group {
-            Some((name, _)) => format!("root or members of group '{name}'"),
-            None => "root".to_string(),
-        };
         Err(Failure::new(
             Reason::PermissionDenied,
-            format!("uid {} may not {action}; only {who} may", caller.uid),
-        ))
+            format!(
+                "uid {} may not {action}; only {} may",
+                caller.uid,
+                self.admins_text()
+            ),
+        )
+        .with_hint(self.admin_hint()))
+    }
+
+    /// Who the admins are, for messages: root, the daemon's own user when
+    /// it is not root, and the members of the admin group when one is
+    /// configured (and exists).
+    fn admins_text(&self) -> String {
+        let mut who = vec!["root".to_string()];
+        if self.daemon_uid != 0 {
+            who.push(format!("the daemon's user (uid {})", self.daemon_uid));
+        }
+        if let Some((name, _)) = &self.admin_group {
+            who.push(format!("members of group '{name}'"));
+        }
+        match who.len() {
+            1 => who.remove(0),
+            _ => {
+                let last = who.pop().unwrap_or_default();
+                format!("{} or {last}", who.join(", "))
+            }
+        }
+    }
+
+    /// What to do, for this configuration: the same admins as the message.
+    fn admin_hint(&self) -> String {
+        let mut ways = vec!["as root (e.g. with sudo)".to_string()];
+        if self.daemon_uid != 0 {
+            ways.push(format!("as the daemon's user (uid {})", self.daemon_uid));
+        }
+        match &self.admin_group {
+            Some((name, _)) => {
+                ways.push(format!("as a member of group '{name}'"));
+                format!("Run it {}.", ways.join(", or "))
+            }
+            None => format!(
+                "Run it {}. No admin group is configured: to let other users do this, set admin_group in fleetkeyd.toml.",
+                ways.join(", or ")
+            ),
+        }
     }
 }
 
@@ -287,6 +326,46 @@ mod tests {
             assert_eq!(err.reason, Reason::PermissionDenied);
             assert!(err.message.contains("uid 65534 may not add users"));
         }
+    }
+
+    /// The message and the hint name the same admins, as configured.
+    #[test]
+    fn permission_denied_says_who_may_as_configured() {
+        let nobody = caller(65534, 65534, &[]);
+        let no_group = AdminPolicy {
+            daemon_uid: 0,
+            admin_group: None,
+        };
+        let err = no_group.require_admin(&nobody, "add users").unwrap_err();
+        assert_eq!(err.message, "uid 65534 may not add users; only root may");
+        assert_eq!(
+            err.hint,
+            "Run it as root (e.g. with sudo). No admin group is configured: to let other users do this, set admin_group in fleetkeyd.toml."
+        );
+        let group = AdminPolicy {
+            daemon_uid: 0,
+            admin_group: Some(("fleetkey-admin".into(), 990)),
+        };
+        let err = group.require_admin(&nobody, "add users").unwrap_err();
+        assert_eq!(
+            err.message,
+            "uid 65534 may not add users; only root or members of group 'fleetkey-admin' may"
+        );
+        assert_eq!(
+            err.hint,
+            "Run it as root (e.g. with sudo), or as a member of group 'fleetkey-admin'."
+        );
+        let service_user = AdminPolicy {
+            daemon_uid: 997,
+            admin_group: Some(("fleetkey-admin".into(), 990)),
+        };
+        let err = service_user
+            .require_admin(&nobody, "add users")
+            .unwrap_err();
+        assert_eq!(
+            err.message,
+            "uid 65534 may not add users; only root, the daemon's user (uid 997) or members of group 'fleetkey-admin' may"
+        );
     }
 
     #[test]

@@ -301,7 +301,7 @@ impl Backends {
             };
             match (built.open)(settings, &context) {
                 Ok(store) => backends.add(store),
-                Err(e) => backends.add_unavailable(&registration, e.to_string()),
+                Err(e) => backends.add_unavailable(&registration, e.detail()),
             }
         }
         backends
@@ -501,6 +501,29 @@ mod tests {
         let status = backends.describe(5);
         assert!(!status[0].available);
         assert!(!status[0].hardware_backed);
+    }
+
+    /// "key store 'pcsc' is not available" is said once, not followed by
+    /// the store's own "the key store is not available".
+    #[test]
+    fn an_unavailable_store_is_said_to_be_unavailable_once() {
+        let mut backends = Backends {
+            entries: Vec::new(),
+        };
+        let error =
+            KeyStoreError::unavailable("cannot talk to pcscd (no service); is pcscd running?");
+        backends.add_unavailable(&Registration::not_built("pcsc"), error.detail());
+        let failure = backends.get("pcsc").err().unwrap();
+        assert_eq!(
+            failure.message,
+            "key store 'pcsc' is not available: cannot talk to pcscd (no service); is pcscd running?"
+        );
+        assert_eq!(
+            backends.describe(5)[0].unavailable_reason,
+            "cannot talk to pcscd (no service); is pcscd running?"
+        );
+        // Other errors keep their whole text.
+        assert_eq!(KeyStoreError::internal("boom").detail(), "boom");
     }
 
     #[test]

@@ -56,6 +56,8 @@ fn load_config(args: &Args) -> Result<Config, String> {
         config.state_dir = Some(dir.clone());
     }
     if let Some(url) = &args.portal_url {
+        fleetkey_proto::payload::validate_portal_url(url)
+            .map_err(|_| fleetkeyd::args::portal_url_flag_problem(url))?;
         config.portal_url = Some(url.clone());
     }
     if let Some(bus) = args.dbus {
@@ -166,9 +168,12 @@ fn run(args: Args) -> Result<(), String> {
     std::fs::create_dir_all(&state_dir)
         .and_then(|()| std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700)))
         .map_err(|e| format!("cannot use state directory {}: {e}", state_dir.display()))?;
-    let state = StateStore::open(&state_dir.join("state.db")).map_err(|e| e.to_string())?;
-    let audit = fleetkeyd::audit::AuditLog::open(&state_dir.join(fleetkeyd::audit::FILE_NAME))
-        .map_err(|e| e.to_string())?;
+    let state = Arc::new(StateStore::open(&state_dir.join("state.db")).map_err(|e| e.to_string())?);
+    let audit = fleetkeyd::audit::AuditLog::open_anchored(
+        &state_dir.join(fleetkeyd::audit::FILE_NAME),
+        state.clone(),
+    )
+    .map_err(|e| e.to_string())?;
     let portal_ca = match &config.portal_ca_file {
         Some(path) => Some(
             std::fs::read(path)
@@ -190,7 +195,7 @@ fn run(args: Args) -> Result<(), String> {
         let backends = Backends::open(&config, &state_dir);
         let engine = Arc::new(Engine::new(
             &config,
-            Arc::new(state),
+            state,
             backends,
             PortalConnector::new(portal_ca).allow_plaintext(&config.allow_plaintext_portals),
             Arc::new(audit),

@@ -224,6 +224,16 @@ impl Portal {
         }
     }
 
+    pub async fn deactivate_device(
+        &mut self,
+        request: fleetkey_proto::portal::DeactivateDeviceRequest,
+    ) -> Result<u32, Failure> {
+        match self.client.deactivate_device(request).await {
+            Ok(response) => Ok(response.into_inner().revoked_credentials),
+            Err(status) => Err(self.failure(&status)),
+        }
+    }
+
     pub async fn revoke_user(&mut self, request: RevokeUserRequest) -> Result<(), Failure> {
         match self.client.revoke_user(request).await {
             Ok(_) => Ok(()),
@@ -303,8 +313,13 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
+        // Layers often repeat their source's words ("tcp connect error:
+        // tcp connect error: ..."): each is said once.
+        let inner_text = inner.to_string();
+        if !text.contains(&inner_text) {
+            text.push_str(": ");
+            text.push_str(&inner_text);
+        }
         source = inner.source();
     }
     text
@@ -313,6 +328,38 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1
+                .as_deref()
+                .map(|l| l as &(dyn std::error::Error + 'static))
+        }
+    }
+
+    #[test]
+    fn an_error_chain_says_each_layer_once() {
+        let error = Layer(
+            "tcp connect error",
+            Some(Box::new(Layer(
+                "tcp connect error",
+                Some(Box::new(Layer("Connection refused (os error 111)", None))),
+            ))),
+        );
+        assert_eq!(
+            error_chain(&error),
+            "tcp connect error: Connection refused (os error 111)"
+        );
+    }
 
     #[test]
     fn schemes_and_hosts_compare_in_lower_case() {

@@ -116,6 +116,7 @@ fn event(event: Event) -> ProgressItem {
 /// it. When the client goes away, the scan stops and nothing is enrolled.
 pub async fn scan_and_enroll(
     engine: Arc<Engine>,
+    who: crate::engine::Requester,
     open: Opener,
     pin: Pin,
     backend: String,
@@ -175,6 +176,7 @@ pub async fn scan_and_enroll(
     }
     let answer = match engine
         .add_user(
+            who,
             &found.uri,
             pin,
             &backend,

@@ -21,6 +21,11 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tonic::{Request, Response};
 
+use fleetkey_proto::daemon::{
+    CheckAddUserRequest, CheckAddUserResponse, DeactivateRequest, DeactivateResponse,
+    ReadAuditRequest, ReadAuditResponse, VerifyAuditRequest, VerifyAuditResponse,
+};
+
 use crate::auth::{AdminPolicy, Caller, PeerStream};
 use crate::engine::{Engine, Requester};
 use crate::limits::{self, MAX_REQUEST_BYTES};
@@ -75,7 +80,11 @@ impl Fleetkey for Service {
     async fn activate(&self, request: Request<ActivateRequest>) -> Reply<ActivateResponse> {
         let caller = self.require_admin(&request, "activate the device")?;
         tracing::info!(uid = caller.uid, "activation requested");
-        reply(self.engine.activate(&request.into_inner().code).await)
+        reply(
+            self.engine
+                .activate(Requester::Uid(caller.uid), &request.into_inner().code)
+                .await,
+        )
     }
 
     async fn add_user(&self, request: Request<AddUserRequest>) -> Reply<User> {
@@ -89,7 +98,13 @@ impl Fleetkey for Service {
         };
         reply(
             self.engine
-                .add_user(&request.code, pin, &request.backend, &options)
+                .add_user(
+                    Requester::Uid(caller.uid),
+                    &request.code,
+                    pin,
+                    &request.backend,
+                    &options,
+                )
                 .await,
         )
     }
@@ -117,6 +132,7 @@ impl Fleetkey for Service {
         let (sender, receiver) = tokio::sync::mpsc::channel(16);
         tokio::spawn(scan::scan_and_enroll(
             self.engine.clone(),
+            Requester::Uid(caller.uid),
             open,
             pin,
             request.backend,
@@ -153,7 +169,11 @@ impl Fleetkey for Service {
         let caller = self.require_admin(&request, "remove users")?;
         let name = request.into_inner().name;
         tracing::info!(uid = caller.uid, user = %name, "remove user requested");
-        reply(self.engine.remove_user(&name).await)
+        reply(
+            self.engine
+                .remove_user(Requester::Uid(caller.uid), &name)
+                .await,
+        )
     }
 
     async fn change_pin(&self, request: Request<ChangePinRequest>) -> Reply<ChangePinResponse> {
@@ -209,6 +229,52 @@ impl Fleetkey for Service {
                 .unblock_pin(Requester::Uid(caller.uid), &request.user, puk, new)
                 .await
                 .map(|()| UnblockPinResponse {}),
+        )
+    }
+
+    // --- audit log ---
+
+    async fn read_audit(&self, request: Request<ReadAuditRequest>) -> Reply<ReadAuditResponse> {
+        self.require_admin(&request, "read the audit log")?;
+        let request = request.into_inner();
+        reply(
+            self.engine
+                .read_audit(request.after_seq, request.limit)
+                .await,
+        )
+    }
+
+    async fn verify_audit(
+        &self,
+        request: Request<VerifyAuditRequest>,
+    ) -> Reply<VerifyAuditResponse> {
+        self.require_admin(&request, "verify the audit log")?;
+        reply(self.engine.verify_audit().await)
+    }
+
+    // --- first run ---
+
+    async fn check_add_user(
+        &self,
+        request: Request<CheckAddUserRequest>,
+    ) -> Reply<CheckAddUserResponse> {
+        self.require_admin(&request, "add users")?;
+        let request = request.into_inner();
+        reply(
+            self.engine
+                .precheck_add_user(&request.code, &request.backend)
+                .await,
+        )
+    }
+
+    async fn deactivate(&self, request: Request<DeactivateRequest>) -> Reply<DeactivateResponse> {
+        let caller = self.require_admin(&request, "deactivate the device")?;
+        let remove_users = request.into_inner().remove_users;
+        tracing::info!(uid = caller.uid, remove_users, "deactivation requested");
+        reply(
+            self.engine
+                .deactivate(Requester::Uid(caller.uid), remove_users)
+                .await,
         )
     }
 

@@ -18,7 +18,7 @@ mod approvals;
 pub use approvals::ChallengeRecord;
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -162,6 +162,9 @@ impl StateStore {
             // Version 4: login challenges waiting for an answer.
             approvals::migrate_v3_to_v4(&conn)?;
         }
+        if version < 5 {
+            migrate_to_5(&conn)?;
+        }
         let cache = Cache {
             device: load_device(&conn)?,
             users: load_users(&conn)?
@@ -283,6 +286,13 @@ impl StateStore {
         })
     }
 
+    /// Forgets the device's activation (and its device key), so that it
+    /// can be activated again. The caller removes the users first.
+    pub fn clear_device(&self) -> Result<(), StateError> {
+        self.conn()?.execute("DELETE FROM device", [])?;
+        self.apply(|cache| cache.device = None)
+    }
+
     pub fn delete_user(&self, name: &str) -> Result<(), StateError> {
         self.conn()?
             .execute("DELETE FROM users WHERE name = ?1", [name])?;
@@ -316,6 +326,51 @@ impl StateStore {
             params![name, key_ref],
         )?;
         self.apply_user(name, |user| user.key_ref = key_ref.to_vec())
+    }
+}
+
+/// Version 5: the audit log's head (sequence number and hash of its last
+/// entry), so that removing the log's last entries is found (audit.rs).
+fn migrate_to_5(conn: &Connection) -> Result<(), StateError> {
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         CREATE TABLE IF NOT EXISTS audit_head (
+             id INTEGER PRIMARY KEY CHECK (id = 1),
+             seq INTEGER NOT NULL,
+             hash TEXT NOT NULL
+         );
+         PRAGMA user_version = 5;
+         COMMIT;",
+    )?;
+    Ok(())
+}
+
+impl crate::audit::Anchor for StateStore {
+    fn load(&self) -> Result<Option<(u64, String)>, String> {
+        let conn = self.conn().map_err(|e| e.to_string())?;
+        conn.query_row("SELECT seq, hash FROM audit_head WHERE id = 1", [], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })
+        .optional()
+        .map_err(|e| e.to_string())?
+        .map(|(seq, hash)| {
+            u64::try_from(seq)
+                .map(|seq| (seq, hash))
+                .map_err(|_| format!("a negative sequence number {seq}"))
+        })
+        .transpose()
+    }
+
+    fn store(&self, seq: u64, hash: &str) -> Result<(), String> {
+        let seq = i64::try_from(seq).map_err(|_| format!("sequence number {seq} is too large"))?;
+        let conn = self.conn().map_err(|e| e.to_string())?;
+        conn.execute(
+            "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+            params![seq, hash],
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(())
     }
 }
 

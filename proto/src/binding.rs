@@ -125,6 +125,14 @@ pub fn challenge_answer_message(
     )
 }
 
+/// Signed by the device key to decommission the device at the portal.
+pub fn deactivation_message(device_id: &str, timestamp: i64) -> Vec<u8> {
+    message(
+        "deactivate",
+        &[device_id.as_bytes(), &timestamp.to_be_bytes()],
+    )
+}
+
 /// SHA-256 of a message: the digest that is signed.
 pub fn digest(message: &[u8]) -> [u8; 32] {
     Sha256::digest(message).into()

@@ -72,7 +72,7 @@ reasons! {
     AlreadyEnrolled = "ALREADY_ENROLLED", 20, AlreadyExists,
         "The user is already enrolled on this device; remove the user first to enroll again.";
     AlreadyActivated = "ALREADY_ACTIVATED", 21, AlreadyExists,
-        "This device is already activated.";
+        "This device is already activated. To activate it again (e.g. now with a TPM, or with another portal): fleetkeyctl deactivate, then fleetkeyctl activate CODE.";
     DeviceNotActivated = "DEVICE_NOT_ACTIVATED", 22, FailedPrecondition,
         "Activate the device first: fleetkeyctl activate CODE.";
     DeviceUnknown = "DEVICE_UNKNOWN", 23, NotFound,
@@ -81,6 +81,8 @@ reasons! {
         "No such user on this device; fleetkeyctl user list shows who is enrolled.";
     UserNameInvalid = "USER_NAME_INVALID", 25, InvalidArgument,
         "User names are 1-64 letters, digits, single inner spaces and . - _ @ ' + (docs/user-names.md); pick another name.";
+    DeviceHasUsers = "DEVICE_HAS_USERS", 26, FailedPrecondition,
+        "Remove the users first (fleetkeyctl user remove NAME), or deactivate with --remove-users to remove and revoke them all.";
     PinPolicy = "PIN_POLICY", 30, InvalidArgument,
         "Choose a PIN that meets the policy shown by fleetkeyctl status.";
     PinWrong = "PIN_WRONG", 31, Unauthenticated,
@@ -88,7 +90,7 @@ reasons! {
     PinLocked = "PIN_LOCKED", 32, PermissionDenied,
         "Too many wrong PINs: ask an administrator to remove the user and enroll them again.";
     PermissionDenied = "PERMISSION_DENIED", 40, PermissionDenied,
-        "Run this as root or as a member of the configured admin group.";
+        "Run this as an administrator: root, or a member of admin_group when fleetkeyd.toml sets one.";
     SignatureInvalid = "SIGNATURE_INVALID", 41, Unauthenticated,
         "The request's signature or proof of possession did not verify.";
     PortalUnreachable = "PORTAL_UNREACHABLE", 50, Unavailable,

@@ -4,8 +4,10 @@
 pub mod activate;
 pub mod approvals;
 pub mod approve;
+pub mod audit;
 pub mod camera;
 pub mod card;
+pub mod deactivate;
 pub mod deny;
 pub mod doctor;
 pub mod qr;
@@ -13,6 +15,7 @@ pub mod sign;
 pub mod status;
 pub mod user;
 pub mod user_add;
+pub mod user_add_check;
 pub mod user_list;
 pub mod user_pin_change;
 pub mod user_pin_unblock;
@@ -68,6 +71,10 @@ pub enum Subcommand {
     Approvals(approvals::ApprovalsCommand),
     Approve(approve::Approve),
     Deny(deny::Deny),
+    /// Show and verify the audit log (admins only)
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+    Deactivate(deactivate::Deactivate),
 }
 
 impl Subcommand {
@@ -87,6 +94,8 @@ impl Subcommand {
             Subcommand::Approvals(cmd) => cmd.run(ctx).await,
             Subcommand::Approve(cmd) => cmd.run(ctx).await,
             Subcommand::Deny(cmd) => cmd.run(ctx).await,
+            Subcommand::Audit(cmd) => cmd.run(ctx).await,
+            Subcommand::Deactivate(cmd) => cmd.run(ctx).await,
         }
     }
 
@@ -104,6 +113,8 @@ impl Subcommand {
             Subcommand::Approvals(_) => "approvals",
             Subcommand::Approve(_) => "approve",
             Subcommand::Deny(_) => "deny",
+            Subcommand::Audit(_) => "audit",
+            Subcommand::Deactivate(_) => "deactivate",
         }
     }
 

@@ -28,7 +28,8 @@ daemon.
 
 Exit status: 0 when at least one code was read, 1 when none was, 64 \
 (INVALID_ARGUMENT) when an image cannot be read (the other images are still \
-decoded).",
+decoded). An unreadable image wins: with one good and one unreadable image \
+the exit status is 64, and the good image's codes are printed all the same.",
     after_long_help = "\
 Examples:
   fleetkeyctl qr decode alice.png

@@ -108,6 +108,7 @@ impl UserAdd {
         let code = checked_enrollment_input(code)?;
         let mut client = ctx.client().await?;
         let backend = self.backend.clone().unwrap_or_default();
+        super::user_add_check::before_pin(ctx, &mut client, &code, &backend).await?;
 
         let mut pins = PinInput::from_flag(self.pin_stdin)?;
         // The URI's `u=` field is not shown: anyone can write it, and only
@@ -159,6 +160,7 @@ impl UserAdd {
     async fn run_scan(&self, ctx: &Context, source: Source) -> Result<(), Failure> {
         let mut client = ctx.client().await?;
         let backend = self.backend.clone().unwrap_or_default();
+        super::user_add_check::before_pin(ctx, &mut client, "", &backend).await?;
         let mut pins = PinInput::from_flag(self.pin_stdin)?;
         if matches!(pins, PinInput::Terminal)
             && let Ok(status) = client.get_status(GetStatusRequest {}).await

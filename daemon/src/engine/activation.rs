@@ -5,14 +5,19 @@ use fleetkey_plugin::{CredentialChallenge, HardwareIdentity, Operation};
 use fleetkey_proto::portal::{self, CodeKind};
 use fleetkey_proto::{EnrollmentInput, Failure, Reason, binding, daemon, time};
 
-use super::{Engine, Store, wrong_kind};
+use super::{Engine, Requester, Store, wrong_kind};
+use crate::audit::AuditEvent;
 use crate::device_key::DeviceKey;
 use crate::state::DeviceRecord;
 
 impl Engine {
     /// Activates the device with a device code: makes the device key and
     /// registers it with the portal.
-    pub async fn activate(&self, input: &str) -> Result<daemon::ActivateResponse, Failure> {
+    pub async fn activate(
+        &self,
+        who: Requester,
+        input: &str,
+    ) -> Result<daemon::ActivateResponse, Failure> {
         let input = EnrollmentInput::parse(input)?;
         let _guard = self.enroll_lock.lock().await;
         if let Some(device) = self.device()? {
@@ -98,6 +103,13 @@ impl Engine {
         };
         self.write(move |state| state.set_device(&record)).await?;
         tracing::info!(device_id = %registered.device_id, portal = %portal_url, attestation = %registered.attestation_detail, "device activated");
+        self.audit(
+            who,
+            AuditEvent::DeviceActivated {
+                device_id: registered.device_id.clone(),
+                portal: portal_url.clone(),
+            },
+        );
         Ok(daemon::ActivateResponse {
             device_id: registered.device_id,
             portal_url,

@@ -9,7 +9,8 @@ use fleetkey_proto::{EnrollmentInput, Failure, Reason, binding, daemon, time, us
 use prost::Message;
 
 use super::failure::key_store_failure;
-use super::{Engine, Store, user_message, wrong_kind};
+use super::{Engine, Requester, Store, user_message, wrong_kind};
+use crate::audit::AuditEvent;
 use crate::device_key::DeviceKey;
 use crate::pin_policy;
 use crate::state::{DeviceRecord, UserRecord, UserState};
@@ -39,6 +40,7 @@ impl Engine {
     /// failure undoes what was done.
     pub async fn add_user(
         &self,
+        who: Requester,
         input: &str,
         pin: Pin,
         backend: &str,
@@ -152,6 +154,14 @@ impl Engine {
         tracing::info!(user = %name, backend = %store.name(), "user enrolled");
         self.events
             .send(super::EngineEvent::UserAdded { name: name.clone() });
+        self.audit(
+            who,
+            AuditEvent::UserAdded {
+                user: name.clone(),
+                backend: store.name().to_string(),
+                hardware_backed: portal_hardware_backed,
+            },
+        );
         let active = UserRecord {
             credential_id: registered.credential_id,
             enrolled_at: registered.enrolled_at,
@@ -222,7 +232,7 @@ impl Engine {
     }
 }
 
-fn already_enrolled(name: &str) -> Failure {
+pub(super) fn already_enrolled(name: &str) -> Failure {
     Failure::new(
         Reason::AlreadyEnrolled,
         format!("user {name} is already enrolled on this device"),
@@ -232,7 +242,7 @@ fn already_enrolled(name: &str) -> Failure {
     ))
 }
 
-fn same_url(a: &str, b: &str) -> bool {
+pub(super) fn same_url(a: &str, b: &str) -> bool {
     a.trim_end_matches('/')
         .eq_ignore_ascii_case(b.trim_end_matches('/'))
 }
@@ -240,7 +250,7 @@ fn same_url(a: &str, b: &str) -> bool {
 /// The name the portal bound the code to: it must already be in the form
 /// the one user-name rule gives (docs/user-names.md), since that is the
 /// name the portal shows and keeps.
-fn portal_user_name(name: &str) -> Result<String, Failure> {
+pub(super) fn portal_user_name(name: &str) -> Result<String, Failure> {
     match user_name::normalize(name) {
         Ok(normalized) if normalized == name => Ok(normalized),
         Ok(_) => Err(Failure::new(

@@ -14,10 +14,13 @@
 
 mod activation;
 mod approvals;
+mod audit_log;
+mod deactivation;
 mod enrollment;
 mod events;
 mod failure;
 mod keystore;
+mod precheck;
 mod recovery;
 mod signing;
 #[cfg(test)]

@@ -33,7 +33,7 @@ impl Engine {
         self.refuse_if_locked(&user)?;
         let store = self.store(&user.backend)?.for_requester(who);
         let outcome = store.sign_digest(user.key_ref.clone(), pin, digest).await?;
-        let signature = self.count_pin_outcome(&user, outcome).await?;
+        let signature = self.count_pin_outcome(who, &user, outcome).await?;
         self.audit(
             who,
             AuditEvent::Signed {
@@ -66,13 +66,19 @@ impl Engine {
         let outcome = store
             .change_pin(user.key_ref.clone(), old_pin, new_pin)
             .await?;
-        let new_ref = self.count_pin_outcome(&user, outcome).await?;
+        let new_ref = self.count_pin_outcome(who, &user, outcome).await?;
         if new_ref != user.key_ref {
             let name = user.name.clone();
             self.write(move |state| state.set_key_ref(&name, &new_ref))
                 .await?;
         }
         tracing::info!(user = %name, "PIN changed");
+        self.audit(
+            who,
+            AuditEvent::PinChanged {
+                user: user.name.clone(),
+            },
+        );
         Ok(())
     }
 
@@ -104,6 +110,12 @@ impl Engine {
                 .await?;
         }
         tracing::info!(user = %name, "PIN unblocked with the PUK");
+        self.audit(
+            who,
+            AuditEvent::PinUnblocked {
+                user: user.name.clone(),
+            },
+        );
         Ok(())
     }
 
@@ -111,6 +123,7 @@ impl Engine {
     /// keeps the user's wrong-PIN count.
     pub(super) async fn count_pin_outcome<T>(
         &self,
+        who: Requester,
         user: &UserRecord,
         outcome: Result<T, KeyStoreError>,
     ) -> Result<T, Failure> {
@@ -130,7 +143,23 @@ impl Engine {
                     .write(move |state| state.record_failed_attempt(&name))
                     .await?;
                 tracing::warn!(user = %user.name, failed, "wrong PIN");
-                if failed >= max {
+                // As wrong_pin_failure counts: ours, or the store's if fewer.
+                let ours = max.saturating_sub(failed);
+                let attempts_left = e.tries_left.map_or(ours, |store| store.min(ours));
+                self.audit(
+                    who,
+                    AuditEvent::PinWrong {
+                        user: user.name.clone(),
+                        attempts_left,
+                    },
+                );
+                if attempts_left == 0 {
+                    self.audit(
+                        who,
+                        AuditEvent::PinLocked {
+                            user: user.name.clone(),
+                        },
+                    );
                     self.events.send(super::EngineEvent::PinLocked {
                         name: user.name.clone(),
                     });
@@ -138,6 +167,13 @@ impl Engine {
                 Err(wrong_pin_failure(&user.name, &user.backend, e, failed, max))
             }
             Err(e) if e.is(Reason::PinLocked) => {
+                // The store itself locked the key (a card's own counter).
+                self.audit(
+                    who,
+                    AuditEvent::PinLocked {
+                        user: user.name.clone(),
+                    },
+                );
                 let mut failure = key_store_failure(&user.backend, e).with_meta("tries_left", 0);
                 // Where the store can unblock (capabilities are data), say
                 // how for this user.

@@ -86,6 +86,7 @@ async fn enrolled(portal: &Portal, fixture: &Fixture, user: &str, pin: &str) {
     fixture
         .engine
         .add_user(
+            Requester::Daemon,
             &portal.code(CodeKind::User, Some(user)),
             Pin::new(pin),
             "",
@@ -104,7 +105,7 @@ async fn enrolls_signs_and_counts_wrong_pins() {
     let fixture = engine_for(&portal.url);
     let engine = &fixture.engine;
     engine
-        .activate(&portal.code(CodeKind::Device, None))
+        .activate(Requester::Daemon, &portal.code(CodeKind::Device, None))
         .await
         .unwrap();
     enrolled(&portal, &fixture, "alice", "1234").await;
@@ -132,7 +133,7 @@ async fn unknown_and_invalid_names_leave_no_lock_entries() {
     let fixture = engine_for(&portal.url);
     let engine = &fixture.engine;
     engine
-        .activate(&portal.code(CodeKind::Device, None))
+        .activate(Requester::Daemon, &portal.code(CodeKind::Device, None))
         .await
         .unwrap();
     enrolled(&portal, &fixture, "alice", "1234").await;
@@ -164,7 +165,10 @@ async fn unknown_and_invalid_names_leave_no_lock_entries() {
         .sign(ME, "ａｌｉｃｅ", Pin::new("1234"), &DIGEST)
         .await
         .unwrap();
-    engine.remove_user("alice").await.unwrap();
+    engine
+        .remove_user(Requester::Daemon, "alice")
+        .await
+        .unwrap();
     assert!(engine.user_locks.lock().unwrap().is_empty());
 }
 
@@ -174,7 +178,7 @@ async fn portal_names_must_follow_the_rule() {
     let fixture = engine_for(&portal.url);
     let engine = &fixture.engine;
     engine
-        .activate(&portal.code(CodeKind::Device, None))
+        .activate(Requester::Daemon, &portal.code(CodeKind::Device, None))
         .await
         .unwrap();
     // The reference portal may still issue such a code (it is checked
@@ -186,6 +190,7 @@ async fn portal_names_must_follow_the_rule() {
     };
     let refused = engine
         .add_user(
+            Requester::Daemon,
             &record.code.to_string(),
             Pin::new("1234"),
             "",
@@ -292,7 +297,7 @@ async fn recovery_resends_the_recorded_request_and_keeps_the_user() {
     let fixture = engine_for(&portal.url);
     let engine = &fixture.engine;
     engine
-        .activate(&portal.code(CodeKind::Device, None))
+        .activate(Requester::Daemon, &portal.code(CodeKind::Device, None))
         .await
         .unwrap();
     // alice: the portal committed, the daemon died before its row was
@@ -343,7 +348,7 @@ async fn recovery_keeps_pending_users_while_the_portal_is_down() {
     let fixture = engine_for(&portal.url);
     let engine = &fixture.engine;
     engine
-        .activate(&portal.code(CodeKind::Device, None))
+        .activate(Requester::Daemon, &portal.code(CodeKind::Device, None))
         .await
         .unwrap();
     let code = PortalStore::open(&portal.db)
@@ -363,7 +368,10 @@ async fn recovery_keeps_pending_users_while_the_portal_is_down() {
     assert_eq!(listed.len(), 1);
     assert!(listed[0].notes.iter().any(|n| n.contains("pending")));
     // And the name can still be removed.
-    let removed = engine.remove_user("carol").await.unwrap();
+    let removed = engine
+        .remove_user(Requester::Daemon, "carol")
+        .await
+        .unwrap();
     assert!(!removed.revoked_at_portal);
     assert!(engine.state.user("carol").unwrap().is_none());
     let _ = record;

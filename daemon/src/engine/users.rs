@@ -3,7 +3,8 @@
 use fleetkey_proto::portal;
 use fleetkey_proto::{Failure, binding, daemon, time};
 
-use super::{Engine, user_message};
+use super::{Engine, Requester, user_message};
+use crate::audit::AuditEvent;
 use crate::device_key::DeviceKey;
 use crate::state::{DeviceRecord, UserRecord, UserState};
 
@@ -37,13 +38,17 @@ impl Engine {
     /// Revokes the user at the portal (best effort), then deletes the
     /// record and the key, in that order, so a crash leaves at worst an
     /// orphaned key that the next start deletes.
-    pub async fn remove_user(&self, name: &str) -> Result<daemon::RemoveUserResponse, Failure> {
+    pub async fn remove_user(
+        &self,
+        who: Requester,
+        name: &str,
+    ) -> Result<daemon::RemoveUserResponse, Failure> {
         let _guard = self.enroll_lock.lock().await;
         if let Some(pending) = self
             .user_record(name)?
             .filter(|u| u.state == UserState::Pending)
         {
-            return self.remove_pending(&pending).await;
+            return self.remove_pending(who, &pending).await;
         }
         let user = self.require_user(name)?;
         let name = user.name.as_str();
@@ -63,6 +68,12 @@ impl Engine {
         tracing::info!(user = %name, revoked_at_portal = revoked.is_ok(), "user removed");
         self.events
             .send(super::EngineEvent::UserRemoved { name: name.into() });
+        self.audit(
+            who,
+            AuditEvent::UserRemoved {
+                user: user.name.clone(),
+            },
+        );
         Ok(daemon::RemoveUserResponse {
             revoked_at_portal: revoked.is_ok(),
             portal_message: revoked.err().map(|f| f.message).unwrap_or_default(),
@@ -74,6 +85,7 @@ impl Engine {
     /// revoke at the portal.
     async fn remove_pending(
         &self,
+        who: Requester,
         user: &UserRecord,
     ) -> Result<daemon::RemoveUserResponse, Failure> {
         let user_name = user.name.clone();
@@ -86,6 +98,12 @@ impl Engine {
         self.events.send(super::EngineEvent::UserRemoved {
             name: user.name.clone(),
         });
+        self.audit(
+            who,
+            AuditEvent::UserRemoved {
+                user: user.name.clone(),
+            },
+        );
         Ok(daemon::RemoveUserResponse {
             revoked_at_portal: false,
             portal_message: "the portal never confirmed this enrollment; if it recorded it, its administrator can revoke it there".into(),

@@ -232,6 +232,9 @@ pub struct KeyStoreError {
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
+/// How `KeyStoreError::unavailable` begins its message.
+const UNAVAILABLE_PREFIX: &str = "the key store is not available: ";
+
 impl fmt::Display for KeyStoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)?;
@@ -309,8 +312,19 @@ impl KeyStoreError {
     pub fn unavailable(detail: impl fmt::Display) -> Self {
         Self::new(
             Reason::BackendUnavailable,
-            format!("the key store is not available: {detail}"),
+            format!("{UNAVAILABLE_PREFIX}{detail}"),
         )
+    }
+
+    /// What went wrong, without the "the key store is not available"
+    /// that `unavailable` puts before it: for a caller that says that in
+    /// its own words (e.g. "key store 'pcsc' is not available: ...").
+    pub fn detail(&self) -> String {
+        let text = self.to_string();
+        match text.strip_prefix(UNAVAILABLE_PREFIX) {
+            Some(detail) => detail.to_string(),
+            None => text,
+        }
     }
 
     /// A creation option (reader, slot) that cannot be used.

@@ -29,6 +29,9 @@
 //!   an active credential to revoke: the one named, or with an empty
 //!   `credential_id` whichever the user has on the device (a device that
 //!   lost the id in a crash still knows the name).
+//! - DeactivateDevice: as RevokeUser up to the device signature (over
+//!   `binding::deactivation_message`), then the device's enrollments and
+//!   record are removed in one transaction.
 //!
 //! User names come from codes, which `code issue` checked against the one
 //! user-name rule (`fleetkey_proto::user_name`, docs/user-names.md); a name
@@ -46,9 +49,9 @@ use std::sync::{Arc, Mutex};
 
 use fleetkey_proto::portal::portal_server::Portal;
 use fleetkey_proto::portal::{
-    CheckCodeRequest, CheckCodeResponse, CompleteTpmActivationRequest, EnrollUserRequest,
-    EnrollUserResponse, RegisterDeviceRequest, RegisterDeviceResponse, RevokeUserRequest,
-    RevokeUserResponse, TpmCertification, TpmChallenge,
+    CheckCodeRequest, CheckCodeResponse, CompleteTpmActivationRequest, DeactivateDeviceRequest,
+    DeactivateDeviceResponse, EnrollUserRequest, EnrollUserResponse, RegisterDeviceRequest,
+    RegisterDeviceResponse, RevokeUserRequest, RevokeUserResponse, TpmCertification, TpmChallenge,
 };
 use fleetkey_proto::time::{now_unix, rfc3339};
 use fleetkey_proto::{ActivationCode, Failure, Reason, binding, terminal, user_name};
@@ -716,6 +719,54 @@ impl PortalService {
     }
 }
 
+impl PortalService {
+    /// Decommissions a device (signed by its key, timestamp within
+    /// `MAX_CLOCK_SKEW_SECS`): its enrollments and its record are removed.
+    /// Returns how many credentials were still active.
+    pub async fn deactivate_device_from(
+        &self,
+        peer: Option<SocketAddr>,
+        request: DeactivateDeviceRequest,
+    ) -> Result<u32, Failure> {
+        let now = now_unix();
+        let (device, ()) = self
+            .signed_by_device(
+                "DeactivateDevice",
+                peer,
+                &request.device_id,
+                &request.device_signature,
+                || {
+                    let skew = request.timestamp.abs_diff(now);
+                    if skew > MAX_CLOCK_SKEW_SECS {
+                        return Err(Failure::new(
+                            Reason::InvalidArgument,
+                            format!(
+                                "the request's timestamp ({}) is {skew} s off the portal's clock; at most {MAX_CLOCK_SKEW_SECS} s are allowed",
+                                rfc3339(request.timestamp)
+                            ),
+                        )
+                        .with_hint("Check the device's clock (timedatectl) and try again."));
+                    }
+                    let message =
+                        binding::deactivation_message(&request.device_id, request.timestamp);
+                    Ok((message, ()))
+                },
+            )
+            .await?;
+        self.with_store(move |store| {
+            store.immediate(|db| {
+                db.delete_device(&device.device_id)?.ok_or_else(|| {
+                    Failure::new(
+                        Reason::DeviceUnknown,
+                        format!("device {} is not registered", device.device_id),
+                    )
+                })
+            })
+        })
+        .await
+    }
+}
+
 /// The device this key registered with this code earlier: a retry.
 fn retried_by(
     db: &Db<'_>,
@@ -1303,6 +1354,31 @@ impl Portal for PortalService {
                 }))
             }
             Err(failure) => Err(refused("EnrollUser", peer, failure)),
+        }
+    }
+
+    // --- deactivation ---
+    async fn deactivate_device(
+        &self,
+        request: Request<DeactivateDeviceRequest>,
+    ) -> Result<Response<DeactivateDeviceResponse>, Status> {
+        let peer = request.remote_addr();
+        let request = request.into_inner();
+        let device_id = request.device_id.clone();
+        match self.deactivate_device_from(peer, request).await {
+            Ok(revoked_credentials) => {
+                tracing::info!(
+                    rpc = "DeactivateDevice",
+                    peer = ?peer,
+                    device_id = %terminal::escape(&device_id),
+                    revoked_credentials,
+                    "device deactivated"
+                );
+                Ok(Response::new(DeactivateDeviceResponse {
+                    revoked_credentials,
+                }))
+            }
+            Err(failure) => Err(refused("DeactivateDevice", peer, failure)),
         }
     }
 

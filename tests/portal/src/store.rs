@@ -1110,6 +1110,31 @@ impl Db<'_> {
     }
 }
 
+impl Db<'_> {
+    /// Removes a device: its enrollments (counting those still active)
+    /// and its record. Returns the active ones, or None for no such
+    /// device.
+    pub fn delete_device(&self, device_id: &str) -> Result<Option<u32>, StoreError> {
+        if self.device(device_id)?.is_none() {
+            return Ok(None);
+        }
+        let active: i64 = self.conn.query_row(
+            "SELECT count(*) FROM enrollments WHERE device_id = ?1 AND revoked_at IS NULL",
+            params![device_id],
+            |r| r.get(0),
+        )?;
+        self.conn.execute(
+            "DELETE FROM enrollments WHERE device_id = ?1",
+            params![device_id],
+        )?;
+        self.conn.execute(
+            "DELETE FROM devices WHERE device_id = ?1",
+            params![device_id],
+        )?;
+        Ok(Some(u32::try_from(active).unwrap_or(u32::MAX)))
+    }
+}
+
 /// RFC 4648 base32, lowercase: readable, case-insensitive-safe identifiers.
 const ID_ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
 
