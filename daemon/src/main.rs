@@ -229,6 +229,7 @@ fn run(args: Args) -> Result<(), String> {
         // Held until the daemon stops: dropping it leaves the bus.
         let _bus = fleetkeyd::dbus::start(config.dbus, engine.clone(), admins.clone()).await;
         let service = Service::new(engine, admins);
+        let stop_signal = shutdown_signal();
         tracing::info!(
             socket = %socket.display(),
             socket_activated = owned_socket.is_none(),
@@ -241,7 +242,7 @@ fn run(args: Args) -> Result<(), String> {
             socket.display()
         ));
         let shutdown = async {
-            shutdown_signal().await;
+            stop_signal.await;
             fleetkeyd::systemd::notify_or_log("STOPPING=1");
         };
         server::serve(service, listener, owned_socket, shutdown)
@@ -271,18 +272,21 @@ fn give_freed_memory_back() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn give_freed_memory_back() {}
 
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now (before the daemon says it
+/// is ready, so a stop sent right after READY is not the default action's
+/// kill) and returns a future that completes on either.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
+    let handlers = signal(SignalKind::terminate())
+        .and_then(|term| Ok((term, signal(SignalKind::interrupt())?)));
+    async move {
+        let Ok((mut term, mut int)) = handlers else {
+            tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
+        }
     }
 }
