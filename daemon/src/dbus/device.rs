@@ -56,7 +56,8 @@ impl Device {
         timeout_seconds: u32,
     ) -> Result<(), BusFailure> {
         let pin = Pin::new(pin);
-        self.authorizer
+        let who = self
+            .authorizer
             .require(bus, call, Action::ManageUsers)
             .await?;
         self.engine.check_add_user(&pin, &backend)?;
@@ -76,6 +77,7 @@ impl Device {
         let (sender, mut receiver) = tokio::sync::mpsc::channel(16);
         tokio::spawn(scan::scan_and_enroll(
             self.engine.clone(),
+            who,
             open,
             pin,
             backend,
@@ -152,10 +154,11 @@ impl Device {
         #[zbus(connection)] bus: &Connection,
         #[zbus(header)] call: Header<'_>,
     ) -> Result<(String, String), BusFailure> {
-        self.authorizer
+        let who = self
+            .authorizer
             .require(bus, &call, Action::Activate)
             .await?;
-        let activated = self.engine.activate(&code).await?;
+        let activated = self.engine.activate(who, &code).await?;
         Ok((activated.device_id, activated.portal_url))
     }
 
@@ -167,10 +170,11 @@ impl Device {
         #[zbus(connection)] bus: &Connection,
         #[zbus(header)] call: Header<'_>,
     ) -> Result<bool, BusFailure> {
-        self.authorizer
+        let who = self
+            .authorizer
             .require(bus, &call, Action::ManageUsers)
             .await?;
-        Ok(self.engine.remove_user(&name).await?.revoked_at_portal)
+        Ok(self.engine.remove_user(who, &name).await?.revoked_at_portal)
     }
 
     /// Starts an enrollment from a camera ("" for the first usable one,

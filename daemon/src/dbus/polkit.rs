@@ -19,6 +19,7 @@ use zbus::names::BusName;
 use zbus::zvariant::Value;
 
 use crate::auth::{AdminPolicy, Caller};
+use crate::engine::Requester;
 
 pub const POLKIT_NAME: &str = "org.freedesktop.PolicyKit1";
 const POLKIT_PATH: &str = "/org/freedesktop/PolicyKit1/Authority";
@@ -69,14 +70,14 @@ impl Authorizer {
         Self { admins }
     }
 
-    /// Ok when the caller of `call` may do `action`; PERMISSION_DENIED
-    /// with the reason otherwise.
+    /// The caller of `call`, as the audit log names it, when it may do
+    /// `action`; PERMISSION_DENIED with the reason otherwise.
     pub async fn require(
         &self,
         bus: &Connection,
         call: &Header<'_>,
         action: Action,
-    ) -> Result<(), Failure> {
+    ) -> Result<Requester, Failure> {
         let sender = call
             .sender()
             .ok_or_else(|| Failure::new(Reason::PermissionDenied, "the call names no sender"))?
@@ -84,8 +85,9 @@ impl Authorizer {
         let interactive = call.primary().flags().contains(Flags::AllowInteractiveAuth);
         match check_authorization(bus, sender.as_str(), action, interactive).await {
             Ok(answer) if answer.is_authorized => {
-                tracing::info!(caller = %sender, action = action.id(), "authorized by polkit");
-                Ok(())
+                let caller = bus_caller(bus, sender.as_str()).await?;
+                tracing::info!(caller = %sender, uid = caller.uid, action = action.id(), "authorized by polkit");
+                Ok(Requester::Uid(caller.uid))
             }
             Ok(answer) => {
                 tracing::warn!(caller = %sender, action = action.id(), challenge = answer.is_challenge, "refused by polkit");
@@ -109,6 +111,7 @@ impl Authorizer {
                 tracing::debug!(caller = %sender, uid = caller.uid, "no polkit on the bus: the admin rule decides");
                 self.admins
                     .require_admin(&caller, action.verb())
+                    .map(|()| Requester::Uid(caller.uid))
                     .inspect_err(|_| {
                         tracing::warn!(
                             uid = caller.uid,

@@ -164,7 +164,7 @@ impl Engine {
         let outcome = store
             .sign_digest(user.key_ref.clone(), pin, binding::digest(&message))
             .await?;
-        let signature = self.count_pin_outcome(&user, outcome).await?;
+        let signature = self.count_pin_outcome(who, &user, outcome).await?;
         let request = AnswerChallengeRequest {
             device_id: device.device_id.clone(),
             challenge_id: record.id.clone(),

@@ -384,7 +384,7 @@ async fn events_tell_of_users_added_removed_and_locked() {
     let fixture = engine_for(&portal.url);
     let engine = &fixture.engine;
     engine
-        .activate(&portal.code(CodeKind::Device, None))
+        .activate(Requester::Daemon, &portal.code(CodeKind::Device, None))
         .await
         .unwrap();
     let mut events = engine.subscribe();
@@ -409,7 +409,10 @@ async fn events_tell_of_users_added_removed_and_locked() {
         }
     );
     assert!(events.try_recv().is_err());
-    engine.remove_user("alice").await.unwrap();
+    engine
+        .remove_user(Requester::Daemon, "alice")
+        .await
+        .unwrap();
     assert_eq!(
         events.try_recv().unwrap(),
         EngineEvent::UserRemoved {
