@@ -93,9 +93,12 @@ pub enum AuditEvent {
     },
 }
 
-/// What is hashed: everything in a line but the two hashes.
+/// What is hashed: everything in a line but the two hashes. The event's
+/// `kind` and fields sit beside `seq`, `time` and `uid` (flattened).
+/// Unknown fields are refused (by the event, which receives the fields
+/// left over): a field added to a line would otherwise be dropped before
+/// hashing and go unnoticed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Body {
     /// 1 for the first entry, then one more per entry.
     pub seq: u64,
@@ -103,12 +106,12 @@ pub struct Body {
     pub time: i64,
     /// The Unix user who asked for the operation, when one did.
     pub uid: Option<u32>,
+    #[serde(flatten)]
     pub event: AuditEvent,
 }
 
 /// One line of the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Entry {
     #[serde(flatten)]
     pub body: Body,
@@ -563,6 +566,31 @@ mod tests {
         std::fs::write(&path, text.replacen("\"bob\"", "\"eve\"", 1)).unwrap();
         let err = verify_file(&path).unwrap_err().to_string();
         assert!(err.contains("line 2") && err.contains("edited"), "{err}");
+    }
+
+    #[test]
+    fn the_event_sits_beside_the_frame_and_an_added_field_is_found() {
+        let (_dir, path) = log_with(&events());
+        let text = std::fs::read_to_string(&path).unwrap();
+        let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert!(first["kind"].is_string(), "{first}");
+        assert_eq!(first["seq"], 1);
+        // A field the event does not have, added to a line, would vanish
+        // when the line is hashed again; it must be refused instead.
+        std::fs::write(
+            &path,
+            text.replacen("\"seq\":2,", "\"seq\":2,\"note\":\"x\",", 1),
+        )
+        .unwrap();
+        let err = verify_file(&path).unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+        // A frame field given twice is refused too.
+        std::fs::write(
+            &path,
+            text.replacen("\"seq\":2,", "\"seq\":2,\"seq\":2,", 1),
+        )
+        .unwrap();
+        assert!(verify_file(&path).is_err());
     }
 
     #[test]

@@ -209,6 +209,33 @@ fn deny_wrong_number_expired_unknown_and_answered_are_refused() {
     approve(&daemon, &id, number, "9999").assert_reason(Reason::PinWrong);
     assert_eq!(state_of(&daemon, &id).as_deref(), Some("pending"));
     approve(&daemon, &id, number, "1234").assert_ok();
+
+    // The audit log holds every answer, in order, and verifies; an entry
+    // in the middle edited, it does not.
+    let entries = daemon.ctl(&["--json", "audit", "show"]).json()["entries"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let answers: Vec<&str> = entries
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .filter(|k| ["approved", "denied", "number_wrong", "pin_wrong"].contains(k))
+        .collect();
+    assert_eq!(
+        answers,
+        ["denied", "number_wrong", "pin_wrong", "approved"],
+        "{entries:#?}"
+    );
+    let verified = daemon.ctl(&["--json", "audit", "verify"]);
+    verified.assert_ok();
+    let log = daemon.state_dir().join("audit.log");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let edited = text.replacen("\"kind\":\"number_wrong\"", "\"kind\":\"denied\"", 1);
+    assert_ne!(edited, text);
+    std::fs::write(&log, edited).unwrap();
+    daemon
+        .ctl(&["--json", "audit", "verify"])
+        .assert_reason(Reason::AuditTampered);
 }
 
 /// A value from the portal's database.
