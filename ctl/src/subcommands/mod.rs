@@ -7,6 +7,7 @@ pub mod card;
 pub mod qr;
 pub mod sign;
 pub mod status;
+pub mod tpm;
 pub mod user;
 pub mod user_add;
 pub mod user_list;
@@ -58,6 +59,9 @@ pub enum Subcommand {
     /// Decode QR codes in images, offline
     #[command(subcommand)]
     Qr(qr::QrCommand),
+    /// The TPM's dictionary-attack parameters (administrators)
+    #[command(subcommand)]
+    Tpm(tpm::TpmCommand),
 }
 
 impl Subcommand {
@@ -70,6 +74,7 @@ impl Subcommand {
             Subcommand::Sign(cmd) => cmd.run(ctx).await,
             Subcommand::Card(cmd) => cmd.run(ctx).await,
             Subcommand::Camera(cmd) => cmd.run(ctx).await,
+            Subcommand::Tpm(cmd) => cmd.run(ctx).await,
             // Offline; lib.rs runs it before any runtime is made.
             Subcommand::Qr(_) => Ok(()),
         }
@@ -85,6 +90,7 @@ impl Subcommand {
             Subcommand::Card(_) => "card",
             Subcommand::Camera(_) => "camera",
             Subcommand::Qr(_) => "qr",
+            Subcommand::Tpm(_) => "tpm",
         }
     }
 

@@ -12,11 +12,13 @@
 //! - `failure`: key-store errors as `Failure`s.
 
 mod activation;
+pub mod budget;
 mod enrollment;
 mod failure;
 mod keystore;
 mod recovery;
 mod signing;
+mod tpm;
 #[cfg(test)]
 mod tests;
 mod users;
@@ -62,6 +64,9 @@ pub struct Engine {
     /// guesses cannot outrun the attempt counter. Entries only for
     /// enrolled users (looked up first), removed with the user.
     user_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The lockout budget of key stores whose hardware counts wrong PINs
+    /// for all keys together (a TPM; budget.rs).
+    budgets: Arc<budget::Budgets>,
 }
 
 impl Engine {
@@ -84,6 +89,7 @@ impl Engine {
             queue: WorkQueue::sized_to_machine(),
             enroll_lock: tokio::sync::Mutex::new(()),
             user_locks: Mutex::new(HashMap::new()),
+            budgets: Arc::default(),
         }
     }
 
@@ -102,8 +108,9 @@ impl Engine {
         let mut backends = self.backends.describe(self.pin_policy.max_attempts);
         for store in self.stores() {
             let facts = store.details().await?;
+            let budget = self.budget_details(&store).await;
             if let Some(backend) = backends.iter_mut().find(|b| b.name == store.name()) {
-                backend.details = facts.into_iter().collect();
+                backend.details = facts.into_iter().chain(budget).collect();
             }
         }
         Ok(daemon::Status {
