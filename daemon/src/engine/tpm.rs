@@ -32,10 +32,9 @@ impl Engine {
     /// Reads one store's shared counter now and records it (memory and
     /// state.db). None for stores without one.
     async fn read_lockout_counter(&self, store: &Store) -> Result<Option<SharedLockout>, Failure> {
-        let Some(lockout) = store.shared_lockout().await? else {
+        let Some(lockout) = self.peek_lockout_counter(store).await? else {
             return Ok(None);
         };
-        self.budgets.observe(store.name(), lockout)?;
         let backend = store.name().to_string();
         self.write(move |state| {
             state.record_budget_reading(
@@ -47,6 +46,15 @@ impl Engine {
             )
         })
         .await?;
+        Ok(Some(lockout))
+    }
+
+    /// Reads one store's shared counter now, in memory only.
+    async fn peek_lockout_counter(&self, store: &Store) -> Result<Option<SharedLockout>, Failure> {
+        let Some(lockout) = store.shared_lockout().await? else {
+            return Ok(None);
+        };
+        self.budgets.observe(store.name(), lockout)?;
         Ok(Some(lockout))
     }
 
@@ -65,13 +73,11 @@ impl Engine {
                 return Ok(None);
             }
         }
-        let refused = match self.budgets.admit(store.name(), user.failed_attempts)? {
-            Ok(ticket) => return Ok(ticket),
-            Err(refused) => refused,
-        };
+        if let Ok(ticket) = self.budgets.admit(store.name(), user.failed_attempts)? {
+            return Ok(ticket);
+        }
         // The estimate refuses: read the TPM again (it may have decayed
         // further, or been reset) and decide on that.
-        let _ = refused;
         self.read_lockout_counter(store).await?;
         match self.budgets.admit(store.name(), user.failed_attempts)? {
             Ok(ticket) => Ok(ticket),
@@ -108,7 +114,7 @@ impl Engine {
 
     /// The budget's facts for `status` (and `doctor`), as details keys.
     pub(super) async fn budget_details(&self, store: &Store) -> Vec<(String, String)> {
-        let lockout = match self.read_lockout_counter(store).await {
+        let lockout = match self.peek_lockout_counter(store).await {
             Ok(Some(lockout)) => lockout,
             Ok(None) => return Vec::new(),
             Err(e) => return vec![("budget".into(), format!("cannot be read: {e}"))],
