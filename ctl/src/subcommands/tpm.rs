@@ -101,14 +101,20 @@ pub fn read_lockout_auth(path: &std::path::Path) -> Result<Zeroizing<Vec<u8>>, F
     let unreadable = |e: std::io::Error| {
         Failure::new(
             Reason::InvalidArgument,
-            format!("cannot read the lockout authorization file {}: {e}", path.display()),
+            format!(
+                "cannot read the lockout authorization file {}: {e}",
+                path.display()
+            ),
         )
     };
     let size = std::fs::metadata(path).map_err(unreadable)?.len();
     if size > MAX_AUTH_FILE {
         return Err(Failure::new(
             Reason::InvalidArgument,
-            format!("{} is {size} bytes; a lockout authorization is at most 64", path.display()),
+            format!(
+                "{} is {size} bytes; a lockout authorization is at most 64",
+                path.display()
+            ),
         ));
     }
     let text = Zeroizing::new(std::fs::read(path).map_err(unreadable)?);
@@ -175,7 +181,11 @@ pub fn provision_text(r: &ProvisionTpmResponse) -> String {
          recoveryTime {} s (was {} s): one wrong PIN forgotten every {} s\n\
          lockoutRecovery {} s\n\
          wrong PINs counted by the TPM now: {}\n",
-        if r.dry_run { "Would set (dry run):\n" } else { "Set:\n" },
+        if r.dry_run {
+            "Would set (dry run):\n"
+        } else {
+            "Set:\n"
+        },
         r.max_tries,
         r.previous_max_tries,
         r.users,
@@ -199,8 +209,14 @@ mod tests {
 
     #[test]
     fn lockout_auth_files_are_text_or_hex() {
-        assert_eq!(parse_lockout_auth(b"s3cret\n").unwrap().as_slice(), b"s3cret");
-        assert_eq!(parse_lockout_auth(b"hex:00ff").unwrap().as_slice(), [0, 0xff]);
+        assert_eq!(
+            parse_lockout_auth(b"s3cret\n").unwrap().as_slice(),
+            b"s3cret"
+        );
+        assert_eq!(
+            parse_lockout_auth(b"hex:00ff").unwrap().as_slice(),
+            [0, 0xff]
+        );
         assert!(parse_lockout_auth(b"hex:zz").is_err());
         assert!(parse_lockout_auth(&[b'a'; 65]).is_err());
         assert!(parse_lockout_auth(b"").unwrap().is_empty());
@@ -223,7 +239,10 @@ mod tests {
             notes: vec!["no lockout authorization".into()],
         };
         let text = provision_text(&r);
-        assert!(text.contains("maxTries 22 (was 3): 4 users x 5 wrong PINs"), "{text}");
+        assert!(
+            text.contains("maxTries 22 (was 3): 4 users x 5 wrong PINs"),
+            "{text}"
+        );
         assert!(text.contains("Note: no lockout authorization"), "{text}");
     }
 }

@@ -33,15 +33,14 @@ pub enum Decision {
     Pass,
     /// Refused by the budget; the wait until the TPM's decay lets this
     /// user try, where it can (None: never at these parameters).
-    Refuse { wait_seconds: Option<u64> },
+    Refuse {
+        wait_seconds: Option<u64>,
+    },
 }
 
 /// Failures the TPM can still take without entering lockout.
 pub fn room(lockout: &SharedLockout, counter: u32) -> u32 {
-    lockout
-        .max_tries
-        .saturating_sub(1)
-        .saturating_sub(counter)
+    lockout.max_tries.saturating_sub(1).saturating_sub(counter)
 }
 
 /// Whether one more PIN attempt may go to the TPM, for a user with

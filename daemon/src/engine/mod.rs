@@ -18,9 +18,9 @@ mod failure;
 mod keystore;
 mod recovery;
 mod signing;
-mod tpm;
 #[cfg(test)]
 mod tests;
+mod tpm;
 mod users;
 
 use std::collections::HashMap;

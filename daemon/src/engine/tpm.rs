@@ -128,13 +128,19 @@ impl Engine {
         let mut details = vec![
             ("da_max_tries".to_string(), lockout.max_tries.to_string()),
             ("da_counter".to_string(), lockout.counter.to_string()),
-            ("da_recovery_s".to_string(), lockout.interval_seconds.to_string()),
+            (
+                "da_recovery_s".to_string(),
+                lockout.interval_seconds.to_string(),
+            ),
             (
                 "da_lockout_recovery_s".to_string(),
                 lockout.lockout_recovery_seconds.to_string(),
             ),
             ("da_in_lockout".to_string(), lockout.in_lockout.to_string()),
-            ("lockout_auth_set".to_string(), lockout.lockout_auth_set.to_string()),
+            (
+                "lockout_auth_set".to_string(),
+                lockout.lockout_auth_set.to_string(),
+            ),
             ("budget_room".to_string(), room.to_string()),
             ("budget_reserve".to_string(), budget::RESERVE.to_string()),
             (
@@ -228,7 +234,10 @@ impl Engine {
             ));
         }
         let max_tries = budget::provisioned_max_tries(users, per_user).ok_or_else(|| {
-            Failure::new(Reason::InvalidArgument, "too many users or wrong PINs per user")
+            Failure::new(
+                Reason::InvalidArgument,
+                "too many users or wrong PINs per user",
+            )
         })?;
         let parameters = LockoutParameters {
             max_tries,
@@ -321,7 +330,12 @@ fn budget_failure(
     let who = if user.failed_attempts == 0 {
         format!("user {} (no wrong PIN on record)", user.name)
     } else {
-        format!("user {}, who has typed {} wrong PIN{}", user.name, user.failed_attempts, if user.failed_attempts == 1 { "" } else { "s" })
+        format!(
+            "user {}, who has typed {} wrong PIN{}",
+            user.name,
+            user.failed_attempts,
+            if user.failed_attempts == 1 { "" } else { "s" }
+        )
     };
     let mut failure = Failure::new(
         Reason::TpmBudgetSpent,

@@ -65,9 +65,15 @@ fn provisioned_for_four_users_each_spends_every_wrong_pin_and_a_fifth_signs() {
     // Factory parameters: provisioning for 4 users x the policy's 5.
     let details = tpm_details(&daemon);
     assert_eq!(details["da_max_tries"], "3", "{details}");
-    assert!(details["provisioned"].as_str().unwrap().starts_with("no"), "{details}");
     assert!(
-        details["lockout_auth"].as_str().unwrap().contains("no lockout authorization"),
+        details["provisioned"].as_str().unwrap().starts_with("no"),
+        "{details}"
+    );
+    assert!(
+        details["lockout_auth"]
+            .as_str()
+            .unwrap()
+            .contains("no lockout authorization"),
         "{details}"
     );
     let provisioned = daemon.ctl(&["--json", "tpm", "provision", "--users", "4"]);
@@ -78,12 +84,21 @@ fn provisioned_for_four_users_each_spends_every_wrong_pin_and_a_fifth_signs() {
     assert_eq!(json["recovery_seconds"], 4320);
     assert_eq!(json["previous_max_tries"], 3);
     assert!(
-        json["notes"][0].as_str().unwrap().contains("no lockout authorization"),
+        json["notes"][0]
+            .as_str()
+            .unwrap()
+            .contains("no lockout authorization"),
         "{json}"
     );
     let details = tpm_details(&daemon);
     assert_eq!(details["da_max_tries"], "22", "{details}");
-    assert!(details["provisioned"].as_str().unwrap().starts_with("for 4 users x 5"), "{details}");
+    assert!(
+        details["provisioned"]
+            .as_str()
+            .unwrap()
+            .starts_with("for 4 users x 5"),
+        "{details}"
+    );
 
     let dir = open_tempdir();
     let data = write(dir.path(), "challenge", b"login");
@@ -97,7 +112,9 @@ fn provisioned_for_four_users_each_spends_every_wrong_pin_and_a_fifth_signs() {
             }
         }
         // Locked by the daemon, not by the budget.
-        daemon.sign(user, "9999", &data).assert_reason(Reason::PinLocked);
+        daemon
+            .sign(user, "9999", &data)
+            .assert_reason(Reason::PinLocked);
     }
     // The fifth user, who has made no mistake, signs.
     daemon.sign("eve", "4444", &data).assert_ok();
@@ -107,8 +124,16 @@ fn provisioned_for_four_users_each_spends_every_wrong_pin_and_a_fifth_signs() {
     daemon.terminate();
     let caps = getcap_variable(&tpm);
     assert_not_in_lockout(&caps);
-    assert_eq!(getcap_line(&caps, "TPM2_PT_LOCKOUT_COUNTER"), "0x14", "{caps}");
-    assert_eq!(getcap_line(&caps, "TPM2_PT_MAX_AUTH_FAIL"), "0x16", "{caps}");
+    assert_eq!(
+        getcap_line(&caps, "TPM2_PT_LOCKOUT_COUNTER"),
+        "0x14",
+        "{caps}"
+    );
+    assert_eq!(
+        getcap_line(&caps, "TPM2_PT_MAX_AUTH_FAIL"),
+        "0x16",
+        "{caps}"
+    );
 }
 
 /// The scenario on swtpm's factory parameters (maxTries 3,
@@ -131,11 +156,16 @@ fn factory_parameters_theo_tom_tina_never_lock_the_tpm() {
     // Theo: his first wrong PIN reaches the TPM (he has made no mistake
     // before it); his second is refused before the TPM is asked, with the
     // new reason and the wait, and is not counted by the TPM.
-    daemon.sign("theo", "0000", &data).assert_reason(Reason::PinWrong);
+    daemon
+        .sign("theo", "0000", &data)
+        .assert_reason(Reason::PinWrong);
     for guess in ["0001", "0002", "1111"] {
         let json = budget_refusal(&daemon, "theo", guess, &data);
         assert_eq!(json["error"]["retry_after_seconds"], "1000", "{json}");
-        assert!(json["error"]["hint"].as_str().unwrap().contains("1000 s"), "{json}");
+        assert!(
+            json["error"]["hint"].as_str().unwrap().contains("1000 s"),
+            "{json}"
+        );
     }
     let theo = daemon.ctl(&["--json", "user", "show", "theo"]).json();
     assert_eq!(theo["failed_attempts"], 1, "{theo}");
@@ -149,14 +179,18 @@ fn factory_parameters_theo_tom_tina_never_lock_the_tpm() {
 
     // Removing theo gives nothing back: his wrong PIN stays in the TPM's
     // counter until it decays.
-    daemon.ctl(&["--json", "user", "remove", "theo"]).assert_ok();
+    daemon
+        .ctl(&["--json", "user", "remove", "theo"])
+        .assert_ok();
     assert_eq!(tpm_details(&daemon)["da_counter"], "1");
 
     // Tom has made no mistake: his first attempt goes to the TPM, which
     // has room for exactly that one. It is wrong: now the TPM can take no
     // more, and everyone, tina too, is refused by the daemon rather than
     // locked out by the TPM.
-    daemon.sign("tom", "0000", &data).assert_reason(Reason::PinWrong);
+    daemon
+        .sign("tom", "0000", &data)
+        .assert_reason(Reason::PinWrong);
     budget_refusal(&daemon, "tom", "2222", &data);
     let json = budget_refusal(&daemon, "tina", "3333", &data);
     assert_eq!(json["error"]["retry_after_seconds"], "1000", "{json}");
@@ -169,5 +203,9 @@ fn factory_parameters_theo_tom_tina_never_lock_the_tpm() {
     daemon.terminate();
     let caps = getcap_variable(&tpm);
     assert_not_in_lockout(&caps);
-    assert_eq!(getcap_line(&caps, "TPM2_PT_LOCKOUT_COUNTER"), "0x2", "{caps}");
+    assert_eq!(
+        getcap_line(&caps, "TPM2_PT_LOCKOUT_COUNTER"),
+        "0x2",
+        "{caps}"
+    );
 }
