@@ -108,6 +108,8 @@ struct Entry {
 #[derive(Default)]
 pub struct Budgets {
     entries: Mutex<HashMap<String, Entry>>,
+    /// Stores known to have no shared counter.
+    without: Mutex<std::collections::HashSet<String>>,
 }
 
 /// An attempt let through: counted as in flight until dropped.
@@ -144,6 +146,21 @@ impl Budgets {
             },
         );
         Ok(())
+    }
+
+    /// Remembers that a store has no shared counter.
+    pub fn mark_without(&self, backend: &str) {
+        if let Ok(mut without) = self.without.lock() {
+            without.insert(backend.to_string());
+        }
+    }
+
+    /// Whether the store is known to have no shared counter.
+    pub fn is_without(&self, backend: &str) -> bool {
+        self.without
+            .lock()
+            .map(|w| w.contains(backend))
+            .unwrap_or(false)
     }
 
     /// Whether the store has a budget (a reading was recorded).

@@ -51,7 +51,11 @@ impl Engine {
 
     /// Reads one store's shared counter now, in memory only.
     async fn peek_lockout_counter(&self, store: &Store) -> Result<Option<SharedLockout>, Failure> {
+        if self.budgets.is_without(store.name()) {
+            return Ok(None);
+        }
         let Some(lockout) = store.shared_lockout().await? else {
+            self.budgets.mark_without(store.name());
             return Ok(None);
         };
         self.budgets.observe(store.name(), lockout)?;
