@@ -77,6 +77,24 @@ pub enum AuditEvent {
         operation: String,
         check: String,
     },
+    /// A PIN attempt refused by the TPM lockout budget before the TPM was
+    /// asked (docs/tpm-lockout.md).
+    TpmBudgetSpent {
+        user: String,
+        backend: String,
+        tpm_counter: u32,
+        tpm_max_tries: u32,
+        retry_after_seconds: Option<u64>,
+    },
+    /// The TPM's dictionary-attack parameters set by `tpm provision`.
+    TpmProvisioned {
+        backend: String,
+        max_tries: u32,
+        recovery_seconds: u32,
+        lockout_recovery_seconds: u32,
+        users: u32,
+        per_user: u32,
+    },
     /// Activation or enrollment refused by the integrity gate.
     IntegrityRefused {
         operation: String,

@@ -150,6 +150,20 @@ impl Fleetkey for Service {
         reply(scan::list_cameras().await)
     }
 
+    // --- TPM lockout budget ---
+    async fn provision_tpm(
+        &self,
+        request: Request<fleetkey_proto::daemon::ProvisionTpmRequest>,
+    ) -> Reply<fleetkey_proto::daemon::ProvisionTpmResponse> {
+        let caller = self.require_admin(&request, "provision the TPM")?;
+        tracing::info!(uid = caller.uid, "TPM provisioning requested");
+        reply(
+            self.engine
+                .provision_tpm(Requester::Uid(caller.uid), request.into_inner())
+                .await,
+        )
+    }
+
     async fn list_users(&self, request: Request<ListUsersRequest>) -> Reply<ListUsersResponse> {
         self.caller(&request)?;
         reply(

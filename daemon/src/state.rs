@@ -18,7 +18,7 @@ mod approvals;
 pub use approvals::ChallengeRecord;
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -164,6 +164,9 @@ impl StateStore {
         }
         if version < 5 {
             migrate_to_5(&conn)?;
+        }
+        if version < 6 {
+            migrate_v6(&conn)?;
         }
         let cache = Cache {
             device: load_device(&conn)?,
@@ -345,6 +348,30 @@ fn migrate_to_5(conn: &Connection) -> Result<(), StateError> {
     Ok(())
 }
 
+/// Version 6: the TPM lockout budget (docs/tpm-lockout.md): per key store
+/// with a shared wrong-PIN counter, the last reading of that counter and
+/// what `tpm provision` set. (The users' own wrong-PIN counts, which decide
+/// who may still spend the budget, are in `users` already.)
+fn migrate_v6(conn: &Connection) -> Result<(), StateError> {
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         CREATE TABLE IF NOT EXISTS lockout_budget (
+             backend TEXT PRIMARY KEY,
+             counter INTEGER NOT NULL DEFAULT 0,
+             max_tries INTEGER NOT NULL DEFAULT 0,
+             interval_s INTEGER NOT NULL DEFAULT 0,
+             observed_at INTEGER NOT NULL DEFAULT 0,
+             provisioned_users INTEGER NOT NULL DEFAULT 0,
+             provisioned_per_user INTEGER NOT NULL DEFAULT 0,
+             provisioned_max_tries INTEGER NOT NULL DEFAULT 0,
+             provisioned_at INTEGER NOT NULL DEFAULT 0
+         );
+         PRAGMA user_version = 6;
+         COMMIT;",
+    )?;
+    Ok(())
+}
+
 impl crate::audit::Anchor for StateStore {
     fn load(&self) -> Result<Option<(u64, String)>, String> {
         let conn = self.conn().map_err(|e| e.to_string())?;
@@ -370,6 +397,78 @@ impl crate::audit::Anchor for StateStore {
             params![seq, hash],
         )
         .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
+
+/// A key store's lockout budget as recorded (table `lockout_budget`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BudgetRecord {
+    pub counter: u32,
+    pub max_tries: u32,
+    pub interval_s: u32,
+    /// Unix seconds of the reading; 0: never read.
+    pub observed_at: i64,
+    pub provisioned_users: u32,
+    pub provisioned_per_user: u32,
+    pub provisioned_max_tries: u32,
+    /// Unix seconds; 0: never provisioned by fleetkey.
+    pub provisioned_at: i64,
+}
+
+impl StateStore {
+    pub fn budget(&self, backend: &str) -> Result<Option<BudgetRecord>, StateError> {
+        let conn = self.conn()?;
+        let mut statement = conn.prepare(
+            "SELECT counter, max_tries, interval_s, observed_at, provisioned_users, provisioned_per_user, provisioned_max_tries, provisioned_at FROM lockout_budget WHERE backend = ?1",
+        )?;
+        let mut rows = statement.query([backend])?;
+        let Some(r) = rows.next()? else {
+            return Ok(None);
+        };
+        Ok(Some(BudgetRecord {
+            counter: r.get(0)?,
+            max_tries: r.get(1)?,
+            interval_s: r.get(2)?,
+            observed_at: r.get(3)?,
+            provisioned_users: r.get(4)?,
+            provisioned_per_user: r.get(5)?,
+            provisioned_max_tries: r.get(6)?,
+            provisioned_at: r.get(7)?,
+        }))
+    }
+
+    /// Records a reading of the shared counter.
+    pub fn record_budget_reading(
+        &self,
+        backend: &str,
+        counter: u32,
+        max_tries: u32,
+        interval_s: u32,
+        at: i64,
+    ) -> Result<(), StateError> {
+        self.conn()?.execute(
+            "INSERT INTO lockout_budget (backend, counter, max_tries, interval_s, observed_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (backend) DO UPDATE SET counter = ?2, max_tries = ?3, interval_s = ?4, observed_at = ?5",
+            params![backend, counter, max_tries, interval_s, at],
+        )?;
+        Ok(())
+    }
+
+    /// Records what `tpm provision` set.
+    pub fn record_budget_provisioned(
+        &self,
+        backend: &str,
+        users: u32,
+        per_user: u32,
+        max_tries: u32,
+        at: i64,
+    ) -> Result<(), StateError> {
+        self.conn()?.execute(
+            "INSERT INTO lockout_budget (backend, provisioned_users, provisioned_per_user, provisioned_max_tries, provisioned_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (backend) DO UPDATE SET provisioned_users = ?2, provisioned_per_user = ?3, provisioned_max_tries = ?4, provisioned_at = ?5",
+            params![backend, users, per_user, max_tries, at],
+        )?;
         Ok(())
     }
 }

@@ -146,7 +146,11 @@ reasons! {
     PinChangeRequired = "PIN_CHANGE_REQUIRED", 33, FailedPrecondition,
         "This user's PIN was set by an administrator; choose your own first: fleetkeyctl user change-pin NAME.";
     TpmBudgetSpent = "TPM_BUDGET_SPENT", 82, Unavailable,
-        "Wrong PINs on this device have used up the TPM's shared allowance; users who have made no mistake can still sign. Try again after retry_after_seconds.";
+        "Wrong PINs on this device have used up the TPM's shared allowance for users who have already typed a wrong PIN; try again after retry_after_seconds. An administrator can raise the allowance: fleetkeyctl tpm provision.";
+    TpmLockoutAuthWrong = "TPM_LOCKOUT_AUTH_WRONG", 83, PermissionDenied,
+        "The TPM refused the lockout authorization: give the file that holds it with --lockout-auth-file (a wrong one blocks the lockout authorization for the TPM's lockoutRecovery time).";
+    TpmLockoutAuthBlocked = "TPM_LOCKOUT_AUTH_BLOCKED", 84, Unavailable,
+        "A wrong lockout authorization was given recently; the TPM accepts none until its lockoutRecovery time has passed (fleetkeyctl status shows it).";
     ChallengeExpired = "CHALLENGE_EXPIRED", 100, FailedPrecondition,
         "The login request has expired; start the login again at the portal.";
     ChallengeUnknown = "CHALLENGE_UNKNOWN", 101, NotFound,

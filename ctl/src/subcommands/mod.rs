@@ -13,6 +13,7 @@ pub mod doctor;
 pub mod qr;
 pub mod sign;
 pub mod status;
+pub mod tpm;
 pub mod user;
 pub mod user_add;
 pub mod user_add_check;
@@ -75,6 +76,9 @@ pub enum Subcommand {
     #[command(subcommand)]
     Audit(audit::AuditCommand),
     Deactivate(deactivate::Deactivate),
+    /// The TPM's dictionary-attack parameters (administrators)
+    #[command(subcommand)]
+    Tpm(tpm::TpmCommand),
 }
 
 impl Subcommand {
@@ -87,6 +91,7 @@ impl Subcommand {
             Subcommand::Sign(cmd) => cmd.run(ctx).await,
             Subcommand::Card(cmd) => cmd.run(ctx).await,
             Subcommand::Camera(cmd) => cmd.run(ctx).await,
+            Subcommand::Tpm(cmd) => cmd.run(ctx).await,
             // Offline; lib.rs runs it before any runtime is made.
             Subcommand::Qr(_) => Ok(()),
             // Prints its own report; lib.rs runs it.
@@ -115,6 +120,7 @@ impl Subcommand {
             Subcommand::Deny(_) => "deny",
             Subcommand::Audit(_) => "audit",
             Subcommand::Deactivate(_) => "deactivate",
+            Subcommand::Tpm(_) => "tpm",
         }
     }
 

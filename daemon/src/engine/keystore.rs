@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use fleetkey_plugin::{
     Attestation, BackendInfo, CardInfo, CreateOptions, CredentialChallenge, Enrolled,
-    HardwareIdentity, KeyStore, KeyStoreError, Pin,
+    HardwareIdentity, KeyStore, KeyStoreError, LockoutParameters, Pin, SharedLockout,
 };
 use fleetkey_proto::{Failure, Reason};
 use tokio::sync::Semaphore;
@@ -141,6 +141,19 @@ impl Store {
 
     pub async fn details(&self) -> Result<Vec<(String, String)>, Failure> {
         self.call(|s| Ok(s.details())).await
+    }
+
+    pub async fn shared_lockout(&self) -> Result<Option<SharedLockout>, Failure> {
+        self.call(|s| s.shared_lockout()).await
+    }
+
+    pub async fn set_lockout_parameters(
+        &self,
+        parameters: LockoutParameters,
+        lockout_auth: Zeroizing<Vec<u8>>,
+    ) -> Result<(), Failure> {
+        self.call(move |s| s.set_lockout_parameters(&parameters, &lockout_auth))
+            .await
     }
 
     pub async fn hardware_identity(&self) -> Result<Option<HardwareIdentity>, Failure> {

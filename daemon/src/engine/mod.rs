@@ -16,6 +16,7 @@ mod activation;
 mod approvals;
 mod audit_log;
 mod deactivation;
+pub mod budget;
 mod enrollment;
 mod events;
 mod failure;
@@ -25,6 +26,7 @@ mod recovery;
 mod signing;
 #[cfg(test)]
 mod tests;
+mod tpm;
 mod users;
 
 use std::collections::HashMap;
@@ -75,6 +77,9 @@ pub struct Engine {
     events: events::Events,
     /// Login challenges: the portal stream's state and the watchers.
     approvals: Approvals,
+    /// The lockout budget of key stores whose hardware counts wrong PINs
+    /// for all keys together (a TPM; budget.rs).
+    budgets: Arc<budget::Budgets>,
 }
 
 impl Engine {
@@ -99,6 +104,7 @@ impl Engine {
             user_locks: Mutex::new(HashMap::new()),
             events: events::Events::default(),
             approvals: Approvals::default(),
+            budgets: Arc::default(),
         }
     }
 
@@ -139,8 +145,9 @@ impl Engine {
         let mut backends = self.backends.describe(self.pin_policy().max_attempts);
         for store in self.stores() {
             let facts = store.details().await?;
+            let budget = self.budget_details(&store).await;
             if let Some(backend) = backends.iter_mut().find(|b| b.name == store.name()) {
-                backend.details = facts.into_iter().collect();
+                backend.details = facts.into_iter().chain(budget).collect();
             }
         }
         let mut status = daemon::Status {

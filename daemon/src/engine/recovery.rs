@@ -49,6 +49,7 @@ impl Engine {
     /// user record names. Runs before the daemon serves.
     pub async fn recover(&self) -> Result<Recovery, Failure> {
         let mut recovery = Recovery::default();
+        self.read_lockout_counters().await;
         self.resolve_pending(&mut recovery).await?;
         // Every key a row names stays, pending ones included.
         let recorded: HashSet<(String, Vec<u8>)> = self

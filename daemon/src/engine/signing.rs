@@ -32,7 +32,11 @@ impl Engine {
         let (_guard, user) = self.lock_user(name).await?;
         self.refuse_if_locked(&user)?;
         let store = self.store(&user.backend)?.for_requester(who);
+        let _ticket = self.admit_pin_attempt(who, &user, &store).await?;
         let outcome = store.sign_digest(user.key_ref.clone(), pin, digest).await?;
+        if outcome.is_err() {
+            self.after_pin_failure(&store).await;
+        }
         let signature = self.count_pin_outcome(who, &user, outcome).await?;
         self.audit(
             who,
@@ -63,9 +67,13 @@ impl Engine {
             &store.info().pin_rules,
             &new_pin,
         )?;
+        let _ticket = self.admit_pin_attempt(who, &user, &store).await?;
         let outcome = store
             .change_pin(user.key_ref.clone(), old_pin, new_pin)
             .await?;
+        if outcome.is_err() {
+            self.after_pin_failure(&store).await;
+        }
         let new_ref = self.count_pin_outcome(who, &user, outcome).await?;
         if new_ref != user.key_ref {
             let name = user.name.clone();

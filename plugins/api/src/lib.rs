@@ -64,6 +64,9 @@ pub enum Operation {
     Attest,
     UnblockPin,
     ListCards,
+    /// Setting the parameters of a counter of wrong PINs the hardware
+    /// shares between keys (a TPM's dictionary-attack parameters).
+    SetLockoutParameters,
 }
 
 impl Operation {
@@ -77,6 +80,7 @@ impl Operation {
             Operation::Attest => "attest",
             Operation::UnblockPin => "unblock_pin",
             Operation::ListCards => "list_cards",
+            Operation::SetLockoutParameters => "set_lockout_parameters",
         }
     }
 }
@@ -206,6 +210,37 @@ pub struct CredentialChallenge {
     pub credential_blob: Vec<u8>,
     /// TPM2B_ENCRYPTED_SECRET contents.
     pub encrypted_secret: Vec<u8>,
+}
+
+/// A counter of wrong PINs the hardware shares between all its keys (a
+/// TPM's dictionary-attack counter): one user's wrong PINs spend what
+/// every other user may still try. Read now, not cached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedLockout {
+    /// Failures at which the hardware locks every key (TPM_PT_MAX_AUTH_FAIL).
+    pub max_tries: u32,
+    /// Failures counted now (TPM_PT_LOCKOUT_COUNTER).
+    pub counter: u32,
+    /// Seconds for the counter to drop by one (TPM_PT_LOCKOUT_INTERVAL);
+    /// 0: the hardware does not count (protection disabled).
+    pub interval_seconds: u32,
+    /// Seconds before a wrong lockout authorization may be retried
+    /// (TPM_PT_LOCKOUT_RECOVERY).
+    pub lockout_recovery_seconds: u32,
+    /// The hardware refuses every PIN now.
+    pub in_lockout: bool,
+    /// Whether an authorization protects changing these parameters and
+    /// resetting the counter (a TPM's lockoutAuth); when not, anyone who
+    /// can talk to the hardware can reset the counter.
+    pub lockout_auth_set: bool,
+}
+
+/// New parameters for a [`SharedLockout`] (TPM2_DictionaryAttackParameters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockoutParameters {
+    pub max_tries: u32,
+    pub interval_seconds: u32,
+    pub lockout_recovery_seconds: u32,
 }
 
 /// Why a key-store operation failed, said by the key store itself: a
@@ -492,6 +527,23 @@ pub trait KeyStore: Send + Sync {
     /// the store's own.
     fn max_pin_attempts(&self) -> Option<u32> {
         None
+    }
+
+    /// The counter of wrong PINs the hardware shares between all keys,
+    /// read now, where it has one (a TPM); None otherwise.
+    fn shared_lockout(&self) -> Result<Option<SharedLockout>, KeyStoreError> {
+        Ok(None)
+    }
+
+    /// Sets the shared counter's parameters, authorized by `lockout_auth`
+    /// (empty when the hardware has none set).
+    fn set_lockout_parameters(
+        &self,
+        parameters: &LockoutParameters,
+        lockout_auth: &Zeroizing<Vec<u8>>,
+    ) -> Result<(), KeyStoreError> {
+        let _ = (parameters, lockout_auth);
+        Err(self.unsupported(Operation::SetLockoutParameters))
     }
 
     /// Facts for `status` (e.g. a TPM's manufacturer and firmware), as

@@ -28,6 +28,8 @@ pub const DEFAULT_DEVICES: [&str; 2] = ["device:/dev/tpmrm0", "device:/dev/tpm0"
 
 /// Bit of TPM_PT_PERMANENT that says the TPM is in DA lockout.
 const PERMANENT_IN_LOCKOUT: u32 = 1 << 9;
+/// Bit of TPM_PT_PERMANENT that says a lockout authorization is set.
+const PERMANENT_LOCKOUT_AUTH_SET: u32 = 1 << 2;
 /// First transient object handle.
 const TRANSIENT_FIRST: u32 = 0x8000_0000;
 
@@ -79,6 +81,8 @@ pub struct DaState {
     /// Seconds before lockout auth may be retried (TPM_PT_LOCKOUT_RECOVERY).
     pub recovery: u32,
     pub in_lockout: bool,
+    /// Whether the lockout hierarchy has an authorization value.
+    pub lockout_auth_set: bool,
 }
 
 impl DaState {
@@ -200,6 +204,7 @@ impl Tpm {
             interval: values[2],
             recovery: values[3],
             in_lockout: values[4] & PERMANENT_IN_LOCKOUT != 0,
+            lockout_auth_set: values[4] & PERMANENT_LOCKOUT_AUTH_SET != 0,
         })
     }
 

@@ -70,6 +70,16 @@ pub enum TpmError {
         recovery_hint(*.recovery_seconds)
     )]
     Lockout { recovery_seconds: Option<u64> },
+    #[error("the TPM refused the lockout authorization")]
+    LockoutAuthWrong,
+    #[error(
+        "the TPM's lockout authorization is blocked after a wrong one, for its lockoutRecovery time"
+    )]
+    LockoutAuthBlocked,
+    #[error("the lockout authorization is {0} bytes long; the TPM takes at most 64")]
+    LockoutAuthTooLong(usize),
+    #[error("setting the dictionary-attack parameters failed ({step}): TSS2_RC {code}")]
+    DaParameters { step: &'static str, code: String },
 }
 
 fn recovery_hint(seconds: Option<u64>) -> String {
@@ -167,6 +177,9 @@ impl From<TpmError> for KeyStoreError {
                     .with_hint(hint)
             }
             TpmError::PinTooLong(_) => KeyStoreError::pin_rules(&error),
+            TpmError::LockoutAuthWrong => KeyStoreError::new(Reason::TpmLockoutAuthWrong, error.to_string()),
+            TpmError::LockoutAuthBlocked => KeyStoreError::new(Reason::TpmLockoutAuthBlocked, error.to_string()),
+            TpmError::LockoutAuthTooLong(_) => KeyStoreError::invalid_option(error.to_string()),
             TpmError::KeyRejected(_) => KeyStoreError::new(Reason::TpmKeyRejected, error.to_string()),
             TpmError::BadBlob(ref detail) => KeyStoreError::corrupt("TPM key blob", detail),
             TpmError::NoTpm { .. } | TpmError::Poisoned | TpmError::BadTcti { .. } => {

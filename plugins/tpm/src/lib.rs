@@ -42,6 +42,7 @@ pub mod attest;
 pub mod connection;
 pub mod error;
 pub mod keys;
+pub mod provision;
 pub mod quote;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -49,7 +50,8 @@ use std::sync::{Arc, Mutex};
 
 use fleetkey_plugin::{
     Attestation, BackendInfo, CreatedKey, CredentialChallenge, HardwareIdentity, KeyStore,
-    KeyStoreError, KeyStoreFactory, OpenContext, Operation, Pin, PinRules, SettingError,
+    KeyStoreError, KeyStoreFactory, LockoutParameters, OpenContext, Operation, Pin, PinRules,
+    SettingError, SharedLockout,
 };
 use prost::Message;
 use tss_esapi::constants::response_code::Tss2ResponseCodeKind;
@@ -294,6 +296,7 @@ impl KeyStore for TpmKeyStore {
                 Operation::Delete,
                 Operation::ChangePin,
                 Operation::Attest,
+                Operation::SetLockoutParameters,
             ],
         }
     }
@@ -461,6 +464,57 @@ impl KeyStore for TpmKeyStore {
             )
         })?;
         Ok(Zeroizing::new(secret))
+    }
+
+    fn shared_lockout(&self) -> Result<Option<SharedLockout>, KeyStoreError> {
+        let da = self.da_state()?;
+        self.per_key_limit
+            .store(da.per_key_limit(), Ordering::Relaxed);
+        Ok(Some(SharedLockout {
+            max_tries: da.max_tries,
+            counter: da.counter,
+            interval_seconds: da.interval,
+            lockout_recovery_seconds: da.recovery,
+            in_lockout: da.in_lockout,
+            lockout_auth_set: da.lockout_auth_set,
+        }))
+    }
+
+    /// TPM2_DictionaryAttackParameters on a connection of its own (the
+    /// store's is closed meanwhile and opened again after).
+    fn set_lockout_parameters(
+        &self,
+        parameters: &LockoutParameters,
+        lockout_auth: &Zeroizing<Vec<u8>>,
+    ) -> Result<(), KeyStoreError> {
+        let mut guard = self.tpm.lock().map_err(|_| TpmError::Poisoned)?;
+        let tcti = guard
+            .as_ref()
+            .map_or_else(|| self.identity.tcti.clone(), |tpm| tpm.tcti.clone());
+        *guard = None;
+        let result = provision::set_da_parameters(
+            &tcti,
+            provision::DaParameters {
+                max_tries: parameters.max_tries,
+                recovery_time: parameters.interval_seconds,
+                lockout_recovery: parameters.lockout_recovery_seconds,
+            },
+            lockout_auth,
+        );
+        let mut tpm = Tpm::open(&self.candidates, self.persistent_handle)?;
+        if let Ok(da) = tpm.da_state() {
+            self.per_key_limit
+                .store(da.per_key_limit(), Ordering::Relaxed);
+        }
+        *guard = Some(tpm);
+        tracing::info!(
+            max_tries = parameters.max_tries,
+            recovery_s = parameters.interval_seconds,
+            lockout_recovery_s = parameters.lockout_recovery_seconds,
+            ok = result.is_ok(),
+            "TPM dictionary-attack parameters"
+        );
+        Ok(result?)
     }
 
     fn max_pin_attempts(&self) -> Option<u32> {

@@ -1,0 +1,211 @@
+//! The TPM lockout budget end to end (issue 15, docs/tpm-lockout.md): the
+//! real portal, daemon and CLI on swtpm, cross-checked with tpm2-tools.
+//! No sequence of PINs the daemon lets through brings the TPM to lockout.
+
+use std::path::{Path, PathBuf};
+
+use fleetkey_e2e::{Daemon, Portal, Swtpm, open_tempdir};
+use fleetkey_proto::Reason;
+use serde_json::Value;
+
+fn write(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, data).unwrap();
+    path
+}
+
+fn tpm_details(daemon: &Daemon) -> Value {
+    let status = daemon.ctl(&["--json", "status"]).json();
+    status["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .find(|b| b["name"] == "tpm")
+        .expect("a tpm backend")["details"]
+        .clone()
+}
+
+/// `tpm2_getcap properties-variable`, as text (the daemon must be stopped:
+/// swtpm serves one client at a time).
+fn getcap_variable(tpm: &Swtpm) -> String {
+    let out = tpm.tpm2("tpm2_getcap", &["properties-variable"]);
+    assert!(out.status.success(), "tpm2_getcap: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn getcap_line(text: &str, key: &str) -> String {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("{key}:")))
+        .unwrap_or_else(|| panic!("no {key} in {text}"))
+        .trim()
+        .to_string()
+}
+
+fn assert_not_in_lockout(text: &str) {
+    assert_eq!(getcap_line(text, "inLockout"), "0", "{text}");
+}
+
+fn budget_refusal(daemon: &Daemon, user: &str, pin: &str, data: &Path) -> Value {
+    let refused = daemon.sign(user, pin, data);
+    let json = refused.assert_reason(Reason::TpmBudgetSpent);
+    assert_eq!(refused.code, 82, "{refused:?}");
+    json
+}
+
+#[test]
+fn provisioned_for_four_users_each_spends_every_wrong_pin_and_a_fifth_signs() {
+    let tpm = Swtpm::start();
+    let portal = Portal::start();
+    let mut daemon = Daemon::start(&tpm.daemon_config());
+    daemon.activate(&portal);
+    let users = ["ann", "ben", "cat", "dan", "eve"];
+    for (i, user) in users.iter().enumerate() {
+        daemon.add_user_with(&portal, user, &format!("{i}{i}{i}{i}"), "tpm");
+    }
+    // Factory parameters: provisioning for 4 users x the policy's 5.
+    let details = tpm_details(&daemon);
+    assert_eq!(details["da_max_tries"], "3", "{details}");
+    assert!(
+        details["provisioned"].as_str().unwrap().starts_with("no"),
+        "{details}"
+    );
+    assert!(
+        details["lockout_auth"]
+            .as_str()
+            .unwrap()
+            .contains("no lockout authorization"),
+        "{details}"
+    );
+    let provisioned = daemon.ctl(&["--json", "tpm", "provision", "--users", "4"]);
+    provisioned.assert_ok();
+    let json = provisioned.json();
+    assert_eq!(json["max_tries"], 22, "{json}");
+    assert_eq!(json["per_user"], 5);
+    assert_eq!(json["recovery_seconds"], 4320);
+    assert_eq!(json["previous_max_tries"], 3);
+    assert!(
+        json["notes"][0]
+            .as_str()
+            .unwrap()
+            .contains("no lockout authorization"),
+        "{json}"
+    );
+    let details = tpm_details(&daemon);
+    assert_eq!(details["da_max_tries"], "22", "{details}");
+    assert!(
+        details["provisioned"]
+            .as_str()
+            .unwrap()
+            .starts_with("for 4 users x 5"),
+        "{details}"
+    );
+
+    let dir = open_tempdir();
+    let data = write(dir.path(), "challenge", b"login");
+    for user in &users[..4] {
+        for attempt in 1..=5 {
+            let wrong = daemon.sign(user, "9999", &data);
+            if attempt < 5 {
+                wrong.assert_reason(Reason::PinWrong);
+            } else {
+                wrong.assert_reason(Reason::PinLocked);
+            }
+        }
+        // Locked by the daemon, not by the budget.
+        daemon
+            .sign(user, "9999", &data)
+            .assert_reason(Reason::PinLocked);
+    }
+    // The fifth user, who has made no mistake, signs.
+    daemon.sign("eve", "4444", &data).assert_ok();
+    let details = tpm_details(&daemon);
+    assert_eq!(details["da_counter"], "20", "{details}");
+    assert_eq!(details["budget_room"], "1", "{details}");
+    daemon.terminate();
+    let caps = getcap_variable(&tpm);
+    assert_not_in_lockout(&caps);
+    assert_eq!(
+        getcap_line(&caps, "TPM2_PT_LOCKOUT_COUNTER"),
+        "0x14",
+        "{caps}"
+    );
+    assert_eq!(
+        getcap_line(&caps, "TPM2_PT_MAX_AUTH_FAIL"),
+        "0x16",
+        "{caps}"
+    );
+}
+
+/// The issue's scenario on swtpm's factory parameters (maxTries 3,
+/// recoveryTime 1000 s): theo types wrong PINs until he is stopped, tom
+/// types one wrong PIN, tina, who never typed one, signs. The TPM never
+/// enters lockout; the budget survives a restart; removing theo gives
+/// nothing back.
+#[test]
+fn factory_parameters_theo_tom_tina_never_lock_the_tpm() {
+    let tpm = Swtpm::start();
+    let portal = Portal::start();
+    let mut daemon = Daemon::start(&tpm.daemon_config());
+    daemon.activate(&portal);
+    for (user, pin) in [("theo", "1111"), ("tom", "2222"), ("tina", "3333")] {
+        daemon.add_user_with(&portal, user, pin, "tpm");
+    }
+    let dir = open_tempdir();
+    let data = write(dir.path(), "challenge", b"login");
+
+    // Theo: his first wrong PIN reaches the TPM (he has made no mistake
+    // before it); his second is refused before the TPM is asked, with the
+    // new reason and the wait, and is not counted by the TPM.
+    daemon
+        .sign("theo", "0000", &data)
+        .assert_reason(Reason::PinWrong);
+    for guess in ["0001", "0002", "1111"] {
+        let json = budget_refusal(&daemon, "theo", guess, &data);
+        assert_eq!(json["error"]["retry_after_seconds"], "1000", "{json}");
+        assert!(
+            json["error"]["hint"].as_str().unwrap().contains("1000 s"),
+            "{json}"
+        );
+    }
+    let theo = daemon.ctl(&["--json", "user", "show", "theo"]).json();
+    assert_eq!(theo["failed_attempts"], 1, "{theo}");
+    assert_eq!(tpm_details(&daemon)["da_counter"], "1");
+    // Tina, who has made no mistake, signs.
+    daemon.sign("tina", "3333", &data).assert_ok();
+
+    // The budget survives a daemon restart: theo is still refused.
+    daemon.restart();
+    budget_refusal(&daemon, "theo", "1111", &data);
+
+    // Removing theo gives nothing back: his wrong PIN stays in the TPM's
+    // counter until it decays.
+    daemon
+        .ctl(&["--json", "user", "remove", "theo"])
+        .assert_ok();
+    assert_eq!(tpm_details(&daemon)["da_counter"], "1");
+
+    // Tom has made no mistake: his first attempt goes to the TPM, which
+    // has room for exactly that one. It is wrong: now the TPM can take no
+    // more, and everyone, tina too, is refused by the daemon rather than
+    // locked out by the TPM.
+    daemon
+        .sign("tom", "0000", &data)
+        .assert_reason(Reason::PinWrong);
+    budget_refusal(&daemon, "tom", "2222", &data);
+    let json = budget_refusal(&daemon, "tina", "3333", &data);
+    assert_eq!(json["error"]["retry_after_seconds"], "1000", "{json}");
+    let details = tpm_details(&daemon);
+    assert_eq!(details["da_counter"], "2", "{details}");
+    assert_eq!(details["da_in_lockout"], "false", "{details}");
+    // The refusals are in the audit log.
+    let audit = std::fs::read_to_string(daemon.state_dir().join("audit.log")).unwrap_or_default();
+    assert!(audit.contains("\"kind\":\"tpm_budget_spent\""), "{audit}");
+    daemon.terminate();
+    let caps = getcap_variable(&tpm);
+    assert_not_in_lockout(&caps);
+    assert_eq!(
+        getcap_line(&caps, "TPM2_PT_LOCKOUT_COUNTER"),
+        "0x2",
+        "{caps}"
+    );
+}
