@@ -133,6 +133,8 @@ fn run(args: Args) -> Result<(), String> {
             .map_err(|f| format!("startup recovery failed: {}", f.message))?;
         let retrying = engine.clone();
         tokio::spawn(async move { retrying.retry_pending().await });
+        let polling = engine.clone();
+        tokio::spawn(async move { polling.poll_integrity().await });
         let (listener, owned_socket) = match activated {
             Some(listener) => (
                 tokio::net::UnixListener::from_std(listener)

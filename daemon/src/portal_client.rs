@@ -225,6 +225,26 @@ impl Portal {
         }
     }
 
+    pub async fn poll_integrity(
+        &mut self,
+        request: fleetkey_proto::portal::PollIntegrityRequest,
+    ) -> Result<fleetkey_proto::portal::PollIntegrityResponse, Failure> {
+        match self.client.poll_integrity(request).await {
+            Ok(response) => Ok(response.into_inner()),
+            Err(status) => Err(self.failure(&status)),
+        }
+    }
+
+    pub async fn submit_integrity(
+        &mut self,
+        request: fleetkey_proto::portal::SubmitIntegrityRequest,
+    ) -> Result<fleetkey_proto::portal::SubmitIntegrityResponse, Failure> {
+        match self.client.submit_integrity(request).await {
+            Ok(response) => Ok(response.into_inner()),
+            Err(status) => Err(self.failure(&status)),
+        }
+    }
+
     fn failure(&self, status: &tonic::Status) -> Failure {
         let failure = Failure::from_status(status);
         let ours = fleetkey_proto::failure::is_fleetkey_status(status);

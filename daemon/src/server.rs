@@ -75,7 +75,11 @@ impl Fleetkey for Service {
     async fn activate(&self, request: Request<ActivateRequest>) -> Reply<ActivateResponse> {
         let caller = self.require_admin(&request, "activate the device")?;
         tracing::info!(uid = caller.uid, "activation requested");
-        reply(self.engine.activate(&request.into_inner().code).await)
+        reply(
+            self.engine
+                .activate_as(&request.into_inner().code, Requester::Uid(caller.uid))
+                .await,
+        )
     }
 
     async fn add_user(&self, request: Request<AddUserRequest>) -> Reply<User> {
@@ -89,7 +93,13 @@ impl Fleetkey for Service {
         };
         reply(
             self.engine
-                .add_user(&request.code, pin, &request.backend, &options)
+                .add_user_as(
+                    &request.code,
+                    pin,
+                    &request.backend,
+                    &options,
+                    Requester::Uid(caller.uid),
+                )
                 .await,
         )
     }
@@ -209,6 +219,19 @@ impl Fleetkey for Service {
                 .unblock_pin(Requester::Uid(caller.uid), &request.user, puk, new)
                 .await
                 .map(|()| UnblockPinResponse {}),
+        )
+    }
+
+    // --- integrity ---
+    async fn get_integrity(
+        &self,
+        request: Request<fleetkey_proto::daemon::GetIntegrityRequest>,
+    ) -> Reply<fleetkey_proto::daemon::IntegrityResponse> {
+        let caller = self.caller(&request)?;
+        reply(
+            self.engine
+                .get_integrity(Requester::Uid(caller.uid), &request.into_inner().nonce)
+                .await,
         )
     }
 }

@@ -4,6 +4,7 @@
 pub mod activate;
 pub mod camera;
 pub mod card;
+pub mod integrity;
 pub mod qr;
 pub mod sign;
 pub mod status;
@@ -58,6 +59,7 @@ pub enum Subcommand {
     /// Decode QR codes in images, offline
     #[command(subcommand)]
     Qr(qr::QrCommand),
+    Integrity(integrity::Integrity),
 }
 
 impl Subcommand {
@@ -72,6 +74,7 @@ impl Subcommand {
             Subcommand::Camera(cmd) => cmd.run(ctx).await,
             // Offline; lib.rs runs it before any runtime is made.
             Subcommand::Qr(_) => Ok(()),
+            Subcommand::Integrity(cmd) => cmd.run(ctx).await,
         }
     }
 
@@ -85,6 +88,7 @@ impl Subcommand {
             Subcommand::Card(_) => "card",
             Subcommand::Camera(_) => "camera",
             Subcommand::Qr(_) => "qr",
+            Subcommand::Integrity(_) => "integrity",
         }
     }
 
@@ -92,6 +96,7 @@ impl Subcommand {
     pub fn usage_problem(&self) -> Option<String> {
         match self {
             Subcommand::Sign(cmd) => cmd.usage_problem(),
+            Subcommand::Integrity(cmd) => cmd.usage_problem(),
             _ => None,
         }
     }

@@ -52,6 +52,11 @@ pub struct StatusJson {
     pub pin_policy: PinPolicyJson,
     pub backends: Vec<BackendJson>,
     pub ctl_version: String,
+    /// The integrity report in one line (fleetkeyctl integrity).
+    pub integrity_summary: String,
+    /// Its HSI level (0-4).
+    pub integrity_level: u32,
+    pub integrity_remotely_verifiable: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -99,6 +104,9 @@ pub fn status_json(status: &daemon::Status) -> StatusJson {
         },
         backends: status.backends.iter().map(backend_json).collect(),
         ctl_version: crate::CTL_VERSION.to_string(),
+        integrity_summary: status.integrity_summary.clone(),
+        integrity_level: status.integrity_level,
+        integrity_remotely_verifiable: status.integrity_remotely_verifiable,
     }
 }
 
@@ -184,6 +192,17 @@ pub fn status_text(status: &daemon::Status) -> String {
             escape(&status.device_attestation)
         };
         text.push_str(&format!("Attestation:      {attestation}\n"));
+    }
+    if !status.integrity_summary.is_empty() {
+        text.push_str(&format!(
+            "Integrity:        {}{}\n",
+            escape(&status.integrity_summary),
+            if status.integrity_remotely_verifiable {
+                ""
+            } else {
+                "; no TPM: cannot be verified remotely"
+            }
+        ));
     }
     text.push_str(&format!("Users:            {}\n", status.user_count));
     text.push_str(&format!("Default backend:  {default_backend}\n"));

@@ -5,7 +5,7 @@ use fleetkey_plugin::{CredentialChallenge, HardwareIdentity, Operation};
 use fleetkey_proto::portal::{self, CodeKind};
 use fleetkey_proto::{EnrollmentInput, Failure, Reason, binding, daemon, time};
 
-use super::{Engine, Store, wrong_kind};
+use super::{Engine, Requester, Store, wrong_kind};
 use crate::device_key::DeviceKey;
 use crate::state::DeviceRecord;
 
@@ -13,6 +13,15 @@ impl Engine {
     /// Activates the device with a device code: makes the device key and
     /// registers it with the portal.
     pub async fn activate(&self, input: &str) -> Result<daemon::ActivateResponse, Failure> {
+        self.activate_as(input, Requester::Daemon).await
+    }
+
+    /// [`Self::activate`] asked by `who` (for the audit log).
+    pub async fn activate_as(
+        &self,
+        input: &str,
+        who: Requester,
+    ) -> Result<daemon::ActivateResponse, Failure> {
         let input = EnrollmentInput::parse(input)?;
         let _guard = self.enroll_lock.lock().await;
         if let Some(device) = self.device()? {
@@ -34,6 +43,7 @@ impl Engine {
                 .with_hint("Set portal_url in fleetkeyd.toml, or use the fleetkey:// URI from the QR code.")
             })?,
         };
+        let report = self.integrity_gate(who, "activation", None).await?;
         let code = input.code().compact().to_string();
         let mut portal = self.portal.connect(&portal_url).await?;
         let checked = portal.check_code(&code).await?;
@@ -45,6 +55,9 @@ impl Engine {
             ));
         }
         let identity = self.hardware_identity().await?;
+        let evidence = self
+            .evidence_json(&report, &checked.integrity_nonce, who)
+            .await?;
         let device_key = DeviceKey::generate()?;
         let public_key = device_key.public_key_der()?;
         let signature = device_key.sign_digest(&binding::digest(&binding::activation_message(
@@ -62,6 +75,13 @@ impl Engine {
                     ek_certificate: id.ek_certificate.clone(),
                     ak_public: id.ak_public.clone(),
                 }),
+                // With a TPM identity the evidence goes with the
+                // completion, once the AK is proven.
+                integrity_evidence: if identity.is_some() {
+                    String::new()
+                } else {
+                    evidence.clone()
+                },
             })
             .await?;
         let registered = match (identity, registered.tpm_challenge.take()) {
@@ -73,6 +93,7 @@ impl Engine {
                     &device_key,
                     &public_key,
                     challenge,
+                    evidence,
                 )
                 .await?
             }
@@ -131,6 +152,7 @@ impl Engine {
         device_key: &DeviceKey,
         public_key: &[u8],
         challenge: portal::TpmChallenge,
+        integrity_evidence: String,
     ) -> Result<portal::RegisterDeviceResponse, Failure> {
         let challenge = CredentialChallenge {
             credential_blob: challenge.credential_blob,
@@ -146,6 +168,7 @@ impl Engine {
                 device_public_key: public_key.to_vec(),
                 secret: secret.to_vec(),
                 signature,
+                integrity_evidence,
             })
             .await
     }

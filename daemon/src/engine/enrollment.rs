@@ -9,7 +9,7 @@ use fleetkey_proto::{EnrollmentInput, Failure, Reason, binding, daemon, time, us
 use prost::Message;
 
 use super::failure::key_store_failure;
-use super::{Engine, Store, user_message, wrong_kind};
+use super::{Engine, Requester, Store, user_message, wrong_kind};
 use crate::device_key::DeviceKey;
 use crate::pin_policy;
 use crate::state::{DeviceRecord, UserRecord, UserState};
@@ -38,6 +38,19 @@ impl Engine {
         pin: Pin,
         backend: &str,
         options: &CreateOptions,
+    ) -> Result<daemon::User, Failure> {
+        self.add_user_as(input, pin, backend, options, Requester::Daemon)
+            .await
+    }
+
+    /// [`Self::add_user`] asked by `who` (for the audit log).
+    pub async fn add_user_as(
+        &self,
+        input: &str,
+        pin: Pin,
+        backend: &str,
+        options: &CreateOptions,
+        who: Requester,
     ) -> Result<daemon::User, Failure> {
         let input = EnrollmentInput::parse(input)?;
         let backend_name = if backend.is_empty() {
@@ -81,6 +94,10 @@ impl Engine {
         if self.user_record(&name)?.is_some() {
             return Err(already_enrolled(&name));
         }
+        let report = self.integrity_gate(who, "user add", Some(&name)).await?;
+        let integrity_evidence = self
+            .evidence_json(&report, &checked.integrity_nonce, who)
+            .await?;
 
         let key_id = random_id("u-")?;
         let enrolled = store
@@ -103,7 +120,10 @@ impl Engine {
             .enroll_request(&device, &store, &code, &record, &pin)
             .await
         {
-            Ok(request) => request,
+            Ok(request) => portal::EnrollUserRequest {
+                integrity_evidence,
+                ..request
+            },
             Err(failure) => {
                 self.delete_key(&store, &created.key_ref).await;
                 return Err(failure);
@@ -211,6 +231,7 @@ impl Engine {
             }),
             user_signature,
             device_signature,
+            integrity_evidence: String::new(),
         })
     }
 }

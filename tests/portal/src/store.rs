@@ -39,7 +39,7 @@ use crate::code_key::{CodeHash, CodeKey, KeyError, key_path};
 use crate::files::{create_private, make_private, sqlite_side_files};
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 5;
 /// The settings key holding the code key's check value.
 pub const SETTING_CODE_KEY_CHECK: &str = "code_key_check";
 /// How long a statement waits for another process's lock (e.g. `code issue`
@@ -623,6 +623,11 @@ impl Store {
         if version <= 2 {
             migrate_v2_to_v3(&tx, &self.key)?;
         }
+        // Version 4 is the approvals' migration (merged separately); the
+        // integrity migration comes after it.
+        if version <= 4 {
+            migrate_v4_to_v5(&tx)?;
+        }
         let broken: i64 =
             tx.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |row| {
                 row.get(0)
@@ -804,6 +809,129 @@ fn migrate_v2_to_v3(tx: &Transaction<'_>, key: &CodeKey) -> Result<(), StoreErro
     }
     tx.execute_batch(REPLACE_V2_TABLES)?;
     Ok(())
+}
+
+/// Version 5: the last verified integrity state of each device, and
+/// the operators' pending requests for a fresh one (docs/integrity.md).
+const MIGRATE_V4_TO_V5: &str = "
+CREATE TABLE IF NOT EXISTS device_integrity (
+    device_id      TEXT PRIMARY KEY REFERENCES devices(device_id),
+    level          INTEGER NOT NULL,
+    summary        TEXT NOT NULL,
+    tpm_verified   INTEGER NOT NULL,
+    report_digest  TEXT NOT NULL,
+    exceptions     TEXT NOT NULL,
+    verified_at    INTEGER NOT NULL,
+    -- What the evidence came with: activation, user add, on-demand.
+    occasion       TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS integrity_requests (
+    device_id      TEXT PRIMARY KEY REFERENCES devices(device_id),
+    requested_at   INTEGER NOT NULL,
+    -- Set when the device polled and was given a nonce; cleared by its
+    -- answer.
+    nonce_issued_at INTEGER
+);
+";
+
+/// Version 4 to 5 (integrity); applies after the approvals' version 4.
+fn migrate_v4_to_v5(tx: &Transaction<'_>) -> Result<(), StoreError> {
+    tx.execute_batch(MIGRATE_V4_TO_V5)?;
+    Ok(())
+}
+
+/// A device's last verified integrity state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntegrityRecord {
+    pub device_id: String,
+    pub level: u8,
+    pub summary: String,
+    pub tpm_verified: bool,
+    pub report_digest: String,
+    /// Failing checks the portal's policy ignored, comma-separated.
+    pub exceptions: String,
+    pub verified_at: i64,
+    pub occasion: String,
+}
+
+impl IntegrityRecord {
+    fn from_row(row: &Row<'_>) -> rusqlite::Result<Self> {
+        let level: i64 = row.get("level")?;
+        Ok(IntegrityRecord {
+            device_id: row.get("device_id")?,
+            level: u8::try_from(level).unwrap_or(0),
+            summary: row.get("summary")?,
+            tpm_verified: row.get("tpm_verified")?,
+            report_digest: row.get("report_digest")?,
+            exceptions: row.get("exceptions")?,
+            verified_at: row.get("verified_at")?,
+            occasion: row.get("occasion")?,
+        })
+    }
+}
+
+impl Db<'_> {
+    /// Records `record` as the device's last verified integrity state.
+    pub fn set_integrity(&self, record: &IntegrityRecord) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO device_integrity
+             (device_id, level, summary, tpm_verified, report_digest, exceptions, verified_at, occasion)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                record.device_id,
+                i64::from(record.level),
+                record.summary,
+                record.tpm_verified,
+                record.report_digest,
+                record.exceptions,
+                record.verified_at,
+                record.occasion
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn integrity(&self, device_id: &str) -> Result<Option<IntegrityRecord>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT * FROM device_integrity WHERE device_id = ?1",
+                [device_id],
+                IntegrityRecord::from_row,
+            )
+            .optional()?)
+    }
+
+    /// Records an operator's request for a fresh report (once per device).
+    pub fn request_integrity(&self, device_id: &str, now: i64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO integrity_requests (device_id, requested_at, nonce_issued_at)
+             VALUES (?1, ?2, NULL)",
+            params![device_id, now],
+        )?;
+        Ok(())
+    }
+
+    /// When the pending request for `device_id` was made, if there is one.
+    pub fn integrity_request(&self, device_id: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT requested_at FROM integrity_requests WHERE device_id = ?1",
+                [device_id],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    /// The device answered its request.
+    pub fn clear_integrity_request(&self, device_id: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "DELETE FROM integrity_requests WHERE device_id = ?1",
+            [device_id],
+        )?;
+        Ok(())
+    }
 }
 
 /// Queries and updates, inside or outside a transaction.
