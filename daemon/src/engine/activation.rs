@@ -43,7 +43,9 @@ impl Engine {
                 .with_hint("Set portal_url in fleetkeyd.toml, or use the fleetkey:// URI from the QR code.")
             })?,
         };
+        let started = std::time::Instant::now();
         let report = self.integrity_gate(who, "activation", None).await?;
+        let gate_time = started.elapsed();
         let code = input.code().compact().to_string();
         let mut portal = self.portal.connect(&portal_url).await?;
         let checked = portal.check_code(&code).await?;
@@ -55,9 +57,15 @@ impl Engine {
             ));
         }
         let identity = self.hardware_identity().await?;
+        let evidence_started = std::time::Instant::now();
         let evidence = self
             .evidence_json(&report, &checked.integrity_nonce, who)
             .await?;
+        tracing::info!(
+            gate_ms = gate_time.as_secs_f64() * 1000.0,
+            evidence_ms = evidence_started.elapsed().as_secs_f64() * 1000.0,
+            "integrity work for activation"
+        );
         let device_key = DeviceKey::generate()?;
         let public_key = device_key.public_key_der()?;
         let signature = device_key.sign_digest(&binding::digest(&binding::activation_message(

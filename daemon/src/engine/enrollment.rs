@@ -94,10 +94,18 @@ impl Engine {
         if self.user_record(&name)?.is_some() {
             return Err(already_enrolled(&name));
         }
+        let started = std::time::Instant::now();
         let report = self.integrity_gate(who, "user add", Some(&name)).await?;
+        let gate_time = started.elapsed();
+        let evidence_started = std::time::Instant::now();
         let integrity_evidence = self
             .evidence_json(&report, &checked.integrity_nonce, who)
             .await?;
+        tracing::info!(
+            gate_ms = gate_time.as_secs_f64() * 1000.0,
+            evidence_ms = evidence_started.elapsed().as_secs_f64() * 1000.0,
+            "integrity work for user add"
+        );
 
         let key_id = random_id("u-")?;
         let enrolled = store

@@ -66,6 +66,17 @@ fn add_user(daemon: &Daemon, portal: &Portal, user: &str) -> fleetkey_e2e::Ctl {
     )
 }
 
+/// Prints the daemon's "integrity work for ..." log lines: what the
+/// gate (the report) and the evidence (quote, event log) added to each
+/// activation and user add (docs/integrity.md, Figures).
+fn print_integrity_figures(daemon: &Daemon) {
+    for line in daemon.log_text().lines() {
+        if line.contains("integrity work for") {
+            println!("figure: {line}");
+        }
+    }
+}
+
 fn audit_log(daemon: &Daemon) -> String {
     std::fs::read_to_string(daemon.state_dir().join("audit.log")).unwrap_or_default()
 }
@@ -144,6 +155,7 @@ fn the_gate_refuses_activation_and_user_add_listing_the_failing_checks_until_fix
     root.write("/etc/group", "root:x:0:\nsudo:x:27:\nalice:x:1000:\n");
     add_user(&daemon, &portal, "dave").assert_ok();
 
+    print_integrity_figures(&daemon);
     // status has the one-line summary.
     let status = daemon.ctl(&["--json", "status"]);
     status.assert_ok();
@@ -333,6 +345,7 @@ fn quotes_verify_with_tpm2_checkquote_and_the_portal_refuses_a_tampered_log_and_
     assert!(message.contains("event log"), "{message}");
     root.write(EVENT_LOG, synthetic_boot(&[TPM_ALG_SHA256]).0);
     add_user(&daemon, &portal, "carol").assert_ok();
+    print_integrity_figures(&daemon);
 
     // Below the portal's level: refused by the portal (the daemon's own
     // gate requires nothing here).

@@ -13,7 +13,7 @@
 //! ([`crate::code_key`]): the key lives in `portal.db.key` beside the
 //! database, so the database alone leaks no usable code.
 //!
-//! Schema version 3 (`PRAGMA user_version`; version 1 and 2 databases are
+//! Schema version 5 (`PRAGMA user_version`; version 1 and 2 databases are
 //! migrated on open):
 //!
 //! | table | columns |
@@ -23,6 +23,8 @@
 //! | devices | device_id (PK), public_key (SPKI DER), name, registered_at; since v2: tpm_ak_public, tpm_ak_name, tpm_ek_public, tpm_ek_certificate, tpm_ek_certificate_status (`verified`/`not-checked`/`absent`), tpm_ek_certificate_anchor, tpm_verified_at (all NULL for devices without a verified TPM identity), attestation_detail |
 //! | enrollments | device_id, user, credential_id (unique), public_key (SPKI DER), backend, attestation_format, hardware_backed, enrolled_at, revoked_at, code_hash (the code redeemed; `code` before v3); since v2: attestation_detail |
 //! | tpm_challenges (v2) | code_hash (`code` before v3), device_public_key (PK together), device_name, secret_sha256 (never the secret), ak_public, ak_name, ek_public, ek_certificate, ek_certificate_status, ek_certificate_anchor, created_at — credential challenges waiting for CompleteTpmActivation |
+//! | device_integrity (v5) | device_id (PK), level, summary, tpm_verified, report_digest, exceptions, verified_at, occasion (`activation`/`user add`/`on-demand`) — the last verified integrity evidence (docs/integrity.md) |
+//! | integrity_requests (v5) | device_id (PK), requested_at, nonce_issued_at — `device integrity` requests the device has not answered |
 //!
 //! A partial unique index allows only one active (not revoked) enrollment
 //! per (device_id, user). Times are Unix seconds.
@@ -1347,6 +1349,42 @@ mod tests {
                 })
             })
             .collect()
+    }
+
+    #[test]
+    fn integrity_state_and_requests_are_kept_per_device() {
+        let (_dir, store) = store();
+        let db = store.db();
+        db.insert_device(&device("dev-i")).unwrap();
+        assert_eq!(db.integrity("dev-i").unwrap(), None);
+        let record = IntegrityRecord {
+            device_id: "dev-i".into(),
+            level: 2,
+            summary: "HSI:2 (1 of 15 checks fail: org.fleetkey.Lsm)".into(),
+            tpm_verified: true,
+            report_digest: "ab".repeat(32),
+            exceptions: "org.fleetkey.Iommu".into(),
+            verified_at: NOW,
+            occasion: "activation".into(),
+        };
+        db.set_integrity(&record).unwrap();
+        assert_eq!(db.integrity("dev-i").unwrap(), Some(record.clone()));
+        let later = IntegrityRecord {
+            level: 3,
+            verified_at: NOW + 5,
+            occasion: "on-demand".into(),
+            ..record
+        };
+        db.set_integrity(&later).unwrap();
+        assert_eq!(db.integrity("dev-i").unwrap(), Some(later));
+        assert_eq!(db.integrity_request("dev-i").unwrap(), None);
+        db.request_integrity("dev-i", NOW).unwrap();
+        db.request_integrity("dev-i", NOW + 1).unwrap();
+        assert_eq!(db.integrity_request("dev-i").unwrap(), Some(NOW + 1));
+        db.clear_integrity_request("dev-i").unwrap();
+        assert_eq!(db.integrity_request("dev-i").unwrap(), None);
+        // Only for registered devices.
+        assert!(db.request_integrity("dev-none", NOW).is_err());
     }
 
     #[test]
