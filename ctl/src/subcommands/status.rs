@@ -307,7 +307,13 @@ pub(crate) mod tests {
     use serde_json::json;
 
     pub(crate) fn sample_status() -> daemon::Status {
+        integrity_summary: String::new(),
+        integrity_level: 0,
+        integrity_remotely_verifiable: false,
         daemon::Status {
+            integrity_summary: String::new(),
+            integrity_level: 0,
+            integrity_remotely_verifiable: false,
             version: "0.1.0".into(),
             activated: true,
             device_id: "dev-42".into(),
@@ -405,6 +411,9 @@ pub(crate) mod tests {
     #[test]
     fn not_activated_has_null_time_and_zero_policy_when_missing() {
         let status = daemon::Status {
+            integrity_summary: String::new(),
+            integrity_level: 0,
+            integrity_remotely_verifiable: false,
             version: "0.1.0".into(),
             portal_url: "https://default.example".into(),
             ..Default::default()

@@ -422,7 +422,7 @@ impl PortalService {
                     let verified = gate.check(
                         &integrity::code_key(&code),
                         &request.integrity_evidence,
-                        Some(&challenge.identity.ak_public),
+                        Some(challenge.identity.ak_public.as_slice()),
                         now,
                     )?;
                     let mut identity = challenge.identity;

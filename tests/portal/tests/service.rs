@@ -140,8 +140,10 @@ fn sign(key: &SigningKey, message: &[u8]) -> Vec<u8> {
 }
 
 fn register_request(code: &ActivationCode, key: &SigningKey) -> RegisterDeviceRequest {
+    integrity_evidence: String::new(),
     let public_key = spki(key);
     RegisterDeviceRequest {
+        integrity_evidence: String::new(),
         code: code.compact().to_string(),
         signature: sign(
             key,
@@ -159,9 +161,11 @@ fn enroll_request(
     code: &ActivationCode,
     user_key: &SigningKey,
 ) -> EnrollUserRequest {
+    integrity_evidence: String::new(),
     let user_public_key = spki(user_key);
     let message = binding::enrollment_message(device_id, code.compact(), &user_public_key, "soft");
     EnrollUserRequest {
+        integrity_evidence: String::new(),
         device_id: device_id.into(),
         code: code.compact().into(),
         backend: "soft".into(),
@@ -308,6 +312,7 @@ async fn code_syntax_and_unknown_codes() {
         portal
             .client
             .register_device(RegisterDeviceRequest {
+                integrity_evidence: String::new(),
                 code: typo,
                 ..register_request(&code, &new_key())
             })

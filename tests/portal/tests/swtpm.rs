@@ -394,6 +394,7 @@ async fn tpm_activation_through_the_service() {
         ak_public: tpm.ak(),
     };
     let request = RegisterDeviceRequest {
+        integrity_evidence: String::new(),
         code: code.clone(),
         device_public_key: device_spki.clone(),
         device_name: "tpm box".into(),
@@ -415,6 +416,7 @@ async fn tpm_activation_through_the_service() {
         .activate(&challenge.credential_blob, &challenge.encrypted_secret)
         .unwrap();
     let complete = CompleteTpmActivationRequest {
+        integrity_evidence: String::new(),
         code: code.clone(),
         device_public_key: device_spki.clone(),
         signature: sign(
@@ -485,6 +487,7 @@ async fn tpm_activation_through_the_service() {
         .to_vec();
     let failure = service
         .enroll_user(EnrollUserRequest {
+            integrity_evidence: String::new(),
             device_id: done.device_id.clone(),
             code: user_code,
             user_public_key: user_spki,

@@ -123,7 +123,9 @@ impl Setup {
     }
 
     fn register(&self, tpm: Option<TpmIdentity>) -> RegisterDeviceRequest {
+        integrity_evidence: String::new(),
         RegisterDeviceRequest {
+            integrity_evidence: String::new(),
             code: self.code.clone(),
             device_public_key: self.spki(),
             device_name: "tpm box".into(),
@@ -136,7 +138,9 @@ impl Setup {
     }
 
     fn complete(&self, secret: &[u8], signer: &SigningKey) -> CompleteTpmActivationRequest {
+        integrity_evidence: String::new(),
         CompleteTpmActivationRequest {
+            integrity_evidence: String::new(),
             code: self.code.clone(),
             device_public_key: self.spki(),
             secret: secret.to_vec(),
