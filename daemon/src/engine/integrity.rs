@@ -125,12 +125,15 @@ impl Engine {
     }
 
     /// Quotes `report` with `nonce` by the first key store that has an
-    /// attestation key (the TPM); without one, no quote and why.
+    /// attestation key (the TPM); without one, no quote and why. With
+    /// `needs_log`, a machine without a measured-boot event log is not
+    /// quoted either: the portal could not check the PCRs against it.
     pub(super) async fn quote_report(
         &self,
         report: &Report,
         nonce: &[u8],
         who: Requester,
+        needs_log: bool,
     ) -> Result<Quoted, Failure> {
         let digest: [u8; 32] = fleetkey_integrity::unhex(&report.digest, 32)
             .and_then(|d| d.try_into().ok())
@@ -153,6 +156,12 @@ impl Engine {
             event_log,
             no_quote_reason: "no key store of this device has an attestation key (no TPM): the report cannot be verified remotely".into(),
         };
+        if needs_log && quoted.event_log.is_empty() {
+            quoted.no_quote_reason = format!(
+                "this machine has no measured-boot event log ({EVENT_LOG}): a quote could not be checked against it"
+            );
+            return Ok(quoted);
+        }
         for store in self.stores() {
             if !store.info().operations.contains(&Operation::Attest) {
                 continue;
@@ -191,7 +200,7 @@ impl Engine {
         if nonce.is_empty() {
             return Ok(String::new());
         }
-        let quoted = self.quote_report(report, nonce, who).await?;
+        let quoted = self.quote_report(report, nonce, who, true).await?;
         let evidence = Evidence {
             report: report.clone(),
             nonce: hex(nonce),
@@ -217,7 +226,7 @@ impl Engine {
                 ..Default::default()
             });
         }
-        let quoted = self.quote_report(&report, nonce, who).await?;
+        let quoted = self.quote_report(&report, nonce, who, false).await?;
         let quote_json = match &quoted.quote {
             Some(quote) => serde_json::to_string(quote)
                 .map_err(|e| Failure::new(Reason::Internal, format!("encoding the quote: {e}")))?,

@@ -21,8 +21,15 @@ const EVENT_LOG: &str = "/sys/kernel/security/tpm0/binary_bios_measurements";
 /// its real path (`org.fleetkey.FleetkeyFiles` checks it).
 fn good_root() -> FakeRoot {
     let root = FakeRoot::good();
-    root.own_file(bin("fleetkeyd").to_str().unwrap());
+    own_file(&root, &bin("fleetkeyd"));
     root
+}
+
+/// Lays out `path` (made canonical, as the daemon sees itself) in the
+/// fake root as one of fleetkey's own files.
+fn own_file(root: &FakeRoot, path: &Path) {
+    let path = std::fs::canonicalize(path).unwrap();
+    root.own_file(path.to_str().unwrap());
 }
 
 /// Starts a daemon whose checks read `root`, with `extra` config; its
@@ -33,7 +40,7 @@ fn daemon(root: &FakeRoot, base: &str, integrity: &str) -> Daemon {
         root.dir.path().display()
     );
     let daemon = Daemon::start(&config);
-    root.own_file(daemon.config.to_str().unwrap());
+    own_file(root, &daemon.config);
     daemon
 }
 
@@ -86,6 +93,10 @@ fn the_gate_refuses_activation_and_user_add_listing_the_failing_checks_until_fix
     let portal = Portal::start();
     let root = good_root();
     let daemon = daemon(&root, FAST_SOFT_KEYS, "min_level = 1");
+    root.write(
+        "/etc/passwd",
+        "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/bash\nbob:x:1002:1002::/home/bob:/bin/bash\ndave:x:1003:1003::/home/dave:/bin/bash\n",
+    );
 
     // Two level-1 checks fail: both are listed, each with its hint.
     secure_boot(&root, false);
@@ -375,7 +386,7 @@ fn a_quote_from_another_tpm_is_refused_by_the_portal() {
         root.dir.path().display()
     );
     let moved = Daemon::start_with_state_of(&config, &daemon);
-    root.own_file(moved.config.to_str().unwrap());
+    own_file(&root, &moved.config);
     let code = portal.user_code("bob");
     let out = moved.ctl_with_stdin(
         &["--json", "user", "add", &code.uri, "--pin-stdin"],

@@ -95,7 +95,7 @@ impl IntegrityGate {
             device_id: key,
             ak_public,
             policy: &policy,
-            require_quote: self.require_level.is_some_and(|l| l > 0),
+            require_quote: self.require_level.is_some(),
         };
         let mut book = self
             .nonces
