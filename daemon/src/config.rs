@@ -463,7 +463,10 @@ mod tests {
         assert_eq!(config.integrity.kiosk_accounts, ["kiosk"]);
         for (bad, says) in [
             ("min_level = 5", "HSI levels are 0 to 4"),
-            ("required = ['org.fleetkey.Nope']", "unknown integrity check"),
+            (
+                "required = ['org.fleetkey.Nope']",
+                "unknown integrity check",
+            ),
             (
                 "required = ['org.fleetkey.Lsm']\nignored = ['org.fleetkey.Lsm']",
                 "both required and ignored",

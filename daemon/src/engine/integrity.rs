@@ -8,9 +8,7 @@
 use std::time::Duration;
 
 use fleetkey_integrity::eventlog::MAX_LOG_BYTES;
-use fleetkey_integrity::quote::{
-    Evidence, MAX_NONCE, MIN_NONCE, PcrValue, Quote, qualifying_data,
-};
+use fleetkey_integrity::quote::{Evidence, MAX_NONCE, MIN_NONCE, PcrValue, Quote, qualifying_data};
 use fleetkey_integrity::{Inputs, Report, Root, hex};
 use fleetkey_plugin::Operation;
 use fleetkey_proto::{Failure, Reason, binding, daemon, portal, time};
@@ -139,8 +137,9 @@ impl Engine {
             .and_then(|d| d.try_into().ok())
             .ok_or_else(|| Failure::new(Reason::Internal, "the report's digest is not 32 bytes"))?;
         let qualifying = qualifying_data(&digest, nonce).map_err(|e| {
-            Failure::new(Reason::InvalidArgument, e.to_string())
-                .with_hint(format!("Give a nonce of {MIN_NONCE} to {MAX_NONCE} bytes (hex)."))
+            Failure::new(Reason::InvalidArgument, e.to_string()).with_hint(format!(
+                "Give a nonce of {MIN_NONCE} to {MAX_NONCE} bytes (hex)."
+            ))
         })?;
         let root = Root::new(&self.integrity.root);
         let event_log = tokio::task::spawn_blocking(move || {

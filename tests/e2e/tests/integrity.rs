@@ -173,7 +173,8 @@ fn the_gate_refuses_activation_and_user_add_listing_the_failing_checks_until_fix
     assert_eq!(status.json()["integrity_level"], 4);
     let text = daemon.ctl(&["status"]);
     assert!(
-        text.stdout.contains("Integrity:        HSI:4 (all 15 checks pass)"),
+        text.stdout
+            .contains("Integrity:        HSI:4 (all 15 checks pass)"),
         "{}",
         text.stdout
     );
@@ -228,7 +229,11 @@ fn integrity_shows_every_check_and_a_device_without_tpm_cannot_be_verified_remot
     );
     let text = daemon.ctl(&["integrity"]);
     text.assert_ok();
-    assert!(text.stdout.contains("FAIL HSI:1 org.fleetkey.Tpm"), "{}", text.stdout);
+    assert!(
+        text.stdout.contains("FAIL HSI:1 org.fleetkey.Tpm"),
+        "{}",
+        text.stdout
+    );
     // Asked for a quote, the answer says why there is none.
     let nonce = "ab".repeat(32);
     let out = daemon.ctl(&["--json", "integrity", "--quote", "--nonce", &nonce]);
@@ -309,7 +314,10 @@ fn quotes_verify_with_tpm2_checkquote_and_the_portal_refuses_a_tampered_log_and_
     // it binds to the EK in the same activation.
     let started = Instant::now();
     let device = daemon.activate(&portal);
-    println!("activation (TPM, quoted report) took {:?}", started.elapsed());
+    println!(
+        "activation (TPM, quoted report) took {:?}",
+        started.elapsed()
+    );
     let shown = device_show(&portal, &device);
     assert_eq!(shown["integrity"]["tpm_verified"], true, "{shown}");
     assert_eq!(shown["integrity"]["level"], 4, "{shown}");
@@ -335,7 +343,10 @@ fn quotes_verify_with_tpm2_checkquote_and_the_portal_refuses_a_tampered_log_and_
     assert!(checked.status.success(), "tpm2_checkquote: {checked:?}");
     // ... which refuses another nonce's qualifying data.
     let other = checkquote(out_dir.path(), &"00".repeat(32));
-    assert!(!other.status.success(), "tpm2_checkquote accepted other data");
+    assert!(
+        !other.status.success(),
+        "tpm2_checkquote accepted other data"
+    );
     // The quoted PCRs are the replay of the event log it exported.
     let log = std::fs::read(out_dir.path().join("eventlog.bin")).unwrap();
     assert_eq!(log, synthetic_boot(&[TPM_ALG_SHA256]).0);
@@ -343,7 +354,10 @@ fn quotes_verify_with_tpm2_checkquote_and_the_portal_refuses_a_tampered_log_and_
     // Several users, each add verified at the portal.
     let started = Instant::now();
     add_user(&daemon, &portal, "alice").assert_ok();
-    println!("user add (soft key, TPM-quoted report) took {:?}", started.elapsed());
+    println!(
+        "user add (soft key, TPM-quoted report) took {:?}",
+        started.elapsed()
+    );
     add_user(&daemon, &portal, "bob").assert_ok();
 
     // A tampered event log (an event the TPM never saw): the device's own

@@ -206,7 +206,6 @@ impl Swtpm {
     }
 }
 
-
 /// These tests need swtpm and tpm2-tools (`scripts/test.sh` installs
 /// them): without them they fail, rather than pass without checking
 /// anything.

@@ -2,7 +2,6 @@
 //! by tests/swtpm/start.sh, driven with tpm2-tools (tpm2_quote), so the
 //! device side is not our own code.
 
-
 use fleetkey_integrity::checks::ids;
 use fleetkey_integrity::eventlog::{EV_POST_CODE, LogBuilder, TPM_ALG_SHA256, synthetic_boot};
 use fleetkey_integrity::quote::{PcrValue, Quote};
@@ -91,7 +90,6 @@ impl Swtpm {
         }
     }
 }
-
 
 fn attribute(id: &str, pass: bool) -> Attribute {
     Attribute {

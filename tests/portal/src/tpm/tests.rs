@@ -231,12 +231,7 @@ fn certify_attest_and_signature_parse() {
     );
     let mut wrong = attest;
     wrong[5] = 0x18; // TPM_ST_ATTEST_QUOTE
-    assert!(
-        parse_certify(&wrong)
-            .unwrap_err()
-            .0
-            .contains("0x8018")
-    );
+    assert!(parse_certify(&wrong).unwrap_err().0.contains("0x8018"));
 
     let signature = tpm_signature(&signing_key(6), b"data");
     parse_ecdsa_signature(&signature).unwrap();
