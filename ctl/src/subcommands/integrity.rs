@@ -135,15 +135,13 @@ fn write_files(
     dir: &std::path::Path,
 ) -> Result<(), Failure> {
     let failed = |what: String| {
-        Failure::new(Reason::Internal, what).with_hint("Check that the --out directory is writable.")
+        Failure::new(Reason::Internal, what)
+            .with_hint("Check that the --out directory is writable.")
     };
     let Some(quote) = quote else {
         return Err(Failure::new(
             Reason::Unsupported,
-            format!(
-                "no quote to write: {}",
-                escape(&response.no_quote_reason)
-            ),
+            format!("no quote to write: {}", escape(&response.no_quote_reason)),
         ));
     };
     std::fs::create_dir_all(dir).map_err(|e| failed(format!("creating {}: {e}", dir.display())))?;
@@ -227,7 +225,10 @@ mod tests {
             no_quote_reason: None,
         };
         let text = integrity_text(&shown);
-        assert!(text.starts_with("Integrity: HSI:0 (1 of 2 checks fail: b.bad)"), "{text}");
+        assert!(
+            text.starts_with("Integrity: HSI:0 (1 of 2 checks fail: b.bad)"),
+            "{text}"
+        );
         assert!(text.contains("cannot be verified remotely"), "{text}");
         let bad = text.find("FAIL HSI:1 b.bad").unwrap();
         assert!(bad < text.find("ok   HSI:1 a.ok").unwrap(), "{text}");

@@ -307,9 +307,6 @@ pub(crate) mod tests {
     use serde_json::json;
 
     pub(crate) fn sample_status() -> daemon::Status {
-        integrity_summary: String::new(),
-        integrity_level: 0,
-        integrity_remotely_verifiable: false,
         daemon::Status {
             integrity_summary: String::new(),
             integrity_level: 0,

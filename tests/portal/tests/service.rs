@@ -140,7 +140,6 @@ fn sign(key: &SigningKey, message: &[u8]) -> Vec<u8> {
 }
 
 fn register_request(code: &ActivationCode, key: &SigningKey) -> RegisterDeviceRequest {
-    integrity_evidence: String::new(),
     let public_key = spki(key);
     RegisterDeviceRequest {
         integrity_evidence: String::new(),
@@ -161,7 +160,6 @@ fn enroll_request(
     code: &ActivationCode,
     user_key: &SigningKey,
 ) -> EnrollUserRequest {
-    integrity_evidence: String::new(),
     let user_public_key = spki(user_key);
     let message = binding::enrollment_message(device_id, code.compact(), &user_public_key, "soft");
     EnrollUserRequest {

@@ -123,7 +123,6 @@ impl Setup {
     }
 
     fn register(&self, tpm: Option<TpmIdentity>) -> RegisterDeviceRequest {
-        integrity_evidence: String::new(),
         RegisterDeviceRequest {
             integrity_evidence: String::new(),
             code: self.code.clone(),
@@ -138,7 +137,6 @@ impl Setup {
     }
 
     fn complete(&self, secret: &[u8], signer: &SigningKey) -> CompleteTpmActivationRequest {
-        integrity_evidence: String::new(),
         CompleteTpmActivationRequest {
             integrity_evidence: String::new(),
             code: self.code.clone(),
