@@ -64,6 +64,9 @@ pub struct Config {
     /// error, warn, info, debug or trace.
     pub log_level: LogLevel,
     pub pin: PinConfig,
+    /// `[integrity]`: the integrity report and the gate on activation and
+    /// `user add` (docs/integrity.md).
+    pub integrity: IntegrityConfig,
     /// `[backends.NAME]`: each key store's section, parsed by its factory
     /// (`backends.rs`).
     pub backends: KeyStoreSections,
@@ -91,6 +94,7 @@ impl Default for Config {
             device_name: None,
             log_level: LogLevel::default(),
             pin: PinConfig::default(),
+            integrity: IntegrityConfig::default(),
             backends: KeyStoreSections::default(),
             source: toml::Table::new(),
             dbus: BusChoice::default(),
@@ -117,6 +121,90 @@ impl Default for PinConfig {
             max_attempts: 5,
             digits_only: false,
         }
+    }
+}
+
+/// `[integrity]`: what the integrity checks read and what the gate
+/// requires before activation and `user add`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IntegrityConfig {
+    /// The file-system root the checks read sysfs, procfs, efivars and
+    /// /etc from: `/` on a real machine.
+    pub root: PathBuf,
+    /// Every check of this HSI level or below must pass (0: none; 1-4).
+    pub min_level: u8,
+    /// Checks (IDs such as `org.fleetkey.SecureBoot`) that must pass
+    /// whatever their level.
+    pub required: Vec<String>,
+    /// Checks never held against the device; each time one fails and is
+    /// let pass, the audit log records the exception.
+    pub ignored: Vec<String>,
+    /// Unix accounts (besides the enrolled users) that must not hold
+    /// root-equivalent power, e.g. the kiosk's login account.
+    pub kiosk_accounts: Vec<String>,
+    /// How often (seconds) the daemon asks its portal whether the portal
+    /// wants a fresh signed report (`fleetkey-portal device integrity`).
+    pub poll_interval_secs: u64,
+    /// The config file the daemon was started with (set at load, not in
+    /// the file): checked by `org.fleetkey.FleetkeyFiles`.
+    #[serde(skip)]
+    pub config_path: Option<PathBuf>,
+}
+
+impl Default for IntegrityConfig {
+    fn default() -> Self {
+        Self {
+            root: PathBuf::from("/"),
+            min_level: 0,
+            required: Vec::new(),
+            ignored: Vec::new(),
+            kiosk_accounts: Vec::new(),
+            poll_interval_secs: 60,
+            config_path: None,
+        }
+    }
+}
+
+impl IntegrityConfig {
+    /// The gate's policy.
+    pub fn policy(&self) -> fleetkey_integrity::Policy {
+        fleetkey_integrity::Policy {
+            min_level: self.min_level,
+            require: self.required.clone(),
+            ignore: self.ignored.clone(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.policy()
+            .validate()
+            .map_err(|message| ConfigError::Invalid {
+                setting: "integrity.min_level / integrity.required / integrity.ignored",
+                message,
+            })?;
+        if !self.root.is_absolute() {
+            return Err(ConfigError::Invalid {
+                setting: "integrity.root",
+                message: format!("{} is not an absolute path", self.root.display()),
+            });
+        }
+        if self.poll_interval_secs == 0 || self.poll_interval_secs > 86_400 {
+            return Err(ConfigError::Invalid {
+                setting: "integrity.poll_interval_secs",
+                message: format!(
+                    "must be between 1 and 86400, got {}",
+                    self.poll_interval_secs
+                ),
+            });
+        }
+        if self.kiosk_accounts.len() > 64 {
+            return Err(ConfigError::Invalid {
+                setting: "integrity.kiosk_accounts",
+                message: format!("at most 64 accounts, got {}", self.kiosk_accounts.len()),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -210,6 +298,7 @@ impl Config {
         config.validate()?;
         let mut config = config;
         config.source = source;
+        config.integrity.config_path = Some(path.to_path_buf());
         Ok(config)
     }
 
@@ -299,6 +388,7 @@ impl Config {
                 message: format!("must be between 1 and 100, got {}", pin.max_attempts),
             });
         }
+        self.integrity.validate()?;
         if let Some(url) = &self.portal_url {
             fleetkey_proto::payload::validate_portal_url(url).map_err(|e| {
                 ConfigError::Invalid {
@@ -329,6 +419,7 @@ mod tests {
         assert_eq!(config.pin, PinConfig::default());
         assert_eq!(config.default_backend, "soft");
         assert_eq!(config.log_level, LogLevel::Info);
+        assert_eq!(config.integrity, IntegrityConfig::default());
         for name in ["soft", "tpm", "pcsc"] {
             let section = config.backends.get(name).unwrap();
             assert!(section.enabled, "{name}");
@@ -526,6 +617,41 @@ mod tests {
         assert!(old.restart_needed(&new).is_empty());
         let new = parse("admin_group = 'wheel'\n[backends.soft]\nenabled = false").unwrap();
         assert_eq!(old.restart_needed(&new), ["admin_group", "backends"]);
+    }
+
+    #[test]
+    fn integrity_section_is_typed_at_load() {
+        let config = parse("").unwrap();
+        assert_eq!(config.integrity, IntegrityConfig::default());
+        assert_eq!(config.integrity.root, PathBuf::from("/"));
+        let config = parse(
+            "[integrity]\nroot = '/fake'\nmin_level = 2\nrequired = ['org.fleetkey.Lsm']\nignored = ['org.fleetkey.SecureBoot']\nkiosk_accounts = ['kiosk']\npoll_interval_secs = 2",
+        )
+        .unwrap();
+        let policy = config.integrity.policy();
+        assert_eq!(policy.min_level, 2);
+        assert_eq!(policy.require, ["org.fleetkey.Lsm"]);
+        assert_eq!(policy.ignore, ["org.fleetkey.SecureBoot"]);
+        assert_eq!(config.integrity.kiosk_accounts, ["kiosk"]);
+        for (bad, says) in [
+            ("min_level = 5", "HSI levels are 0 to 4"),
+            (
+                "required = ['org.fleetkey.Nope']",
+                "unknown integrity check",
+            ),
+            (
+                "required = ['org.fleetkey.Lsm']\nignored = ['org.fleetkey.Lsm']",
+                "both required and ignored",
+            ),
+            ("root = 'relative'", "integrity.root"),
+            ("poll_interval_secs = 0", "poll_interval_secs"),
+            ("minimum_level = 1", "minimum_level"),
+        ] {
+            let err = parse(&format!("[integrity]\n{bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 
     #[test]

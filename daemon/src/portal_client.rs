@@ -266,6 +266,17 @@ impl Portal {
             .clone()
             .max_decoding_message_size(max_message_bytes);
         match client.open_device_stream(request).await {
+
+            Ok(response) => Ok(response.into_inner()),
+            Err(status) => Err(self.failure(&status)),
+        }
+    }
+
+    pub async fn poll_integrity(
+        &mut self,
+        request: fleetkey_proto::portal::PollIntegrityRequest,
+    ) -> Result<fleetkey_proto::portal::PollIntegrityResponse, Failure> {
+        match self.client.poll_integrity(request).await {
             Ok(response) => Ok(response.into_inner()),
             Err(status) => Err(self.failure(&status)),
         }
@@ -278,6 +289,16 @@ impl Portal {
     ) -> Result<String, Failure> {
         match self.client.answer_challenge(request).await {
             Ok(response) => Ok(response.into_inner().outcome),
+            Err(status) => Err(self.failure(&status)),
+        }
+    }
+
+    pub async fn submit_integrity(
+        &mut self,
+        request: fleetkey_proto::portal::SubmitIntegrityRequest,
+    ) -> Result<fleetkey_proto::portal::SubmitIntegrityResponse, Failure> {
+        match self.client.submit_integrity(request).await {
+            Ok(response) => Ok(response.into_inner()),
             Err(status) => Err(self.failure(&status)),
         }
     }

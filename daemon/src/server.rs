@@ -246,6 +246,19 @@ impl Fleetkey for Service {
         )
     }
 
+    // --- integrity ---
+    async fn get_integrity(
+        &self,
+        request: Request<fleetkey_proto::daemon::GetIntegrityRequest>,
+    ) -> Reply<fleetkey_proto::daemon::IntegrityResponse> {
+        let caller = self.caller(&request)?;
+        reply(
+            self.engine
+                .get_integrity(Requester::Uid(caller.uid), &request.into_inner().nonce)
+                .await,
+        )
+    }
+
     // --- audit log ---
 
     async fn read_audit(&self, request: Request<ReadAuditRequest>) -> Reply<ReadAuditResponse> {

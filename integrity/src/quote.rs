@@ -20,8 +20,10 @@ pub const QUOTED_PCRS: [u32; 8] = [0, 1, 2, 3, 4, 5, 6, 7];
 /// Largest TPMS_ATTEST accepted.
 pub const MAX_ATTEST: usize = 2048;
 
-const TPM_GENERATED_VALUE: u32 = 0xff54_4347;
-const TPM_ST_ATTEST_QUOTE: u16 = 0x8018;
+/// The first four bytes of every TPMS_ATTEST a TPM makes.
+pub const TPM_GENERATED_VALUE: u32 = 0xff54_4347;
+pub const TPM_ST_ATTEST_CERTIFY: u16 = 0x8017;
+pub const TPM_ST_ATTEST_QUOTE: u16 = 0x8018;
 
 /// Why a quote was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -91,7 +93,7 @@ impl<'a> Reader<'a> {
                 Ok(head)
             }
             None => fail(format!(
-                "the quote (TPMS_ATTEST) is truncated: {field} needs {n} bytes, {} are left",
+                "the attestation (TPMS_ATTEST) is truncated: {field} needs {n} bytes, {} are left",
                 self.rest.len()
             )),
         }
@@ -108,42 +110,99 @@ impl<'a> Reader<'a> {
         let size = self.uint(2, field)? as usize;
         if size > max {
             return fail(format!(
-                "the quote's {field} is {size} bytes, more than the {max} allowed"
+                "the attestation's {field} is {size} bytes, more than the {max} allowed"
             ));
         }
         self.take(size, field)
     }
 }
 
+/// The parts of a TPMS_ATTEST of type TPM_ST_ATTEST_CERTIFY (TPM2_Certify
+/// of a key by the AK; the portal checks user keys with it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertifyAttest {
+    pub qualified_signer: Vec<u8>,
+    pub extra_data: Vec<u8>,
+    pub clock: u64,
+    pub reset_count: u32,
+    pub restart_count: u32,
+    pub safe: bool,
+    pub firmware_version: u64,
+    /// The certified object's name.
+    pub name: Vec<u8>,
+    pub qualified_name: Vec<u8>,
+}
+
+/// The header every TPMS_ATTEST has (TPM 2.0 Part 2, 10.12.12).
+struct AttestHeader {
+    qualified_signer: Vec<u8>,
+    extra_data: Vec<u8>,
+    clock: u64,
+    reset_count: u32,
+    restart_count: u32,
+    safe: bool,
+    firmware_version: u64,
+}
+
+/// A TPM name: a hash algorithm and a digest of up to 64 bytes.
+const MAX_NAME: usize = 2 + 64;
+
+/// Reads the header of a TPMS_ATTEST of type `expected` (named
+/// `expected_name`), leaving the reader at the type-specific part. The one
+/// TPMS_ATTEST parser: quotes and certifications both use it.
+fn attest_header<'a>(
+    data: &'a [u8],
+    expected: u16,
+    expected_name: &str,
+) -> Result<(AttestHeader, Reader<'a>), QuoteError> {
+    if data.len() > MAX_ATTEST {
+        return fail(format!(
+            "the attestation is {} bytes, more than {MAX_ATTEST}",
+            data.len()
+        ));
+    }
+    let mut r = Reader { rest: data };
+    let magic = r.uint(4, "magic")? as u32;
+    if magic != TPM_GENERATED_VALUE {
+        return fail(format!(
+            "the attestation does not begin with TPM_GENERATED_VALUE (0xff544347) but 0x{magic:08x}"
+        ));
+    }
+    let kind = r.uint(2, "type")? as u16;
+    if kind != expected {
+        return fail(format!(
+            "the attestation's type is 0x{kind:04x}, not {expected_name} (0x{expected:04x})"
+        ));
+    }
+    let header = AttestHeader {
+        qualified_signer: r.tpm2b("qualifiedSigner", MAX_NAME + 2)?.to_vec(),
+        extra_data: r.tpm2b("extraData", 64 + 2)?.to_vec(),
+        clock: r.uint(8, "clockInfo.clock")?,
+        reset_count: r.uint(4, "clockInfo.resetCount")? as u32,
+        restart_count: r.uint(4, "clockInfo.restartCount")? as u32,
+        safe: r.uint(1, "clockInfo.safe")? != 0,
+        firmware_version: r.uint(8, "firmwareVersion")?,
+    };
+    Ok((header, r))
+}
+
+impl Reader<'_> {
+    fn finish(&self) -> Result<(), QuoteError> {
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            fail(format!(
+                "the attestation (TPMS_ATTEST) has {} unexpected bytes after its end",
+                self.rest.len()
+            ))
+        }
+    }
+}
+
 impl QuoteAttest {
     /// Parses a marshalled TPMS_ATTEST; refuses other types than quote.
     pub fn parse(data: &[u8]) -> Result<Self, QuoteError> {
-        if data.len() > MAX_ATTEST {
-            return fail(format!(
-                "the quote is {} bytes, more than {MAX_ATTEST}",
-                data.len()
-            ));
-        }
-        let mut r = Reader { rest: data };
-        let magic = r.uint(4, "magic")? as u32;
-        if magic != TPM_GENERATED_VALUE {
-            return fail(format!(
-                "the quote does not begin with TPM_GENERATED_VALUE (0xff544347) but 0x{magic:08x}"
-            ));
-        }
-        let kind = r.uint(2, "type")? as u16;
-        if kind != TPM_ST_ATTEST_QUOTE {
-            return fail(format!(
-                "the attestation's type is 0x{kind:04x}, not TPM_ST_ATTEST_QUOTE (0x8018)"
-            ));
-        }
-        let qualified_signer = r.tpm2b("qualifiedSigner", 68)?.to_vec();
-        let extra_data = r.tpm2b("extraData", 64)?.to_vec();
-        let clock = r.uint(8, "clock")?;
-        let reset_count = r.uint(4, "resetCount")? as u32;
-        let restart_count = r.uint(4, "restartCount")? as u32;
-        let safe = r.uint(1, "safe")? != 0;
-        let firmware_version = r.uint(8, "firmwareVersion")?;
+        let (h, mut r) = attest_header(data, TPM_ST_ATTEST_QUOTE, "TPM_ST_ATTEST_QUOTE")?;
         let count = r.uint(4, "pcrSelect.count")?;
         if count > 16 {
             return fail(format!("the quote selects {count} PCR banks (16 at most)"));
@@ -159,22 +218,38 @@ impl QuoteAttest {
             selection.push(PcrSelection { bank, pcrs });
         }
         let pcr_digest = r.tpm2b("pcrDigest", 64)?.to_vec();
-        if !r.rest.is_empty() {
-            return fail(format!(
-                "the quote has {} unexpected bytes after its end",
-                r.rest.len()
-            ));
-        }
+        r.finish()?;
         Ok(QuoteAttest {
-            qualified_signer,
-            extra_data,
-            clock,
-            reset_count,
-            restart_count,
-            safe,
-            firmware_version,
+            qualified_signer: h.qualified_signer,
+            extra_data: h.extra_data,
+            clock: h.clock,
+            reset_count: h.reset_count,
+            restart_count: h.restart_count,
+            safe: h.safe,
+            firmware_version: h.firmware_version,
             selection,
             pcr_digest,
+        })
+    }
+}
+
+impl CertifyAttest {
+    /// Parses a marshalled TPMS_ATTEST; refuses other types than certify.
+    pub fn parse(data: &[u8]) -> Result<Self, QuoteError> {
+        let (h, mut r) = attest_header(data, TPM_ST_ATTEST_CERTIFY, "TPM_ST_ATTEST_CERTIFY")?;
+        let name = r.tpm2b("certify.name", MAX_NAME)?.to_vec();
+        let qualified_name = r.tpm2b("certify.qualifiedName", MAX_NAME)?.to_vec();
+        r.finish()?;
+        Ok(CertifyAttest {
+            qualified_signer: h.qualified_signer,
+            extra_data: h.extra_data,
+            clock: h.clock,
+            reset_count: h.reset_count,
+            restart_count: h.restart_count,
+            safe: h.safe,
+            firmware_version: h.firmware_version,
+            name,
+            qualified_name,
         })
     }
 }

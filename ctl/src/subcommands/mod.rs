@@ -10,6 +10,7 @@ pub mod card;
 pub mod deactivate;
 pub mod deny;
 pub mod doctor;
+pub mod integrity;
 pub mod qr;
 pub mod sign;
 pub mod status;
@@ -79,6 +80,7 @@ pub enum Subcommand {
     /// The TPM's dictionary-attack parameters (administrators)
     #[command(subcommand)]
     Tpm(tpm::TpmCommand),
+    Integrity(integrity::Integrity),
 }
 
 impl Subcommand {
@@ -101,6 +103,7 @@ impl Subcommand {
             Subcommand::Deny(cmd) => cmd.run(ctx).await,
             Subcommand::Audit(cmd) => cmd.run(ctx).await,
             Subcommand::Deactivate(cmd) => cmd.run(ctx).await,
+            Subcommand::Integrity(cmd) => cmd.run(ctx).await,
         }
     }
 
@@ -121,6 +124,7 @@ impl Subcommand {
             Subcommand::Audit(_) => "audit",
             Subcommand::Deactivate(_) => "deactivate",
             Subcommand::Tpm(_) => "tpm",
+            Subcommand::Integrity(_) => "integrity",
         }
     }
 
@@ -129,6 +133,7 @@ impl Subcommand {
         match self {
             Subcommand::Sign(cmd) => cmd.usage_problem(),
             Subcommand::Approve(cmd) => cmd.usage_problem(),
+            Subcommand::Integrity(cmd) => cmd.usage_problem(),
             _ => None,
         }
     }

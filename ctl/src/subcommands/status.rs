@@ -62,6 +62,11 @@ pub struct StatusJson {
     pub portal_stream_connections: u32,
     /// Login challenges waiting for an answer.
     pub pending_approvals: u32,
+    /// The integrity report in one line (fleetkeyctl integrity).
+    pub integrity_summary: String,
+    /// Its HSI level (0-4).
+    pub integrity_level: u32,
+    pub integrity_remotely_verifiable: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -115,6 +120,9 @@ pub fn status_json(status: &daemon::Status) -> StatusJson {
         portal_stream_error: status.portal_stream_error.clone(),
         portal_stream_connections: status.portal_stream_connections,
         pending_approvals: status.pending_approvals,
+        integrity_summary: status.integrity_summary.clone(),
+        integrity_level: status.integrity_level,
+        integrity_remotely_verifiable: status.integrity_remotely_verifiable,
     }
 }
 
@@ -208,6 +216,17 @@ pub fn status_text(status: &daemon::Status) -> String {
         text.push_str(&format!(
             "Approvals:        {} pending\n",
             status.pending_approvals
+        ));
+    }
+    if !status.integrity_summary.is_empty() {
+        text.push_str(&format!(
+            "Integrity:        {}{}\n",
+            escape(&status.integrity_summary),
+            if status.integrity_remotely_verifiable {
+                ""
+            } else {
+                "; no TPM: cannot be verified remotely"
+            }
         ));
     }
     text.push_str(&format!("Users:            {}\n", status.user_count));
@@ -314,6 +333,9 @@ pub(crate) mod tests {
 
     pub(crate) fn sample_status() -> daemon::Status {
         daemon::Status {
+            integrity_summary: String::new(),
+            integrity_level: 0,
+            integrity_remotely_verifiable: false,
             version: "0.1.0".into(),
             activated: true,
             device_id: "dev-42".into(),
@@ -417,6 +439,9 @@ pub(crate) mod tests {
     #[test]
     fn not_activated_has_null_time_and_zero_policy_when_missing() {
         let status = daemon::Status {
+            integrity_summary: String::new(),
+            integrity_level: 0,
+            integrity_remotely_verifiable: false,
             version: "0.1.0".into(),
             portal_url: "https://default.example".into(),
             ..Default::default()

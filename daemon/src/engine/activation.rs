@@ -39,6 +39,9 @@ impl Engine {
                 .with_hint("Set portal_url in fleetkeyd.toml, or use the fleetkey:// URI from the QR code.")
             })?,
         };
+        let started = std::time::Instant::now();
+        let report = self.integrity_gate(who, "activation", None).await?;
+        let gate_time = started.elapsed();
         let code = input.code().compact().to_string();
         let mut portal = self.portal.connect(&portal_url).await?;
         let checked = portal.check_code(&code).await?;
@@ -50,6 +53,15 @@ impl Engine {
             ));
         }
         let identity = self.hardware_identity().await?;
+        let evidence_started = std::time::Instant::now();
+        let evidence = self
+            .evidence_json(&report, &checked.integrity_nonce, who)
+            .await?;
+        tracing::info!(
+            gate_ms = gate_time.as_secs_f64() * 1000.0,
+            evidence_ms = evidence_started.elapsed().as_secs_f64() * 1000.0,
+            "integrity work for activation"
+        );
         let device_key = DeviceKey::generate()?;
         let public_key = device_key.public_key_der()?;
         let signature = device_key.sign_digest(&binding::digest(&binding::activation_message(
@@ -67,6 +79,13 @@ impl Engine {
                     ek_certificate: id.ek_certificate.clone(),
                     ak_public: id.ak_public.clone(),
                 }),
+                // With a TPM identity the evidence goes with the
+                // completion, once the AK is proven.
+                integrity_evidence: if identity.is_some() {
+                    String::new()
+                } else {
+                    evidence.clone()
+                },
             })
             .await?;
         let registered = match (identity, registered.tpm_challenge.take()) {
@@ -78,6 +97,7 @@ impl Engine {
                     &device_key,
                     &public_key,
                     challenge,
+                    evidence,
                 )
                 .await?
             }
@@ -143,6 +163,7 @@ impl Engine {
         device_key: &DeviceKey,
         public_key: &[u8],
         challenge: portal::TpmChallenge,
+        integrity_evidence: String,
     ) -> Result<portal::RegisterDeviceResponse, Failure> {
         let challenge = CredentialChallenge {
             credential_blob: challenge.credential_blob,
@@ -158,6 +179,7 @@ impl Engine {
                 device_public_key: public_key.to_vec(),
                 secret: secret.to_vec(),
                 signature,
+                integrity_evidence,
             })
             .await
     }

@@ -46,6 +46,19 @@ impl Engine {
         backend: &str,
         options: &CreateOptions,
     ) -> Result<daemon::User, Failure> {
+        self.add_user_as(input, pin, backend, options, Requester::Daemon)
+            .await
+    }
+
+    /// [`Self::add_user`] asked by `who` (for the audit log).
+    pub async fn add_user_as(
+        &self,
+        input: &str,
+        pin: Pin,
+        backend: &str,
+        options: &CreateOptions,
+        who: Requester,
+    ) -> Result<daemon::User, Failure> {
         let input = EnrollmentInput::parse(input)?;
         let backend_name = if backend.is_empty() {
             self.default_backend.as_str()
@@ -88,6 +101,18 @@ impl Engine {
         if self.user_record(&name)?.is_some() {
             return Err(already_enrolled(&name));
         }
+        let started = std::time::Instant::now();
+        let report = self.integrity_gate(who, "user add", Some(&name)).await?;
+        let gate_time = started.elapsed();
+        let evidence_started = std::time::Instant::now();
+        let integrity_evidence = self
+            .evidence_json(&report, &checked.integrity_nonce, who)
+            .await?;
+        tracing::info!(
+            gate_ms = gate_time.as_secs_f64() * 1000.0,
+            evidence_ms = evidence_started.elapsed().as_secs_f64() * 1000.0,
+            "integrity work for user add"
+        );
 
         let key_id = random_id("u-")?;
         let enrolled = store
@@ -110,7 +135,10 @@ impl Engine {
             .enroll_request(&device, &store, &code, &record, &pin)
             .await
         {
-            Ok(request) => request,
+            Ok(request) => portal::EnrollUserRequest {
+                integrity_evidence,
+                ..request
+            },
             Err(failure) => {
                 self.delete_key(&store, &created.key_ref).await;
                 return Err(failure);
@@ -228,6 +256,7 @@ impl Engine {
             }),
             user_signature,
             device_signature,
+            integrity_evidence: String::new(),
         })
     }
 }

@@ -160,6 +160,14 @@ impl Store {
         self.call(|s| s.hardware_identity()).await
     }
 
+    /// A TPM2_Quote by the attestation key, where the store has one.
+    pub async fn quote(
+        &self,
+        qualifying_data: [u8; 32],
+    ) -> Result<Option<fleetkey_plugin::PcrQuote>, Failure> {
+        self.call(move |s| s.quote(&qualifying_data)).await
+    }
+
     pub async fn activate_credential(
         &self,
         challenge: CredentialChallenge,

@@ -20,6 +20,7 @@ pub mod budget;
 mod enrollment;
 mod events;
 mod failure;
+mod integrity;
 mod keystore;
 mod precheck;
 mod recovery;
@@ -42,7 +43,7 @@ pub use recovery::Recovery;
 
 use crate::audit::{AuditEvent, AuditLog};
 use crate::backends::Backends;
-use crate::config::{Config, PinConfig};
+use crate::config::{Config, IntegrityConfig, PinConfig};
 use crate::portal_client::PortalConnector;
 use crate::state::{DeviceRecord, StateError, StateStore, UserRecord, UserState};
 
@@ -64,6 +65,8 @@ pub struct Engine {
     portal: PortalConnector,
     /// The hash-chained record of security events (audit.rs).
     audit: Arc<AuditLog>,
+    /// `[integrity]`: the checks' root and the gate (integrity.rs).
+    integrity: IntegrityConfig,
     /// Bounds the key-store work that runs at once, and each caller's
     /// share of it.
     queue: Arc<WorkQueue>,
@@ -99,6 +102,7 @@ impl Engine {
             backends,
             portal,
             audit,
+            integrity: config.integrity.clone(),
             queue: WorkQueue::sized_to_machine(),
             enroll_lock: tokio::sync::Mutex::new(()),
             user_locks: Mutex::new(HashMap::new()),
@@ -150,7 +154,12 @@ impl Engine {
                 backend.details = facts.into_iter().chain(budget).collect();
             }
         }
+        let (integrity_summary, integrity_level, integrity_remotely_verifiable) =
+            self.integrity_status().await;
         let mut status = daemon::Status {
+            integrity_summary,
+            integrity_level,
+            integrity_remotely_verifiable,
             version: env!("CARGO_PKG_VERSION").into(),
             activated: device.is_some(),
             device_id: device

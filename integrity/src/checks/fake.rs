@@ -1,6 +1,11 @@
 //! A fake machine in a temporary directory, for the checks' tests: starts
 //! as a machine where every check passes; tests then break one thing.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fixture: a failure to lay out the fake machine fails the test"
+)]
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
@@ -69,6 +74,21 @@ impl FakeRoot {
             ],
             accounts: accounts.iter().map(|a| a.to_string()).collect(),
         }
+    }
+
+    /// Lays out fleetkey's own file `p` (e.g. the daemon's real path):
+    /// root-owned, mode 0755, every folder above it 0755.
+    pub fn own_file(&self, p: &str) {
+        self.write(p, "fleetkey");
+        self.chmod(p, 0o755);
+        let mut dir = self.path(p);
+        while dir.pop() && dir.starts_with(self.dir.path()) && dir != self.dir.path() {
+            self.chmod_path(&dir, 0o755);
+        }
+    }
+
+    fn chmod_path(&self, path: &std::path::Path, mode: u32) {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
     }
 
     /// A machine where every check passes.

@@ -117,8 +117,8 @@ fn fail(id: &str, result: &str, detail: impl Into<String>, hint: &str) -> Attrib
     attribute(id, Outcome::Fail, result, detail.into(), hint)
 }
 
-#[cfg(test)]
-pub(crate) mod fake;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
 
 #[cfg(test)]
 mod tests;

@@ -520,6 +520,14 @@ pub trait KeyStore: Send + Sync {
         Err(self.unsupported(Operation::Attest))
     }
 
+    /// A TPM2_Quote of the boot PCRs by the device's attestation key with
+    /// `qualifying_data` (the integrity report, docs/integrity.md), where
+    /// the store has such a key (a TPM); None otherwise.
+    fn quote(&self, qualifying_data: &[u8; 32]) -> Result<Option<PcrQuote>, KeyStoreError> {
+        let _ = qualifying_data;
+        Ok(None)
+    }
+
     /// The most wrong PINs in a row one key may see before its user must be
     /// locked, where the hardware needs fewer than the deployment's
     /// `pin.max_attempts` (a TPM locks every key after a few failures in
@@ -562,6 +570,19 @@ pub trait KeyStore: Send + Sync {
     fn unsupported(&self, operation: Operation) -> KeyStoreError {
         KeyStoreError::unsupported(&self.describe().name, operation)
     }
+}
+
+/// A quote of PCRs by the hardware's attestation key ([`KeyStore::quote`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PcrQuote {
+    /// The marshalled TPMS_ATTEST.
+    pub attest: Vec<u8>,
+    /// The marshalled TPMT_SIGNATURE.
+    pub signature: Vec<u8>,
+    /// The quoted PCRs (SHA-256 bank) and their values, ascending.
+    pub pcrs: Vec<(u32, Vec<u8>)>,
+    /// The attestation key's public key, SubjectPublicKeyInfo DER.
+    pub ak_public_key_der: Vec<u8>,
 }
 
 /// Where the daemon lets a key store keep files, and other facts of the

@@ -442,6 +442,28 @@ impl KeyStore for TpmKeyStore {
         })
     }
 
+    fn quote(
+        &self,
+        qualifying_data: &[u8; 32],
+    ) -> Result<Option<fleetkey_plugin::PcrQuote>, KeyStoreError> {
+        let made = TpmKeyStore::quote(self, qualifying_data)?;
+        let unhex = |text: &str| {
+            fleetkey_integrity::unhex(text, 4096)
+                .ok_or_else(|| KeyStoreError::internal("the quote is not hex"))
+        };
+        Ok(Some(fleetkey_plugin::PcrQuote {
+            attest: unhex(&made.quote.attest)?,
+            signature: unhex(&made.quote.signature)?,
+            pcrs: made
+                .quote
+                .pcrs
+                .iter()
+                .map(|p| Ok((p.pcr, unhex(&p.value)?)))
+                .collect::<Result<_, KeyStoreError>>()?,
+            ak_public_key_der: made.ak_public_key_der,
+        }))
+    }
+
     fn hardware_identity(&self) -> Result<Option<HardwareIdentity>, KeyStoreError> {
         let identity = self.with_tpm(attest::identity)?;
         Ok(Some(HardwareIdentity {

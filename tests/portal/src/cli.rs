@@ -173,6 +173,11 @@ pub struct ServeArgs {
     /// can reach).
     #[arg(long, conflicts_with_all = ["rate_limit_burst", "rate_limit_per_second"])]
     pub no_rate_limit: bool,
+    /// Refuse activations and user adds from devices whose integrity
+    /// evidence (docs/integrity.md) is not quoted by their TPM or whose
+    /// checks up to this HSI level (0-4) do not all pass.
+    #[arg(long, value_name = "LEVEL", value_parser = clap::value_parser!(u8).range(0..=4))]
+    pub require_integrity: Option<u8>,
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {
@@ -319,6 +324,44 @@ pub enum DeviceCommand {
         subject, or null), \"attestation_detail\"}."
     )]
     List(ListArgs),
+    /// Show one device: its identity and its last verified integrity state.
+    #[command(
+        long_about = "Show one device: its name, registration, TPM identity, users, and its last \
+        verified integrity state (docs/integrity.md): the HSI level, the summary of failing checks, \
+        whether a TPM quote vouched for it, when and on what occasion (activation, user add, \
+        on-demand) it was verified, and whether a fresh report was requested.\n\n\
+        With --json, one object: the fields of `device list --json` and \"integrity\" (null or \
+        {\"level\", \"summary\", \"tpm_verified\", \"report_digest\", \"exceptions\", \
+        \"verified_at\", \"occasion\"}) and \"integrity_requested_at\" (RFC 3339 or null)."
+    )]
+    Show(DeviceShowArgs),
+    /// Ask a device for a fresh, TPM-quoted integrity report.
+    #[command(
+        long_about = "Ask a device for a fresh integrity report quoted by its TPM. The request is \
+        recorded; the device answers at its next call to the portal (fleetkeyd asks every \
+        [integrity] poll_interval_secs, 60 s by default), and `device show` then shows the verified \
+        result."
+    )]
+    Integrity(DeviceIntegrityArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DeviceShowArgs {
+    /// The device ID.
+    pub device: String,
+    #[command(flatten)]
+    pub db: DbArg,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DeviceIntegrityArgs {
+    /// The device ID.
+    pub device: String,
+    #[command(flatten)]
+    pub db: DbArg,
 }
 
 #[derive(Debug, Args)]
@@ -341,6 +384,8 @@ pub fn run_cli(cli: Cli) -> Result<(), PortalError> {
         Command::Device(DeviceCommand::List(args)) => device_list(args),
         Command::Login(LoginCommand::Start(args)) => login_start(args),
         Command::Login(LoginCommand::Wait(args)) => login_wait(args),
+        Command::Device(DeviceCommand::Show(args)) => device_show(args),
+        Command::Device(DeviceCommand::Integrity(args)) => device_integrity(args),
     }
 }
 
@@ -444,6 +489,7 @@ fn serve(args: ServeArgs) -> Result<(), PortalError> {
     let trust = TrustAnchors {
         piv_attestation_roots: roots,
         tpm_ek_roots,
+        require_integrity: args.require_integrity,
     };
     let rate_limit = (!args.no_rate_limit).then_some(RateLimit {
         burst: args.rate_limit_burst,
@@ -918,17 +964,27 @@ pub struct DeviceListEntry {
     pub ek_certificate_anchor: Option<String>,
     /// What the portal verified of the device's identity.
     pub attestation_detail: String,
+    /// The last verified integrity level (HSI 0-4); null when never verified.
+    pub integrity_level: Option<u8>,
+    /// Whether a TPM quote vouched for it.
+    pub integrity_tpm_verified: Option<bool>,
+    /// RFC 3339; null when never verified.
+    pub integrity_verified_at: Option<String>,
 }
 
 fn device_list(args: ListArgs) -> Result<(), PortalError> {
     let store = Store::open_existing(&args.db.db)?;
-    let entries: Vec<DeviceListEntry> = store
-        .db()
+    let db = store.db();
+    let entries: Vec<DeviceListEntry> = db
         .devices()?
         .into_iter()
         .map(|d| {
             let tpm = d.device.tpm.as_ref();
-            DeviceListEntry {
+            let integrity = db.integrity(&d.device.device_id)?;
+            Ok(DeviceListEntry {
+                integrity_level: integrity.as_ref().map(|i| i.level),
+                integrity_tpm_verified: integrity.as_ref().map(|i| i.tpm_verified),
+                integrity_verified_at: integrity.as_ref().map(|i| rfc3339(i.verified_at)),
                 tpm_verified: tpm.is_some(),
                 tpm_verified_at: tpm.map(|t| rfc3339(t.verified_at)),
                 ak_name: tpm.map(|t| hex::encode(&t.ak_name)),
@@ -943,9 +999,9 @@ fn device_list(args: ListArgs) -> Result<(), PortalError> {
                 name: d.device.name,
                 registered_at: rfc3339(d.device.registered_at),
                 active_users: d.active_users,
-            }
+            })
         })
-        .collect();
+        .collect::<Result<_, PortalError>>()?;
     if args.json {
         return print_json(&entries);
     }
@@ -964,12 +1020,25 @@ fn device_list(args: ListArgs) -> Result<(), PortalError> {
                 d.ek_certificate
                     .map(|s| s.as_str().to_string())
                     .unwrap_or_else(|| "-".into()),
+                integrity_cell(
+                    d.integrity_level,
+                    d.integrity_tpm_verified,
+                    d.integrity_verified_at.as_deref(),
+                ),
                 d.name,
             ]
         })
         .collect();
     print(&table(
-        &["DEVICE", "USERS", "REGISTERED", "TPM", "EK CERT", "NAME"],
+        &[
+            "DEVICE",
+            "USERS",
+            "REGISTERED",
+            "TPM",
+            "EK CERT",
+            "INTEGRITY",
+            "NAME",
+        ],
         &rows,
     ))
 }
@@ -1047,6 +1116,141 @@ fn login_wait(args: LoginWaitArgs) -> Result<(), PortalError> {
     } else {
         Err(PortalError::NotApproved(outcome.outcome))
     }
+}
+
+/// `HSI:2 (TPM) 2026-..`, `HSI:1 (unquoted) ...`, or `-`.
+fn integrity_cell(level: Option<u8>, tpm: Option<bool>, at: Option<&str>) -> String {
+    match (level, at) {
+        (Some(level), Some(at)) => format!(
+            "HSI:{level} ({}) {at}",
+            if tpm == Some(true) { "TPM" } else { "unquoted" }
+        ),
+        _ => "-".into(),
+    }
+}
+
+/// `device show --json`.
+#[derive(Debug, Serialize)]
+pub struct DeviceShow {
+    #[serde(flatten)]
+    pub device: DeviceListEntry,
+    pub integrity: Option<IntegrityShow>,
+    /// RFC 3339: when `device integrity` asked for a fresh report that
+    /// the device has not answered yet.
+    pub integrity_requested_at: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct IntegrityShow {
+    pub level: u8,
+    pub summary: String,
+    pub tpm_verified: bool,
+    pub report_digest: String,
+    pub exceptions: Vec<String>,
+    /// RFC 3339.
+    pub verified_at: String,
+    /// `activation`, `user add` or `on-demand`.
+    pub occasion: String,
+}
+
+fn device_show(args: DeviceShowArgs) -> Result<(), PortalError> {
+    let store = Store::open_existing(&args.db.db)?;
+    let db = store.db();
+    let Some(summary) = db
+        .devices()?
+        .into_iter()
+        .find(|d| d.device.device_id == args.device)
+    else {
+        return Err(PortalError::NotFound(format!(
+            "no device {} is registered",
+            escape(&args.device)
+        )));
+    };
+    let integrity = db.integrity(&summary.device.device_id)?;
+    let requested = db.integrity_request(&summary.device.device_id)?;
+    let tpm = summary.device.tpm.as_ref();
+    let shown = DeviceShow {
+        device: DeviceListEntry {
+            tpm_verified: tpm.is_some(),
+            tpm_verified_at: tpm.map(|t| rfc3339(t.verified_at)),
+            ak_name: tpm.map(|t| hex::encode(&t.ak_name)),
+            ek_certificate: tpm.map(|t| t.ek_certificate_status),
+            ek_certificate_anchor: tpm.and_then(|t| t.ek_certificate_anchor.clone()),
+            attestation_detail: summary.device.attestation_detail.clone(),
+            integrity_level: integrity.as_ref().map(|i| i.level),
+            integrity_tpm_verified: integrity.as_ref().map(|i| i.tpm_verified),
+            integrity_verified_at: integrity.as_ref().map(|i| rfc3339(i.verified_at)),
+            device_id: summary.device.device_id.clone(),
+            name: summary.device.name.clone(),
+            registered_at: rfc3339(summary.device.registered_at),
+            active_users: summary.active_users,
+        },
+        integrity: integrity.map(|i| IntegrityShow {
+            level: i.level,
+            summary: i.summary,
+            tpm_verified: i.tpm_verified,
+            report_digest: i.report_digest,
+            exceptions: i
+                .exceptions
+                .split(',')
+                .filter(|e| !e.is_empty())
+                .map(str::to_string)
+                .collect(),
+            verified_at: rfc3339(i.verified_at),
+            occasion: i.occasion,
+        }),
+        integrity_requested_at: requested.map(rfc3339),
+    };
+    if args.json {
+        return print_json(&shown);
+    }
+    let d = &shown.device;
+    let integrity = match &shown.integrity {
+        None => "never verified".to_string(),
+        Some(i) => format!(
+            "{} — {}, verified {} at {}{}",
+            i.summary,
+            if i.tpm_verified {
+                "quoted by the device's TPM"
+            } else {
+                "not quoted (no TPM): the device's word only"
+            },
+            i.verified_at,
+            i.occasion,
+            if i.exceptions.is_empty() {
+                String::new()
+            } else {
+                format!("; exceptions: {}", i.exceptions.join(", "))
+            }
+        ),
+    };
+    let mut rows = vec![
+        ("Device", d.device_id.clone()),
+        ("Name", d.name.clone()),
+        ("Registered", d.registered_at.clone()),
+        ("Active users", d.active_users.to_string()),
+        ("Attestation", d.attestation_detail.clone()),
+        ("Integrity", integrity),
+    ];
+    if let Some(at) = &shown.integrity_requested_at {
+        rows.push((
+            "Requested",
+            format!("a fresh report, at {at}; the device answers at its next poll"),
+        ));
+    }
+    print(&aligned(&rows))
+}
+
+fn device_integrity(args: DeviceIntegrityArgs) -> Result<(), PortalError> {
+    let store = Store::open_existing(&args.db.db)?;
+    crate::service::integrity::request(&store.db(), &args.device)
+        .map_err(|f| PortalError::NotFound(f.message))?;
+    eprintln!(
+        "Requested a fresh integrity report from {}; it answers at its next poll (fleetkeyd polls every [integrity] poll_interval_secs). See `fleetkey-portal device show {}`.",
+        escape(&args.device),
+        escape(&args.device)
+    );
+    Ok(())
 }
 
 #[cfg(test)]

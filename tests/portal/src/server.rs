@@ -105,6 +105,8 @@ pub struct TrustAnchors {
     /// Certificates (DER) EK certificates must chain through to a
     /// self-signed one; `None`: EK certificates are not checked.
     pub tpm_ek_roots: Option<Vec<Vec<u8>>>,
+    /// `serve --require-integrity LEVEL`.
+    pub require_integrity: Option<u8>,
 }
 
 /// [`run`], checking attestations against `trust`, with `rate_limit` per
@@ -137,7 +139,8 @@ pub async fn run_with(
     let (drain, draining) = oneshot::channel::<()>();
     let mut service = PortalService::new(store)
         .with_piv_attestation_roots(trust.piv_attestation_roots)
-        .with_rate_limit(rate_limit);
+        .with_rate_limit(rate_limit)
+        .with_required_integrity(trust.require_integrity);
     if let Some(roots) = trust.tpm_ek_roots {
         service = service.with_tpm_ek_roots(roots);
     }

@@ -70,6 +70,9 @@ use crate::store::{
 };
 use crate::tpm;
 
+pub mod integrity;
+use integrity::IntegrityGate;
+
 /// How far a revocation's timestamp may be from the portal's clock.
 pub const MAX_CLOCK_SKEW_SECS: u64 = 300;
 /// The longest device name accepted, in characters.
@@ -111,6 +114,8 @@ pub struct PortalService {
     stream_nonces: Arc<login::NonceBook>,
     /// The newest stream of each device: an older one stops.
     streams: Arc<Mutex<std::collections::HashMap<String, u64>>>,
+    /// Integrity nonces and the required level (service/integrity.rs).
+    integrity: Arc<IntegrityGate>,
 }
 
 impl PortalService {
@@ -127,7 +132,16 @@ impl PortalService {
             limiter: Arc::new(RateLimiter::default()),
             stream_nonces: Arc::new(login::NonceBook::default()),
             streams: Arc::new(Mutex::new(std::collections::HashMap::new())),
+            integrity: Arc::new(IntegrityGate::default()),
         }
+    }
+
+    /// Requires integrity evidence quoted by a TPM at HSI `level` or
+    /// above from every activation and user add (`serve
+    /// --require-integrity`).
+    pub fn with_required_integrity(mut self, level: Option<u8>) -> Self {
+        self.integrity = Arc::new(IntegrityGate::new(level));
+        self
     }
 
     /// Limits each peer and each device to `limit` (the default is
@@ -194,7 +208,9 @@ impl PortalService {
             .with_store(move |store| lookup_code(&store.db(), &looked_up))
             .await?;
         usable(&code, &record, now)?;
+        let integrity_nonce = self.integrity.issue(&integrity::code_key(&code), now)?;
         Ok(CheckCodeResponse {
+            integrity_nonce,
             kind: proto_kind(record.kind) as i32,
             user: match record.kind {
                 CodeKind::User => record.user.unwrap_or_default(),
@@ -234,6 +250,7 @@ impl PortalService {
             Some(identity) => Some(self.tpm_challenge(identity, now)?),
             None => None,
         };
+        let gate = self.gate();
         self.with_store(move |store| {
             store.immediate(|db| {
                 let record = lookup_code(db, &code)?;
@@ -265,6 +282,12 @@ impl PortalService {
                         false,
                     ));
                 }
+                let verified = gate.check(
+                    &integrity::code_key(&code),
+                    &request.integrity_evidence,
+                    None,
+                    now,
+                )?;
                 let device = Device {
                     device_id: new_device_id()?,
                     public_key: request.device_public_key,
@@ -275,6 +298,9 @@ impl PortalService {
                 };
                 db.insert_device(&device)?;
                 mark_used(db, &code, &record, &device.device_id, now)?;
+                if let Some(verified) = &verified {
+                    integrity::record(db, &device.device_id, verified, "activation")?;
+                }
                 Ok((registered(device), false))
             })
         })
@@ -362,6 +388,7 @@ impl PortalService {
         );
         verify(&key, &message, &request.signature, "device signature")?;
         let now = now_unix();
+        let gate = self.gate();
         // The closure's Ok(Err(..)) is a refusal whose changes (the
         // discarded challenge) are committed.
         self.with_store(move |store| {
@@ -402,6 +429,12 @@ impl PortalService {
                         )));
                     }
                     usable(&code, &record, now)?;
+                    let verified = gate.check(
+                        &integrity::code_key(&code),
+                        &request.integrity_evidence,
+                        Some(challenge.identity.ak_public.as_slice()),
+                        now,
+                    )?;
                     let mut identity = challenge.identity;
                     identity.verified_at = now;
                     let detail = tpm_detail(&identity, true);
@@ -415,6 +448,9 @@ impl PortalService {
                     };
                     db.insert_device(&device)?;
                     mark_used(db, &code, &record, &device.device_id, now)?;
+                    if let Some(verified) = &verified {
+                        integrity::record(db, &device.device_id, verified, "activation")?;
+                    }
                     db.delete_tpm_challenges(&record.code_hash, None)?;
                     Ok(Ok((registered(device), false)))
                 })
@@ -513,6 +549,7 @@ impl PortalService {
         let roots = self.piv_attestation_roots.clone();
         let nonce = binding::key_attestation_nonce(&request.device_id, code.compact());
         let now = now_unix();
+        let gate = self.gate();
         self.with_store(move |store| {
             store.immediate(|db| {
                 verify(
@@ -547,6 +584,15 @@ impl PortalService {
                             rfc3339(existing.enrolled_at)
                         ),
                     ));
+                }
+                let verified = gate.check(
+                    &integrity::code_key(&code),
+                    &request.integrity_evidence,
+                    device.tpm.as_ref().map(|t| t.ak_public.as_slice()),
+                    now,
+                )?;
+                if let Some(verified) = &verified {
+                    integrity::record(db, &device.device_id, verified, "user add")?;
                 }
                 let (attestation_format, hardware_backed, attestation_detail) = match format.as_str() {
                     "" | ATTESTATION_NONE => (
@@ -1400,6 +1446,29 @@ impl Portal for PortalService {
                 Ok(Response::new(RevokeUserResponse {}))
             }
             Err(failure) => Err(refused("RevokeUser", peer, failure)),
+        }
+    }
+
+    // --- integrity ---
+    async fn poll_integrity(
+        &self,
+        request: Request<fleetkey_proto::portal::PollIntegrityRequest>,
+    ) -> Result<Response<fleetkey_proto::portal::PollIntegrityResponse>, Status> {
+        let peer = request.remote_addr();
+        match self.poll_integrity(request.into_inner()).await {
+            Ok(response) => Ok(Response::new(response)),
+            Err(failure) => Err(refused("PollIntegrity", peer, failure)),
+        }
+    }
+
+    async fn submit_integrity(
+        &self,
+        request: Request<fleetkey_proto::portal::SubmitIntegrityRequest>,
+    ) -> Result<Response<fleetkey_proto::portal::SubmitIntegrityResponse>, Status> {
+        let peer = request.remote_addr();
+        match self.submit_integrity(request.into_inner()).await {
+            Ok(response) => Ok(Response::new(response)),
+            Err(failure) => Err(refused("SubmitIntegrity", peer, failure)),
         }
     }
 }

@@ -13,7 +13,7 @@
 //! ([`crate::code_key`]): the key lives in `portal.db.key` beside the
 //! database, so the database alone leaks no usable code.
 //!
-//! Schema version 4 (`PRAGMA user_version`; version 1 to 3 databases are
+//! Schema version 5 (`PRAGMA user_version`; version 1 to 4 databases are
 //! migrated on open):
 //!
 //! | table | columns |
@@ -23,6 +23,8 @@
 //! | devices | device_id (PK), public_key (SPKI DER), name, registered_at; since v2: tpm_ak_public, tpm_ak_name, tpm_ek_public, tpm_ek_certificate, tpm_ek_certificate_status (`verified`/`not-checked`/`absent`), tpm_ek_certificate_anchor, tpm_verified_at (all NULL for devices without a verified TPM identity), attestation_detail |
 //! | enrollments | device_id, user, credential_id (unique), public_key (SPKI DER), backend, attestation_format, hardware_backed, enrolled_at, revoked_at, code_hash (the code redeemed; `code` before v3); since v2: attestation_detail |
 //! | tpm_challenges (v2) | code_hash (`code` before v3), device_public_key (PK together), device_name, secret_sha256 (never the secret), ak_public, ak_name, ek_public, ek_certificate, ek_certificate_status, ek_certificate_anchor, created_at — credential challenges waiting for CompleteTpmActivation |
+//! | device_integrity (v5) | device_id (PK), level, summary, tpm_verified, report_digest, exceptions, verified_at, occasion (`activation`/`user add`/`on-demand`) — the last verified integrity evidence (docs/integrity.md) |
+//! | integrity_requests (v5) | device_id (PK), requested_at, nonce_issued_at — `device integrity` requests the device has not answered |
 //!
 //! | login_challenges (v4) | see [`crate::login`]: login challenges for users' devices (docs/approvals.md) |
 //!
@@ -41,7 +43,7 @@ use crate::code_key::{CodeHash, CodeKey, KeyError, key_path};
 use crate::files::{create_private, make_private, sqlite_side_files};
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 /// The settings key holding the code key's check value.
 pub const SETTING_CODE_KEY_CHECK: &str = "code_key_check";
 /// How long a statement waits for another process's lock (e.g. `code issue`
@@ -628,6 +630,9 @@ impl Store {
         if version <= 3 {
             crate::login::migrate_v3_to_v4(&tx)?;
         }
+        if version <= 4 {
+            migrate_v4_to_v5(&tx)?;
+        }
         let broken: i64 =
             tx.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |row| {
                 row.get(0)
@@ -809,6 +814,129 @@ fn migrate_v2_to_v3(tx: &Transaction<'_>, key: &CodeKey) -> Result<(), StoreErro
     }
     tx.execute_batch(REPLACE_V2_TABLES)?;
     Ok(())
+}
+
+/// Version 5: the last verified integrity state of each device, and
+/// the operators' pending requests for a fresh one (docs/integrity.md).
+const MIGRATE_V4_TO_V5: &str = "
+CREATE TABLE IF NOT EXISTS device_integrity (
+    device_id      TEXT PRIMARY KEY REFERENCES devices(device_id),
+    level          INTEGER NOT NULL,
+    summary        TEXT NOT NULL,
+    tpm_verified   INTEGER NOT NULL,
+    report_digest  TEXT NOT NULL,
+    exceptions     TEXT NOT NULL,
+    verified_at    INTEGER NOT NULL,
+    -- What the evidence came with: activation, user add, on-demand.
+    occasion       TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS integrity_requests (
+    device_id      TEXT PRIMARY KEY REFERENCES devices(device_id),
+    requested_at   INTEGER NOT NULL,
+    -- Set when the device polled and was given a nonce; cleared by its
+    -- answer.
+    nonce_issued_at INTEGER
+);
+";
+
+/// Version 4 to 5 (integrity); applies after the approvals' version 4.
+fn migrate_v4_to_v5(tx: &Transaction<'_>) -> Result<(), StoreError> {
+    tx.execute_batch(MIGRATE_V4_TO_V5)?;
+    Ok(())
+}
+
+/// A device's last verified integrity state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntegrityRecord {
+    pub device_id: String,
+    pub level: u8,
+    pub summary: String,
+    pub tpm_verified: bool,
+    pub report_digest: String,
+    /// Failing checks the portal's policy ignored, comma-separated.
+    pub exceptions: String,
+    pub verified_at: i64,
+    pub occasion: String,
+}
+
+impl IntegrityRecord {
+    fn from_row(row: &Row<'_>) -> rusqlite::Result<Self> {
+        let level: i64 = row.get("level")?;
+        Ok(IntegrityRecord {
+            device_id: row.get("device_id")?,
+            level: u8::try_from(level).unwrap_or(0),
+            summary: row.get("summary")?,
+            tpm_verified: row.get("tpm_verified")?,
+            report_digest: row.get("report_digest")?,
+            exceptions: row.get("exceptions")?,
+            verified_at: row.get("verified_at")?,
+            occasion: row.get("occasion")?,
+        })
+    }
+}
+
+impl Db<'_> {
+    /// Records `record` as the device's last verified integrity state.
+    pub fn set_integrity(&self, record: &IntegrityRecord) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO device_integrity
+             (device_id, level, summary, tpm_verified, report_digest, exceptions, verified_at, occasion)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                record.device_id,
+                i64::from(record.level),
+                record.summary,
+                record.tpm_verified,
+                record.report_digest,
+                record.exceptions,
+                record.verified_at,
+                record.occasion
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn integrity(&self, device_id: &str) -> Result<Option<IntegrityRecord>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT * FROM device_integrity WHERE device_id = ?1",
+                [device_id],
+                IntegrityRecord::from_row,
+            )
+            .optional()?)
+    }
+
+    /// Records an operator's request for a fresh report (once per device).
+    pub fn request_integrity(&self, device_id: &str, now: i64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO integrity_requests (device_id, requested_at, nonce_issued_at)
+             VALUES (?1, ?2, NULL)",
+            params![device_id, now],
+        )?;
+        Ok(())
+    }
+
+    /// When the pending request for `device_id` was made, if there is one.
+    pub fn integrity_request(&self, device_id: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT requested_at FROM integrity_requests WHERE device_id = ?1",
+                [device_id],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    /// The device answered its request.
+    pub fn clear_integrity_request(&self, device_id: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "DELETE FROM integrity_requests WHERE device_id = ?1",
+            [device_id],
+        )?;
+        Ok(())
+    }
 }
 
 /// Queries and updates, inside or outside a transaction.
@@ -1254,6 +1382,42 @@ mod tests {
                 })
             })
             .collect()
+    }
+
+    #[test]
+    fn integrity_state_and_requests_are_kept_per_device() {
+        let (_dir, store) = store();
+        let db = store.db();
+        db.insert_device(&device("dev-i")).unwrap();
+        assert_eq!(db.integrity("dev-i").unwrap(), None);
+        let record = IntegrityRecord {
+            device_id: "dev-i".into(),
+            level: 2,
+            summary: "HSI:2 (1 of 15 checks fail: org.fleetkey.Lsm)".into(),
+            tpm_verified: true,
+            report_digest: "ab".repeat(32),
+            exceptions: "org.fleetkey.Iommu".into(),
+            verified_at: NOW,
+            occasion: "activation".into(),
+        };
+        db.set_integrity(&record).unwrap();
+        assert_eq!(db.integrity("dev-i").unwrap(), Some(record.clone()));
+        let later = IntegrityRecord {
+            level: 3,
+            verified_at: NOW + 5,
+            occasion: "on-demand".into(),
+            ..record
+        };
+        db.set_integrity(&later).unwrap();
+        assert_eq!(db.integrity("dev-i").unwrap(), Some(later));
+        assert_eq!(db.integrity_request("dev-i").unwrap(), None);
+        db.request_integrity("dev-i", NOW).unwrap();
+        db.request_integrity("dev-i", NOW + 1).unwrap();
+        assert_eq!(db.integrity_request("dev-i").unwrap(), Some(NOW + 1));
+        db.clear_integrity_request("dev-i").unwrap();
+        assert_eq!(db.integrity_request("dev-i").unwrap(), None);
+        // Only for registered devices.
+        assert!(db.request_integrity("dev-none", NOW).is_err());
     }
 
     #[test]

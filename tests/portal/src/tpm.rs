@@ -29,9 +29,7 @@ pub const TPM_ALG_ECDAA: u16 = 0x001A;
 pub const TPM_ALG_ECC: u16 = 0x0023;
 pub const TPM_ALG_CFB: u16 = 0x0043;
 pub const TPM_ECC_NIST_P256: u16 = 0x0003;
-/// The first four bytes of every TPMS_ATTEST a TPM makes.
-pub const TPM_GENERATED_VALUE: u32 = 0xff54_4347;
-pub const TPM_ST_ATTEST_CERTIFY: u16 = 0x8017;
+pub use fleetkey_integrity::quote::{TPM_GENERATED_VALUE, TPM_ST_ATTEST_CERTIFY};
 
 /// TPMA_OBJECT bits.
 pub mod attr {
@@ -535,59 +533,20 @@ pub fn check_ek_certificate(
     ))
 }
 
-/// A parsed TPMS_ATTEST of type TPM_ST_ATTEST_CERTIFY.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertifyAttest {
-    pub qualified_signer: Vec<u8>,
-    pub extra_data: Vec<u8>,
-    pub clock: u64,
-    pub reset_count: u32,
-    pub restart_count: u32,
-    pub safe: u8,
-    pub firmware_version: u64,
-    /// The certified object's name.
-    pub name: Vec<u8>,
-    pub qualified_name: Vec<u8>,
-}
+/// A parsed TPMS_ATTEST of type TPM_ST_ATTEST_CERTIFY: the integrity
+/// crate's, whose one TPMS_ATTEST parser reads quotes too.
+pub use fleetkey_integrity::quote::CertifyAttest;
 
-impl CertifyAttest {
-    /// Parses a marshalled TPMS_ATTEST; refuses other types than certify.
-    pub fn parse(data: &[u8]) -> Result<Self, TpmError> {
-        let mut reader = Reader::new(data, "attestation (TPMS_ATTEST)")?;
-        let magic = reader.u32("magic")?;
-        if magic != TPM_GENERATED_VALUE {
-            return fail(format!(
-                "the attestation does not begin with TPM_GENERATED_VALUE (0xff544347) but 0x{magic:08x}"
-            ));
-        }
-        let kind = reader.u16("type")?;
-        if kind != TPM_ST_ATTEST_CERTIFY {
-            return fail(format!(
-                "the attestation's type is 0x{kind:04x}, not TPM_ST_ATTEST_CERTIFY (0x8017)"
-            ));
-        }
-        let qualified_signer = reader.tpm2b("qualifiedSigner", MAX_NAME)?.to_vec();
-        let extra_data = reader.tpm2b("extraData", MAX_DIGEST + 2)?.to_vec();
-        let clock = reader.u64("clockInfo.clock")?;
-        let reset_count = reader.u32("clockInfo.resetCount")?;
-        let restart_count = reader.u32("clockInfo.restartCount")?;
-        let safe = reader.u8("clockInfo.safe")?;
-        let firmware_version = reader.u64("firmwareVersion")?;
-        let name = reader.tpm2b("certify.name", MAX_NAME)?.to_vec();
-        let qualified_name = reader.tpm2b("certify.qualifiedName", MAX_NAME)?.to_vec();
-        reader.finish()?;
-        Ok(Self {
-            qualified_signer,
-            extra_data,
-            clock,
-            reset_count,
-            restart_count,
-            safe,
-            firmware_version,
-            name,
-            qualified_name,
-        })
+/// [`CertifyAttest::parse`] within this module's size bound; refuses
+/// other types than certify.
+pub fn parse_certify(data: &[u8]) -> Result<CertifyAttest, TpmError> {
+    if data.len() > MAX_STRUCTURE {
+        return fail(format!(
+            "the attestation (TPMS_ATTEST) is {} bytes, more than {MAX_STRUCTURE}",
+            data.len()
+        ));
     }
+    CertifyAttest::parse(data).map_err(|e| TpmError(e.0))
 }
 
 /// Parses a marshalled TPMT_SIGNATURE that must be ECDSA with SHA-256.
@@ -651,7 +610,7 @@ pub fn verify_certification(
                     .into(),
             )
         })?;
-    let attest = CertifyAttest::parse(certify_info)?;
+    let attest = parse_certify(certify_info)?;
     if attest.extra_data != nonce {
         return fail(
             "the attestation's qualifying data (extraData) is not the nonce of this device and code",

@@ -142,6 +142,7 @@ fn sign(key: &SigningKey, message: &[u8]) -> Vec<u8> {
 fn register_request(code: &ActivationCode, key: &SigningKey) -> RegisterDeviceRequest {
     let public_key = spki(key);
     RegisterDeviceRequest {
+        integrity_evidence: String::new(),
         code: code.compact().to_string(),
         signature: sign(
             key,
@@ -162,6 +163,7 @@ fn enroll_request(
     let user_public_key = spki(user_key);
     let message = binding::enrollment_message(device_id, code.compact(), &user_public_key, "soft");
     EnrollUserRequest {
+        integrity_evidence: String::new(),
         device_id: device_id.into(),
         code: code.compact().into(),
         backend: "soft".into(),
@@ -308,6 +310,7 @@ async fn code_syntax_and_unknown_codes() {
         portal
             .client
             .register_device(RegisterDeviceRequest {
+                integrity_evidence: String::new(),
                 code: typo,
                 ..register_request(&code, &new_key())
             })

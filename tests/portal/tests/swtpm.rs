@@ -47,73 +47,13 @@ fn tools_present() -> bool {
     })
 }
 
-/// A port whose neighbour (swtpm's control port) is free too.
-fn free_port_pair() -> u16 {
-    loop {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        if port < 65000 && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
-}
-
-struct Swtpm {
-    dir: tempfile::TempDir,
-    tcti: String,
-}
+#[path = "support/swtpm.rs"]
+mod support_swtpm;
+use support_swtpm::Swtpm;
 
 impl Swtpm {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../swtpm/start.sh");
-        let output = Command::new("bash")
-            .arg(&script)
-            .arg(dir.path().join("state"))
-            .arg(free_port_pair().to_string())
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "start.sh failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let tcti = String::from_utf8(output.stdout).unwrap().trim().to_string();
-        Self { dir, tcti }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
     fn ca(&self, name: &str) -> PathBuf {
         self.dir.path().join("state/ca").join(name)
-    }
-
-    /// Runs a tpm2-tools command in the work directory; its stdout.
-    fn run(&self, args: &[&str]) -> Result<Vec<u8>, String> {
-        let output = Command::new(args[0])
-            .args(&args[1..])
-            .current_dir(self.dir.path())
-            .env("TPM2TOOLS_TCTI", &self.tcti)
-            .output()
-            .unwrap();
-        // Without a resource manager, transient objects stay loaded after
-        // each tool; flush them so the TPM's few slots do not run out.
-        let _ = Command::new("tpm2_flushcontext")
-            .arg("-t")
-            .env("TPM2TOOLS_TCTI", &self.tcti)
-            .output();
-        if output.status.success() {
-            Ok(output.stdout)
-        } else {
-            Err(String::from_utf8_lossy(&output.stderr).into_owned())
-        }
-    }
-
-    fn tool(&self, args: &[&str]) -> Vec<u8> {
-        self.run(args)
-            .unwrap_or_else(|e| panic!("{} failed: {e}", args.join(" ")))
     }
 
     /// A TPM2B_PUBLIC file's TPMT_PUBLIC.
@@ -263,17 +203,6 @@ impl Swtpm {
             std::fs::read(self.path("attest.out")).unwrap(),
             std::fs::read(self.path("signature.out")).unwrap(),
         )
-    }
-}
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        if let Ok(pid) = std::fs::read_to_string(self.path("state/swtpm.pid"))
-            && let Ok(pid) = pid.trim().parse::<i32>()
-        {
-            // SAFETY: kill(2) on the pid of the swtpm this test started.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
     }
 }
 
@@ -464,6 +393,7 @@ async fn tpm_activation_through_the_service() {
         ak_public: tpm.ak(),
     };
     let request = RegisterDeviceRequest {
+        integrity_evidence: String::new(),
         code: code.clone(),
         device_public_key: device_spki.clone(),
         device_name: "tpm box".into(),
@@ -485,6 +415,7 @@ async fn tpm_activation_through_the_service() {
         .activate(&challenge.credential_blob, &challenge.encrypted_secret)
         .unwrap();
     let complete = CompleteTpmActivationRequest {
+        integrity_evidence: String::new(),
         code: code.clone(),
         device_public_key: device_spki.clone(),
         signature: sign(
@@ -555,6 +486,7 @@ async fn tpm_activation_through_the_service() {
         .to_vec();
     let failure = service
         .enroll_user(EnrollUserRequest {
+            integrity_evidence: String::new(),
             device_id: done.device_id.clone(),
             code: user_code,
             user_public_key: user_spki,

@@ -124,6 +124,7 @@ impl Setup {
 
     fn register(&self, tpm: Option<TpmIdentity>) -> RegisterDeviceRequest {
         RegisterDeviceRequest {
+            integrity_evidence: String::new(),
             code: self.code.clone(),
             device_public_key: self.spki(),
             device_name: "tpm box".into(),
@@ -137,6 +138,7 @@ impl Setup {
 
     fn complete(&self, secret: &[u8], signer: &SigningKey) -> CompleteTpmActivationRequest {
         CompleteTpmActivationRequest {
+            integrity_evidence: String::new(),
             code: self.code.clone(),
             device_public_key: self.spki(),
             secret: secret.to_vec(),

@@ -2,9 +2,6 @@
 //! by tests/swtpm/start.sh, driven with tpm2-tools (tpm2_quote), so the
 //! device side is not our own code.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use fleetkey_integrity::checks::ids;
 use fleetkey_integrity::eventlog::{EV_POST_CODE, LogBuilder, TPM_ALG_SHA256, synthetic_boot};
 use fleetkey_integrity::quote::{PcrValue, Quote};
@@ -12,43 +9,16 @@ use fleetkey_integrity::{Attribute, Outcome, hex};
 
 use super::*;
 
-struct Swtpm {
-    dir: tempfile::TempDir,
-    tcti: String,
-}
-
-fn free_port_pair() -> u16 {
-    loop {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        if port < 65000 && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
-}
+#[path = "../../tests/support/swtpm.rs"]
+mod support_swtpm;
+use support_swtpm::Swtpm;
 
 impl Swtpm {
     /// A TPM with an AK (the template of docs/tpm-attestation.md, without
     /// fleetkey's unique value) in ak.ctx, and PCRs 0-7 extended with the
     /// synthetic boot log's events.
-    fn start() -> (Swtpm, Vec<u8>) {
-        let dir = tempfile::tempdir().unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../swtpm/start.sh");
-        let output = Command::new("bash")
-            .arg(&script)
-            .arg(dir.path().join("state"))
-            .arg(free_port_pair().to_string())
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "start.sh: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let tpm = Swtpm {
-            tcti: String::from_utf8(output.stdout).unwrap().trim().to_string(),
-            dir,
-        };
+    fn start_booted() -> (Swtpm, Vec<u8>) {
+        let tpm = Swtpm::start();
         let (log, events) = synthetic_boot(&[TPM_ALG_SHA256]);
         for (pcr, digest) in events {
             tpm.tool(&["tpm2_pcrextend", &format!("{pcr}:sha256={}", hex(&digest))]);
@@ -69,32 +39,6 @@ impl Swtpm {
         ]);
         tpm.tool(&["tpm2_readpublic", "-c", "ak.ctx", "-o", "ak.pub", "-Q"]);
         (tpm, log)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn tool(&self, args: &[&str]) -> Vec<u8> {
-        let output = Command::new(args[0])
-            .args(&args[1..])
-            .current_dir(self.dir.path())
-            .env("TPM2TOOLS_TCTI", &self.tcti)
-            .output()
-            .unwrap_or_else(|e| panic!("{} (tpm2-tools) must be installed: {e}", args[0]));
-        // Without a resource manager, transient objects stay loaded after
-        // each tool; flush them so the TPM's few slots do not run out.
-        let _ = Command::new("tpm2_flushcontext")
-            .arg("-t")
-            .env("TPM2TOOLS_TCTI", &self.tcti)
-            .output();
-        assert!(
-            output.status.success(),
-            "{}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        output.stdout
     }
 
     /// The AK's TPMT_PUBLIC.
@@ -147,17 +91,6 @@ impl Swtpm {
     }
 }
 
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        if let Ok(pid) = std::fs::read_to_string(self.path("state/swtpm.pid"))
-            && let Ok(pid) = pid.trim().parse::<i32>()
-        {
-            // SAFETY: signalling the swtpm this test started.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-    }
-}
-
 fn attribute(id: &str, pass: bool) -> Attribute {
     Attribute {
         id: id.into(),
@@ -197,7 +130,7 @@ fn expected<'a>(ak: &'a [u8], policy: &'a Policy) -> Expected<'a> {
 
 #[test]
 fn quotes_are_verified_and_every_forgery_is_refused() {
-    let (tpm, log) = Swtpm::start();
+    let (tpm, log) = Swtpm::start_booted();
     let ak = tpm.ak_public();
     let policy = Policy {
         min_level: 1,
@@ -330,7 +263,7 @@ fn quotes_are_verified_and_every_forgery_is_refused() {
     );
 
     // A quote made by another TPM (its own AK) for the right nonce and report.
-    let (other_tpm, _) = Swtpm::start();
+    let (other_tpm, _) = Swtpm::start_booted();
     let n = fresh(&mut nonces);
     let mut e = evidence.clone();
     e.nonce = hex(&n);

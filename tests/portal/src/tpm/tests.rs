@@ -212,31 +212,26 @@ fn a_point_off_the_curve_is_refused() {
 #[test]
 fn certify_attest_and_signature_parse() {
     let attest = certify_attest(&[0x00, 0x0b, 9, 9], &[1; 32]);
-    let parsed = CertifyAttest::parse(&attest).unwrap();
+    let parsed = parse_certify(&attest).unwrap();
     assert_eq!(parsed.extra_data, vec![1; 32]);
     assert_eq!(parsed.name, vec![0x00, 0x0b, 9, 9]);
     assert_eq!(
         (parsed.clock, parsed.reset_count, parsed.restart_count),
         (7, 1, 2)
     );
-    assert_eq!((parsed.safe, parsed.firmware_version), (1, 9));
-    refuses_truncation_and_trailing(&attest, CertifyAttest::parse);
+    assert_eq!((parsed.safe, parsed.firmware_version), (true, 9));
+    refuses_truncation_and_trailing(&attest, parse_certify);
     let mut wrong = attest.clone();
     wrong[0] = 0;
     assert!(
-        CertifyAttest::parse(&wrong)
+        parse_certify(&wrong)
             .unwrap_err()
             .0
             .contains("TPM_GENERATED_VALUE")
     );
     let mut wrong = attest;
     wrong[5] = 0x18; // TPM_ST_ATTEST_QUOTE
-    assert!(
-        CertifyAttest::parse(&wrong)
-            .unwrap_err()
-            .0
-            .contains("0x8018")
-    );
+    assert!(parse_certify(&wrong).unwrap_err().0.contains("0x8018"));
 
     let signature = tpm_signature(&signing_key(6), b"data");
     parse_ecdsa_signature(&signature).unwrap();
