@@ -266,7 +266,6 @@ impl Portal {
             .clone()
             .max_decoding_message_size(max_message_bytes);
         match client.open_device_stream(request).await {
-
             Ok(response) => Ok(response.into_inner()),
             Err(status) => Err(self.failure(&status)),
         }

@@ -95,7 +95,6 @@ impl Engine {
                     &backend,
                     &code,
                     &device_key,
-                    &public_key,
                     challenge,
                     evidence,
                 )
@@ -161,22 +160,22 @@ impl Engine {
         store: &Store,
         code: &str,
         device_key: &DeviceKey,
-        public_key: &[u8],
         challenge: portal::TpmChallenge,
         integrity_evidence: String,
     ) -> Result<portal::RegisterDeviceResponse, Failure> {
+        let public_key = device_key.public_key_der()?;
         let challenge = CredentialChallenge {
             credential_blob: challenge.credential_blob,
             encrypted_secret: challenge.encrypted_secret,
         };
         let secret = store.activate_credential(challenge).await?;
         let signature = device_key.sign_digest(&binding::digest(
-            &binding::tpm_activation_message(code, public_key, &secret),
+            &binding::tpm_activation_message(code, &public_key, &secret),
         ))?;
         portal
             .complete_tpm_activation(portal::CompleteTpmActivationRequest {
                 code: code.to_string(),
-                device_public_key: public_key.to_vec(),
+                device_public_key: public_key,
                 secret: secret.to_vec(),
                 signature,
                 integrity_evidence,

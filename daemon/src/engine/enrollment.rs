@@ -46,19 +46,6 @@ impl Engine {
         backend: &str,
         options: &CreateOptions,
     ) -> Result<daemon::User, Failure> {
-        self.add_user_as(input, pin, backend, options, Requester::Daemon)
-            .await
-    }
-
-    /// [`Self::add_user`] asked by `who` (for the audit log).
-    pub async fn add_user_as(
-        &self,
-        input: &str,
-        pin: Pin,
-        backend: &str,
-        options: &CreateOptions,
-        who: Requester,
-    ) -> Result<daemon::User, Failure> {
         let input = EnrollmentInput::parse(input)?;
         let backend_name = if backend.is_empty() {
             self.default_backend.as_str()

@@ -15,8 +15,8 @@
 mod activation;
 mod approvals;
 mod audit_log;
-mod deactivation;
 pub mod budget;
+mod deactivation;
 mod enrollment;
 mod events;
 mod failure;

@@ -228,7 +228,7 @@ impl Engine {
             n => n,
         };
         let per_user = match request.per_user {
-            0 => self.pin_policy.max_attempts,
+            0 => self.pin_policy().max_attempts,
             n => n,
         };
         if users > MAX_USERS || per_user > MAX_PER_USER {
@@ -264,10 +264,10 @@ impl Engine {
         if !before.lockout_auth_set {
             notes.push(NO_LOCKOUT_AUTH.to_string());
         }
-        if per_user > self.pin_policy.max_attempts {
+        if per_user > self.pin_policy().max_attempts {
             notes.push(format!(
                 "pin.max_attempts is {}: users are locked after that many wrong PINs, below the {per_user} provisioned",
-                self.pin_policy.max_attempts
+                self.pin_policy().max_attempts
             ));
         }
         if !request.dry_run {

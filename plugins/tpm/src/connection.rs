@@ -443,6 +443,7 @@ mod tests {
             interval: 1000,
             recovery: 1000,
             in_lockout: false,
+            lockout_auth_set: false,
         };
         assert_eq!(da.per_key_limit(), 2);
         assert_eq!(

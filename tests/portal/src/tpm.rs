@@ -71,7 +71,6 @@ pub mod attr {
 pub const MAX_STRUCTURE: usize = 1024;
 /// The largest digest (TPMU_HA) and so name, policy, nonce sizes.
 const MAX_DIGEST: usize = 64;
-const MAX_NAME: usize = 2 + MAX_DIGEST;
 const MAX_ECC_COORDINATE: usize = 66;
 const MAX_RSA_MODULUS: usize = 512;
 
@@ -120,20 +119,12 @@ impl<'a> Reader<'a> {
         <[u8; N]>::try_from(bytes).map_err(|_| TpmError(format!("{field}: internal size error")))
     }
 
-    fn u8(&mut self, field: &str) -> Result<u8, TpmError> {
-        Ok(u8::from_be_bytes(self.array(field)?))
-    }
-
     fn u16(&mut self, field: &str) -> Result<u16, TpmError> {
         Ok(u16::from_be_bytes(self.array(field)?))
     }
 
     fn u32(&mut self, field: &str) -> Result<u32, TpmError> {
         Ok(u32::from_be_bytes(self.array(field)?))
-    }
-
-    fn u64(&mut self, field: &str) -> Result<u64, TpmError> {
-        Ok(u64::from_be_bytes(self.array(field)?))
     }
 
     /// A TPM2B of at most `max` bytes.
