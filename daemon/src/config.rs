@@ -419,7 +419,13 @@ mod tests {
         assert_eq!(config.pin, PinConfig::default());
         assert_eq!(config.default_backend, "soft");
         assert_eq!(config.log_level, LogLevel::Info);
-        assert_eq!(config.integrity, IntegrityConfig::default());
+        assert_eq!(
+            config.integrity,
+            IntegrityConfig {
+                config_path: config.integrity.config_path.clone(),
+                ..IntegrityConfig::default()
+            }
+        );
         for name in ["soft", "tpm", "pcsc"] {
             let section = config.backends.get(name).unwrap();
             assert!(section.enabled, "{name}");
@@ -622,7 +628,22 @@ mod tests {
     #[test]
     fn integrity_section_is_typed_at_load() {
         let config = parse("").unwrap();
-        assert_eq!(config.integrity, IntegrityConfig::default());
+        // The file it was read from, for the report's config check.
+        assert!(
+            config
+                .integrity
+                .config_path
+                .as_ref()
+                .unwrap()
+                .ends_with("c.toml")
+        );
+        assert_eq!(
+            config.integrity,
+            IntegrityConfig {
+                config_path: config.integrity.config_path.clone(),
+                ..IntegrityConfig::default()
+            }
+        );
         assert_eq!(config.integrity.root, PathBuf::from("/"));
         let config = parse(
             "[integrity]\nroot = '/fake'\nmin_level = 2\nrequired = ['org.fleetkey.Lsm']\nignored = ['org.fleetkey.SecureBoot']\nkiosk_accounts = ['kiosk']\npoll_interval_secs = 2",

@@ -432,6 +432,9 @@ pub(crate) mod tests {
                 "portal_stream_error": "",
                 "portal_stream_connections": 0,
                 "pending_approvals": 0,
+                "integrity_summary": "",
+                "integrity_level": 0,
+                "integrity_remotely_verifiable": false,
             })
         );
     }

@@ -275,7 +275,8 @@ mod tests {
         assert!(matches!(decide(&lockout, 1, 1, 0), Decision::Refuse { .. }));
         // Concurrent attempts through `admit`, with tickets held.
         let budgets = Arc::new(Budgets::default());
-        budgets.observe("tpm", tpm(4, 0)).unwrap();
+        // maxTries 3: room for two failures, so two clean attempts at once.
+        budgets.observe("tpm", tpm(3, 0)).unwrap();
         let a = budgets.admit("tpm", 0).unwrap().ok().flatten();
         let b = budgets.admit("tpm", 0).unwrap().ok().flatten();
         assert!(a.is_some() && b.is_some());

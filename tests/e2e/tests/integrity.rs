@@ -118,7 +118,7 @@ fn the_gate_refuses_activation_and_user_add_listing_the_failing_checks_until_fix
     assert!(!message.contains("org.fleetkey.Iommu"), "{message}");
     println!("activation refused by the gate in {:?}", started.elapsed());
     assert!(
-        audit_log(&daemon).contains("IntegrityRefused"),
+        audit_log(&daemon).contains("\"kind\":\"integrity_refused\""),
         "{}",
         audit_log(&daemon)
     );
@@ -192,7 +192,10 @@ fn an_ignored_check_is_an_exception_in_the_audit_log() {
     root.remove("/sys/class/iommu/dmar0");
     daemon.activate(&portal);
     let audit = audit_log(&daemon);
-    assert!(audit.contains("IntegrityException"), "{audit}");
+    assert!(
+        audit.contains("\"kind\":\"integrity_exception\""),
+        "{audit}"
+    );
     assert!(audit.contains("org.fleetkey.Iommu"), "{audit}");
     // What is not ignored still refuses.
     root.write("/sys/kernel/security/lockdown", "[none] integrity\n");
