@@ -1251,10 +1251,14 @@ impl Db<'_> {
             params![device_id],
             |r| r.get(0),
         )?;
-        self.conn.execute(
-            "DELETE FROM enrollments WHERE device_id = ?1",
-            params![device_id],
-        )?;
+        // Everything that names the device goes with it (the foreign keys
+        // would refuse the delete otherwise).
+        for table in ["enrollments", "device_integrity", "integrity_requests"] {
+            self.conn.execute(
+                &format!("DELETE FROM {table} WHERE device_id = ?1"),
+                params![device_id],
+            )?;
+        }
         self.conn.execute(
             "DELETE FROM devices WHERE device_id = ?1",
             params![device_id],
@@ -1418,6 +1422,11 @@ mod tests {
         assert_eq!(db.integrity_request("dev-i").unwrap(), None);
         // Only for registered devices.
         assert!(db.request_integrity("dev-none", NOW).is_err());
+        // A device deleted (deactivated) takes its integrity rows along.
+        db.request_integrity("dev-i", NOW).unwrap();
+        assert_eq!(db.delete_device("dev-i").unwrap(), Some(0));
+        assert_eq!(db.integrity("dev-i").unwrap(), None);
+        assert_eq!(db.integrity_request("dev-i").unwrap(), None);
     }
 
     #[test]
