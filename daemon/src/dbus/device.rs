@@ -114,6 +114,10 @@ impl Device {
         put(&mut dict, "ActivatedAt", status.activated_at);
         put(&mut dict, "UserCount", status.user_count);
         put(&mut dict, "DefaultBackend", status.default_backend);
+        put(&mut dict, "PendingApprovals", status.pending_approvals);
+        put(&mut dict, "PortalStream", status.portal_stream);
+        put(&mut dict, "IntegritySummary", status.integrity_summary);
+        put(&mut dict, "IntegrityLevel", status.integrity_level);
         put(
             &mut dict,
             "KeyStores",
@@ -175,6 +179,46 @@ impl Device {
             .require(bus, &call, Action::ManageUsers)
             .await?;
         Ok(self.engine.remove_user(who, &name).await?.revoked_at_portal)
+    }
+
+    /// The login challenges the portal sent (docs/approvals.md), pending
+    /// first: (id, user, context, portal name, created at, expires at,
+    /// state), times in Unix seconds. The context and portal name are the
+    /// portal's text: show it, escaped, never interpret it. Anyone.
+    async fn list_approvals(&self) -> Result<Vec<ApprovalRow>, BusFailure> {
+        let mut approvals = self.engine.approvals()?;
+        approvals.sort_by_key(|a| (a.state != "pending", a.created_at));
+        Ok(approvals.iter().map(approval_row).collect())
+    }
+
+    /// Approves a login challenge with the number the login screen shows
+    /// and the PIN of the challenge's user (wrong PINs count as for a
+    /// signature). Returns the challenge's new state. Anyone who knows
+    /// that PIN, as over gRPC.
+    async fn approve(
+        &self,
+        id: String,
+        number: u32,
+        pin: String,
+        #[zbus(connection)] bus: &Connection,
+        #[zbus(header)] call: Header<'_>,
+    ) -> Result<String, BusFailure> {
+        check_pin(&pin)?;
+        let pin = Pin::new(pin);
+        let who = super::polkit::requester(bus, &call).await?;
+        Ok(self.engine.approve(who, &id, number, pin).await?.state)
+    }
+
+    /// Denies a login challenge (signed by the device key; no PIN: a
+    /// denial can only stop a login). Returns the new state. Anyone.
+    async fn deny(
+        &self,
+        id: String,
+        #[zbus(connection)] bus: &Connection,
+        #[zbus(header)] call: Header<'_>,
+    ) -> Result<String, BusFailure> {
+        let who = super::polkit::requester(bus, &call).await?;
+        Ok(self.engine.deny(who, &id).await?.state)
     }
 
     /// Starts an enrollment from a camera ("" for the first usable one,
@@ -260,6 +304,24 @@ impl Device {
         Ok(self.status().await?.user_count)
     }
 
+    /// Login challenges waiting for an answer.
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn pending_approvals(&self) -> zbus::fdo::Result<u32> {
+        Ok(self.status().await?.pending_approvals)
+    }
+
+    /// The integrity report in one line (docs/integrity.md).
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn integrity_summary(&self) -> zbus::fdo::Result<String> {
+        Ok(self.status().await?.integrity_summary)
+    }
+
+    /// The integrity report's HSI level, 0 to 4.
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn integrity_level(&self) -> zbus::fdo::Result<u32> {
+        Ok(self.status().await?.integrity_level)
+    }
+
     /// The daemon's version.
     #[zbus(property(emits_changed_signal = "const"))]
     fn version(&self) -> String {
@@ -299,6 +361,27 @@ impl Device {
     #[zbus(signal)]
     pub async fn card_removed(emitter: &SignalEmitter<'_>, reader: &str) -> zbus::Result<()>;
 
+    /// The portal asked this device to approve a login (docs/approvals.md).
+    #[zbus(signal)]
+    pub async fn approval_requested(
+        emitter: &SignalEmitter<'_>,
+        id: &str,
+        user: &str,
+        context: &str,
+        portal_name: &str,
+        expires_at: i64,
+    ) -> zbus::Result<()>;
+
+    /// A login challenge was answered or ran out: `state` is approved,
+    /// denied, number_wrong, expired or failed.
+    #[zbus(signal)]
+    pub async fn approval_resolved(
+        emitter: &SignalEmitter<'_>,
+        id: &str,
+        user: &str,
+        state: &str,
+    ) -> zbus::Result<()>;
+
     /// A wrong PIN used up a user's last try.
     #[zbus(signal)]
     pub async fn pin_locked(
@@ -318,6 +401,37 @@ fn put<T: Into<Value<'static>>>(dict: &mut Dict, key: &str, value: T) {
     if let Ok(value) = OwnedValue::try_from(value.into()) {
         dict.insert(key.into(), value);
     }
+}
+
+/// One challenge as ListApprovals gives it.
+type ApprovalRow = (String, String, String, String, i64, i64, String);
+
+fn approval_row(a: &fleetkey_proto::daemon::Approval) -> ApprovalRow {
+    (
+        a.id.clone(),
+        a.user.clone(),
+        bounded(&a.context),
+        bounded(&a.portal_name),
+        a.created_at,
+        a.expires_at,
+        a.state.clone(),
+    )
+}
+
+/// The longest PIN any key store takes, in bytes (as over gRPC).
+const MAX_PIN_BYTES: usize = 256;
+
+fn check_pin(pin: &str) -> Result<(), Failure> {
+    if pin.len() > MAX_PIN_BYTES {
+        return Err(Failure::new(
+            Reason::InvalidArgument,
+            format!(
+                "the PIN is {} bytes long; no PIN is longer than {MAX_PIN_BYTES}",
+                pin.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Text from a QR code or a failure, made fit for a signal: no NUL

@@ -9,10 +9,10 @@
 //! - `polkit`: who may call the admin methods;
 //! - `error`: failures as D-Bus errors.
 //!
-//! Pending approvals get objects `/org/fleetkey/Daemon1/approvals/<id>`
-//! (interface `org.fleetkey.Daemon1.Approval`, already allowed by the bus
-//! policy) registered from the engine's approval events in [`follow`],
-//! as the users' objects are.
+//! Login approvals are methods and signals of the daemon object
+//! (ListApprovals, Approve, Deny; ApprovalRequested, ApprovalResolved),
+//! the signals sent from the engine's approval events in
+//! [`follow_approvals`].
 //!
 //! Without a bus, the daemon logs why and serves gRPC only.
 
@@ -21,7 +21,9 @@ mod error;
 mod polkit;
 mod user;
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::broadcast::error::RecvError;
 use zbus::Connection;
@@ -34,7 +36,8 @@ pub use user::{UserObject, user_path};
 
 use crate::auth::AdminPolicy;
 use crate::config::BusChoice;
-use crate::engine::{Engine, EngineEvent};
+use crate::engine::{Engine, EngineEvent, MAX_PENDING_CHALLENGES};
+use fleetkey_proto::time::now_unix;
 
 /// The well-known name the daemon owns.
 pub const NAME: &str = "org.fleetkey.Daemon1";
@@ -103,6 +106,11 @@ pub async fn start(
             tracing::warn!(reason = %failure.reason, "D-Bus: cannot list the users to serve their objects")
         }
     }
+    tokio::spawn(follow_approvals(
+        connection.clone(),
+        engine.clone(),
+        engine.subscribe_approvals(),
+    ));
     tokio::spawn(follow(connection.clone(), engine, events));
     follow_cards(connection.clone());
     tracing::info!(bus = which, name = NAME, "D-Bus service ready");
@@ -162,6 +170,99 @@ async fn follow(
         if let Err(error) = sent {
             tracing::warn!(%error, ?event, "D-Bus: could not send a signal");
         }
+    }
+}
+
+/// Each change to a login challenge becomes ApprovalRequested (a new
+/// pending one) or ApprovalResolved (answered, refused, or expired: the
+/// engine sends no event when a challenge runs out, so the pending ones
+/// are kept here with their expiry), until the engine goes away. The
+/// intermediate `answering` state sends none.
+async fn follow_approvals(
+    connection: Connection,
+    engine: Arc<Engine>,
+    mut events: tokio::sync::broadcast::Receiver<fleetkey_proto::daemon::Approval>,
+) {
+    let Ok(emitter) = SignalEmitter::new(&connection, PATH) else {
+        return;
+    };
+    // Pending challenges: id -> (user, expires_at). The engine keeps at
+    // most MAX_PENDING_CHALLENGES; so does this.
+    let mut pending: HashMap<String, (String, i64)> = engine
+        .approvals()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| a.state == "pending")
+        .map(|a| (a.id, (a.user, a.expires_at)))
+        .collect();
+    loop {
+        let next_expiry = pending.values().map(|(_, at)| *at).min();
+        let wait = next_expiry.map_or(Duration::from_secs(3600), |at| {
+            Duration::from_secs(u64::try_from(at - now_unix() + 1).unwrap_or(0))
+        });
+        let received = tokio::select! {
+            received = events.recv() => Some(received),
+            () = tokio::time::sleep(wait) => None,
+        };
+        let approval = match received {
+            None => {
+                let now = now_unix();
+                let expired: Vec<String> = pending
+                    .iter()
+                    .filter(|(_, (_, at))| *at <= now)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for id in expired {
+                    if let Some((user, _)) = pending.remove(&id) {
+                        send(
+                            Device::approval_resolved(&emitter, &id, &user, "expired").await,
+                            &id,
+                        );
+                    }
+                }
+                continue;
+            }
+            Some(Ok(approval)) => approval,
+            Some(Err(RecvError::Lagged(missed))) => {
+                tracing::warn!(
+                    missed,
+                    "D-Bus: fell behind the approval events; some signals were not sent (ListApprovals has them all)"
+                );
+                continue;
+            }
+            Some(Err(RecvError::Closed)) => return,
+        };
+        let sent = match approval.state.as_str() {
+            "pending" => {
+                if pending.len() < MAX_PENDING_CHALLENGES as usize {
+                    pending.insert(
+                        approval.id.clone(),
+                        (approval.user.clone(), approval.expires_at),
+                    );
+                }
+                Device::approval_requested(
+                    &emitter,
+                    &approval.id,
+                    &approval.user,
+                    &device::bounded(&approval.context),
+                    &device::bounded(&approval.portal_name),
+                    approval.expires_at,
+                )
+                .await
+            }
+            "answering" => Ok(()),
+            state => {
+                pending.remove(&approval.id);
+                Device::approval_resolved(&emitter, &approval.id, &approval.user, state).await
+            }
+        };
+        send(sent, &approval.id);
+    }
+}
+
+fn send(sent: zbus::Result<()>, id: &str) {
+    if let Err(error) = sent {
+        tracing::warn!(%error, %id, "D-Bus: could not send an approval signal");
     }
 }
 

@@ -185,6 +185,15 @@ fn polkit_absent(error: &zbus::Error) -> bool {
     }
 }
 
+/// Who made `call`, for methods anyone may call (the audit log names the
+/// uid): the bus daemon's record of the caller's connection.
+pub async fn requester(bus: &Connection, call: &Header<'_>) -> Result<Requester, Failure> {
+    let sender = call
+        .sender()
+        .ok_or_else(|| Failure::new(Reason::PermissionDenied, "the call names no sender"))?;
+    Ok(Requester::Uid(bus_caller(bus, sender.as_str()).await?.uid))
+}
+
 /// The caller's uid and groups as the bus daemon recorded them for its
 /// connection (GetConnectionCredentials; the bus read them from the
 /// kernel when the caller connected).

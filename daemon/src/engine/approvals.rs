@@ -161,9 +161,15 @@ impl Engine {
             &device.device_id,
         );
         let store = self.store(&user.backend)?.for_requester(who);
+        // The PIN goes to the key store as for `sign`: through the TPM's
+        // lockout budget (budget.rs).
+        let _ticket = self.admit_pin_attempt(who, &user, &store).await?;
         let outcome = store
             .sign_digest(user.key_ref.clone(), pin, binding::digest(&message))
             .await?;
+        if outcome.is_err() {
+            self.after_pin_failure(&store).await;
+        }
         let signature = self.count_pin_outcome(who, &user, outcome).await?;
         let request = AnswerChallengeRequest {
             device_id: device.device_id.clone(),

@@ -451,3 +451,156 @@ async fn card_inserted_signal() {
     // not arrive (docs/dbus.md says so); to be fixed and checked here.
     drop(card);
 }
+
+/// `fleetkey-portal login start`: (id, number).
+fn login_start(portal: &Portal, user: &str, ttl: u64) -> (String, u32) {
+    let ttl = ttl.to_string();
+    let out = portal.cli(&[
+        "login", "start", "--user", user, "--context", "kiosk\u{1b}[2J login", "--ttl", &ttl,
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    (
+        json["id"].as_str().unwrap().to_string(),
+        u32::try_from(json["number"].as_u64().unwrap()).unwrap(),
+    )
+}
+
+/// The next ApprovalRequested or ApprovalResolved for challenge `id`.
+async fn approval_signal(
+    signals: &mut tokio_stream_free::Signals,
+    member: &str,
+    id: &str,
+    limit: Duration,
+) -> zbus::Message {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let signal = next_signal(signals, member, left).await;
+        let (signal_id,): (String,) = match member {
+            "ApprovalRequested" => {
+                let (i, ..): (String, String, String, String, i64) =
+                    signal.body().deserialize().unwrap();
+                (i,)
+            }
+            _ => {
+                let (i, ..): (String, String, String) = signal.body().deserialize().unwrap();
+                (i,)
+            }
+        };
+        if signal_id == id {
+            return signal;
+        }
+    }
+}
+
+/// Approvals over D-Bus (docs/dbus.md): ApprovalRequested when the portal
+/// asks, ListApprovals and PendingApprovals, Approve with the PIN (a wrong
+/// PIN refused and counted, another local user with the right PIN
+/// approved), Deny, ApprovalResolved for each outcome, expiry included;
+/// the portal verifies, and the audit log names the uid that answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_over_dbus_with_their_signals() {
+    let portal = Portal::start();
+    let bus = PrivateBus::start();
+    let daemon = bus.daemon("");
+    daemon.activate(&portal);
+    daemon.add_user(&portal, "alice", "1234");
+    daemon.add_user(&portal, "bob", "5678");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while daemon.ctl(&["--json", "status"]).json()["portal_stream"] != "connected" {
+        assert!(std::time::Instant::now() < deadline, "stream not connected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let conn = connect(&bus).await;
+    let listener = connect(&bus).await;
+    let mut signals = subscribe(
+        &listener,
+        &format!("type='signal',sender='{NAME}',path='{PATH}',interface='{NAME}'"),
+    )
+    .await;
+    let wait = Duration::from_secs(10);
+
+    // Requested: the signal, the list, the count.
+    let (alice_id, alice_number) = login_start(&portal, "alice", 120);
+    let (bob_id, _) = login_start(&portal, "bob", 120);
+    let requested = approval_signal(&mut signals, "ApprovalRequested", &alice_id, wait).await;
+    let (_, user, context, portal_name, expires_at): (String, String, String, String, i64) =
+        requested.body().deserialize().unwrap();
+    assert_eq!(user, "alice");
+    assert!(context.contains("login"), "{context}");
+    assert!(!portal_name.is_empty());
+    assert!(expires_at > fleetkey_proto::time::now_unix());
+    approval_signal(&mut signals, "ApprovalRequested", &bob_id, wait).await;
+    type Row = (String, String, String, String, i64, i64, String);
+    let listed: Vec<Row> = call(&conn, "ListApprovals", &()).await.unwrap();
+    let pending: Vec<&str> = listed
+        .iter()
+        .filter(|r| r.6 == "pending")
+        .map(|r| r.0.as_str())
+        .collect();
+    assert!(pending.contains(&alice_id.as_str()) && pending.contains(&bob_id.as_str()));
+    let count: u32 = property(&conn, PATH, NAME, "PendingApprovals")
+        .await
+        .unwrap();
+    assert_eq!(count, 2);
+
+    // A wrong PIN: refused, counted, still pending.
+    let wrong = call::<_, String>(&conn, "Approve", &(&alice_id, alice_number, "0000"))
+        .await
+        .unwrap_err();
+    assert_eq!(error_name(&wrong), "org.fleetkey.Error.PIN_WRONG");
+    let approved: String = call(&conn, "Approve", &(&alice_id, alice_number, "1234"))
+        .await
+        .unwrap();
+    assert_eq!(approved, "approved");
+    let resolved = approval_signal(&mut signals, "ApprovalResolved", &alice_id, wait).await;
+    let (_, user, state): (String, String, String) = resolved.body().deserialize().unwrap();
+    assert_eq!((user.as_str(), state.as_str()), ("alice", "approved"));
+    let waited = portal.cli(&["login", "wait", &alice_id, "--json"]);
+    assert!(waited.status.success(), "{}", text(&waited));
+
+    // Deny: no PIN.
+    let denied: String = call(&conn, "Deny", &(&bob_id,)).await.unwrap();
+    assert_eq!(denied, "denied");
+    let resolved = approval_signal(&mut signals, "ApprovalResolved", &bob_id, wait).await;
+    let (_, _, state): (String, String, String) = resolved.body().deserialize().unwrap();
+    assert_eq!(state, "denied");
+    let again = call::<_, String>(&conn, "Deny", &(&bob_id,)).await.unwrap_err();
+    assert_eq!(error_name(&again), "org.fleetkey.Error.CHALLENGE_ANSWERED");
+
+    // Expiry is signalled too, though nobody answered.
+    let (short_id, _) = login_start(&portal, "alice", 2);
+    approval_signal(&mut signals, "ApprovalRequested", &short_id, wait).await;
+    let resolved = approval_signal(&mut signals, "ApprovalResolved", &short_id, wait).await;
+    let (_, _, state): (String, String, String) = resolved.body().deserialize().unwrap();
+    assert_eq!(state, "expired");
+
+    // Another local user who knows bob's PIN approves with it (gdbus, as
+    // nobody); the audit log names that uid.
+    if is_root() {
+        let (id, number) = login_start(&portal, "bob", 120);
+        approval_signal(&mut signals, "ApprovalRequested", &id, wait).await;
+        let number = number.to_string();
+        let out = bus.gdbus_call_as(
+            NOBODY,
+            NOBODY,
+            "org.fleetkey.Daemon1.Approve",
+            &[&id, &number, "5678"],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(text(&out).contains("approved"), "{}", text(&out));
+        let entries = daemon.ctl(&["--json", "audit", "show"]).json()["entries"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let last = entries
+            .iter()
+            .rev()
+            .find(|e| e["kind"] == "approved")
+            .unwrap();
+        assert_eq!(last["user"], "bob");
+        assert_eq!(last["uid"], NOBODY);
+    }
+}
