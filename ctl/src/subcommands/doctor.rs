@@ -176,7 +176,7 @@ impl Doctor {
         });
         checks.push(check_portal(portal.as_deref(), self.portal_ca.as_deref()).await);
         checks.push(check_dbus());
-        checks.push(check_integrity(view.as_ref()));
+        checks.push(check_integrity(view.as_mut()).await);
         checks
     }
 }
@@ -764,21 +764,101 @@ fn check_dbus() -> Check {
     check
 }
 
-fn check_integrity(view: Option<&DaemonView>) -> Check {
+/// The daemon's integrity report (docs/integrity.md): ok when every check
+/// passes; a warning naming each failing check and its fix otherwise
+/// (whether a failing check refuses enrollment is the daemon's
+/// `[integrity]` policy: `status` and `fleetkeyctl integrity` say more).
+async fn check_integrity(view: Option<&mut DaemonView>) -> Check {
     let name = "integrity";
-    if view.is_none() {
+    let Some(view) = view else {
         return Check::new(name, Health::Skip, "the daemon did not answer");
+    };
+    let response = match view
+        .client
+        .get_integrity(daemon::GetIntegrityRequest { nonce: Vec::new() })
+        .await
+    {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            let failure = Failure::from_status(&status);
+            return Check::new(
+                name,
+                Health::Fail,
+                format!("the daemon could not make its integrity report: {}", failure.message),
+            )
+            .hint("See the daemon's log (journalctl -u fleetkeyd) for the check that failed to run.");
+        }
+    };
+    let report: fleetkey_integrity::Report = match serde_json::from_str(&response.report_json) {
+        Ok(report) => report,
+        Err(e) => {
+            return Check::new(
+                name,
+                Health::Fail,
+                format!("the daemon's integrity report does not parse: {e}"),
+            );
+        }
+    };
+    integrity_check(&report)
+}
+
+/// The integrity check's verdict on a report.
+fn integrity_check(report: &fleetkey_integrity::Report) -> Check {
+    let name = "integrity";
+    let failing: Vec<&fleetkey_integrity::Attribute> = report.failing().collect();
+    let mut check = if failing.is_empty() {
+        Check::new(name, Health::Ok, report.summary())
+    } else {
+        Check::new(name, Health::Warn, report.summary()).hint(
+            "Fix each failing check as its line says; the daemon's [integrity] policy decides              which ones refuse activation and enrollment (fleetkeyctl integrity shows the report).",
+        )
+    };
+    for attribute in failing {
+        check = check.detail(
+            &attribute.id,
+            format!("{} (fix: {})", attribute.detail, attribute.hint),
+        );
     }
-    Check::new(
-        name,
-        Health::Skip,
-        "this fleetkeyd reports no integrity summary in status",
+    check.detail(
+        "remotely verifiable",
+        if report.remotely_verifiable {
+            "yes: a TPM can quote this report"
+        } else {
+            "no TPM: the report is the device's word only"
+        },
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn integrity_warns_with_each_failing_check_and_its_fix() {
+        let attribute = |id: &str, pass: bool| fleetkey_integrity::Attribute {
+            id: id.into(),
+            level: 1,
+            outcome: if pass {
+                fleetkey_integrity::Outcome::Pass
+            } else {
+                fleetkey_integrity::Outcome::Fail
+            },
+            result: String::new(),
+            detail: format!("{id} detail"),
+            hint: if pass { String::new() } else { format!("fix {id}") },
+        };
+        let good = fleetkey_integrity::Report::new(vec![attribute("a", true)], false);
+        let check = integrity_check(&good);
+        assert_eq!(check.status, Health::Ok);
+        let bad = fleetkey_integrity::Report::new(
+            vec![attribute("a", true), attribute("org.x.B", false)],
+            true,
+        );
+        let check = integrity_check(&bad);
+        assert_eq!(check.status, Health::Warn);
+        assert!(check.summary.contains("org.x.B"), "{}", check.summary);
+        assert_eq!(check.details["org.x.B"], "org.x.B detail (fix: fix org.x.B)");
+    }
 
     #[test]
     fn text_report_escapes_and_shows_hints() {

@@ -121,7 +121,49 @@ fn daemon_unreachable_then_reachable_with_its_user() {
     assert!(summary.contains(&format!("run by uid {uid}")), "{summary}");
     assert_eq!(report.status("tpm"), "skip");
     assert_eq!(report.status("pcsc"), "skip");
-    assert_eq!(report.check("integrity")["status"], "skip");
+    // This machine's own report: whatever it finds, it is a report.
+    let integrity = report.check("integrity");
+    assert!(
+        integrity["summary"].as_str().unwrap().starts_with("HSI:"),
+        "{integrity}"
+    );
+}
+
+/// The integrity check reads the daemon's report: ok on a machine where
+/// every check passes, a warning naming the failing check and its fix
+/// once one fails (a fake machine, `[integrity] root`).
+#[test]
+fn integrity_ok_then_a_failing_check_named_with_its_fix() {
+    let root = fleetkey_integrity::checks::fake::FakeRoot::good();
+    root.own_file(
+        std::fs::canonicalize(bin("fleetkeyd"))
+            .unwrap()
+            .to_str()
+            .unwrap(),
+    );
+    let daemon = Daemon::start(&format!(
+        "{FAST_SOFT_KEYS}{SOFT_ONLY}[integrity]\nroot = \"{}\"\n",
+        root.dir.path().display()
+    ));
+    root.own_file(
+        std::fs::canonicalize(&daemon.config)
+            .unwrap()
+            .to_str()
+            .unwrap(),
+    );
+    let report = doctor(&daemon, &[]);
+    assert_eq!(report.status("integrity"), "ok", "{}", report.json);
+
+    root.write("/proc/cmdline", "root=/dev/sda1 ro init=/bin/sh\n");
+    let report = doctor(&daemon, &[]);
+    let check = report.check("integrity");
+    assert_eq!(check["status"], "warn", "{check}");
+    let detail = check["details"]["org.fleetkey.KernelCmdline"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{check}"));
+    assert!(detail.contains("init=") && detail.contains("fix:"), "{detail}");
+    // A warning alone does not fail the doctor.
+    assert_eq!(report.code, 0, "{}", report.json);
 }
 
 /// A configured TPM device that does not exist: `status` and doctor say
