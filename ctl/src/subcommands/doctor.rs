@@ -784,9 +784,14 @@ async fn check_integrity(view: Option<&mut DaemonView>) -> Check {
             return Check::new(
                 name,
                 Health::Fail,
-                format!("the daemon could not make its integrity report: {}", failure.message),
+                format!(
+                    "the daemon could not make its integrity report: {}",
+                    failure.message
+                ),
             )
-            .hint("See the daemon's log (journalctl -u fleetkeyd) for the check that failed to run.");
+            .hint(
+                "See the daemon's log (journalctl -u fleetkeyd) for the check that failed to run.",
+            );
         }
     };
     let report: fleetkey_integrity::Report = match serde_json::from_str(&response.report_json) {
@@ -845,7 +850,11 @@ mod tests {
             },
             result: String::new(),
             detail: format!("{id} detail"),
-            hint: if pass { String::new() } else { format!("fix {id}") },
+            hint: if pass {
+                String::new()
+            } else {
+                format!("fix {id}")
+            },
         };
         let good = fleetkey_integrity::Report::new(vec![attribute("a", true)], false);
         let check = integrity_check(&good);
@@ -857,7 +866,10 @@ mod tests {
         let check = integrity_check(&bad);
         assert_eq!(check.status, Health::Warn);
         assert!(check.summary.contains("org.x.B"), "{}", check.summary);
-        assert_eq!(check.details["org.x.B"], "org.x.B detail (fix: fix org.x.B)");
+        assert_eq!(
+            check.details["org.x.B"],
+            "org.x.B detail (fix: fix org.x.B)"
+        );
     }
 
     #[test]

@@ -456,7 +456,14 @@ async fn card_inserted_signal() {
 fn login_start(portal: &Portal, user: &str, ttl: u64) -> (String, u32) {
     let ttl = ttl.to_string();
     let out = portal.cli(&[
-        "login", "start", "--user", user, "--context", "kiosk\u{1b}[2J login", "--ttl", &ttl,
+        "login",
+        "start",
+        "--user",
+        user,
+        "--context",
+        "kiosk\u{1b}[2J login",
+        "--ttl",
+        &ttl,
         "--json",
     ]);
     assert!(out.status.success(), "{}", text(&out));
@@ -567,7 +574,9 @@ async fn approvals_over_dbus_with_their_signals() {
     let resolved = approval_signal(&mut signals, "ApprovalResolved", &bob_id, wait).await;
     let (_, _, state): (String, String, String) = resolved.body().deserialize().unwrap();
     assert_eq!(state, "denied");
-    let again = call::<_, String>(&conn, "Deny", &(&bob_id,)).await.unwrap_err();
+    let again = call::<_, String>(&conn, "Deny", &(&bob_id,))
+        .await
+        .unwrap_err();
     assert_eq!(error_name(&again), "org.fleetkey.Error.CHALLENGE_ANSWERED");
 
     // Expiry is signalled too, though nobody answered.

@@ -161,7 +161,10 @@ fn integrity_ok_then_a_failing_check_named_with_its_fix() {
     let detail = check["details"]["org.fleetkey.KernelCmdline"]
         .as_str()
         .unwrap_or_else(|| panic!("{check}"));
-    assert!(detail.contains("init=") && detail.contains("fix:"), "{detail}");
+    assert!(
+        detail.contains("init=") && detail.contains("fix:"),
+        "{detail}"
+    );
     // A warning alone does not fail the doctor.
     assert_eq!(report.code, 0, "{}", report.json);
 }
