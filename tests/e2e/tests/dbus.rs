@@ -63,6 +63,13 @@ mod tokio_stream_free {
         kept: Vec<Message>,
     }
 
+    impl Signals {
+        /// Puts signals back, for later calls to find.
+        pub fn keep(&mut self, messages: Vec<Message>) {
+            self.kept.extend(messages);
+        }
+    }
+
     impl From<&zbus::Connection> for Signals {
         fn from(connection: &zbus::Connection) -> Self {
             Self {
@@ -482,6 +489,8 @@ async fn approval_signal(
     limit: Duration,
 ) -> zbus::Message {
     let deadline = tokio::time::Instant::now() + limit;
+    // Signals of the same name for other challenges are put back.
+    let mut others = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let signal = next_signal(signals, member, left).await;
@@ -497,8 +506,10 @@ async fn approval_signal(
             }
         };
         if signal_id == id {
+            signals.keep(others);
             return signal;
         }
+        others.push(signal);
     }
 }
 
