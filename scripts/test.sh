@@ -23,12 +23,13 @@ cd "$(dirname "$0")/.."
 # D-Bus tests, libglib2.0-bin provides gdbus, polkitd answers their
 # authorization checks; python3-venv holds the PyPI grpcio client of the
 # interop test; lintian, binutils (strip), dpkg-dev and man-db are for the
-# Debian package test.
+# Debian package test; faketime runs a portal with a skewed clock for
+# doctor's clock-skew check.
 packages=(openssl util-linux ca-certificates pkg-config
     libcurl4-openssl-dev libtss2-dev swtpm swtpm-tools tpm2-tools
     libpcsclite-dev pcscd vsmartcard-vpcd opensc
     libclang-dev zbar-tools systemd dbus dbus-daemon libglib2.0-bin polkitd
-    python3-venv lintian binutils dpkg-dev man-db)
+    python3-venv lintian binutils dpkg-dev man-db faketime)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

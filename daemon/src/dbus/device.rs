@@ -88,6 +88,11 @@ impl Device {
         tokio::spawn(async move {
             while let Some(item) = receiver.recv().await {
                 let (step, done, details) = step_of(item);
+                if done {
+                    // Free before the last signal: a client that starts the
+                    // next enrollment on it must not be told BUSY.
+                    enrolling.store(false, Ordering::SeqCst);
+                }
                 if let Err(error) = Device::enroll_status(&emitter, step, done, details).await {
                     tracing::warn!(%error, "could not send an EnrollStatus signal");
                 }
@@ -366,6 +371,7 @@ impl Device {
     pub async fn approval_requested(
         emitter: &SignalEmitter<'_>,
         id: &str,
+        path: OwnedObjectPath,
         user: &str,
         context: &str,
         portal_name: &str,
@@ -421,7 +427,7 @@ fn approval_row(a: &fleetkey_proto::daemon::Approval) -> ApprovalRow {
 /// The longest PIN any key store takes, in bytes (as over gRPC).
 const MAX_PIN_BYTES: usize = 256;
 
-fn check_pin(pin: &str) -> Result<(), Failure> {
+pub(super) fn check_pin(pin: &str) -> Result<(), Failure> {
     if pin.len() > MAX_PIN_BYTES {
         return Err(Failure::new(
             Reason::InvalidArgument,

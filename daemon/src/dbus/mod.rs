@@ -9,13 +9,16 @@
 //! - `polkit`: who may call the admin methods;
 //! - `error`: failures as D-Bus errors.
 //!
-//! Login approvals are methods and signals of the daemon object
-//! (ListApprovals, Approve, Deny; ApprovalRequested, ApprovalResolved),
-//! the signals sent from the engine's approval events in
-//! [`follow_approvals`].
+//! - `approval`: one object per pending login challenge.
+//!
+//! Login approvals are also methods and signals of the daemon object
+//! (ListApprovals, Approve, Deny; ApprovalRequested, ApprovalResolved):
+//! the challenges' objects come and go, and the signals are sent, from
+//! the engine's approval events in [`follow_approvals`].
 //!
 //! Without a bus, the daemon logs why and serves gRPC only.
 
+mod approval;
 mod device;
 mod error;
 mod polkit;
@@ -29,6 +32,7 @@ use tokio::sync::broadcast::error::RecvError;
 use zbus::Connection;
 use zbus::object_server::SignalEmitter;
 
+pub use approval::{ApprovalObject, approval_path};
 pub use device::Device;
 pub use error::{BusFailure, PREFIX as ERROR_PREFIX, error_name};
 pub use polkit::{Action, Authorizer};
@@ -188,13 +192,13 @@ async fn follow_approvals(
     };
     // Pending challenges: id -> (user, expires_at). The engine keeps at
     // most MAX_PENDING_CHALLENGES; so does this.
-    let mut pending: HashMap<String, (String, i64)> = engine
-        .approvals()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|a| a.state == "pending")
-        .map(|a| (a.id, (a.user, a.expires_at)))
-        .collect();
+    let mut pending: HashMap<String, (String, i64)> = HashMap::new();
+    for approval in engine.approvals().unwrap_or_default() {
+        if approval.state == "pending" {
+            serve_approval(&connection, &engine, &approval.id).await;
+            pending.insert(approval.id, (approval.user, approval.expires_at));
+        }
+    }
     loop {
         let next_expiry = pending.values().map(|(_, at)| *at).min();
         let wait = next_expiry.map_or(Duration::from_secs(3600), |at| {
@@ -214,6 +218,7 @@ async fn follow_approvals(
                     .collect();
                 for id in expired {
                     if let Some((user, _)) = pending.remove(&id) {
+                        unserve_approval(&connection, &id).await;
                         send(
                             Device::approval_resolved(&emitter, &id, &user, "expired").await,
                             &id,
@@ -235,6 +240,7 @@ async fn follow_approvals(
         let sent = match approval.state.as_str() {
             "pending" => {
                 if pending.len() < MAX_PENDING_CHALLENGES as usize {
+                    serve_approval(&connection, &engine, &approval.id).await;
                     pending.insert(
                         approval.id.clone(),
                         (approval.user.clone(), approval.expires_at),
@@ -243,6 +249,7 @@ async fn follow_approvals(
                 Device::approval_requested(
                     &emitter,
                     &approval.id,
+                    approval_path(&approval.id),
                     &approval.user,
                     &device::bounded(&approval.context),
                     &device::bounded(&approval.portal_name),
@@ -252,11 +259,34 @@ async fn follow_approvals(
             }
             "answering" => Ok(()),
             state => {
-                pending.remove(&approval.id);
+                if pending.remove(&approval.id).is_some() {
+                    unserve_approval(&connection, &approval.id).await;
+                }
                 Device::approval_resolved(&emitter, &approval.id, &approval.user, state).await
             }
         };
         send(sent, &approval.id);
+    }
+}
+
+async fn serve_approval(connection: &Connection, engine: &Arc<Engine>, id: &str) {
+    let object = ApprovalObject::new(engine.clone(), id.to_string());
+    if let Err(error) = connection
+        .object_server()
+        .at(approval_path(id), object)
+        .await
+    {
+        tracing::warn!(%error, %id, "D-Bus: cannot serve the login challenge's object");
+    }
+}
+
+async fn unserve_approval(connection: &Connection, id: &str) {
+    if let Err(error) = connection
+        .object_server()
+        .remove::<ApprovalObject, _>(approval_path(id))
+        .await
+    {
+        tracing::debug!(%error, %id, "D-Bus: no object to remove for the login challenge");
     }
 }
 

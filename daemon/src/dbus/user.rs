@@ -15,6 +15,11 @@ use crate::engine::Engine;
 /// letter or digit becomes `_` and two lower-case hex digits (D-Bus paths
 /// allow only `[A-Za-z0-9_]`), so the path is unique to the name.
 pub fn user_path(name: &str) -> OwnedObjectPath {
+    escaped_path("users", name)
+}
+
+/// `PATH/<kind>/<name escaped as for user_path>`.
+pub(super) fn escaped_path(kind: &str, name: &str) -> OwnedObjectPath {
     let mut element = String::with_capacity(name.len());
     for byte in name.bytes() {
         if byte.is_ascii_alphanumeric() {
@@ -26,7 +31,7 @@ pub fn user_path(name: &str) -> OwnedObjectPath {
     if element.is_empty() {
         element.push('_');
     }
-    OwnedObjectPath::try_from(format!("{PATH}/users/{element}")).unwrap_or_else(|_| {
+    OwnedObjectPath::try_from(format!("{PATH}/{kind}/{element}")).unwrap_or_else(|_| {
         OwnedObjectPath::from(zbus::zvariant::ObjectPath::from_static_str_unchecked(PATH))
     })
 }

@@ -31,9 +31,22 @@ impl Portal {
 
     /// A portal with extra `serve` arguments.
     pub fn start_with(extra: &[&str]) -> Portal {
+        Self::start_under(&[], extra)
+    }
+
+    /// A portal whose clock runs `offset_seconds` off this machine's
+    /// (under libfaketime's `faketime`), for clock-skew checks.
+    pub fn start_with_clock_offset(offset_seconds: i64) -> Portal {
+        let offset = format!("{offset_seconds:+}s");
+        Self::start_under(&["faketime", "-f", &offset], &[])
+    }
+
+    /// A portal started through `wrapper` (a program and its arguments,
+    /// given the portal's command line after them).
+    fn start_under(wrapper: &[&str], extra: &[&str]) -> Portal {
         let dir = open_tempdir();
         let db = dir.path().join("portal.db");
-        let (child, url) = Self::spawn(&db, "127.0.0.1:0", extra);
+        let (child, url) = Self::spawn(wrapper, &db, "127.0.0.1:0", extra);
         Portal {
             child: Some(child),
             url,
@@ -42,8 +55,26 @@ impl Portal {
         }
     }
 
-    fn spawn(db: &Path, listen: &str, extra: &[&str]) -> (Child, String) {
-        let mut child = Command::new(bin("fleetkey-portal"))
+    /// Stops (SIGSTOP) or resumes (SIGCONT) the portal process: stopped,
+    /// it accepts connections but answers nothing.
+    pub fn freeze(&self, frozen: bool) {
+        if let Some(child) = &self.child {
+            let signal = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+            // SAFETY: kill on the pid of our own child.
+            unsafe { libc::kill(child.id() as i32, signal) };
+        }
+    }
+
+    fn spawn(wrapper: &[&str], db: &Path, listen: &str, extra: &[&str]) -> (Child, String) {
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(bin("fleetkey-portal"));
+                command
+            }
+            None => Command::new(bin("fleetkey-portal")),
+        };
+        let mut child = command
             .args(["serve", "--listen", listen, "--db"])
             .arg(db)
             .args(extra)
@@ -76,7 +107,7 @@ impl Portal {
     pub fn start_again(&mut self) {
         self.stop();
         let listen = self.url.trim_start_matches("http://").to_string();
-        let (child, url) = Self::spawn(&self.db, &listen, &[]);
+        let (child, url) = Self::spawn(&[], &self.db, &listen, &[]);
         assert_eq!(url, self.url);
         self.child = Some(child);
     }

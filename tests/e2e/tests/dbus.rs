@@ -496,7 +496,7 @@ async fn approval_signal(
         let signal = next_signal(signals, member, left).await;
         let (signal_id,): (String,) = match member {
             "ApprovalRequested" => {
-                let (i, ..): (String, String, String, String, i64) =
+                let (i, ..): (String, OwnedObjectPath, String, String, String, i64) =
                     signal.body().deserialize().unwrap();
                 (i,)
             }
@@ -544,9 +544,25 @@ async fn approvals_over_dbus_with_their_signals() {
     let (alice_id, alice_number) = login_start(&portal, "alice", 120);
     let (bob_id, _) = login_start(&portal, "bob", 120);
     let requested = approval_signal(&mut signals, "ApprovalRequested", &alice_id, wait).await;
-    let (_, user, context, portal_name, expires_at): (String, String, String, String, i64) =
-        requested.body().deserialize().unwrap();
+    let (_, alice_path, user, context, portal_name, expires_at): (
+        String,
+        OwnedObjectPath,
+        String,
+        String,
+        String,
+        i64,
+    ) = requested.body().deserialize().unwrap();
     assert_eq!(user, "alice");
+    // The challenge's own object, while it is pending.
+    let approval_iface = "org.fleetkey.Daemon1.Approval";
+    let object_user: String = property(&conn, alice_path.as_str(), approval_iface, "User")
+        .await
+        .unwrap();
+    assert_eq!(object_user, "alice");
+    let object_state: String = property(&conn, alice_path.as_str(), approval_iface, "State")
+        .await
+        .unwrap();
+    assert_eq!(object_state, "pending");
     assert!(context.contains("login"), "{context}");
     assert!(!portal_name.is_empty());
     assert!(expires_at > fleetkey_proto::time::now_unix());
@@ -569,8 +585,19 @@ async fn approvals_over_dbus_with_their_signals() {
         .await
         .unwrap_err();
     assert_eq!(error_name(&wrong), "org.fleetkey.Error.PIN_WRONG");
-    let approved: String = call(&conn, "Approve", &(&alice_id, alice_number, "1234"))
+    // Approved on the challenge's object.
+    let approved: String = conn
+        .call_method(
+            Some(NAME),
+            alice_path.as_str(),
+            Some(approval_iface),
+            "Approve",
+            &(alice_number, "1234"),
+        )
         .await
+        .unwrap()
+        .body()
+        .deserialize()
         .unwrap();
     assert_eq!(approved, "approved");
     let resolved = approval_signal(&mut signals, "ApprovalResolved", &alice_id, wait).await;
@@ -578,6 +605,15 @@ async fn approvals_over_dbus_with_their_signals() {
     assert_eq!((user.as_str(), state.as_str()), ("alice", "approved"));
     let waited = portal.cli(&["login", "wait", &alice_id, "--json"]);
     assert!(waited.status.success(), "{}", text(&waited));
+    // Answered, its object is gone.
+    let gone = property::<String>(&conn, alice_path.as_str(), approval_iface, "State")
+        .await
+        .unwrap_err();
+    assert!(
+        error_name(&gone).contains("UnknownObject")
+            || error_name(&gone).contains("UnknownInterface"),
+        "{gone:?}"
+    );
 
     // Deny: no PIN.
     let denied: String = call(&conn, "Deny", &(&bob_id,)).await.unwrap();
@@ -623,4 +659,75 @@ async fn approvals_over_dbus_with_their_signals() {
         assert_eq!(last["user"], "bob");
         assert_eq!(last["uid"], NOBODY);
     }
+}
+
+/// The EnrollStatus steps of the running enrollment until `done`: the
+/// last step and its details.
+async fn enrollment_end(
+    signals: &mut tokio_stream_free::Signals,
+) -> (String, HashMap<String, OwnedValue>) {
+    loop {
+        let signal = next_signal(signals, "EnrollStatus", Duration::from_secs(60)).await;
+        let (step, done, details): (String, bool, HashMap<String, OwnedValue>) =
+            signal.body().deserialize().unwrap();
+        if done {
+            return (step, details);
+        }
+    }
+}
+
+/// One enrollment over D-Bus at a time (docs/dbus.md): while one waits for
+/// the portal (its process stopped here), another is refused with BUSY;
+/// the first completes once the portal answers, and then the next one is
+/// taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_enrollment_is_busy_while_one_runs() {
+    let portal = Portal::start();
+    let bus = PrivateBus::start();
+    let daemon = bus.daemon("");
+    daemon.activate(&portal);
+    let conn = connect(&bus).await;
+    let listener = connect(&bus).await;
+    let mut signals = subscribe(
+        &listener,
+        &format!(
+            "type='signal',sender='{NAME}',path='{PATH}',interface='{NAME}',member='EnrollStatus'"
+        ),
+    )
+    .await;
+    let dir = open_tempdir();
+    let mut images = Vec::new();
+    for user in ["alice", "bob"] {
+        let png = dir.path().join(format!("{user}.png"));
+        portal.user_code_png(user, &png);
+        images.push(std::fs::read(&png).unwrap());
+    }
+
+    portal.freeze(true);
+    let () = call(&conn, "EnrollFromImage", &(images[0].clone(), "1234", ""))
+        .await
+        .unwrap();
+    loop {
+        let signal = next_signal(&mut signals, "EnrollStatus", Duration::from_secs(30)).await;
+        let (step, _, _): (String, bool, HashMap<String, OwnedValue>) =
+            signal.body().deserialize().unwrap();
+        if step == "enrolling" {
+            break;
+        }
+    }
+    let busy = call::<_, ()>(&conn, "EnrollFromImage", &(images[1].clone(), "5678", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(error_name(&busy), "org.fleetkey.Error.BUSY", "{busy:?}");
+    portal.freeze(false);
+    let (step, details) = enrollment_end(&mut signals).await;
+    assert_eq!(step, "enrolled", "{details:?}");
+    assert_eq!(String::try_from(details["User"].clone()).unwrap(), "alice");
+
+    let () = call(&conn, "EnrollFromImage", &(images[1].clone(), "5678", ""))
+        .await
+        .unwrap();
+    let (step, details) = enrollment_end(&mut signals).await;
+    assert_eq!(step, "enrolled", "{details:?}");
+    assert_eq!(String::try_from(details["User"].clone()).unwrap(), "bob");
 }

@@ -633,3 +633,29 @@ fn dbus_no_bus_then_name_unowned_then_owned() {
         "{check}"
     );
 }
+
+/// The portal's clock off this machine's (the portal runs under
+/// libfaketime): 20 s is a warning, 5 minutes a failure, each with the
+/// fix; the measured skew is the offset.
+#[test]
+fn portal_clock_skew_warns_then_fails() {
+    let daemon = Daemon::start(&format!("{FAST_SOFT_KEYS}{SOFT_ONLY}"));
+    for (offset, status) in [(-20i64, "warn"), (300, "fail")] {
+        let portal = Portal::start_with_clock_offset(offset);
+        let report = doctor(&daemon, &["--portal-url", &portal.url]);
+        let check = report.check("portal");
+        assert_eq!(check["status"], status, "{check}");
+        let skew: i64 = check["details"]["clock_skew_seconds"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((skew - offset).abs() <= 2, "{offset}: {check}");
+        assert!(
+            check["hint"].as_str().unwrap().contains("timedatectl"),
+            "{check}"
+        );
+        let failed = status == "fail";
+        assert_eq!(report.code == 65, failed, "{}", report.json);
+    }
+}
