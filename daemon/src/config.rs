@@ -143,9 +143,6 @@ pub struct IntegrityConfig {
     /// Unix accounts (besides the enrolled users) that must not hold
     /// root-equivalent power, e.g. the kiosk's login account.
     pub kiosk_accounts: Vec<String>,
-    /// How often (seconds) the daemon asks its portal whether the portal
-    /// wants a fresh signed report (`fleetkey-portal device integrity`).
-    pub poll_interval_secs: u64,
     /// The config file the daemon was started with (set at load, not in
     /// the file): checked by `org.fleetkey.FleetkeyFiles`.
     #[serde(skip)]
@@ -160,7 +157,6 @@ impl Default for IntegrityConfig {
             required: Vec::new(),
             ignored: Vec::new(),
             kiosk_accounts: Vec::new(),
-            poll_interval_secs: 60,
             config_path: None,
         }
     }
@@ -189,15 +185,7 @@ impl IntegrityConfig {
                 message: format!("{} is not an absolute path", self.root.display()),
             });
         }
-        if self.poll_interval_secs == 0 || self.poll_interval_secs > 86_400 {
-            return Err(ConfigError::Invalid {
-                setting: "integrity.poll_interval_secs",
-                message: format!(
-                    "must be between 1 and 86400, got {}",
-                    self.poll_interval_secs
-                ),
-            });
-        }
+
         if self.kiosk_accounts.len() > 64 {
             return Err(ConfigError::Invalid {
                 setting: "integrity.kiosk_accounts",
@@ -646,7 +634,7 @@ mod tests {
         );
         assert_eq!(config.integrity.root, PathBuf::from("/"));
         let config = parse(
-            "[integrity]\nroot = '/fake'\nmin_level = 2\nrequired = ['org.fleetkey.Lsm']\nignored = ['org.fleetkey.SecureBoot']\nkiosk_accounts = ['kiosk']\npoll_interval_secs = 2",
+            "[integrity]\nroot = '/fake'\nmin_level = 2\nrequired = ['org.fleetkey.Lsm']\nignored = ['org.fleetkey.SecureBoot']\nkiosk_accounts = ['kiosk']",
         )
         .unwrap();
         let policy = config.integrity.policy();
@@ -665,7 +653,8 @@ mod tests {
                 "both required and ignored",
             ),
             ("root = 'relative'", "integrity.root"),
-            ("poll_interval_secs = 0", "poll_interval_secs"),
+            // Gone with the portal stream: an old config says so.
+            ("poll_interval_secs = 60", "poll_interval_secs"),
             ("minimum_level = 1", "minimum_level"),
         ] {
             let err = parse(&format!("[integrity]\n{bad}"))

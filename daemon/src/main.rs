@@ -214,8 +214,6 @@ fn run(args: Args) -> Result<(), String> {
         ));
         let streaming = engine.clone();
         tokio::spawn(async move { streaming.run_portal_stream().await });
-        let polling = engine.clone();
-        tokio::spawn(async move { polling.poll_integrity().await });
         let (listener, owned_socket) = match activated {
             Some(listener) => (
                 tokio::net::UnixListener::from_std(listener)

@@ -271,16 +271,6 @@ impl Portal {
         }
     }
 
-    pub async fn poll_integrity(
-        &mut self,
-        request: fleetkey_proto::portal::PollIntegrityRequest,
-    ) -> Result<fleetkey_proto::portal::PollIntegrityResponse, Failure> {
-        match self.client.poll_integrity(request).await {
-            Ok(response) => Ok(response.into_inner()),
-            Err(status) => Err(self.failure(&status)),
-        }
-    }
-
     /// Sends a signed answer to a login challenge; the portal's outcome.
     pub async fn answer_challenge(
         &mut self,

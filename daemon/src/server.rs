@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fleetkey_plugin::{CreateOptions, Pin};
-use fleetkey_proto::Failure;
 use fleetkey_proto::daemon::fleetkey_server::{Fleetkey, FleetkeyServer};
 use fleetkey_proto::daemon::{
     ActivateRequest, ActivateResponse, AddUserRequest, AddUserScanRequest, ChangePinRequest,
@@ -16,6 +15,7 @@ use fleetkey_proto::daemon::{
     RemoveUserResponse, SignRequest, SignResponse, Status, UnblockPinRequest, UnblockPinResponse,
     User,
 };
+use fleetkey_proto::{Failure, Reason};
 use tokio::net::UnixListener;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
@@ -40,11 +40,64 @@ fn reply<T>(result: Result<T, Failure>) -> Reply<T> {
 pub struct Service {
     engine: Arc<Engine>,
     admins: AdminPolicy,
+    watchers: Arc<Watchers>,
+}
+
+/// Open `WatchApprovals` streams per uid. Each holds a task, a buffer of
+/// 64 messages and a subscription to the engine's changes, so one caller
+/// may hold only a few (docs/daemon-limits.md).
+#[derive(Debug, Default)]
+pub struct Watchers {
+    open: std::sync::Mutex<std::collections::HashMap<u32, usize>>,
+}
+
+/// Streams one uid may keep open at once.
+pub const MAX_WATCHERS_PER_UID: usize = 8;
+
+/// A watcher's place; given back when the stream ends.
+pub struct WatcherSlot {
+    watchers: Arc<Watchers>,
+    uid: u32,
+}
+
+impl Watchers {
+    fn take(self: &Arc<Self>, uid: u32) -> Result<WatcherSlot, Failure> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(uid).or_insert(0);
+        if *count >= MAX_WATCHERS_PER_UID {
+            return Err(Failure::new(
+                Reason::Busy,
+                format!("uid {uid} already has {MAX_WATCHERS_PER_UID} approval watches open"),
+            )
+            .with_hint("Close one (end `fleetkeyctl approvals watch`) and try again."));
+        }
+        *count += 1;
+        Ok(WatcherSlot {
+            watchers: self.clone(),
+            uid,
+        })
+    }
+}
+
+impl Drop for WatcherSlot {
+    fn drop(&mut self) {
+        let mut open = self.watchers.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.uid) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.uid);
+            }
+        }
+    }
 }
 
 impl Service {
     pub fn new(engine: Arc<Engine>, admins: AdminPolicy) -> Self {
-        Self { engine, admins }
+        Self {
+            engine,
+            admins,
+            watchers: Arc::default(),
+        }
     }
 
     fn require_admin<T>(
@@ -312,9 +365,10 @@ impl Fleetkey for Service {
         &self,
         request: Request<fleetkey_proto::daemon::WatchApprovalsRequest>,
     ) -> Reply<ApprovalStream> {
-        self.caller(&request)?;
+        let caller = self.caller(&request)?;
         let watch = request.into_inner().watch;
-        reply(approval_stream(self.engine.clone(), watch))
+        let slot = self.watchers.take(caller.uid).map_err(|f| f.to_status())?;
+        reply(approval_stream(self.engine.clone(), watch, slot))
     }
 
     async fn approve(
@@ -357,11 +411,17 @@ pub type ApprovalStream = ReceiverStream<Result<fleetkey_proto::daemon::Approval
 
 /// The kept challenges, then (with `watch`) each change until the caller
 /// hangs up. A watcher that falls behind gets the whole list again.
-fn approval_stream(engine: Arc<Engine>, watch: bool) -> Result<ApprovalStream, Failure> {
+fn approval_stream(
+    engine: Arc<Engine>,
+    watch: bool,
+    slot: WatcherSlot,
+) -> Result<ApprovalStream, Failure> {
     let mut events = engine.subscribe_approvals();
     let current = engine.approvals()?;
     let (sender, receiver) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
+        // Held while the stream lives.
+        let _slot = slot;
         for approval in current {
             if sender.send(Ok(approval)).await.is_err() {
                 return;

@@ -133,15 +133,6 @@ pub fn deactivation_message(device_id: &str, timestamp: i64) -> Vec<u8> {
     )
 }
 
-/// Signed by the device key to ask its portal whether it wants a fresh
-/// integrity report (docs/integrity.md, "On demand").
-pub fn integrity_poll_message(device_id: &str, timestamp: i64) -> Vec<u8> {
-    message(
-        "integrity-poll",
-        &[device_id.as_bytes(), &timestamp.to_be_bytes()],
-    )
-}
-
 /// Signed by the device key over the integrity evidence it submits.
 pub fn integrity_submit_message(device_id: &str, evidence: &str) -> Vec<u8> {
     message(

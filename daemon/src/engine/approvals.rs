@@ -409,6 +409,9 @@ impl Engine {
                     Some(device_event::Event::LoginChallenge(challenge)) => {
                         self.receive(challenge).await;
                     }
+                    Some(device_event::Event::IntegrityRequest(request)) => {
+                        self.answer_integrity_request(device, &request.nonce).await;
+                    }
                     // An event this fleetkeyd does not know: skipped.
                     None => tracing::debug!("unknown event on the portal stream skipped"),
                 },

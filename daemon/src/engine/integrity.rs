@@ -3,7 +3,7 @@
 //! activation and `user add` (`[integrity]` in fleetkeyd.toml), the
 //! evidence the portal verifies (report, TPM2_Quote by the attestation
 //! key, event log), and the on-demand path: the portal asks for a fresh
-//! report, and the device answers at its next poll.
+//! report on the device's stream (approvals.rs), and the device answers.
 
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use fleetkey_proto::{Failure, Reason, binding, daemon, portal, time};
 use super::{Engine, Requester, public_key_pem};
 use crate::audit::AuditEvent;
 use crate::device_key::DeviceKey;
-use crate::state::UserState;
+use crate::state::{DeviceRecord, UserState};
 
 /// Where Linux exposes the measured-boot event log.
 const EVENT_LOG: &str = "/sys/kernel/security/tpm0/binary_bios_measurements";
@@ -262,55 +262,45 @@ impl Engine {
         }
     }
 
-    /// Asks the portal every `[integrity] poll_interval_secs` whether it
-    /// wants a fresh signed report (`fleetkey-portal device integrity`),
-    /// and sends one when it does. Runs as long as the daemon.
-    pub async fn poll_integrity(&self) {
-        let interval = Duration::from_secs(self.integrity.poll_interval_secs);
-        loop {
-            tokio::time::sleep(interval).await;
-            match self.answer_integrity_request().await {
-                Ok(Some(result)) => {
-                    tracing::info!(%result, "sent a fresh integrity report the portal asked for")
-                }
-                Ok(None) => {}
-                Err(failure) => {
-                    tracing::warn!(%failure, "could not answer the portal's integrity request")
-                }
+    /// Answers an operator's request for a fresh report, which came on
+    /// the portal stream with `nonce`: the report, quoted over the nonce
+    /// where a TPM can, signed by the device key and submitted. Logs the
+    /// portal's verdict.
+    pub(super) async fn answer_integrity_request(&self, device: &DeviceRecord, nonce: &[u8]) {
+        match self.submit_fresh_evidence(device, nonce).await {
+            Ok(result) => {
+                tracing::info!(%result, "sent a fresh integrity report the portal asked for")
+            }
+            Err(failure) => {
+                tracing::warn!(%failure, "could not answer the portal's integrity request")
             }
         }
     }
 
-    /// One poll: None when the device is not activated or the portal
-    /// asked for nothing.
-    async fn answer_integrity_request(&self) -> Result<Option<String>, Failure> {
-        let Some(device) = self.device()? else {
-            return Ok(None);
-        };
-        let key = DeviceKey::from_secret(&device.key_secret)?;
-        let timestamp = time::now_unix();
-        let signature = key.sign_digest(&binding::digest(&binding::integrity_poll_message(
-            &device.device_id,
-            timestamp,
-        )))?;
-        let mut portal = self.portal.connect(&device.portal_url).await?;
-        let asked = portal
-            .poll_integrity(portal::PollIntegrityRequest {
-                device_id: device.device_id.clone(),
-                timestamp,
-                device_signature: signature,
-            })
-            .await?;
-        if !asked.requested {
-            return Ok(None);
+    async fn submit_fresh_evidence(
+        &self,
+        device: &DeviceRecord,
+        nonce: &[u8],
+    ) -> Result<String, Failure> {
+        // The portal's nonce is 32 bytes; a hostile portal's is bounded here.
+        if !(MIN_NONCE..=MAX_NONCE).contains(&nonce.len()) {
+            return Err(Failure::new(
+                Reason::PortalError,
+                format!(
+                    "the portal's integrity nonce is {} bytes, not {MIN_NONCE} to {MAX_NONCE}",
+                    nonce.len()
+                ),
+            ));
         }
+        let key = DeviceKey::from_secret(&device.key_secret)?;
         let report = self.integrity_report(None).await?;
         let evidence = self
-            .evidence_json(&report, &asked.nonce, Requester::Daemon)
+            .evidence_json(&report, nonce, Requester::Daemon)
             .await?;
         let device_signature = key.sign_digest(&binding::digest(
             &binding::integrity_submit_message(&device.device_id, &evidence),
         ))?;
+        let mut portal = self.portal.connect(&device.portal_url).await?;
         let answer = portal
             .submit_integrity(portal::SubmitIntegrityRequest {
                 device_id: device.device_id.clone(),
@@ -318,6 +308,6 @@ impl Engine {
                 device_signature,
             })
             .await?;
-        Ok(Some(answer.result))
+        Ok(answer.result)
     }
 }

@@ -502,3 +502,60 @@ fn piv_key_approves() {
         .assert_ok();
     approve_and_verify(&portal, &daemon, "alice", "24681357");
 }
+
+/// `fleetkeyctl approvals watch` against `daemon`, left running.
+fn spawn_watch(daemon: &Daemon) -> std::process::Child {
+    std::process::Command::new(fleetkey_e2e::bin("fleetkeyctl"))
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .args(["--json", "approvals", "watch"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// One uid keeps at most 8 approval watches open (docs/daemon-limits.md):
+/// the ninth is refused with BUSY, and one ending frees a place.
+#[test]
+fn approval_watches_are_capped_per_uid() {
+    let (_portal, daemon) = setup_soft();
+    let mut watches: Vec<std::process::Child> = (0..8).map(|_| spawn_watch(&daemon)).collect();
+    // All eight are served (a watch runs until interrupted).
+    std::thread::sleep(Duration::from_secs(1));
+    for watch in &mut watches {
+        assert!(watch.try_wait().unwrap().is_none(), "a watch ended early");
+    }
+    let ninth = spawn_watch(&daemon).wait_with_output().unwrap();
+    assert_eq!(
+        ninth.status.code(),
+        Some(57),
+        "{}",
+        String::from_utf8_lossy(&ninth.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&ninth.stderr).contains("BUSY"),
+        "{}",
+        String::from_utf8_lossy(&ninth.stderr)
+    );
+    let mut first = watches.remove(0);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // The daemon notices the hang-up; then a new watch is served.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut next = spawn_watch(&daemon);
+        std::thread::sleep(Duration::from_millis(500));
+        if next.try_wait().unwrap().is_none() {
+            next.kill().unwrap();
+            next.wait().unwrap();
+            break;
+        }
+        assert!(Instant::now() < deadline, "no place freed");
+    }
+    for mut watch in watches {
+        watch.kill().unwrap();
+        watch.wait().unwrap();
+    }
+}

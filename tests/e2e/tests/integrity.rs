@@ -414,11 +414,11 @@ fn a_quote_from_another_tpm_is_refused_by_the_portal() {
 }
 
 #[test]
-fn the_portal_asks_for_a_fresh_report_and_the_device_answers_at_its_next_poll() {
+fn the_portal_asks_for_a_fresh_report_and_the_device_answers_on_its_stream() {
     let tpm = booted_tpm();
     let root = good_root();
-    let portal = Portal::start();
-    let daemon = daemon(&root, &tpm.daemon_config(), "poll_interval_secs = 1");
+    let mut portal = Portal::start();
+    let daemon = daemon(&root, &tpm.daemon_config(), "");
     let device = daemon.activate(&portal);
     assert_eq!(
         device_show(&portal, &device)["integrity"]["occasion"],
@@ -429,7 +429,8 @@ fn the_portal_asks_for_a_fresh_report_and_the_device_answers_at_its_next_poll() 
     let out = portal.cli(&["device", "integrity", &device]);
     assert!(out.status.success(), "device integrity: {out:?}");
     assert!(device_show(&portal, &device)["integrity_requested_at"].is_string());
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // Connected: pushed on the stream and answered within seconds.
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let shown = device_show(&portal, &device);
         if shown["integrity"]["occasion"] == "on-demand" {
@@ -459,4 +460,37 @@ fn the_portal_asks_for_a_fresh_report_and_the_device_answers_at_its_next_poll() 
     // An unknown device cannot be asked.
     let out = portal.cli(&["device", "integrity", "dev-nope"]);
     assert!(!out.status.success());
+
+    // Asked while the portal is down: the request waits in its database
+    // and is sent when the device's stream connects again (the longest
+    // backoff is 8 s).
+    let before = device_show(&portal, &device)["integrity"]["verified_at"].clone();
+    portal.stop();
+    root.write("/proc/sys/kernel/yama/ptrace_scope", "1\n");
+    let out = portal.cli(&["device", "integrity", &device]);
+    assert!(out.status.success(), "device integrity: {out:?}");
+    std::thread::sleep(Duration::from_secs(1));
+    portal.start_again();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let shown = device_show(&portal, &device);
+        if shown["integrity"]["verified_at"] != before && shown["integrity_requested_at"].is_null()
+        {
+            assert_eq!(shown["integrity"]["occasion"], "on-demand", "{shown}");
+            assert!(
+                !shown["integrity"]["summary"]
+                    .as_str()
+                    .unwrap()
+                    .contains("org.fleetkey.YamaPtrace"),
+                "{shown}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no answer after reconnecting: {shown}\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

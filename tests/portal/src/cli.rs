@@ -338,9 +338,9 @@ pub enum DeviceCommand {
     /// Ask a device for a fresh, TPM-quoted integrity report.
     #[command(
         long_about = "Ask a device for a fresh integrity report quoted by its TPM. The request is \
-        recorded; the device answers at its next call to the portal (fleetkeyd asks every \
-        [integrity] poll_interval_secs, 60 s by default), and `device show` then shows the verified \
-        result."
+        recorded and sent on the device's stream to this portal (at once while the device is \
+        connected, else when it connects next, while `serve` runs); the device answers, and \
+        `device show` then shows the verified result."
     )]
     Integrity(DeviceIntegrityArgs),
 }
@@ -1235,7 +1235,7 @@ fn device_show(args: DeviceShowArgs) -> Result<(), PortalError> {
     if let Some(at) = &shown.integrity_requested_at {
         rows.push((
             "Requested",
-            format!("a fresh report, at {at}; the device answers at its next poll"),
+            format!("a fresh report, at {at}; sent on the device's stream, answered when it is connected"),
         ));
     }
     print(&aligned(&rows))
@@ -1246,7 +1246,7 @@ fn device_integrity(args: DeviceIntegrityArgs) -> Result<(), PortalError> {
     crate::service::integrity::request(&store.db(), &args.device)
         .map_err(|f| PortalError::NotFound(f.message))?;
     eprintln!(
-        "Requested a fresh integrity report from {}; it answers at its next poll (fleetkeyd polls every [integrity] poll_interval_secs). See `fleetkey-portal device show {}`.",
+        "Requested a fresh integrity report from {}; the portal sends the request on the device's stream (at once if it is connected, else when it connects) and the device answers. See `fleetkey-portal device show {}`.",
         escape(&args.device),
         escape(&args.device)
     );

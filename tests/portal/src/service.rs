@@ -1125,8 +1125,8 @@ impl PortalService {
     }
 
     /// Checks a stream opening and starts the stream: the device's pending
-    /// challenges, then each new one, until the device hangs up or opens a
-    /// newer stream.
+    /// challenges and integrity request, then each new one, until the
+    /// device hangs up or opens a newer stream.
     pub async fn open_device_stream_from(
         &self,
         peer: Option<SocketAddr>,
@@ -1187,6 +1187,8 @@ impl PortalService {
     ) {
         use fleetkey_proto::portal::{DeviceEvent, device_event};
         let mut sent = std::collections::HashSet::new();
+        // The operator's integrity request last sent on this stream.
+        let mut integrity_pushed = None;
         while self.is_current_stream(&device_id, generation) {
             let looked_up = device_id.clone();
             let pending = self
@@ -1217,6 +1219,27 @@ impl PortalService {
                         sent.insert(challenge.id);
                     }
                 }
+                Err(failure) => {
+                    let _ = tx.send(Err(failure.to_status())).await;
+                    return;
+                }
+            }
+            match self
+                .integrity_request_for(&device_id, &mut integrity_pushed)
+                .await
+            {
+                Ok(Some(nonce)) => {
+                    let event = DeviceEvent {
+                        event: Some(device_event::Event::IntegrityRequest(
+                            fleetkey_proto::portal::IntegrityRequest { nonce },
+                        )),
+                    };
+                    if tx.send(Ok(event)).await.is_err() {
+                        return;
+                    }
+                    tracing::info!(device_id = %device_id, "integrity request pushed");
+                }
+                Ok(None) => {}
                 Err(failure) => {
                     let _ = tx.send(Err(failure.to_status())).await;
                     return;
@@ -1450,17 +1473,6 @@ impl Portal for PortalService {
     }
 
     // --- integrity ---
-    async fn poll_integrity(
-        &self,
-        request: Request<fleetkey_proto::portal::PollIntegrityRequest>,
-    ) -> Result<Response<fleetkey_proto::portal::PollIntegrityResponse>, Status> {
-        let peer = request.remote_addr();
-        match self.poll_integrity(request.into_inner()).await {
-            Ok(response) => Ok(Response::new(response)),
-            Err(failure) => Err(refused("PollIntegrity", peer, failure)),
-        }
-    }
-
     async fn submit_integrity(
         &self,
         request: Request<fleetkey_proto::portal::SubmitIntegrityRequest>,

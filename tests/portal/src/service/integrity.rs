@@ -2,19 +2,18 @@
 //! with code checks, evidence verified at activation and user add, the
 //! policy of `serve --require-integrity LEVEL`, and the on-demand path
 //! (`fleetkey-portal device integrity DEVICE` records a request; the
-//! device polls, gets a nonce, and submits fresh evidence).
+//! device's stream carries it with a nonce, and the device submits fresh
+//! evidence).
 
 use std::sync::{Arc, Mutex};
 
 use fleetkey_integrity::Policy;
 use fleetkey_integrity::quote::Evidence;
-use fleetkey_proto::portal::{
-    PollIntegrityRequest, PollIntegrityResponse, SubmitIntegrityRequest, SubmitIntegrityResponse,
-};
+use fleetkey_proto::portal::{SubmitIntegrityRequest, SubmitIntegrityResponse};
 use fleetkey_proto::time::now_unix;
 use fleetkey_proto::{ActivationCode, Failure, Reason, binding};
 
-use super::{MAX_CLOCK_SKEW_SECS, PortalService, internal, known_device};
+use super::{PortalService, internal, known_device};
 use crate::integrity::{Expected, NonceBook, Verified};
 use crate::store::{Db, IntegrityRecord};
 
@@ -133,43 +132,25 @@ impl PortalService {
         self.integrity.clone()
     }
 
-    /// Whether an operator asked for a fresh report of the (signed)
-    /// device; with a nonce when so.
-    pub async fn poll_integrity(
+    /// A nonce for the device's answer to an operator's request, when
+    /// one is pending and was not yet sent on this stream (`pushed` is the
+    /// request time last sent). Called by the device stream.
+    pub(crate) async fn integrity_request_for(
         &self,
-        request: PollIntegrityRequest,
-    ) -> Result<PollIntegrityResponse, Failure> {
-        let now = now_unix();
-        let message = binding::integrity_poll_message(&request.device_id, request.timestamp);
-        let (device, ()) = self
-            .signed_by_device(
-                "PollIntegrity",
-                None,
-                &request.device_id,
-                &request.device_signature,
-                || {
-                    if request.timestamp.abs_diff(now) > MAX_CLOCK_SKEW_SECS {
-                        return Err(Failure::new(
-                            Reason::InvalidArgument,
-                            "the poll's timestamp is more than 5 minutes off the portal's clock",
-                        ));
-                    }
-                    Ok((message, ()))
-                },
-            )
-            .await?;
-        let id = device.device_id.clone();
+        device_id: &str,
+        pushed: &mut Option<i64>,
+    ) -> Result<Option<Vec<u8>>, Failure> {
+        let id = device_id.to_string();
         let requested = self
             .with_store(move |store| Ok(store.db().integrity_request(&id)?))
             .await?;
-        if requested.is_none() {
-            return Ok(PollIntegrityResponse::default());
+        match requested {
+            Some(at) if *pushed != Some(at) => {
+                *pushed = Some(at);
+                Ok(Some(self.integrity.issue(device_id, now_unix())?))
+            }
+            _ => Ok(None),
         }
-        let nonce = self.integrity.issue(&device.device_id, now)?;
-        Ok(PollIntegrityResponse {
-            requested: true,
-            nonce,
-        })
     }
 
     /// The device's answer to a request: verified and recorded; the
@@ -225,7 +206,7 @@ impl PortalService {
 }
 
 /// `fleetkey-portal device integrity DEVICE`: records the request; the
-/// device answers at its next poll.
+/// device's stream carries it (now, or when the device connects next).
 pub fn request(db: &Db<'_>, device_id: &str) -> Result<(), Failure> {
     known_device(db, device_id)?;
     db.request_integrity(device_id, now_unix())?;
