@@ -5,13 +5,11 @@
 //! key, event log), and the on-demand path: the portal asks for a fresh
 //! report on the device's stream (approvals.rs), and the device answers.
 
-use std::time::Duration;
-
 use fleetkey_integrity::eventlog::MAX_LOG_BYTES;
 use fleetkey_integrity::quote::{Evidence, MAX_NONCE, MIN_NONCE, PcrValue, Quote, qualifying_data};
 use fleetkey_integrity::{Inputs, Report, Root, hex};
 use fleetkey_plugin::Operation;
-use fleetkey_proto::{Failure, Reason, binding, daemon, portal, time};
+use fleetkey_proto::{Failure, Reason, binding, daemon, portal};
 
 use super::{Engine, Requester, public_key_pem};
 use crate::audit::AuditEvent;

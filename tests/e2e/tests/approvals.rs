@@ -510,7 +510,8 @@ fn spawn_watch(daemon: &Daemon) -> std::process::Child {
         .arg(&daemon.socket)
         .args(["--json", "approvals", "watch"])
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
+        // Nothing is pending, so a served watch prints nothing to fill it.
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap()
@@ -534,11 +535,8 @@ fn approval_watches_are_capped_per_uid() {
         "{}",
         String::from_utf8_lossy(&ninth.stderr)
     );
-    assert!(
-        String::from_utf8_lossy(&ninth.stderr).contains("BUSY"),
-        "{}",
-        String::from_utf8_lossy(&ninth.stderr)
-    );
+    let refusal: Value = serde_json::from_slice(&ninth.stdout).unwrap();
+    assert_eq!(refusal["error"]["reason"], "BUSY", "{refusal}");
     let mut first = watches.remove(0);
     first.kill().unwrap();
     first.wait().unwrap();
