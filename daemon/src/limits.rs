@@ -1,5 +1,5 @@
-//! How large a request may be, per RPC. Only `AddUserScan` carries an
-//! image; every other request is a few short strings (a code, a PIN, a
+//! How large a request may be, per RPC. Only `AddUserScan` and
+//! `ActivateScan` carry an image; every other request is a few short strings (a code, a PIN, a
 //! user name, a digest), so its body is cut off at [`SMALL_REQUEST_BYTES`]
 //! before it is decoded. tonic's own limit (set in `server.rs`) stays at
 //! the image size, for the one RPC that needs it.
@@ -13,7 +13,10 @@ pub const SMALL_REQUEST_BYTES: usize = 64 * 1024;
 pub const MAX_REQUEST_BYTES: usize = fleetkey_v4l::image_file::MAX_IMAGE_BYTES + 64 * 1024;
 
 /// The RPCs that may carry more than [`SMALL_REQUEST_BYTES`].
-const LARGE_RPCS: &[&str] = &["/fleetkey.v1.Fleetkey/AddUserScan"];
+const LARGE_RPCS: &[&str] = &[
+    "/fleetkey.v1.Fleetkey/AddUserScan",
+    "/fleetkey.v1.Fleetkey/ActivateScan",
+];
 
 /// The body limit for a request to `path`.
 pub fn limit_for(path: &str) -> usize {
@@ -66,9 +69,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_the_scan_gets_the_image_limit() {
+    fn only_the_scans_get_the_image_limit() {
         assert_eq!(
             limit_for("/fleetkey.v1.Fleetkey/AddUserScan"),
+            MAX_REQUEST_BYTES
+        );
+        assert_eq!(
+            limit_for("/fleetkey.v1.Fleetkey/ActivateScan"),
             MAX_REQUEST_BYTES
         );
         assert_eq!(limit_for("/fleetkey.v1.Fleetkey/Sign"), SMALL_REQUEST_BYTES);

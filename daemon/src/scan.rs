@@ -11,8 +11,8 @@ use fleetkey_plugin::Pin;
 use fleetkey_proto::daemon::add_user_scan_request::Source;
 use fleetkey_proto::daemon::scan_progress::Event;
 use fleetkey_proto::daemon::{
-    Camera, CameraOpened, CodeFound, Enrolling, ForeignCode, FramesScanned, ListCamerasResponse,
-    ScanProgress,
+    Activating, Camera, CameraOpened, CodeFound, Enrolling, ForeignCode, FramesScanned,
+    ListCamerasResponse, ScanProgress,
 };
 use fleetkey_proto::{EnrollmentPayload, Failure, Reason};
 use fleetkey_v4l::{
@@ -112,6 +112,14 @@ fn event(event: Event) -> ProgressItem {
     Ok(ScanProgress { event: Some(event) })
 }
 
+/// What to do with the code a scan found.
+pub enum Then {
+    /// Enroll the code's user with this PIN in this key store.
+    Enroll { pin: Pin, backend: String },
+    /// Activate the device with the code.
+    Activate,
+}
+
 /// Scans, then enrolls; every step goes to `progress`, and a failure ends
 /// it. When the client goes away, the scan stops and nothing is enrolled.
 pub async fn scan_and_enroll(
@@ -120,6 +128,28 @@ pub async fn scan_and_enroll(
     open: Opener,
     pin: Pin,
     backend: String,
+    timeout: Duration,
+    progress: mpsc::Sender<ProgressItem>,
+) {
+    scan_then(
+        engine,
+        who,
+        open,
+        Then::Enroll { pin, backend },
+        timeout,
+        progress,
+    )
+    .await;
+}
+
+/// Scans, then enrolls or activates with the code found; every step goes
+/// to `progress`, and a failure ends it. When the client goes away, the
+/// scan stops and nothing is done with the code.
+pub async fn scan_then(
+    engine: Arc<Engine>,
+    who: crate::engine::Requester,
+    open: Opener,
+    then: Then,
     timeout: Duration,
     progress: mpsc::Sender<ProgressItem>,
 ) {
@@ -165,29 +195,33 @@ pub async fn scan_and_enroll(
         portal_url,
         frames_scanned: found.scanned,
     }));
-    if progress.send(found_event).await.is_err()
-        || progress
-            .send(event(Event::Enrolling(Enrolling {})))
-            .await
-            .is_err()
-    {
-        tracing::info!("the client left before enrolling; nothing was enrolled");
+    let working = match &then {
+        Then::Enroll { .. } => Event::Enrolling(Enrolling {}),
+        Then::Activate => Event::Activating(Activating {}),
+    };
+    if progress.send(found_event).await.is_err() || progress.send(event(working)).await.is_err() {
+        tracing::info!("the client left before the code was used; nothing was done with it");
         return;
     }
-    let answer = match engine
-        .add_user(
-            who,
-            &found.uri,
-            pin,
-            &backend,
-            &fleetkey_plugin::CreateOptions::default(),
-        )
-        .await
-    {
-        Ok(user) => event(Event::Done(user)),
-        Err(failure) => Err(failure.to_status()),
+    let answer = match then {
+        Then::Enroll { pin, backend } => engine
+            .add_user(
+                who,
+                &found.uri,
+                pin,
+                &backend,
+                &fleetkey_plugin::CreateOptions::default(),
+            )
+            .await
+            .map(|user| event(Event::Done(user))),
+        Then::Activate => engine
+            .activate(who, &found.uri)
+            .await
+            .map(|activated| event(Event::Activated(activated))),
     };
-    let _ = progress.send(answer).await;
+    let _ = progress
+        .send(answer.unwrap_or_else(|failure| Err(failure.to_status())))
+        .await;
 }
 
 fn scan_event(event: ScanEvent) -> Event {

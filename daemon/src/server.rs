@@ -195,6 +195,38 @@ impl Fleetkey for Service {
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
 
+    type ActivateScanStream = ScanStream;
+
+    async fn activate_scan(
+        &self,
+        request: Request<fleetkey_proto::daemon::ActivateScanRequest>,
+    ) -> Reply<Self::ActivateScanStream> {
+        use fleetkey_proto::daemon::activate_scan_request::Source as ActivateSource;
+        use fleetkey_proto::daemon::add_user_scan_request::Source;
+        let caller = self.require_admin(&request, "activate the device")?;
+        let request = request.into_inner();
+        let source = request.source.map(|source| match source {
+            ActivateSource::Camera(camera) => Source::Camera(camera),
+            ActivateSource::Image(image) => Source::Image(image),
+        });
+        tracing::info!(
+            uid = caller.uid,
+            from_camera = matches!(source, Some(Source::Camera(_))),
+            "activation from a QR code requested"
+        );
+        let open = scan::opener(source).map_err(|f| f.to_status())?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(scan::scan_then(
+            self.engine.clone(),
+            Requester::Uid(caller.uid),
+            open,
+            scan::Then::Activate,
+            scan::timeout(request.timeout_seconds),
+            sender,
+        ));
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
     async fn list_cameras(
         &self,
         request: Request<ListCamerasRequest>,

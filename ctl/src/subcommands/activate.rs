@@ -1,14 +1,20 @@
-//! `fleetkeyctl activate CODE|URI`: registers this device with a portal.
+//! `fleetkeyctl activate CODE|URI` (or `--camera`, `--qr-image`):
+//! registers this device with a portal.
 
-use fleetkey_proto::daemon::{ActivateRequest, ActivateResponse};
+use std::path::PathBuf;
+
+use fleetkey_proto::daemon::activate_scan_request::Source;
+use fleetkey_proto::daemon::scan_progress::Event;
+use fleetkey_proto::daemon::{ActivateRequest, ActivateResponse, ActivateScanRequest};
 use fleetkey_proto::terminal::escape;
-use fleetkey_proto::{EnrollmentInput, Failure};
+use fleetkey_proto::{EnrollmentInput, Failure, Reason};
 use serde::Serialize;
 
 use super::Context;
+use super::user_add::{Progress, read_image};
 use crate::output;
 
-/// Activate this device with a device activation code or enrollment URI
+/// Activate this device with a device activation code, its URI, or its QR code
 #[derive(Debug, clap::Args)]
 #[command(
     long_about = "\
@@ -18,32 +24,104 @@ The code is the one printed under the portal's QR code (any case, with or \
 without hyphens and spaces; I and L read as 1, O as 0), or the QR code's \
 fleetkey://enroll?... URI. A mistyped code is caught before anything is \
 contacted. A bare code goes to the daemon's configured default portal. \
-Admins only.",
+Instead of a code, --camera makes fleetkeyd scan the portal's QR code with a \
+camera (the first usable one, or DEVICE: /dev/videoN or N), and --qr-image \
+reads it from a picture (PNG, JPEG or PGM); the scan's progress is shown on \
+stderr, as for `user add --camera`. Admins only.",
     after_long_help = "\
 Examples:
   fleetkeyctl activate K7QF-9XWM-2HPD-TR4Q
-  fleetkeyctl activate 'fleetkey://enroll?v=1&c=K7QF-9XWM-2HPD-TR4Q&p=https%3A%2F%2Fportal.example.com'"
+  fleetkeyctl activate 'fleetkey://enroll?v=1&c=K7QF-9XWM-2HPD-TR4Q&p=https%3A%2F%2Fportal.example.com'
+  fleetkeyctl activate --camera            # scan the QR code the portal shows
+  fleetkeyctl activate --qr-image device-code.png"
 )]
 pub struct Activate {
     /// The device activation code, or a fleetkey://enroll URI
-    #[arg(value_name = "CODE|URI")]
-    pub code: String,
+    #[arg(value_name = "CODE|URI", required_unless_present_any = ["camera", "qr_image"], conflicts_with_all = ["camera", "qr_image"])]
+    pub code: Option<String>,
+
+    /// Scan the QR code with a camera: the first usable one, or DEVICE (/dev/videoN or N)
+    #[arg(long, value_name = "DEVICE", num_args = 0..=1, default_missing_value = "", conflicts_with = "qr_image")]
+    pub camera: Option<String>,
+
+    /// Read the QR code from a picture (PNG, JPEG or PGM)
+    #[arg(long, value_name = "FILE")]
+    pub qr_image: Option<PathBuf>,
+
+    /// With --camera: seconds to scan before giving up (default 60)
+    #[arg(long, value_name = "SECONDS", requires = "camera")]
+    pub timeout: Option<u32>,
 }
 
 impl Activate {
     pub async fn run(&self, ctx: &Context) -> Result<(), Failure> {
-        let code = checked_enrollment_input(&self.code)?;
+        let source = match (&self.code, &self.camera, &self.qr_image) {
+            (Some(code), _, _) => return self.run_with_code(ctx, code).await,
+            (None, Some(camera), _) => Source::Camera(camera.clone()),
+            (None, None, Some(path)) => Source::Image(read_image(path)?),
+            (None, None, None) => {
+                return Err(Failure::new(
+                    Reason::InvalidArgument,
+                    "give a code, --camera or --qr-image",
+                ));
+            }
+        };
+        self.run_scan(ctx, source).await
+    }
+
+    async fn run_with_code(&self, ctx: &Context, code: &str) -> Result<(), Failure> {
+        let code = checked_enrollment_input(code)?;
         let mut client = ctx.client().await?;
         let response = client
             .activate(ActivateRequest { code })
             .await
             .map_err(|s| ctx.rpc_failure(s))?
             .into_inner();
-        if ctx.json {
-            output::json(&activate_json(&response))
-        } else {
-            output::data(&activate_text(&response))
+        show(ctx, &response)
+    }
+
+    /// Activates with the code the daemon reads, showing its progress.
+    async fn run_scan(&self, ctx: &Context, source: Source) -> Result<(), Failure> {
+        let mut client = ctx.client().await?;
+        let mut stream = client
+            .activate_scan(ActivateScanRequest {
+                source: Some(source),
+                timeout_seconds: self.timeout.unwrap_or(0),
+            })
+            .await
+            .map_err(|s| ctx.rpc_failure(s))?
+            .into_inner();
+        let mut progress = Progress::new();
+        loop {
+            let message = match stream.message().await {
+                Ok(Some(message)) => message,
+                Ok(None) => {
+                    progress.finish_line();
+                    return Err(Failure::new(
+                        Reason::Internal,
+                        "fleetkeyd ended the scan without an answer",
+                    ));
+                }
+                Err(status) => {
+                    progress.finish_line();
+                    return Err(ctx.rpc_failure(status));
+                }
+            };
+            let Some(event) = message.event else { continue };
+            if let Event::Activated(response) = event {
+                progress.finish_line();
+                return show(ctx, &response);
+            }
+            progress.show(&event);
         }
+    }
+}
+
+fn show(ctx: &Context, response: &ActivateResponse) -> Result<(), Failure> {
+    if ctx.json {
+        output::json(&activate_json(response))
+    } else {
+        output::data(&activate_text(response))
     }
 }
 

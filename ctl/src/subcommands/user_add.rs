@@ -242,20 +242,26 @@ pub fn read_image(path: &Path) -> Result<Vec<u8>, Failure> {
 
 /// Progress of a scan on stderr. Frame counts overwrite one line on a
 /// terminal and are left out elsewhere; events get lines of their own.
-struct Progress {
+pub struct Progress {
     terminal: bool,
     open_line: bool,
 }
 
+impl Default for Progress {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Progress {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Self {
             terminal: std::io::stderr().is_terminal(),
             open_line: false,
         }
     }
 
-    fn show(&mut self, event: &Event) {
+    pub fn show(&mut self, event: &Event) {
         if let Event::FramesScanned(frames) = event {
             if self.terminal {
                 use std::io::Write;
@@ -272,7 +278,7 @@ impl Progress {
         }
     }
 
-    fn finish_line(&mut self) {
+    pub fn finish_line(&mut self) {
         if self.open_line {
             output::message("");
             self.open_line = false;
@@ -324,7 +330,8 @@ pub fn progress_text(event: &Event) -> Option<String> {
             }
         ),
         Event::Enrolling(_) => "Enrolling: registering the key with the portal...".to_string(),
-        Event::Done(_) => return None,
+        Event::Activating(_) => "Activating: registering the device with the portal...".to_string(),
+        Event::Done(_) | Event::Activated(_) => return None,
     })
 }
 

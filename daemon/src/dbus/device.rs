@@ -491,6 +491,13 @@ fn step_of(item: scan::ProgressItem) -> (&'static str, bool, Dict) {
             ("code-found", false, details)
         }
         Some(Event::Enrolling(_)) => ("enrolling", false, details),
+        // Activation over D-Bus is `Activate` with a code; a scan for it
+        // is gRPC's ActivateScan only.
+        Some(Event::Activating(_)) => ("activating", false, details),
+        Some(Event::Activated(activated)) => {
+            put(&mut details, "DeviceId", activated.device_id);
+            ("activated", true, details)
+        }
         Some(Event::Done(user)) => {
             put(
                 &mut details,

@@ -151,10 +151,22 @@ impl Portal {
     /// Issues an add-user code and writes its QR code as a PNG
     /// (`code issue --qr-png FILE`), as an admin would screenshot it.
     pub fn user_code_png(&self, user: &str, png: &Path) -> Issued {
+        self.code_png(Some(user), png)
+    }
+
+    /// Issues a device code and writes its QR code as a PNG.
+    pub fn device_code_png(&self, png: &Path) -> Issued {
+        self.code_png(None, png)
+    }
+
+    fn code_png(&self, user: Option<&str>, png: &Path) -> Issued {
         let png_arg = png.to_str().expect("UTF-8 path");
-        let output = self.cli(&[
-            "code", "issue", "--json", "--kind", "user", "--user", user, "--qr-png", png_arg,
-        ]);
+        let mut args = vec!["code", "issue", "--json", "--qr-png", png_arg];
+        match user {
+            Some(user) => args.extend(["--kind", "user", "--user", user]),
+            None => args.extend(["--kind", "device"]),
+        }
+        let output = self.cli(&args);
         assert!(
             output.status.success(),
             "code issue failed: {}",

@@ -288,3 +288,71 @@ fn qr_decode_exit_statuses() {
     assert_eq!(json["images"][0]["codes"][0]["fleetkey"], false);
     assert!(!json["images"][1]["error"].as_str().unwrap().is_empty());
 }
+
+/// `activate --qr-image` and `--camera` (issue 14): the device code read
+/// from the portal's QR picture activates the device, with the same
+/// progress and reasons as `user add`; a user code, a code-free picture
+/// and a missing camera are refused and leave the device unactivated.
+#[test]
+fn activate_from_the_portal_qr_png_or_a_camera() {
+    let portal = Portal::start();
+    let daemon = Daemon::start_default();
+    let dir = open_tempdir();
+
+    // A user's code is not a device code.
+    let user_png = dir.path().join("alice.png");
+    portal.user_code_png("alice", &user_png);
+    daemon
+        .ctl(&["--json", "activate", "--qr-image", path_str(&user_png)])
+        .assert_reason(Reason::CodeWrongKind);
+    // A picture without a code.
+    let (nothing, _) = sample_png(dir.path(), "nothing-0");
+    daemon
+        .ctl(&["--json", "activate", "--qr-image", path_str(&nothing)])
+        .assert_reason(Reason::QrNotFound);
+    // No camera here.
+    daemon
+        .ctl(&[
+            "--json",
+            "activate",
+            "--camera",
+            "/dev/video-fleetkey-absent",
+        ])
+        .assert_reason(Reason::CameraNotFound);
+    assert_eq!(daemon.ctl(&["--json", "status"]).json()["activated"], false);
+
+    let png = dir.path().join("device.png");
+    portal.device_code_png(&png);
+    let out = daemon.ctl(&["--json", "activate", "--qr-image", path_str(&png)]);
+    out.assert_ok();
+    let device_id = out.json()["device_id"].as_str().unwrap().to_string();
+    assert!(device_id.starts_with("dev-"), "{out:?}");
+    for step in ["Reading the image (PNG", "QR code found", "Activating"] {
+        assert!(out.stderr.contains(step), "{step}: {}", out.stderr);
+    }
+    assert!(
+        portal
+            .device_list()
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["device_id"] == device_id.as_str()),
+        "{}",
+        portal.device_list()
+    );
+    // Activated: users can be added, and another device picture is refused.
+    daemon.add_user(&portal, "alice", "1234");
+    let second = dir.path().join("device2.png");
+    portal.device_code_png(&second);
+    daemon
+        .ctl(&["--json", "activate", "--qr-image", path_str(&second)])
+        .assert_reason(Reason::AlreadyActivated);
+    // A code and a picture at once is a usage error.
+    let both = daemon.ctl(&[
+        "activate",
+        "K7QF-9XWM-2HPD-TR4Q",
+        "--qr-image",
+        path_str(&png),
+    ]);
+    assert_eq!(both.code, 2, "{both:?}");
+}
