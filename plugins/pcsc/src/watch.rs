@@ -114,23 +114,21 @@ fn watch(context: &pcsc::Context, stop: &AtomicBool) {
                     if state.name() == pcsc::PNP_NOTIFICATION() {
                         continue;
                     }
-                    let (before, now) = (state.current_state(), state.event_state());
-                    if !now.contains(pcsc::State::CHANGED) {
-                        continue;
-                    }
                     let reader = state.name().to_string_lossy();
-                    let was = before.contains(pcsc::State::PRESENT);
-                    let is = now.contains(pcsc::State::PRESENT);
-                    if is && !was {
-                        tracing::info!(%reader, "card inserted");
-                        fleetkey_plugin::events::report(&DeviceEvent::CardInserted {
-                            reader: reader.to_string(),
-                        });
-                    } else if was && !is && !before.contains(pcsc::State::UNAWARE) {
-                        tracing::info!(%reader, "card removed");
-                        fleetkey_plugin::events::report(&DeviceEvent::CardRemoved {
-                            reader: reader.to_string(),
-                        });
+                    match transition(state.current_state(), state.event_state()) {
+                        Some(Change::Inserted) => {
+                            tracing::info!(%reader, "card inserted");
+                            fleetkey_plugin::events::report(&DeviceEvent::CardInserted {
+                                reader: reader.to_string(),
+                            });
+                        }
+                        Some(Change::Removed) => {
+                            tracing::info!(%reader, "card removed");
+                            fleetkey_plugin::events::report(&DeviceEvent::CardRemoved {
+                                reader: reader.to_string(),
+                            });
+                        }
+                        None => {}
                     }
                 }
             }
@@ -142,5 +140,52 @@ fn watch(context: &pcsc::Context, stop: &AtomicBool) {
                 return;
             }
         }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Inserted,
+    Removed,
+}
+
+/// What a reader's state change from `before` (what we last knew; UNAWARE
+/// at first) to `now` means. The first report of a reader is only
+/// learning its state: a card already in it was not inserted now, and an
+/// empty reader had no card removed.
+fn transition(before: pcsc::State, now: pcsc::State) -> Option<Change> {
+    if !now.contains(pcsc::State::CHANGED) {
+        return None;
+    }
+    let was = before.contains(pcsc::State::PRESENT);
+    let is = now.contains(pcsc::State::PRESENT);
+    match (was, is) {
+        (false, true) => Some(Change::Inserted),
+        // UNAWARE is no bit (0), so compare: `contains` would always hold.
+        (true, false) if before != pcsc::State::UNAWARE => Some(Change::Removed),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pcsc::State;
+
+    #[test]
+    fn insertions_and_removals_are_told_apart() {
+        let present = State::PRESENT | State::CHANGED;
+        let empty = State::EMPTY | State::CHANGED;
+        assert_eq!(transition(State::EMPTY, present), Some(Change::Inserted));
+        assert_eq!(transition(State::PRESENT, empty), Some(Change::Removed));
+        // Unchanged: nothing.
+        assert_eq!(transition(State::PRESENT, State::PRESENT), None);
+        // A card found present when first looked at counts as inserted,
+        // as before; an empty reader first seen is no removal.
+        assert_eq!(transition(State::UNAWARE, present), Some(Change::Inserted));
+        assert_eq!(transition(State::UNAWARE, empty), None);
+        // What the watcher held after an insertion (PRESENT with CHANGED)
+        // is not UNAWARE: the removal after it is reported (it was not).
+        assert_eq!(transition(present, empty), Some(Change::Removed));
     }
 }

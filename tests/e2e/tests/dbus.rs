@@ -454,8 +454,11 @@ async fn card_inserted_signal() {
     let inserted = next_signal(&mut signals, "CardInserted", Duration::from_secs(15)).await;
     let name: String = inserted.body().deserialize().unwrap();
     assert_eq!(name, reader);
-    // CardRemoved is not checked: with the simulated card (vpcd) it does
-    // not arrive (docs/dbus.md says so); to be fixed and checked here.
+    // CardRemoved is not checked here: with the virtual reader (vpcd)
+    // pcscd reports the reader empty about 0.4 s after the simulated card
+    // comes in, while the card keeps answering, so a removal cannot be
+    // told from that. The decision itself is unit-tested
+    // (plugins/pcsc/src/watch.rs, `insertions_and_removals_are_told_apart`).
     drop(card);
 }
 
