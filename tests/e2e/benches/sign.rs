@@ -14,6 +14,10 @@
 //! through the daemon on the same swtpm, in alternating rounds (swtpm
 //! serves one client at a time, so they take turns). `FLEETKEY_BENCH_ONLY=tpm` runs only that part.
 //!
+//! `FLEETKEY_BENCH_ONLY=footprint` prints only the daemon's time to ready
+//! and idle RSS (soft store only); the key-store settings print its RSS
+//! after their 16-client runs.
+//!
 //! Each of the 16 clients signs as its own user (the daemon serializes PIN
 //! checks per user, so that concurrent guesses cannot outrun the attempt
 //! counter). At one client, raw and daemon samples are interleaved so that
@@ -245,6 +249,7 @@ fn run_setting(runtime: &tokio::runtime::Runtime, portal: &Portal, setting: &Set
         stats(latencies, start.elapsed())
     });
 
+    let rss_after = rss_mb(pid);
     let soft = &setting.soft;
     println!(
         "\n== {} (Argon2id m={} KiB, t={}, p={}) ==",
@@ -291,6 +296,7 @@ fn run_setting(runtime: &tokio::runtime::Runtime, portal: &Portal, setting: &Set
         "daemon CPU while idle for 2 s: {:.2}% of one core (no busy-spinning listener)",
         idle_ticks as f64 / ticks_per_s / 2.0 * 100.0
     );
+    println!("daemon RSS after the {CLIENTS}-client run: {rss_after:.1} MB (target < 20 MB)");
 }
 
 fn main() {
@@ -346,6 +352,66 @@ fn main() {
     if only.as_deref().is_none_or(|o| o == "approvals") {
         approvals::run(&runtime, 100 / scale);
     }
+    if only.as_deref().is_none_or(|o| o == "footprint") {
+        footprint(5);
+    }
+}
+
+/// The resident set of a process, from /proc (VmRSS), in MB.
+fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// The daemon's footprint with the soft store only: the time from
+/// spawning it to its socket accepting a connection (polled every
+/// 0.5 ms), and its RSS once idle, over `runs` starts (median).
+fn footprint(runs: usize) {
+    let mut ready = Vec::new();
+    let mut rss = Vec::new();
+    for _ in 0..runs {
+        let dir = fleetkey_e2e::open_tempdir();
+        let config = dir.path().join("fleetkeyd.toml");
+        std::fs::write(
+            &config,
+            "dbus = \"off\"\n[backends.tpm]\nenabled = false\n[backends.pcsc]\nenabled = false\n",
+        )
+        .expect("config");
+        let socket = dir.path().join("fleetkeyd.sock");
+        let start = Instant::now();
+        let mut child = std::process::Command::new(fleetkey_e2e::bin("fleetkeyd"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start fleetkeyd");
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(30), "not ready");
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        ready.push(start.elapsed());
+        std::thread::sleep(Duration::from_secs(1));
+        rss.push(rss_mb(child.id()));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    ready.sort();
+    rss.sort_by(f64::total_cmp);
+    println!("\n== footprint (soft store only, {runs} starts, median) ==");
+    println!(
+        "time to ready: {:.1} ms (target < 100 ms)",
+        ready[runs / 2].as_secs_f64() * 1000.0
+    );
+    println!("idle RSS: {:.1} MB (target < 20 MB)", rss[runs / 2]);
 }
 
 /// Login approvals (docs/approvals.md): the time from `login start` (the
