@@ -169,7 +169,15 @@ struct Head {
     /// Where the head is kept outside the log; None when the log is not
     /// anchored, or no longer reaches its anchor.
     anchor: Option<Arc<dyn Anchor>>,
+    /// Entries written since the last flush (not yet synced to disk nor
+    /// anchored).
+    dirty: bool,
 }
+
+/// How often written entries are synced and anchored (group commit): one
+/// fsync and one state.db write per interval, not per entry, so an
+/// audited `sign` does not wait for the disk (docs/audit.md).
+pub const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Keeps the log's head (sequence number and hash of the last entry)
 /// outside the log, in the state database, so that removing the last
@@ -295,6 +303,7 @@ impl AuditLog {
                 seq,
                 hash,
                 anchor: anchor.clone().filter(|_| reaches_anchor),
+                dirty: false,
             }),
             anchor,
         };
@@ -307,6 +316,49 @@ impl AuditLog {
             log.anchor_head()?;
         }
         Ok(log)
+    }
+
+    /// Syncs what was written since the last flush and then records the
+    /// head in the anchor (in that order: the anchor never names an entry
+    /// that a power cut could lose). Runs every [`FLUSH_INTERVAL`] (see
+    /// [`AuditLog::flush_every`]), before `verify`, and when the log is
+    /// dropped.
+    pub fn flush(&self) -> Result<(), AuditError> {
+        let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+        if !head.dirty {
+            return Ok(());
+        }
+        head.file.sync_data().map_err(|source| AuditError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        if let Some(anchor) = &head.anchor {
+            anchor
+                .store(head.seq, &head.hash)
+                .map_err(|problem| AuditError::Anchor { problem })?;
+        }
+        head.dirty = false;
+        Ok(())
+    }
+
+    /// Flushes every [`FLUSH_INTERVAL`] on a thread of its own, for as
+    /// long as the log is in use.
+    pub fn flush_every(log: &Arc<AuditLog>) {
+        let weak = Arc::downgrade(log);
+        let spawned = std::thread::Builder::new()
+            .name("audit-flush".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(FLUSH_INTERVAL);
+                    let Some(log) = weak.upgrade() else { return };
+                    if let Err(error) = log.flush() {
+                        tracing::error!(%error, "cannot sync the audit log");
+                    }
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::error!(%error, "cannot start the audit log's flusher; entries are synced at exit and by audit verify only");
+        }
     }
 
     /// Records the head in the anchor, when the log is anchored.
@@ -353,14 +405,9 @@ impl AuditLog {
             source,
         };
         head.file.write_all(&line).map_err(io)?;
-        head.file.sync_data().map_err(io)?;
         head.seq = entry.body.seq;
         head.hash = entry.hash.clone();
-        if let Some(anchor) = &head.anchor {
-            anchor
-                .store(head.seq, &head.hash)
-                .map_err(|problem| AuditError::Anchor { problem })?;
-        }
+        head.dirty = true;
         Ok(entry)
     }
 
@@ -396,6 +443,7 @@ impl AuditLog {
 
     /// Checks the whole log and its anchored head (`verify_anchored`).
     pub fn verify(&self) -> Result<Verified, AuditError> {
+        self.flush()?;
         let (anchor, length) = self.snapshot()?;
         verify_anchored(self.reader(length)?, anchor)
     }
@@ -414,6 +462,14 @@ impl AuditLog {
     pub fn record(&self, uid: Option<u32>, event: AuditEvent) {
         if let Err(error) = self.append(uid, event) {
             tracing::error!(%error, "cannot write the audit log");
+        }
+    }
+}
+
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        if let Err(error) = self.flush() {
+            tracing::error!(%error, "cannot sync the audit log");
         }
     }
 }
@@ -680,6 +736,38 @@ mod tests {
         assert_eq!(anchor.load().unwrap().unwrap().0, 3);
         let err = log.verify().unwrap_err().to_string();
         assert!(err.contains("line 3") && err.contains("rewritten"), "{err}");
+    }
+
+    #[test]
+    fn the_anchor_follows_a_flush_not_each_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let anchor = Arc::new(MemoryAnchor::default());
+        let log = Arc::new(AuditLog::open_anchored(&path, anchor.clone()).unwrap());
+        for user in ["a", "b"] {
+            log.append(None, AuditEvent::Signed { user: user.into() })
+                .unwrap();
+        }
+        // Written, not yet synced nor anchored.
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 2);
+        assert_eq!(anchor.load().unwrap(), None);
+        log.flush().unwrap();
+        assert_eq!(anchor.load().unwrap().unwrap().0, 2);
+        // Dropping the log flushes what is left.
+        log.append(None, AuditEvent::Signed { user: "c".into() })
+            .unwrap();
+        drop(log);
+        assert_eq!(anchor.load().unwrap().unwrap().0, 3);
+        // The flusher thread does it on its own within the interval.
+        let log = Arc::new(AuditLog::open_anchored(&path, anchor.clone()).unwrap());
+        AuditLog::flush_every(&log);
+        log.append(None, AuditEvent::Signed { user: "d".into() })
+            .unwrap();
+        let deadline = std::time::Instant::now() + FLUSH_INTERVAL * 20;
+        while anchor.load().unwrap().unwrap().0 != 4 {
+            assert!(std::time::Instant::now() < deadline, "not flushed");
+            std::thread::sleep(FLUSH_INTERVAL / 4);
+        }
     }
 
     #[test]

@@ -174,6 +174,8 @@ fn run(args: Args) -> Result<(), String> {
         state.clone(),
     )
     .map_err(|e| e.to_string())?;
+    let audit = Arc::new(audit);
+    fleetkeyd::audit::AuditLog::flush_every(&audit);
     let portal_ca = match &config.portal_ca_file {
         Some(path) => Some(
             std::fs::read(path)
@@ -198,7 +200,7 @@ fn run(args: Args) -> Result<(), String> {
             state,
             backends,
             PortalConnector::new(portal_ca).allow_plaintext(&config.allow_plaintext_portals),
-            Arc::new(audit),
+            audit.clone(),
         ));
         engine
             .recover()
@@ -248,6 +250,9 @@ fn run(args: Args) -> Result<(), String> {
         server::serve(service, listener, owned_socket, shutdown)
             .await
             .map_err(|e| e.to_string())?;
+        if let Err(error) = audit.flush() {
+            tracing::error!(%error, "cannot sync the audit log at exit");
+        }
         tracing::info!("fleetkeyd stopped");
         Ok(())
     })
