@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fleetkey_plugin::{CreateOptions, Pin};
-use fleetkey_proto::Failure;
 use fleetkey_proto::daemon::fleetkey_server::{Fleetkey, FleetkeyServer};
 use fleetkey_proto::daemon::{
     ActivateRequest, ActivateResponse, AddUserRequest, AddUserScanRequest, ChangePinRequest,
@@ -16,6 +15,7 @@ use fleetkey_proto::daemon::{
     RemoveUserResponse, SignRequest, SignResponse, Status, UnblockPinRequest, UnblockPinResponse,
     User,
 };
+use fleetkey_proto::{Failure, Reason};
 use tokio::net::UnixListener;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
@@ -96,17 +96,28 @@ impl Fleetkey for Service {
             reader: Some(request.reader).filter(|r| !r.is_empty()),
             slot: Some(request.slot).filter(|s| !s.is_empty()),
         };
-        reply(
-            self.engine
+        // Run apart from the call: a caller that hangs up (Ctrl-C, kill -9
+        // in the middle of `user add-batch`) must not cut an enrollment in
+        // half, leaving a key or a pending row behind until the next start.
+        let engine = Arc::clone(&self.engine);
+        let uid = caller.uid;
+        let enrollment = tokio::spawn(async move {
+            engine
                 .add_user(
-                    Requester::Uid(caller.uid),
+                    Requester::Uid(uid),
                     &request.code,
                     pin,
                     &request.backend,
                     &options,
                 )
-                .await,
-        )
+                .await
+        });
+        reply(enrollment.await.unwrap_or_else(|error| {
+            Err(Failure::new(
+                Reason::Internal,
+                format!("the enrollment task failed: {error}"),
+            ))
+        }))
     }
 
     async fn add_user_scan(
