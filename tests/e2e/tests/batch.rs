@@ -62,12 +62,15 @@ fn device_users(daemon: &Daemon) -> BTreeMap<String, String> {
     let listed = daemon.ctl(&["--json", "user", "list"]);
     listed.assert_ok();
     let mut users = BTreeMap::new();
-    for user in listed.json().as_array().expect("array") {
+    for user in listed.json()["users"].as_array().expect("array") {
         let name = user["user"].as_str().expect("user").to_string();
         let credential = user["credential_id"].as_str().expect("id").to_string();
         // A pending user has no credential yet.
         assert!(!credential.is_empty(), "a pending user: {user}");
-        assert!(users.insert(name, credential).is_none(), "listed twice: {user}");
+        assert!(
+            users.insert(name, credential).is_none(),
+            "listed twice: {user}"
+        );
     }
     users
 }
@@ -166,7 +169,10 @@ fn batch_of_20_survives_kill9_and_a_rerun_finishes_it() {
     );
     assert_eq!(on_device, portal_users(&portal));
     let shown = portal.user_show("user07").expect("portal user show");
-    assert_eq!(shown["credential_id"].as_str(), on_device.get("user07").map(String::as_str));
+    assert_eq!(
+        shown["credential_id"].as_str(),
+        on_device.get("user07").map(String::as_str)
+    );
 
     // A third run has nothing left to do.
     let again = daemon.ctl(&args);
@@ -308,7 +314,11 @@ fn exit_status_tells_all_partial_or_none() {
         &["user", "add-batch", "--pin-stdin", path(&none)],
         Some("1234\n"),
     );
-    assert_eq!(out.code, i32::from(Reason::BatchFailed.exit_code()), "{out:?}");
+    assert_eq!(
+        out.code,
+        i32::from(Reason::BatchFailed.exit_code()),
+        "{out:?}"
+    );
     assert!(out.stdout.contains("failed (CODE_UNKNOWN)"), "{out:?}");
     assert!(out.stderr.contains("0 enrolled"), "{out:?}");
 
@@ -318,7 +328,11 @@ fn exit_status_tells_all_partial_or_none() {
         &["user", "add-batch", "--pin-stdin", path(&partial)],
         Some("1234\n"),
     );
-    assert_eq!(out.code, i32::from(Reason::BatchPartial.exit_code()), "{out:?}");
+    assert_eq!(
+        out.code,
+        i32::from(Reason::BatchPartial.exit_code()),
+        "{out:?}"
+    );
     assert!(out.stdout.contains("line 1: dave: enrolled"), "{out:?}");
     assert!(out.stderr.contains("1 enrolled"), "{out:?}");
 
@@ -338,10 +352,9 @@ fn exit_status_tells_all_partial_or_none() {
 #[test]
 fn the_readme_example_runs_as_written() {
     let (portal, daemon) = activated();
-    let readme = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"),
-    )
-    .expect("README.md");
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+            .expect("README.md");
     let section = readme
         .split("\n## Enroll many users\n")
         .nth(1)
@@ -376,7 +389,11 @@ fn the_readme_example_runs_as_written() {
         "{script}\n{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert_eq!(stdout.matches("\"status\":\"enrolled\"").count(), 2, "{stdout}");
+    assert_eq!(
+        stdout.matches("\"status\":\"enrolled\"").count(),
+        2,
+        "{stdout}"
+    );
     assert_eq!(stdout.matches(": checked").count(), 2, "{stdout}");
     let users = device_users(&daemon);
     assert_eq!(users.keys().collect::<Vec<_>>(), ["alice", "bob"]);
