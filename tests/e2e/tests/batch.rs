@@ -399,3 +399,65 @@ fn the_readme_example_runs_as_written() {
     assert_eq!(users.keys().collect::<Vec<_>>(), ["alice", "bob"]);
     assert_eq!(users, portal_users(&portal));
 }
+
+#[test]
+fn daemon_killed_mid_batch_the_rest_is_skipped_and_a_rerun_finishes() {
+    let (portal, mut daemon) = activated();
+    let dir = open_tempdir();
+    let users: Vec<String> = (0..20).map(|i| format!("kilo{i:02}")).collect();
+    let codes = issue_batch(&portal, dir.path(), &users);
+    let pin_list: Vec<(&str, &str)> = users.iter().map(|u| (u.as_str(), "1234")).collect();
+    let pins = pin_file(dir.path(), &pin_list);
+    let args = [
+        "--json",
+        "user",
+        "add-batch",
+        "--pins",
+        path(&pins),
+        path(&codes),
+    ];
+    let mut child = Command::new(bin("fleetkeyctl"))
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("fleetkeyctl");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("a report");
+        seen.push(line);
+    }
+    daemon.kill9();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).expect("the rest");
+    let status = child.wait().expect("wait");
+    assert_eq!(
+        status.code(),
+        Some(i32::from(Reason::BatchPartial.exit_code())),
+        "{rest}"
+    );
+    let skipped: Vec<Value> = rest
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("JSON"))
+        .filter(|r| r["status"] == "skipped")
+        .collect();
+    assert!(!skipped.is_empty(), "{rest}");
+    assert!(
+        skipped.iter().all(|r| r["reason"] == "DAEMON_UNREACHABLE"),
+        "{rest}"
+    );
+
+    // Restarted, the daemon finishes what the kill interrupted; the same
+    // command enrolls the rest.
+    daemon.restart();
+    let rerun = daemon.ctl(&args);
+    assert_eq!(rerun.code, 0, "{rerun:?}");
+    let on_device = device_users(&daemon);
+    assert_eq!(on_device.keys().cloned().collect::<Vec<_>>(), users);
+    assert_eq!(on_device, portal_users(&portal));
+}
