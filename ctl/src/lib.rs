@@ -29,6 +29,11 @@ pub fn run(cli: Cli) -> u8 {
     if let subcommands::Subcommand::Doctor(command) = &cli.command {
         return command.run(&cli.socket, json);
     }
+    if let subcommands::Subcommand::User(subcommands::user::UserCommand::AddBatch(command)) =
+        &cli.command
+    {
+        return command.run_to_exit(&cli.socket, json);
+    }
     match execute(cli) {
         Ok(()) => 0,
         Err(failure) => {

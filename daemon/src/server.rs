@@ -149,17 +149,28 @@ impl Fleetkey for Service {
             reader: Some(request.reader).filter(|r| !r.is_empty()),
             slot: Some(request.slot).filter(|s| !s.is_empty()),
         };
-        reply(
-            self.engine
+        // Run apart from the call: a caller that hangs up (Ctrl-C, kill -9
+        // in the middle of `user add-batch`) must not cut an enrollment in
+        // half, leaving a key or a pending row behind until the next start.
+        let engine = Arc::clone(&self.engine);
+        let uid = caller.uid;
+        let enrollment = tokio::spawn(async move {
+            engine
                 .add_user(
-                    Requester::Uid(caller.uid),
+                    Requester::Uid(uid),
                     &request.code,
                     pin,
                     &request.backend,
                     &options,
                 )
-                .await,
-        )
+                .await
+        });
+        reply(enrollment.await.unwrap_or_else(|error| {
+            Err(Failure::new(
+                Reason::Internal,
+                format!("the enrollment task failed: {error}"),
+            ))
+        }))
     }
 
     async fn add_user_scan(

@@ -165,6 +165,13 @@ reasons! {
         "The audit log has been edited, cut or reordered at the line named; keep a copy for investigation.";
     IntegrityRefused = "INTEGRITY_REFUSED", 110, FailedPrecondition,
         "This device fails integrity checks the configuration requires; fix each one as its hint says (fleetkeyctl integrity), then try again.";
+    // --- batch enrollment ---
+    BatchPartial = "BATCH_PARTIAL", 120, FailedPrecondition,
+        "Some lines of the batch failed (each is reported with its reason); fix them and run the same command again: users already enrolled are reported done, not enrolled twice.";
+    BatchFailed = "BATCH_FAILED", 121, FailedPrecondition,
+        "No line of the batch was enrolled; each line is reported with its reason. Fix the cause and run the same command again.";
+    BatchInvalid = "BATCH_INVALID", 122, InvalidArgument,
+        "The dry run found lines that would fail (each is reported with its reason); fix them before the real run.";
     // --- system service ---
     DoctorProblems = "DOCTOR_PROBLEMS", 65, FailedPrecondition,
         "fleetkeyctl doctor found something broken; fix each failed check as its hint says and run it again.";

@@ -17,6 +17,8 @@ pub mod status;
 pub mod tpm;
 pub mod user;
 pub mod user_add;
+pub mod user_add_batch;
+pub mod user_add_batch_input;
 pub mod user_add_check;
 pub mod user_list;
 pub mod user_pin_change;

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::Context;
 use super::user_add::UserAdd;
+use super::user_add_batch::UserAddBatch;
 use super::user_list::UserList;
 use super::user_pin_change::UserPinChange;
 use super::user_pin_unblock::UserPinUnblock;
@@ -18,6 +19,7 @@ use super::user_show::UserShow;
 #[derive(Debug, clap::Subcommand)]
 pub enum UserCommand {
     Add(UserAdd),
+    AddBatch(UserAddBatch),
     List(UserList),
     Show(UserShow),
     Remove(UserRemove),
@@ -37,6 +39,8 @@ impl UserCommand {
     pub async fn run(&self, ctx: &Context) -> Result<(), Failure> {
         match self {
             UserCommand::Add(cmd) => cmd.run(ctx).await,
+            // Prints its own reports and exit status; lib.rs runs it.
+            UserCommand::AddBatch(_) => Ok(()),
             UserCommand::List(cmd) => cmd.run(ctx).await,
             UserCommand::Show(cmd) => cmd.run(ctx).await,
             UserCommand::Remove(cmd) => cmd.run(ctx).await,

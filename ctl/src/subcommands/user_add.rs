@@ -348,6 +348,13 @@ fn shorten(text: &str) -> String {
 /// The PIN length rule for enrolling into `backend` ("" = the default):
 /// the daemon's policy narrowed by the key store's own limits.
 pub fn pin_rule(status: &daemon::Status, backend: &str) -> Option<String> {
+    let (min, max) = pin_limits(status, backend);
+    (min != 0 || max != 0).then(|| length_rule(min, max))
+}
+
+/// The PIN length limits for enrolling into `backend` ("" = the default):
+/// (min, max), 0 for none.
+pub fn pin_limits(status: &daemon::Status, backend: &str) -> (u32, u32) {
     let policy = status.pin_policy.unwrap_or_default();
     let name = if backend.is_empty() {
         status.default_backend.as_str()
@@ -361,7 +368,7 @@ pub fn pin_rule(status: &daemon::Status, backend: &str) -> Option<String> {
         (0, m) | (m, 0) => m,
         (a, b) => a.min(b),
     };
-    (min != 0 || max != 0).then(|| length_rule(min, max))
+    (min, max)
 }
 
 /// "Enrolled alice with the tpm key store (hardware-backed)."

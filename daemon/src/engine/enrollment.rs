@@ -256,6 +256,8 @@ pub(super) fn already_enrolled(name: &str) -> Failure {
     .with_hint(format!(
         "Remove the user first (fleetkeyctl user remove {name}) to enroll again."
     ))
+    // `user add-batch` learns from it whose line is already done.
+    .with_meta("user", name)
 }
 
 pub(super) fn same_url(a: &str, b: &str) -> bool {

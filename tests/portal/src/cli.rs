@@ -209,7 +209,14 @@ pub enum CodeCommand {
         The QR code carries the enrollment URI fleetkey://enroll?v=1&c=CODE&p=PORTAL_URL&u=USER&e=EXPIRY, \
         with the portal URL from --portal-url or else the one `serve` recorded in the database.\n\n\
         Prints the QR code and Code/Kind/User/URI/Expires lines, or with --json one object: \
-        {\"code\", \"uri\", \"expires_at\" (RFC 3339), \"kind\", \"user\" (null for none)}."
+        {\"code\", \"uri\", \"expires_at\" (RFC 3339), \"kind\", \"user\" (null for none)}.\n\n\
+        With --batch FILE, issues add-user codes for every user in FILE: CSV (name[,ttl_seconds], \
+        an optional `name,ttl_seconds` header) or JSON lines ({\"user\": NAME, \"ttl\": SECONDS}), \
+        told apart by the first line. The whole file is checked first (names by the user-name rule, \
+        TTLs, no user twice, at most 16 MiB, lines of at most 64 KiB, at most 10000 users): a bad \
+        line is named by its number and nothing is issued. The codes are issued in one transaction, \
+        then printed as one JSON line per user: {\"user\", \"code\", \"uri\", \"expires_at\"}, \
+        which `fleetkeyctl user add-batch` reads as it is."
     )]
     Issue(IssueArgs),
 }
@@ -219,8 +226,8 @@ pub struct IssueArgs {
     #[command(flatten)]
     pub db: DbArg,
     /// What the code redeems for: activating a device, or adding a user.
-    #[arg(long, value_enum)]
-    pub kind: CodeKind,
+    #[arg(long, value_enum, required_unless_present = "batch")]
+    pub kind: Option<CodeKind>,
     /// The user the code enrolls (required with --kind user; a hint shown
     /// on the device with --kind device). Checked and normalized by the one
     /// user-name rule (docs/user-names.md).
@@ -240,6 +247,10 @@ pub struct IssueArgs {
     /// Portal URL to put in the QR code (default: the one `serve` recorded).
     #[arg(long, value_name = "URL")]
     pub portal_url: Option<String>,
+    /// Issue add-user codes for every user in FILE (CSV or JSON lines);
+    /// prints one JSON line per user. --ttl is the default TTL.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["kind", "user", "qr_png"])]
+    pub batch: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -560,36 +571,22 @@ pub struct IssuedCode {
 }
 
 fn issue(args: IssueArgs) -> Result<(), PortalError> {
+    let Some(kind) = args.kind else {
+        return issue_batch(args);
+    };
     // clap has checked --user against the user-name rule, and requires it
     // with --kind user.
-    if args.kind == CodeKind::User && args.user.is_none() {
+    if kind == CodeKind::User && args.user.is_none() {
         return Err(PortalError::Usage(
             "--kind user needs --user NAME: an add-user code is bound to the user it enrolls"
                 .into(),
         ));
     }
-    if let Some(url) = &args.portal_url {
-        check_public_url(url).map_err(|_| {
-            PortalError::Usage(format!(
-                "--portal-url {url:?} is not an http:// or https:// URL with a host"
-            ))
-        })?;
-    }
-    let mut store = match &args.portal_url {
-        Some(_) => Store::open(&args.db.db)?,
-        None => match Store::open_existing(&args.db.db) {
-            Err(StoreError::Missing(_)) => return Err(PortalError::NoPortalUrl),
-            other => other?,
-        },
-    };
-    let portal_url = match args.portal_url {
-        Some(url) => url,
-        None => store.db().public_url()?.ok_or(PortalError::NoPortalUrl)?,
-    };
+    let (mut store, portal_url) = issuing_store(&args)?;
 
     let now = now_unix();
     let crate::store::IssuedCode { code, record } =
-        store.issue_code(args.kind, args.user.as_deref(), args.ttl, now)?;
+        store.issue_code(kind, args.user.as_deref(), args.ttl, now)?;
     let payload = EnrollmentPayload {
         code: code.clone(),
         portal_url,
@@ -621,6 +618,87 @@ fn issue(args: IssueArgs) -> Result<(), PortalError> {
     let mut text = qr::terminal(&uri, ansi)?;
     text.push_str("\n\n");
     text.push_str(&human_issue(&code, &record, &uri, now));
+    print(&text)
+}
+
+/// The store to issue codes in, and the portal URL the codes carry.
+fn issuing_store(args: &IssueArgs) -> Result<(Store, String), PortalError> {
+    if let Some(url) = &args.portal_url {
+        check_public_url(url).map_err(|_| {
+            PortalError::Usage(format!(
+                "--portal-url {url:?} is not an http:// or https:// URL with a host"
+            ))
+        })?;
+    }
+    let store = match &args.portal_url {
+        Some(_) => Store::open(&args.db.db)?,
+        None => match Store::open_existing(&args.db.db) {
+            Err(StoreError::Missing(_)) => return Err(PortalError::NoPortalUrl),
+            other => other?,
+        },
+    };
+    let portal_url = match &args.portal_url {
+        Some(url) => url.clone(),
+        None => store.db().public_url()?.ok_or(PortalError::NoPortalUrl)?,
+    };
+    Ok((store, portal_url))
+}
+
+/// `code issue --batch FILE`: checks the whole file, issues every code in
+/// one transaction, then prints one JSON line per user.
+fn issue_batch(args: IssueArgs) -> Result<(), PortalError> {
+    let Some(path) = args.batch.as_deref() else {
+        return Err(PortalError::Usage(
+            "give --kind device, --kind user --user NAME, or --batch FILE".into(),
+        ));
+    };
+    let text = crate::batch::read(path)?;
+    let users = crate::batch::parse(&path.display().to_string(), &text, args.ttl, MAX_TTL_SECS)?;
+    let (mut store, portal_url) = issuing_store(&args)?;
+    let now = now_unix();
+    let issued = store.immediate(|db| {
+        users
+            .iter()
+            .map(|entry| {
+                // 75 random bits make a collision all but impossible;
+                // retrying on one costs nothing.
+                for _ in 0..8 {
+                    let code =
+                        fleetkey_proto::ActivationCode::generate().map_err(StoreError::Random)?;
+                    let record = CodeRecord::new(
+                        db.code_hash(&code),
+                        CodeKind::User,
+                        Some(&entry.user),
+                        now,
+                        entry.ttl,
+                    );
+                    if db.insert_code(&record)? {
+                        return Ok((code, record));
+                    }
+                }
+                Err(StoreError::NoFreeCode(8))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()
+    })?;
+    tracing::info!(users = issued.len(), "batch of add-user codes issued");
+    let mut text = String::new();
+    for (code, record) in issued {
+        let uri = EnrollmentPayload {
+            code: code.clone(),
+            portal_url: portal_url.clone(),
+            user_hint: record.user.clone(),
+            expires_at: Some(record.expires_at),
+        }
+        .to_uri();
+        let line = crate::batch::BatchCode {
+            user: record.user.unwrap_or_default(),
+            code: code.to_string(),
+            uri,
+            expires_at: rfc3339(record.expires_at),
+        };
+        text.push_str(&serde_json::to_string(&line)?);
+        text.push('\n');
+    }
     print(&text)
 }
 

@@ -50,6 +50,8 @@ pub enum PortalError {
     Qr(#[from] qrcode::types::QrError),
     #[error("cannot encode the PNG: {0}")]
     Png(#[from] png::EncodingError),
+    #[error(transparent)]
+    Batch(#[from] crate::batch::BatchError),
     #[error("cannot encode JSON: {0}")]
     Json(#[from] serde_json::Error),
 }

@@ -22,6 +22,7 @@
 //!   (docs/integrity.md).
 
 pub mod attestation;
+pub mod batch;
 pub mod cli;
 pub mod code_key;
 pub mod der;

@@ -888,3 +888,135 @@ fn code_issue_stores_the_normalized_user_name() {
     let payload = EnrollmentPayload::parse_uri(json["uri"].as_str().unwrap()).unwrap();
     assert_eq!(payload.user_hint.as_deref(), Some("alice"));
 }
+
+// ---- code issue --batch ----
+
+fn issue_batch(db: &str, file: &Path) -> Output {
+    portal(&[
+        "code",
+        "issue",
+        "--db",
+        db,
+        "--batch",
+        file.to_str().unwrap(),
+        "--portal-url",
+        "http://127.0.0.1:1",
+        "--ttl",
+        "900",
+    ])
+}
+
+/// Add-user codes in the database.
+fn unused_user_codes(db: &str) -> i64 {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row("SELECT count(*) FROM codes WHERE kind = 'user'", [], |r| {
+        r.get(0)
+    })
+    .unwrap()
+}
+
+#[test]
+fn code_issue_batch_csv_and_jsonl() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = db_in(&dir);
+    for (name, text) in [
+        ("users.csv", "name,ttl_seconds\nalice\nｂｏｂ,120\n\n"),
+        (
+            "users.jsonl",
+            "{\"user\": \"carol\"}\n{\"user\": \"dave\", \"ttl\": 60}\n",
+        ),
+    ] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        let before = now_unix();
+        let output = issue_batch(&db, &file);
+        assert_ok(&output);
+        let lines: Vec<Value> = stdout(&output)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{}", stdout(&output));
+        for line in &lines {
+            let keys: Vec<&str> = line
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(|k| k.as_str())
+                .collect();
+            assert_eq!(keys.len(), 4, "{line}");
+            let code = ActivationCode::parse(line["code"].as_str().unwrap()).unwrap();
+            let payload = EnrollmentPayload::parse_uri(line["uri"].as_str().unwrap()).unwrap();
+            assert_eq!(payload.code, code);
+            assert_eq!(payload.user_hint.as_deref(), line["user"].as_str());
+            assert_eq!(
+                line["expires_at"].as_str().unwrap(),
+                fleetkey_proto::time::rfc3339(payload.expires_at.unwrap())
+            );
+            let store = Store::open(Path::new(&db)).unwrap();
+            let record = store.db().code(&code).unwrap().unwrap();
+            assert_eq!(record.kind, CodeKind::User);
+            assert_eq!(record.user.as_deref(), line["user"].as_str());
+            assert!(record.used_at.is_none());
+        }
+        let ttls: Vec<i64> = lines
+            .iter()
+            .map(|l| {
+                EnrollmentPayload::parse_uri(l["uri"].as_str().unwrap())
+                    .unwrap()
+                    .expires_at
+                    .unwrap()
+                    - before
+            })
+            .collect();
+        if name == "users.csv" {
+            assert_eq!(lines[0]["user"], "alice");
+            assert_eq!(lines[1]["user"], "bob", "normalized");
+            assert!((899..=901).contains(&ttls[0]), "{ttls:?}");
+            assert!((119..=121).contains(&ttls[1]), "{ttls:?}");
+        } else {
+            assert_eq!(lines[0]["user"], "carol");
+            assert!((59..=61).contains(&ttls[1]), "{ttls:?}");
+        }
+    }
+    assert_eq!(unused_user_codes(&db), 4);
+}
+
+#[test]
+fn code_issue_batch_is_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = db_in(&dir);
+    // A first good batch makes the database.
+    let good = dir.path().join("good.csv");
+    std::fs::write(&good, "zed\n").unwrap();
+    assert_ok(&issue_batch(&db, &good));
+    for (text, needle) in [
+        ("alice\nbob\nbad name!\n", "line 3: USER_NAME_INVALID"),
+        (
+            "alice\nbob\nalice\n",
+            "line 3: user alice is already on line 1",
+        ),
+        (
+            "{\"user\": \"alice\"}\n{\"user\": 5}\n",
+            "line 2: not a JSON line",
+        ),
+        ("alice,forever\n", "line 1: the TTL \"forever\""),
+    ] {
+        let file = dir.path().join("bad.csv");
+        std::fs::write(&file, text).unwrap();
+        assert_error(&issue_batch(&db, &file), needle);
+        assert_eq!(unused_user_codes(&db), 1, "nothing issued for {text:?}");
+    }
+    // Too big, and a line too long.
+    let file = dir.path().join("big.csv");
+    std::fs::write(&file, format!("alice\n{}\n", "b".repeat(65 * 1024))).unwrap();
+    assert_error(&issue_batch(&db, &file), "line 2: the line is longer");
+    let big = std::fs::File::create(&file).unwrap();
+    big.set_len(16 * 1024 * 1024 + 1).unwrap();
+    assert_error(&issue_batch(&db, &file), "larger than 16777216 bytes");
+    assert_eq!(unused_user_codes(&db), 1);
+    // --batch goes alone.
+    let output = portal(&[
+        "code", "issue", "--db", &db, "--batch", "x", "--kind", "user",
+    ]);
+    assert_usage_error(&output, "--batch");
+}
