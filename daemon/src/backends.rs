@@ -486,7 +486,11 @@ mod tests {
             assert_eq!(failure.reason, Reason::BackendUnavailable);
             // Without its cargo feature a store is not built in, whatever
             // the config says.
-            let why = if built_in { "disabled" } else { "built without" };
+            let why = if built_in {
+                "disabled"
+            } else {
+                "built without"
+            };
             assert!(failure.message.contains(why), "{failure}");
         }
         let unknown = backends.get("hsm").err().unwrap();
