@@ -209,3 +209,65 @@ fn factory_parameters_theo_tom_tina_never_lock_the_tpm() {
         "{caps}"
     );
 }
+
+/// `login start` for `user`; waits until the device shows it pending.
+fn challenge(portal: &Portal, daemon: &Daemon, user: &str) -> (String, u32) {
+    let out = portal.cli(&["login", "start", "--user", user, "--json"]);
+    assert!(out.status.success(), "login start: {out:?}");
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = json["id"].as_str().unwrap().to_string();
+    let number = u32::try_from(json["number"].as_u64().unwrap()).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let listed = daemon.ctl(&["--json", "approvals", "list"]).json();
+        if listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["id"] == id.as_str() && a["state"] == "pending")
+        {
+            return (id, number);
+        }
+        assert!(std::time::Instant::now() < deadline, "{listed}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Approving a login spends the same budget as signing: with factory
+/// parameters, a user who already typed a wrong PIN is refused before the
+/// TPM is asked, the TPM's counter does not move, and a user who made no
+/// mistake approves.
+#[test]
+fn approvals_go_through_the_budget_too() {
+    let tpm = Swtpm::start();
+    let portal = Portal::start();
+    let daemon = Daemon::start(&tpm.daemon_config());
+    daemon.activate(&portal);
+    for (user, pin) in [("theo", "1111"), ("tina", "3333")] {
+        daemon.add_user_with(&portal, user, pin, "tpm");
+    }
+    let dir = open_tempdir();
+    let data = write(dir.path(), "challenge", b"login");
+    daemon
+        .sign("theo", "0000", &data)
+        .assert_reason(Reason::PinWrong);
+    assert_eq!(tpm_details(&daemon)["da_counter"], "1");
+
+    let (id, number) = challenge(&portal, &daemon, "theo");
+    let number = number.to_string();
+    let refused = daemon.ctl_with_stdin(
+        &["--json", "approve", &id, "--number", &number, "--pin-stdin"],
+        Some("0001\n"),
+    );
+    refused.assert_reason(Reason::TpmBudgetSpent);
+    assert_eq!(tpm_details(&daemon)["da_counter"], "1");
+
+    let (id, number) = challenge(&portal, &daemon, "tina");
+    let number = number.to_string();
+    let approved = daemon.ctl_with_stdin(
+        &["--json", "approve", &id, "--number", &number, "--pin-stdin"],
+        Some("3333\n"),
+    );
+    approved.assert_ok();
+    assert_eq!(approved.json()["state"], "approved", "{approved:?}");
+}
