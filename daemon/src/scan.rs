@@ -211,6 +211,7 @@ pub async fn scan_then(
                 pin,
                 &backend,
                 &fleetkey_plugin::CreateOptions::default(),
+                false,
             )
             .await
             .map(|user| event(Event::Done(user))),

@@ -162,6 +162,7 @@ impl Fleetkey for Service {
                     pin,
                     &request.backend,
                     &options,
+                    request.require_pin_change,
                 )
                 .await
         });

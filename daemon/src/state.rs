@@ -18,7 +18,7 @@ mod approvals;
 pub use approvals::ChallengeRecord;
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -168,6 +168,15 @@ impl StateStore {
         if version < 6 {
             migrate_v6(&conn)?;
         }
+        if version < 7 {
+            // Version 7: users who must choose their own PIN first.
+            conn.execute_batch(
+                "BEGIN IMMEDIATE;
+                 CREATE TABLE IF NOT EXISTS pin_change_required (name TEXT PRIMARY KEY);
+                 PRAGMA user_version = 7;
+                 COMMIT;",
+            )?;
+        }
         let cache = Cache {
             device: load_device(&conn)?,
             users: load_users(&conn)?
@@ -250,7 +259,29 @@ impl StateStore {
 
     /// Records a user; fails if the name is taken.
     pub fn insert_user(&self, user: &UserRecord) -> Result<(), StateError> {
-        self.conn()?.execute(
+        self.insert_user_with(user, false)
+    }
+
+    /// Records a user and, in the same transaction, whether they must
+    /// change their PIN before signing or approving.
+    pub fn insert_user_with(
+        &self,
+        user: &UserRecord,
+        require_pin_change: bool,
+    ) -> Result<(), StateError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        tx.execute(
+            "DELETE FROM pin_change_required WHERE name = ?1",
+            [&user.name],
+        )?;
+        if require_pin_change {
+            tx.execute(
+                "INSERT INTO pin_change_required (name) VALUES (?1)",
+                [&user.name],
+            )?;
+        }
+        tx.execute(
             "INSERT INTO users (name, credential_id, backend, key_ref, public_key, hardware_backed, state, failed_attempts, enrolled_at, enroll_request)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
@@ -266,9 +297,31 @@ impl StateStore {
                 user.enroll_request
             ],
         )?;
+        tx.commit()?;
+        drop(conn);
         self.apply(|cache| {
             cache.users.insert(user.name.clone(), user.clone());
         })
+    }
+
+    /// Whether `name` must change their PIN before signing or approving.
+    pub fn pin_change_required(&self, name: &str) -> Result<bool, StateError> {
+        Ok(self
+            .conn()?
+            .query_row(
+                "SELECT 1 FROM pin_change_required WHERE name = ?1",
+                [name],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// The user chose their own PIN.
+    pub fn clear_pin_change(&self, name: &str) -> Result<(), StateError> {
+        self.conn()?
+            .execute("DELETE FROM pin_change_required WHERE name = ?1", [name])?;
+        Ok(())
     }
 
     pub fn activate_user(
@@ -297,8 +350,12 @@ impl StateStore {
     }
 
     pub fn delete_user(&self, name: &str) -> Result<(), StateError> {
-        self.conn()?
-            .execute("DELETE FROM users WHERE name = ?1", [name])?;
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM pin_change_required WHERE name = ?1", [name])?;
+        tx.execute("DELETE FROM users WHERE name = ?1", [name])?;
+        tx.commit()?;
+        drop(conn);
         self.apply(|cache| {
             cache.users.remove(name);
         })

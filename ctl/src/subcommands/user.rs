@@ -71,6 +71,9 @@ pub struct UserDetailJson {
     pub failed_attempts: u32,
     pub tries_left: u32,
     pub locked: bool,
+    /// Signing and approving are refused until the user changes the PIN
+    /// an admin chose (`user add-batch --require-pin-change`).
+    pub pin_change_required: bool,
 }
 
 pub fn user_json(user: &User) -> UserJson {
@@ -90,6 +93,7 @@ pub fn user_detail_json(user: &User) -> UserDetailJson {
         failed_attempts: user.failed_attempts,
         tries_left: user.tries_left,
         locked: user.locked,
+        pin_change_required: user.pin_change_required,
     }
 }
 
@@ -106,6 +110,9 @@ pub fn protection(hardware_backed: bool) -> &'static str {
 pub fn pin_state(user: &User) -> String {
     if user.locked {
         return "locked".to_string();
+    }
+    if user.pin_change_required {
+        return "must change the PIN an admin chose (user pin change)".to_string();
     }
     match user.failed_attempts {
         0 => "ok".to_string(),
@@ -138,6 +145,7 @@ pub(crate) mod tests {
             tries_left: 5,
             locked: false,
             notes: vec![],
+            pin_change_required: false,
         }
     }
 
@@ -153,6 +161,7 @@ pub(crate) mod tests {
             tries_left: 3,
             locked: false,
             notes: vec![],
+            pin_change_required: false,
         }
     }
 
@@ -187,10 +196,13 @@ pub(crate) mod tests {
                 "failed_attempts": 2,
                 "tries_left": 3,
                 "locked": false,
+                "pin_change_required": false,
             })
         );
         assert!(text.starts_with("{\"user\":\"bob\""));
-        assert!(text.ends_with("\"failed_attempts\":2,\"tries_left\":3,\"locked\":false}"));
+        assert!(text.ends_with(
+            "\"failed_attempts\":2,\"tries_left\":3,\"locked\":false,\"pin_change_required\":false}"
+        ));
     }
 
     #[test]

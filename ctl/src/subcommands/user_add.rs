@@ -123,6 +123,7 @@ impl UserAdd {
 
         let user = client
             .add_user(AddUserRequest {
+                require_pin_change: false,
                 code,
                 pin: pin.to_string(),
                 backend,

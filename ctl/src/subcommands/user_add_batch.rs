@@ -88,6 +88,10 @@ pub struct UserAddBatch {
     /// Key store for lines that name none (default: the daemon's default backend)
     #[arg(long, value_name = "NAME")]
     pub backend: Option<String>,
+
+    /// The PINs are the admin's: each user must change theirs (user pin change) before their first signature or approval
+    #[arg(long)]
+    pub require_pin_change: bool,
 }
 
 /// What became of one line.
@@ -584,6 +588,7 @@ impl UserAddBatch {
                 backend,
                 reader: line.reader.clone(),
                 slot: line.slot.clone(),
+                require_pin_change: self.require_pin_change,
             })
             .await;
         match added {

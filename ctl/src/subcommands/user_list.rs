@@ -92,7 +92,8 @@ mod tests {
                     "enrolled_at": "2026-11-29T02:12:39Z",
                     "failed_attempts": 0,
                     "tries_left": 5,
-                    "locked": false
+                    "locked": false,
+                    "pin_change_required": false
                 },
                 {
                     "user": "bob",
@@ -103,7 +104,8 @@ mod tests {
                     "enrolled_at": "1970-01-01T00:00:00Z",
                     "failed_attempts": 2,
                     "tries_left": 3,
-                    "locked": false
+                    "locked": false,
+                    "pin_change_required": false
                 }
             ]})
         );

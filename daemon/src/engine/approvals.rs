@@ -152,6 +152,7 @@ impl Engine {
         self.require_connected()?;
         let (_guard, user) = self.lock_user(&record.user).await?;
         self.refuse_if_locked(&user)?;
+        self.refuse_until_pin_changed(&user.name)?;
         let message = binding::challenge_answer_message(
             &record.id,
             &record.nonce,

@@ -45,6 +45,7 @@ impl Engine {
         pin: Pin,
         backend: &str,
         options: &CreateOptions,
+        require_pin_change: bool,
     ) -> Result<daemon::User, Failure> {
         let input = EnrollmentInput::parse(input)?;
         let backend_name = if backend.is_empty() {
@@ -140,7 +141,10 @@ impl Engine {
         // daemon die once the portal has it, startup sends it again.
         record.enroll_request = request.encode_to_vec();
         let pending = record.clone();
-        if let Err(failure) = self.write(move |state| state.insert_user(&pending)).await {
+        if let Err(failure) = self
+            .write(move |state| state.insert_user_with(&pending, require_pin_change))
+            .await
+        {
             self.delete_key(&store, &created.key_ref).await;
             return Err(failure);
         }
@@ -185,6 +189,7 @@ impl Engine {
             ..record
         };
         let mut message = user_message(&active, self.max_attempts_for(&active.backend))?;
+        message.pin_change_required = require_pin_change;
         message.notes = enrolled.notes;
         if attestation_format == "none" && store.info().hardware_backed {
             message

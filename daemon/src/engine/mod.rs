@@ -351,5 +351,7 @@ fn user_message(user: &UserRecord, max_attempts: u32) -> Result<daemon::User, Fa
         tries_left: max_attempts.saturating_sub(user.failed_attempts),
         locked: user.failed_attempts >= max_attempts,
         notes: Vec::new(),
+        // Filled in by the callers that read it from state.db.
+        pin_change_required: false,
     })
 }

@@ -31,6 +31,7 @@ impl Engine {
         })?;
         let (_guard, user) = self.lock_user(name).await?;
         self.refuse_if_locked(&user)?;
+        self.refuse_until_pin_changed(&user.name)?;
         let store = self.store(&user.backend)?.for_requester(who);
         let _ticket = self.admit_pin_attempt(who, &user, &store).await?;
         let outcome = store.sign_digest(user.key_ref.clone(), pin, digest).await?;
@@ -48,6 +49,21 @@ impl Engine {
             signature_der: signature,
             public_key_pem: public_key_pem(&user.public_key_der)?,
         })
+    }
+
+    /// PIN_CHANGE_REQUIRED while the user still has the PIN an admin
+    /// chose for them (`user add-batch --require-pin-change`).
+    pub(super) fn refuse_until_pin_changed(&self, name: &str) -> Result<(), Failure> {
+        if self.state.pin_change_required(name)? {
+            return Err(Failure::new(
+                Reason::PinChangeRequired,
+                format!("{name} must choose their own PIN before signing or approving"),
+            )
+            .with_hint(format!(
+                "Change the PIN first: fleetkeyctl user pin change {name}"
+            )));
+        }
+        Ok(())
     }
 
     /// Changes a user's PIN, with the old one.
@@ -80,6 +96,9 @@ impl Engine {
             self.write(move |state| state.set_key_ref(&name, &new_ref))
                 .await?;
         }
+        let changed = user.name.clone();
+        self.write(move |state| state.clear_pin_change(&changed))
+            .await?;
         tracing::info!(user = %name, "PIN changed");
         self.audit(
             who,

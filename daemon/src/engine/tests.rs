@@ -91,6 +91,7 @@ async fn enrolled(portal: &Portal, fixture: &Fixture, user: &str, pin: &str) {
             Pin::new(pin),
             "",
             &CreateOptions::default(),
+            false,
         )
         .await
         .unwrap();
@@ -195,6 +196,7 @@ async fn portal_names_must_follow_the_rule() {
             Pin::new("1234"),
             "",
             &CreateOptions::default(),
+            false,
         )
         .await
         .unwrap_err();

@@ -22,6 +22,7 @@ impl Engine {
             .filter(|u| u.state == UserState::Active || !enrolling)
             .map(|u| {
                 let mut message = user_message(u, self.max_attempts_for(&u.backend))?;
+                message.pin_change_required = self.state.pin_change_required(&u.name)?;
                 if u.state == UserState::Pending {
                     message.notes.push(PENDING_NOTE.into());
                 }
@@ -32,7 +33,9 @@ impl Engine {
 
     pub async fn get_user(&self, name: &str) -> Result<daemon::User, Failure> {
         let user = self.require_user(name)?;
-        user_message(&user, self.max_attempts_for(&user.backend))
+        let mut message = user_message(&user, self.max_attempts_for(&user.backend))?;
+        message.pin_change_required = self.state.pin_change_required(&user.name)?;
+        Ok(message)
     }
 
     /// Revokes the user at the portal (best effort), then deletes the

@@ -461,3 +461,78 @@ fn daemon_killed_mid_batch_the_rest_is_skipped_and_a_rerun_finishes() {
     assert_eq!(on_device.keys().cloned().collect::<Vec<_>>(), users);
     assert_eq!(on_device, portal_users(&portal));
 }
+
+/// `--require-pin-change` (PIN_CHANGE_REQUIRED, 33): the user's signatures
+/// and approvals are refused until they change the PIN the admin chose; after
+/// `user pin change` they sign. A user enrolled without it signs at once.
+#[test]
+fn require_pin_change_refuses_sign_and_approve_until_the_pin_is_changed() {
+    let (portal, daemon) = activated();
+    let dir = open_tempdir();
+    let codes = issue_batch(&portal, dir.path(), &["erin".to_string()]);
+    let pins = pin_file(dir.path(), &[("erin", "1234")]);
+    let out = daemon.ctl(&[
+        "user",
+        "add-batch",
+        "--require-pin-change",
+        "--pins",
+        path(&pins),
+        path(&codes),
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let shown = daemon.ctl(&["--json", "user", "show", "erin"]).json();
+    assert_eq!(shown["pin_change_required"], true, "{shown}");
+    let data = dir.path().join("data");
+    std::fs::write(&data, b"hello").expect("data");
+    let refused = daemon.sign("erin", "1234", &data);
+    refused.assert_reason(Reason::PinChangeRequired);
+    assert_eq!(refused.code, 33, "{refused:?}");
+
+    // An approval is refused the same way.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while daemon.ctl(&["--json", "status"]).json()["portal_stream"] != "connected" {
+        assert!(std::time::Instant::now() < deadline, "stream not connected");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let started = portal.cli(&["login", "start", "--user", "erin", "--json"]);
+    assert!(started.status.success(), "{started:?}");
+    let started: Value = serde_json::from_slice(&started.stdout).expect("json");
+    let id = started["id"].as_str().expect("id").to_string();
+    let number = started["number"].to_string();
+    loop {
+        let listed = daemon.ctl(&["--json", "approvals", "list"]).json();
+        if listed
+            .as_array()
+            .expect("list")
+            .iter()
+            .any(|a| a["id"] == id.as_str())
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{listed}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    daemon
+        .ctl_with_stdin(
+            &["--json", "approve", &id, "--number", &number, "--pin-stdin"],
+            Some("1234\n"),
+        )
+        .assert_reason(Reason::PinChangeRequired);
+
+    // The user chooses their own PIN: then they sign, with it.
+    daemon
+        .ctl_with_stdin(
+            &["--json", "user", "pin", "change", "erin", "--pin-stdin"],
+            Some("1234\n9876\n"),
+        )
+        .assert_ok();
+    let shown = daemon.ctl(&["--json", "user", "show", "erin"]).json();
+    assert_eq!(shown["pin_change_required"], false, "{shown}");
+    daemon.sign("erin", "9876", &data).assert_ok();
+
+    // Without the flag nothing is required.
+    daemon.add_user(&portal, "fay", "4321");
+    let shown = daemon.ctl(&["--json", "user", "show", "fay"]).json();
+    assert_eq!(shown["pin_change_required"], false, "{shown}");
+    daemon.sign("fay", "4321", &data).assert_ok();
+}
