@@ -628,10 +628,14 @@ mod tests {
         let path = dir.path().join("state.db");
         drop(StateStore::open(&path).unwrap());
         let conn = Connection::open(&path).unwrap();
-        conn.pragma_update(None, "user_version", 7).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
         drop(conn);
         let err = StateStore::open(&path).err().unwrap().to_string();
-        assert!(err.contains("schema version 7"), "{err}");
+        assert!(
+            err.contains(&format!("schema version {}", SCHEMA_VERSION + 1)),
+            "{err}"
+        );
     }
 
     /// A version-1 database (before device attestation) opens, keeps its

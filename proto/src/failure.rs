@@ -144,7 +144,7 @@ reasons! {
     QrNotEnrollment = "QR_NOT_ENROLLMENT", 89, InvalidArgument,
         "This QR code is not a fleetkey enrollment code; show the code the portal gives for adding a user.";
     PinChangeRequired = "PIN_CHANGE_REQUIRED", 33, FailedPrecondition,
-        "This user's PIN was set by an administrator; choose your own first: fleetkeyctl user change-pin NAME.";
+        "Change the PIN first: fleetkeyctl user pin change NAME.";
     TpmBudgetSpent = "TPM_BUDGET_SPENT", 82, Unavailable,
         "Wrong PINs on this device have used up the TPM's shared allowance for users who have already typed a wrong PIN; try again after retry_after_seconds. An administrator can raise the allowance: fleetkeyctl tpm provision.";
     TpmLockoutAuthWrong = "TPM_LOCKOUT_AUTH_WRONG", 83, PermissionDenied,
