@@ -504,7 +504,7 @@ fn approval_stream(
 
 /// The longest PIN or PUK any key store takes, in bytes; a longer one is
 /// refused before it is copied or hashed.
-const MAX_PIN_BYTES: usize = 256;
+pub(crate) const MAX_PIN_BYTES: usize = 256;
 
 fn check_pin_field(field: &str, value: &str) -> Result<(), tonic::Status> {
     if value.len() > MAX_PIN_BYTES {

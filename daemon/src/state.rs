@@ -95,6 +95,9 @@ pub struct StateStore {
 struct Cache {
     device: Option<DeviceRecord>,
     users: BTreeMap<String, UserRecord>,
+    /// Users who must change an admin-chosen PIN (table
+    /// `pin_change_required`), read on every signature.
+    pin_change: std::collections::BTreeSet<String>,
 }
 
 impl StateStore {
@@ -183,6 +186,11 @@ impl StateStore {
                 .into_iter()
                 .map(|u| (u.name.clone(), u))
                 .collect(),
+            pin_change: {
+                let mut stmt = conn.prepare("SELECT name FROM pin_change_required")?;
+                stmt.query_map([], |r| r.get::<_, String>(0))?
+                    .collect::<Result<_, _>>()?
+            },
         };
         Ok(Self {
             conn: Mutex::new(conn),
@@ -301,27 +309,26 @@ impl StateStore {
         drop(conn);
         self.apply(|cache| {
             cache.users.insert(user.name.clone(), user.clone());
+            if require_pin_change {
+                cache.pin_change.insert(user.name.clone());
+            } else {
+                cache.pin_change.remove(&user.name);
+            }
         })
     }
 
     /// Whether `name` must change their PIN before signing or approving.
     pub fn pin_change_required(&self, name: &str) -> Result<bool, StateError> {
-        Ok(self
-            .conn()?
-            .query_row(
-                "SELECT 1 FROM pin_change_required WHERE name = ?1",
-                [name],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some())
+        Ok(self.read()?.pin_change.contains(name))
     }
 
     /// The user chose their own PIN.
     pub fn clear_pin_change(&self, name: &str) -> Result<(), StateError> {
         self.conn()?
             .execute("DELETE FROM pin_change_required WHERE name = ?1", [name])?;
-        Ok(())
+        self.apply(|cache| {
+            cache.pin_change.remove(name);
+        })
     }
 
     pub fn activate_user(
@@ -357,6 +364,7 @@ impl StateStore {
         tx.commit()?;
         drop(conn);
         self.apply(|cache| {
+            cache.pin_change.remove(name);
             cache.users.remove(name);
         })
     }

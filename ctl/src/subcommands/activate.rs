@@ -11,7 +11,7 @@ use fleetkey_proto::{EnrollmentInput, Failure, Reason};
 use serde::Serialize;
 
 use super::Context;
-use super::user_add::{Progress, read_image};
+use super::user_add::{follow_scan, read_image};
 use crate::output;
 
 /// Activate this device with a device activation code, its URI, or its QR code
@@ -83,7 +83,7 @@ impl Activate {
     /// Activates with the code the daemon reads, showing its progress.
     async fn run_scan(&self, ctx: &Context, source: Source) -> Result<(), Failure> {
         let mut client = ctx.client().await?;
-        let mut stream = client
+        let stream = client
             .activate_scan(ActivateScanRequest {
                 source: Some(source),
                 timeout_seconds: self.timeout.unwrap_or(0),
@@ -91,28 +91,12 @@ impl Activate {
             .await
             .map_err(|s| ctx.rpc_failure(s))?
             .into_inner();
-        let mut progress = Progress::new();
-        loop {
-            let message = match stream.message().await {
-                Ok(Some(message)) => message,
-                Ok(None) => {
-                    progress.finish_line();
-                    return Err(Failure::new(
-                        Reason::Internal,
-                        "fleetkeyd ended the scan without an answer",
-                    ));
-                }
-                Err(status) => {
-                    progress.finish_line();
-                    return Err(ctx.rpc_failure(status));
-                }
-            };
-            let Some(event) = message.event else { continue };
-            if let Event::Activated(response) = event {
-                progress.finish_line();
-                return show(ctx, &response);
-            }
-            progress.show(&event);
+        match follow_scan(ctx, stream).await? {
+            Event::Activated(response) => show(ctx, &response),
+            _ => Err(Failure::new(
+                Reason::Internal,
+                "fleetkeyd ended the scan with another answer than the activation",
+            )),
         }
     }
 }

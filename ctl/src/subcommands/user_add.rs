@@ -170,7 +170,7 @@ impl UserAdd {
             output::message(&format!("Choose a PIN: {rule}."));
         }
         let pin = pins.new_pin("PIN: ", "Repeat PIN: ", "PIN")?;
-        let mut stream = client
+        let stream = client
             .add_user_scan(AddUserScanRequest {
                 source: Some(source),
                 pin: pin.to_string(),
@@ -181,39 +181,54 @@ impl UserAdd {
             .map_err(|s| ctx.rpc_failure(s))?
             .into_inner();
         drop(pin);
-        let mut progress = Progress::new();
-        loop {
-            let message = match stream.message().await {
-                Ok(Some(message)) => message,
-                Ok(None) => {
-                    progress.finish_line();
-                    return Err(Failure::new(
-                        Reason::Internal,
-                        "fleetkeyd ended the scan without an answer",
-                    ));
-                }
-                Err(status) => {
-                    progress.finish_line();
-                    return Err(ctx.rpc_failure(status));
-                }
-            };
-            let Some(event) = message.event else { continue };
-            if let Event::Done(user) = event {
-                progress.finish_line();
-                return if ctx.json {
-                    output::json(&AddedJson {
-                        user: user_json(&user),
-                        notes: user.notes.clone(),
-                    })
-                } else {
-                    for note in &user.notes {
-                        output::message(&format!("note: {}", escape(note)));
-                    }
-                    output::data(&added_text(&user))
-                };
+        let Event::Done(user) = follow_scan(ctx, stream).await? else {
+            return Err(Failure::new(
+                Reason::Internal,
+                "fleetkeyd ended the scan with another answer than the user",
+            ));
+        };
+        if ctx.json {
+            output::json(&AddedJson {
+                user: user_json(&user),
+                notes: user.notes.clone(),
+            })
+        } else {
+            for note in &user.notes {
+                output::message(&format!("note: {}", escape(note)));
             }
-            progress.show(&event);
+            output::data(&added_text(&user))
         }
+    }
+}
+
+/// Shows a scan's progress on stderr until its last message (the user
+/// enrolled, or the device activated), which it returns.
+pub async fn follow_scan(
+    ctx: &Context,
+    mut stream: tonic::Streaming<daemon::ScanProgress>,
+) -> Result<Event, Failure> {
+    let mut progress = Progress::new();
+    loop {
+        let message = match stream.message().await {
+            Ok(Some(message)) => message,
+            Ok(None) => {
+                progress.finish_line();
+                return Err(Failure::new(
+                    Reason::Internal,
+                    "fleetkeyd ended the scan without an answer",
+                ));
+            }
+            Err(status) => {
+                progress.finish_line();
+                return Err(ctx.rpc_failure(status));
+            }
+        };
+        let Some(event) = message.event else { continue };
+        if matches!(event, Event::Done(_) | Event::Activated(_)) {
+            progress.finish_line();
+            return Ok(event);
+        }
+        progress.show(&event);
     }
 }
 
@@ -243,26 +258,20 @@ pub fn read_image(path: &Path) -> Result<Vec<u8>, Failure> {
 
 /// Progress of a scan on stderr. Frame counts overwrite one line on a
 /// terminal and are left out elsewhere; events get lines of their own.
-pub struct Progress {
+struct Progress {
     terminal: bool,
     open_line: bool,
 }
 
-impl Default for Progress {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Progress {
-    pub fn new() -> Self {
+    fn new() -> Self {
         Self {
             terminal: std::io::stderr().is_terminal(),
             open_line: false,
         }
     }
 
-    pub fn show(&mut self, event: &Event) {
+    fn show(&mut self, event: &Event) {
         if let Event::FramesScanned(frames) = event {
             if self.terminal {
                 use std::io::Write;
@@ -279,7 +288,7 @@ impl Progress {
         }
     }
 
-    pub fn finish_line(&mut self) {
+    fn finish_line(&mut self) {
         if self.open_line {
             output::message("");
             self.open_line = false;

@@ -25,6 +25,34 @@ pub fn approval_path(id: &str) -> OwnedObjectPath {
     escaped_path("approvals", id)
 }
 
+/// Approve for a D-Bus caller (the daemon object's and the challenge's
+/// methods): the PIN bounded as over gRPC, the caller's uid for the audit
+/// log. Returns the challenge's new state.
+pub(super) async fn approve(
+    engine: &Engine,
+    bus: &Connection,
+    call: &Header<'_>,
+    id: &str,
+    number: u32,
+    pin: String,
+) -> Result<String, BusFailure> {
+    check_pin(&pin)?;
+    let pin = Pin::new(pin);
+    let who = super::polkit::requester(bus, call).await?;
+    Ok(engine.approve(who, id, number, pin).await?.state)
+}
+
+/// Deny for a D-Bus caller; the new state.
+pub(super) async fn deny(
+    engine: &Engine,
+    bus: &Connection,
+    call: &Header<'_>,
+    id: &str,
+) -> Result<String, BusFailure> {
+    let who = super::polkit::requester(bus, call).await?;
+    Ok(engine.deny(who, id).await?.state)
+}
+
 pub struct ApprovalObject {
     engine: Arc<Engine>,
     id: String,
@@ -65,10 +93,7 @@ impl ApprovalObject {
         #[zbus(connection)] bus: &Connection,
         #[zbus(header)] call: Header<'_>,
     ) -> Result<String, BusFailure> {
-        check_pin(&pin)?;
-        let pin = Pin::new(pin);
-        let who = super::polkit::requester(bus, &call).await?;
-        Ok(self.engine.approve(who, &self.id, number, pin).await?.state)
+        approve(&self.engine, bus, &call, &self.id, number, pin).await
     }
 
     /// Denies; returns the new state. As the daemon object's Deny.
@@ -77,8 +102,7 @@ impl ApprovalObject {
         #[zbus(connection)] bus: &Connection,
         #[zbus(header)] call: Header<'_>,
     ) -> Result<String, BusFailure> {
-        let who = super::polkit::requester(bus, &call).await?;
-        Ok(self.engine.deny(who, &self.id).await?.state)
+        deny(&self.engine, bus, &call, &self.id).await
     }
 
     #[zbus(property(emits_changed_signal = "const"))]

@@ -208,10 +208,7 @@ impl Device {
         #[zbus(connection)] bus: &Connection,
         #[zbus(header)] call: Header<'_>,
     ) -> Result<String, BusFailure> {
-        check_pin(&pin)?;
-        let pin = Pin::new(pin);
-        let who = super::polkit::requester(bus, &call).await?;
-        Ok(self.engine.approve(who, &id, number, pin).await?.state)
+        super::approval::approve(&self.engine, bus, &call, &id, number, pin).await
     }
 
     /// Denies a login challenge (signed by the device key; no PIN: a
@@ -222,8 +219,7 @@ impl Device {
         #[zbus(connection)] bus: &Connection,
         #[zbus(header)] call: Header<'_>,
     ) -> Result<String, BusFailure> {
-        let who = super::polkit::requester(bus, &call).await?;
-        Ok(self.engine.deny(who, &id).await?.state)
+        super::approval::deny(&self.engine, bus, &call, &id).await
     }
 
     /// Starts an enrollment from a camera ("" for the first usable one,
@@ -424,10 +420,9 @@ fn approval_row(a: &fleetkey_proto::daemon::Approval) -> ApprovalRow {
     )
 }
 
-/// The longest PIN any key store takes, in bytes (as over gRPC).
-const MAX_PIN_BYTES: usize = 256;
-
+/// A PIN within the bound gRPC applies too.
 pub(super) fn check_pin(pin: &str) -> Result<(), Failure> {
+    use crate::server::MAX_PIN_BYTES;
     if pin.len() > MAX_PIN_BYTES {
         return Err(Failure::new(
             Reason::InvalidArgument,

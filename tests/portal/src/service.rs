@@ -715,17 +715,7 @@ impl PortalService {
                 &request.device_id,
                 &request.device_signature,
                 || {
-                    let skew = request.timestamp.abs_diff(now);
-                    if skew > MAX_CLOCK_SKEW_SECS {
-                        return Err(Failure::new(
-                            Reason::InvalidArgument,
-                            format!(
-                                "the request's timestamp ({}) is {skew} s off the portal's clock; at most {MAX_CLOCK_SKEW_SECS} s are allowed",
-                                rfc3339(request.timestamp)
-                            ),
-                        )
-                        .with_hint("Check the device's clock (timedatectl) and try again."));
-                    }
+                    check_timestamp(request.timestamp, now)?;
                     let message = binding::revocation_message(
                         &request.device_id,
                         &request.user,
@@ -765,6 +755,23 @@ impl PortalService {
     }
 }
 
+/// A signed request's timestamp must be within [`MAX_CLOCK_SKEW_SECS`] of
+/// the portal's clock.
+fn check_timestamp(timestamp: i64, now: i64) -> Result<(), Failure> {
+    let skew = timestamp.abs_diff(now);
+    if skew > MAX_CLOCK_SKEW_SECS {
+        return Err(Failure::new(
+            Reason::InvalidArgument,
+            format!(
+                "the request's timestamp ({}) is {skew} s off the portal's clock; at most {MAX_CLOCK_SKEW_SECS} s are allowed",
+                rfc3339(timestamp)
+            ),
+        )
+        .with_hint("Check the device's clock (timedatectl) and try again."));
+    }
+    Ok(())
+}
+
 impl PortalService {
     /// Decommissions a device (signed by its key, timestamp within
     /// `MAX_CLOCK_SKEW_SECS`): its enrollments and its record are removed.
@@ -782,17 +789,7 @@ impl PortalService {
                 &request.device_id,
                 &request.device_signature,
                 || {
-                    let skew = request.timestamp.abs_diff(now);
-                    if skew > MAX_CLOCK_SKEW_SECS {
-                        return Err(Failure::new(
-                            Reason::InvalidArgument,
-                            format!(
-                                "the request's timestamp ({}) is {skew} s off the portal's clock; at most {MAX_CLOCK_SKEW_SECS} s are allowed",
-                                rfc3339(request.timestamp)
-                            ),
-                        )
-                        .with_hint("Check the device's clock (timedatectl) and try again."));
-                    }
+                    check_timestamp(request.timestamp, now)?;
                     let message =
                         binding::deactivation_message(&request.device_id, request.timestamp);
                     Ok((message, ()))
