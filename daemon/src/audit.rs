@@ -86,6 +86,13 @@ pub enum AuditEvent {
         tpm_max_tries: u32,
         retry_after_seconds: Option<u64>,
     },
+    /// The TPM's wrong-PIN counter reset by the daemon: the TPM has no
+    /// lockout authorization, so anyone who can open it could do the same
+    /// (docs/tpm-lockout.md). `tpm_counter` is the count before.
+    TpmCounterReset {
+        backend: String,
+        tpm_counter: u32,
+    },
     /// The TPM's dictionary-attack parameters set by `tpm provision`.
     TpmProvisioned {
         backend: String,

@@ -147,6 +147,10 @@ impl Store {
         self.call(|s| s.shared_lockout()).await
     }
 
+    pub async fn reset_shared_lockout(&self) -> Result<bool, Failure> {
+        self.call(|s| s.reset_shared_lockout()).await
+    }
+
     pub async fn set_lockout_parameters(
         &self,
         parameters: LockoutParameters,

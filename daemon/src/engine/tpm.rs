@@ -30,11 +30,33 @@ impl Engine {
     }
 
     /// Reads one store's shared counter now and records it (memory and
-    /// state.db). None for stores without one.
+    /// state.db). None for stores without one. A counter above 0 on a TPM
+    /// without a lockout authorization is reset first, where the store's
+    /// config allows (anyone who can open the TPM could do it).
     async fn read_lockout_counter(&self, store: &Store) -> Result<Option<SharedLockout>, Failure> {
-        let Some(lockout) = self.peek_lockout_counter(store).await? else {
+        let Some(mut lockout) = self.peek_lockout_counter(store).await? else {
             return Ok(None);
         };
+        if lockout.counter > 0 && !lockout.lockout_auth_set && !lockout.in_lockout {
+            match store.reset_shared_lockout().await {
+                Ok(true) => {
+                    self.audit(
+                        Requester::Daemon,
+                        AuditEvent::TpmCounterReset {
+                            backend: store.name().to_string(),
+                            tpm_counter: lockout.counter,
+                        },
+                    );
+                    if let Some(after) = self.peek_lockout_counter(store).await? {
+                        lockout = after;
+                    }
+                }
+                Ok(false) => {}
+                Err(failure) => {
+                    tracing::warn!(backend = %store.name(), %failure, "cannot reset the TPM's wrong-PIN counter");
+                }
+            }
+        }
         let backend = store.name().to_string();
         self.write(move |state| {
             state.record_budget_reading(

@@ -543,6 +543,14 @@ pub trait KeyStore: Send + Sync {
         Ok(None)
     }
 
+    /// Resets the shared counter to 0 where anyone who can open the
+    /// hardware may (a TPM without a lockout authorization) and the store's
+    /// config allows it. Ok(false): not done (an authorization is set, or
+    /// the config says no), nothing changed.
+    fn reset_shared_lockout(&self) -> Result<bool, KeyStoreError> {
+        Ok(false)
+    }
+
     /// Sets the shared counter's parameters, authorized by `lockout_auth`
     /// (empty when the hardware has none set).
     fn set_lockout_parameters(

@@ -78,7 +78,7 @@ pub enum TpmError {
     LockoutAuthBlocked,
     #[error("the lockout authorization is {0} bytes long; the TPM takes at most 64")]
     LockoutAuthTooLong(usize),
-    #[error("setting the dictionary-attack parameters failed ({step}): TSS2_RC {code}")]
+    #[error("the lockout-hierarchy command failed ({step}): TSS2_RC {code}")]
     DaParameters { step: &'static str, code: String },
 }
 

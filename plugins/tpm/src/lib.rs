@@ -88,6 +88,11 @@ pub struct TpmConfig {
     /// Keep the storage key at this persistent handle (0x81000000-0x81ffffff)
     /// instead of deriving it again at each start.
     pub persistent_handle: Option<u32>,
+    /// Reset the TPM's wrong-PIN counter after each wrong PIN when the TPM
+    /// has no lockout authorization (anyone who can open the TPM can do
+    /// the same, so the reset gives nothing away; docs/tpm-lockout.md).
+    /// None: yes. Ignored once a lockout authorization is set.
+    pub reset_counter_without_lockout_auth: Option<bool>,
 }
 
 /// Opens the TPM key store for the daemon's registry.
@@ -125,6 +130,7 @@ impl KeyStoreFactory for TpmFactory {
 /// User keys in a TPM 2.0.
 pub struct TpmKeyStore {
     candidates: Vec<String>,
+    reset_without_lockout_auth: bool,
     persistent_handle: Option<u32>,
     tpm: Mutex<Option<Tpm>>,
     identity: TpmIdentity,
@@ -160,6 +166,7 @@ impl TpmKeyStore {
         }
         Ok(Self {
             candidates,
+            reset_without_lockout_auth: config.reset_counter_without_lockout_auth.unwrap_or(true),
             persistent_handle: config.persistent_handle,
             tpm: Mutex::new(Some(tpm)),
             identity,
@@ -175,6 +182,28 @@ impl TpmKeyStore {
     /// The TPM's dictionary-attack settings and state, read now.
     pub fn da_state(&self) -> Result<DaState, TpmError> {
         self.with_tpm(|tpm| tpm.da_state())
+    }
+
+    /// Runs a lockout-hierarchy command on a connection of its own: the
+    /// store's is closed meanwhile (a simulator serves one client at a
+    /// time) and opened again after. The outer error is the reopening's.
+    fn on_own_connection<T>(
+        &self,
+        command: impl FnOnce(&str) -> Result<T, TpmError>,
+    ) -> Result<Result<T, TpmError>, TpmError> {
+        let mut guard = self.tpm.lock().map_err(|_| TpmError::Poisoned)?;
+        let tcti = guard
+            .as_ref()
+            .map_or_else(|| self.identity.tcti.clone(), |tpm| tpm.tcti.clone());
+        *guard = None;
+        let result = command(&tcti);
+        let mut tpm = Tpm::open(&self.candidates, self.persistent_handle)?;
+        if let Ok(da) = tpm.da_state() {
+            self.per_key_limit
+                .store(da.per_key_limit(), Ordering::Relaxed);
+        }
+        *guard = Some(tpm);
+        Ok(result)
     }
 
     /// Runs `op` on the TPM under the lock; reconnects once if the
@@ -502,33 +531,23 @@ impl KeyStore for TpmKeyStore {
         }))
     }
 
-    /// TPM2_DictionaryAttackParameters on a connection of its own (the
-    /// store's is closed meanwhile and opened again after).
+    /// TPM2_DictionaryAttackParameters on a connection of its own.
     fn set_lockout_parameters(
         &self,
         parameters: &LockoutParameters,
         lockout_auth: &Zeroizing<Vec<u8>>,
     ) -> Result<(), KeyStoreError> {
-        let mut guard = self.tpm.lock().map_err(|_| TpmError::Poisoned)?;
-        let tcti = guard
-            .as_ref()
-            .map_or_else(|| self.identity.tcti.clone(), |tpm| tpm.tcti.clone());
-        *guard = None;
-        let result = provision::set_da_parameters(
-            &tcti,
-            provision::DaParameters {
-                max_tries: parameters.max_tries,
-                recovery_time: parameters.interval_seconds,
-                lockout_recovery: parameters.lockout_recovery_seconds,
-            },
-            lockout_auth,
-        );
-        let mut tpm = Tpm::open(&self.candidates, self.persistent_handle)?;
-        if let Ok(da) = tpm.da_state() {
-            self.per_key_limit
-                .store(da.per_key_limit(), Ordering::Relaxed);
-        }
-        *guard = Some(tpm);
+        let result = self.on_own_connection(|tcti| {
+            provision::set_da_parameters(
+                tcti,
+                provision::DaParameters {
+                    max_tries: parameters.max_tries,
+                    recovery_time: parameters.interval_seconds,
+                    lockout_recovery: parameters.lockout_recovery_seconds,
+                },
+                lockout_auth,
+            )
+        })?;
         tracing::info!(
             max_tries = parameters.max_tries,
             recovery_s = parameters.interval_seconds,
@@ -537,6 +556,24 @@ impl KeyStore for TpmKeyStore {
             "TPM dictionary-attack parameters"
         );
         Ok(result?)
+    }
+
+    /// TPM2_DictionaryAttackLockReset with the empty lockout authorization,
+    /// only when the TPM has no other and the config allows it.
+    fn reset_shared_lockout(&self) -> Result<bool, KeyStoreError> {
+        if !self.reset_without_lockout_auth {
+            return Ok(false);
+        }
+        let da = self.da_state()?;
+        if da.lockout_auth_set || da.counter == 0 {
+            return Ok(false);
+        }
+        self.on_own_connection(|tcti| provision::reset_da_counter(tcti, &[]))??;
+        tracing::info!(
+            da_counter = da.counter,
+            "reset the TPM's wrong-PIN counter (the TPM has no lockout authorization)"
+        );
+        Ok(true)
     }
 
     fn max_pin_attempts(&self) -> Option<u32> {
@@ -564,6 +601,14 @@ impl KeyStore for TpmKeyStore {
                         da.interval,
                         if da.in_lockout { " (IN LOCKOUT)" } else { "" }
                     ),
+                ));
+                details.push((
+                    "counter_reset".to_string(),
+                    match (da.lockout_auth_set, self.reset_without_lockout_auth) {
+                        (true, _) => "never: the TPM has a lockout authorization".to_string(),
+                        (false, true) => "after every wrong PIN: the TPM has no lockout authorization, so anyone who can open it can reset the counter; fleetkeyd does, and the per-user limit is what bounds guesses".to_string(),
+                        (false, false) => "never: backends.tpm.reset_counter_without_lockout_auth = false".to_string(),
+                    },
                 ));
             }
             Err(e) => details.push(("lockout".to_string(), format!("cannot be read: {e}"))),

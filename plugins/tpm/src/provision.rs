@@ -1,7 +1,8 @@
-//! TPM2_DictionaryAttackParameters: the TPM's `maxTries`, `recoveryTime`
-//! and `lockoutRecovery`, authorized by the lockout hierarchy.
+//! TPM2_DictionaryAttackParameters (the TPM's `maxTries`, `recoveryTime`
+//! and `lockoutRecovery`) and TPM2_DictionaryAttackLockReset, authorized by
+//! the lockout hierarchy.
 //!
-//! tss-esapi (7.x) does not wrap this command, so it is called through the
+//! tss-esapi (7.x) wraps neither command, so they are called through the
 //! ESAPI's C functions, on a connection of its own: the store's context is
 //! closed first (a simulator serves one client at a time) and opened again
 //! after. The lockout authorization travels in an HMAC session, never in
@@ -11,10 +12,10 @@ use std::ffi::CString;
 use std::ptr;
 
 use tss_esapi::tss2_esys::{
-    ESYS_CONTEXT, ESYS_TR, ESYS_TR_NONE, ESYS_TR_RH_LOCKOUT, Esys_DictionaryAttackParameters,
-    Esys_Finalize, Esys_FlushContext, Esys_Initialize, Esys_StartAuthSession, Esys_TR_SetAuth,
-    TPM2B_AUTH, TPMT_SYM_DEF, TSS2_RC, TSS2_TCTI_CONTEXT, Tss2_TctiLdr_Finalize,
-    Tss2_TctiLdr_Initialize,
+    ESYS_CONTEXT, ESYS_TR, ESYS_TR_NONE, ESYS_TR_RH_LOCKOUT, Esys_DictionaryAttackLockReset,
+    Esys_DictionaryAttackParameters, Esys_Finalize, Esys_FlushContext, Esys_Initialize,
+    Esys_StartAuthSession, Esys_TR_SetAuth, TPM2B_AUTH, TPMT_SYM_DEF, TSS2_RC, TSS2_TCTI_CONTEXT,
+    Tss2_TctiLdr_Finalize, Tss2_TctiLdr_Initialize,
 };
 use zeroize::Zeroize;
 
@@ -94,6 +95,54 @@ pub fn set_da_parameters(
     parameters: DaParameters,
     lockout_auth: &[u8],
 ) -> Result<(), TpmError> {
+    with_lockout_auth(tcti, lockout_auth, |esys, session| {
+        check(
+            "TPM2_DictionaryAttackParameters",
+            // SAFETY: `esys` and `session` are live handles made by
+            // `with_lockout_auth` for this call.
+            unsafe {
+                Esys_DictionaryAttackParameters(
+                    esys,
+                    ESYS_TR_RH_LOCKOUT,
+                    session,
+                    ESYS_TR_NONE,
+                    ESYS_TR_NONE,
+                    parameters.max_tries,
+                    parameters.recovery_time,
+                    parameters.lockout_recovery,
+                )
+            },
+        )
+    })
+}
+
+/// TPM2_DictionaryAttackLockReset through `tcti`, with `lockout_auth`
+/// (empty: the TPM has none): the wrong-PIN counter goes back to 0.
+pub fn reset_da_counter(tcti: &str, lockout_auth: &[u8]) -> Result<(), TpmError> {
+    with_lockout_auth(tcti, lockout_auth, |esys, session| {
+        check(
+            "TPM2_DictionaryAttackLockReset",
+            // SAFETY: as above.
+            unsafe {
+                Esys_DictionaryAttackLockReset(
+                    esys,
+                    ESYS_TR_RH_LOCKOUT,
+                    session,
+                    ESYS_TR_NONE,
+                    ESYS_TR_NONE,
+                )
+            },
+        )
+    })
+}
+
+/// Runs one lockout-hierarchy command on a connection of its own, with
+/// `lockout_auth` in an HMAC session.
+fn with_lockout_auth(
+    tcti: &str,
+    lockout_auth: &[u8],
+    command: impl FnOnce(*mut ESYS_CONTEXT, ESYS_TR) -> Result<(), TpmError>,
+) -> Result<(), TpmError> {
     if lockout_auth.len() > MAX_LOCKOUT_AUTH {
         return Err(TpmError::LockoutAuthTooLong(lockout_auth.len()));
     }
@@ -120,7 +169,7 @@ pub fn set_da_parameters(
     };
     // SAFETY: every pointer handed to the TSS is valid for the call (locals
     // or contexts the TSS made); `raw` finalizes them.
-    let result = unsafe {
+    let opened = unsafe {
         (|| {
             check(
                 "opening the TCTI",
@@ -149,22 +198,10 @@ pub fn set_da_parameters(
                     ALG_SHA256,
                     &mut raw.session,
                 ),
-            )?;
-            check(
-                "TPM2_DictionaryAttackParameters",
-                Esys_DictionaryAttackParameters(
-                    raw.esys,
-                    ESYS_TR_RH_LOCKOUT,
-                    raw.session,
-                    ESYS_TR_NONE,
-                    ESYS_TR_NONE,
-                    parameters.max_tries,
-                    parameters.recovery_time,
-                    parameters.lockout_recovery,
-                ),
             )
         })()
     };
+    let result = opened.and_then(|()| command(raw.esys, raw.session));
     auth.buffer.zeroize();
     drop(raw);
     result

@@ -76,6 +76,7 @@ fn the_pin_never_crosses_the_bus_in_clear() {
     let store = TpmKeyStore::open(&TpmConfig {
         tcti: Some(format!("swtpm:host=127.0.0.1,port={port}")),
         persistent_handle: None,
+        ..Default::default()
     })
     .unwrap();
     let pin = Pin::new("Qz7-PIN-x9");

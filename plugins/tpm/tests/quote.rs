@@ -68,6 +68,7 @@ fn a_quote_of_the_boot_pcrs_verifies_with_tpm2_checkquote() {
     let store = TpmKeyStore::open(&TpmConfig {
         tcti: Some(tpm.tcti.clone()),
         persistent_handle: None,
+        ..Default::default()
     })
     .unwrap();
     let report = report();

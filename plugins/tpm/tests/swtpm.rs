@@ -16,6 +16,7 @@ fn open(tpm: &Swtpm) -> TpmKeyStore {
     TpmKeyStore::open(&TpmConfig {
         tcti: Some(tpm.tcti.clone()),
         persistent_handle: None,
+        ..Default::default()
     })
     .expect("open the TPM key store on swtpm")
 }
@@ -139,6 +140,55 @@ fn wrong_pins_are_counted_by_the_tpm_until_lockout() {
     );
 }
 
+/// Without a lockout authorization anyone who can open the TPM can reset
+/// its counter, so the store does, when asked, and only then: not with
+/// the config's no, not once a lockout authorization is set.
+#[test]
+fn the_counter_is_reset_only_without_a_lockout_authorization() {
+    let tpm = Swtpm::start();
+    let digest = [2u8; 32];
+    let pin = Pin::new("1357");
+    let wrong = |store: &TpmKeyStore, key: &[u8]| {
+        let err = store
+            .sign_digest(key, &Pin::new("0000"), &digest)
+            .unwrap_err();
+        assert!(err.is(Reason::PinWrong), "{err:?}");
+    };
+
+    // The config says no: nothing is reset.
+    let refusing = TpmKeyStore::open(&TpmConfig {
+        tcti: Some(tpm.tcti.clone()),
+        reset_counter_without_lockout_auth: Some(false),
+        ..Default::default()
+    })
+    .unwrap();
+    let key = refusing.create_key("u-c", &pin).unwrap();
+    wrong(&refusing, &key.key_ref);
+    assert!(!refusing.reset_shared_lockout().unwrap());
+    assert_eq!(refusing.da_state().unwrap().counter, 1);
+    drop(refusing);
+
+    // The default, with no lockout authorization: reset to 0, and the key
+    // still signs on the store's reopened connection.
+    let store = open(&tpm);
+    assert!(!store.da_state().unwrap().lockout_auth_set);
+    wrong(&store, &key.key_ref);
+    assert_eq!(store.da_state().unwrap().counter, 2);
+    assert!(store.reset_shared_lockout().unwrap());
+    assert_eq!(store.da_state().unwrap().counter, 0);
+    assert!(!store.reset_shared_lockout().unwrap(), "nothing to reset");
+    store.sign_digest(&key.key_ref, &pin, &digest).unwrap();
+    drop(store);
+
+    // With a lockout authorization set, the store cannot and does not.
+    tpm.set_lockout_auth("lockout-secret");
+    let store = open(&tpm);
+    assert!(store.da_state().unwrap().lockout_auth_set);
+    wrong(&store, &key.key_ref);
+    assert!(!store.reset_shared_lockout().unwrap());
+    assert_eq!(store.da_state().unwrap().counter, 1);
+}
+
 #[test]
 fn the_store_reconnects_when_the_tpm_restarts() {
     let mut tpm = Swtpm::start();
@@ -158,6 +208,7 @@ fn a_persistent_storage_key_is_made_once_and_reused() {
     let config = TpmConfig {
         tcti: Some(tpm.tcti.clone()),
         persistent_handle: Some(0x8100_0101),
+        ..Default::default()
     };
     let pin = Pin::new("1111");
     let digest = [3u8; 32];
@@ -181,6 +232,7 @@ fn no_tpm_is_a_clear_error() {
     let err = match TpmKeyStore::open(&TpmConfig {
         tcti: Some("swtpm:host=127.0.0.1,port=1".into()),
         persistent_handle: None,
+        ..Default::default()
     }) {
         Ok(_) => panic!("nothing listens on port 1"),
         Err(e) => e,

@@ -768,6 +768,7 @@ mod tpm {
         let tpm_config = TpmConfig {
             tcti: Some(tpm.tcti.clone()),
             persistent_handle: None,
+            ..Default::default()
         };
         // Top-level keys come before the config's tables.
         let config = format!(

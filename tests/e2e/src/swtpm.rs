@@ -155,6 +155,13 @@ impl Swtpm {
             .unwrap_or_else(|e| panic!("{tool} (tpm2-tools) must be installed: {e}"))
     }
 
+    /// Sets the TPM's lockout authorization (`tpm2_changeauth -c lockout`;
+    /// nothing else may have the TPM open).
+    pub fn set_lockout_auth(&self, auth: &str) {
+        let out = self.tpm2("tpm2_changeauth", &["-c", "lockout", auth]);
+        assert!(out.status.success(), "tpm2_changeauth -c lockout: {out:?}");
+    }
+
     /// `[backends.tpm]` config for a daemon using this TPM.
     pub fn daemon_config(&self) -> String {
         format!(

@@ -8,6 +8,10 @@ use fleetkey_e2e::{Daemon, Portal, Swtpm, open_tempdir};
 use fleetkey_proto::Reason;
 use serde_json::Value;
 
+/// The lockout authorization the tests set on swtpm (an admin keeps it
+/// off the device; here it is only a test value).
+const LOCKOUT_AUTH: &str = "lockout-kept-elsewhere";
+
 fn write(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, data).unwrap();
@@ -55,6 +59,10 @@ fn budget_refusal(daemon: &Daemon, user: &str, pin: &str, data: &Path) -> Value 
 #[test]
 fn provisioned_for_four_users_each_spends_every_wrong_pin_and_a_fifth_signs() {
     let tpm = Swtpm::start();
+    // A TPM whose lockout authorization is kept off the device: the TPM's
+    // counter then bounds everyone, and only the budget keeps it from
+    // lockout.
+    tpm.set_lockout_auth(LOCKOUT_AUTH);
     let portal = Portal::start();
     let mut daemon = Daemon::start(&tpm.daemon_config());
     daemon.activate(&portal);
@@ -69,27 +77,34 @@ fn provisioned_for_four_users_each_spends_every_wrong_pin_and_a_fifth_signs() {
         details["provisioned"].as_str().unwrap().starts_with("no"),
         "{details}"
     );
+    assert_eq!(details["lockout_auth_set"], "true", "{details}");
+    assert!(details.get("lockout_auth").is_none(), "{details}");
     assert!(
-        details["lockout_auth"]
+        details["counter_reset"]
             .as_str()
             .unwrap()
-            .contains("no lockout authorization"),
+            .starts_with("never"),
         "{details}"
     );
-    let provisioned = daemon.ctl(&["--json", "tpm", "provision", "--users", "4"]);
+    let dir = open_tempdir();
+    let auth_file = write(dir.path(), "lockout-auth", LOCKOUT_AUTH.as_bytes());
+    let auth_arg = auth_file.to_str().unwrap();
+    let provisioned = daemon.ctl(&[
+        "--json",
+        "tpm",
+        "provision",
+        "--users",
+        "4",
+        "--lockout-auth-file",
+        auth_arg,
+    ]);
     provisioned.assert_ok();
     let json = provisioned.json();
     assert_eq!(json["max_tries"], 22, "{json}");
     assert_eq!(json["per_user"], 5);
     assert_eq!(json["recovery_seconds"], 4320);
     assert_eq!(json["previous_max_tries"], 3);
-    assert!(
-        json["notes"][0]
-            .as_str()
-            .unwrap()
-            .contains("no lockout authorization"),
-        "{json}"
-    );
+    assert_eq!(json["lockout_auth_set"], true, "{json}");
     let details = tpm_details(&daemon);
     assert_eq!(details["da_max_tries"], "22", "{details}");
     assert!(
@@ -100,7 +115,6 @@ fn provisioned_for_four_users_each_spends_every_wrong_pin_and_a_fifth_signs() {
         "{details}"
     );
 
-    let dir = open_tempdir();
     let data = write(dir.path(), "challenge", b"login");
     for user in &users[..4] {
         for attempt in 1..=5 {
@@ -121,6 +135,33 @@ fn provisioned_for_four_users_each_spends_every_wrong_pin_and_a_fifth_signs() {
     let details = tpm_details(&daemon);
     assert_eq!(details["da_counter"], "20", "{details}");
     assert_eq!(details["budget_room"], "1", "{details}");
+    // A wrong lockout authorization is refused with its own reason and
+    // changes nothing; the TPM then blocks the right one too, for the
+    // lockoutRecovery provisioning set.
+    let wrong_file = write(dir.path(), "wrong-auth", b"not-it");
+    let refused = daemon.ctl(&[
+        "--json",
+        "tpm",
+        "provision",
+        "--users",
+        "9",
+        "--lockout-auth-file",
+        wrong_file.to_str().unwrap(),
+    ]);
+    refused.assert_reason(Reason::TpmLockoutAuthWrong);
+    assert_eq!(refused.code, 83, "{refused:?}");
+    let blocked = daemon.ctl(&[
+        "--json",
+        "tpm",
+        "provision",
+        "--users",
+        "9",
+        "--lockout-auth-file",
+        auth_arg,
+    ]);
+    blocked.assert_reason(Reason::TpmLockoutAuthBlocked);
+    assert_eq!(blocked.code, 84, "{blocked:?}");
+    assert_eq!(tpm_details(&daemon)["da_max_tries"], "22");
     daemon.terminate();
     let caps = getcap_variable(&tpm);
     assert_not_in_lockout(&caps);
@@ -136,14 +177,95 @@ fn provisioned_for_four_users_each_spends_every_wrong_pin_and_a_fifth_signs() {
     );
 }
 
-/// The scenario on swtpm's factory parameters (maxTries 3,
-/// recoveryTime 1000 s): theo types wrong PINs until he is stopped, tom
-/// types one wrong PIN, tina, who never typed one, signs. The TPM never
-/// enters lockout; the budget survives a restart; removing theo gives
-/// nothing back.
+/// The scenario on swtpm exactly as it ships (maxTries 3,
+/// recoveryTime 1000 s, no lockout authorization): theo types wrong PINs
+/// until the daemon locks him (after 2), tom types one wrong PIN, and
+/// tina, who never typed one, signs. Without a lockout authorization
+/// anyone who can open the TPM may reset its counter, so the daemon does
+/// after each wrong PIN: the per-user limit bounds the guesses, the TPM
+/// never enters lockout, and that survives a restart and a removal.
 #[test]
-fn factory_parameters_theo_tom_tina_never_lock_the_tpm() {
+fn factory_tpm_theo_tom_tina_signs_and_the_tpm_never_locks() {
     let tpm = Swtpm::start();
+    let portal = Portal::start();
+    let mut daemon = Daemon::start(&tpm.daemon_config());
+    daemon.activate(&portal);
+    for (user, pin) in [("theo", "1111"), ("tom", "2222"), ("tina", "3333")] {
+        daemon.add_user_with(&portal, user, pin, "tpm");
+    }
+    let details = tpm_details(&daemon);
+    assert_eq!(details["da_max_tries"], "3", "{details}");
+    assert_eq!(details["lockout_auth_set"], "false", "{details}");
+    assert!(
+        details["counter_reset"]
+            .as_str()
+            .unwrap()
+            .starts_with("after every wrong PIN"),
+        "{details}"
+    );
+    let dir = open_tempdir();
+    let data = write(dir.path(), "challenge", b"login");
+
+    // Theo: the TPM's maxTries 3 gives each key 2 wrong PINs, then the
+    // daemon locks him (PIN_LOCKED, not the budget, not the TPM).
+    daemon
+        .sign("theo", "0000", &data)
+        .assert_reason(Reason::PinWrong);
+    daemon
+        .sign("theo", "0001", &data)
+        .assert_reason(Reason::PinLocked);
+    daemon
+        .sign("theo", "1111", &data)
+        .assert_reason(Reason::PinLocked);
+    assert_eq!(tpm_details(&daemon)["da_counter"], "0");
+    // The budget survives a restart (theo's count is the daemon's), and
+    // removing theo changes nothing for the others.
+    daemon.restart();
+    daemon
+        .sign("theo", "1111", &data)
+        .assert_reason(Reason::PinLocked);
+    daemon
+        .ctl(&["--json", "user", "remove", "theo"])
+        .assert_ok();
+    // Tom types one wrong PIN; tina, who typed none, signs; tom still can.
+    daemon
+        .sign("tom", "0000", &data)
+        .assert_reason(Reason::PinWrong);
+    daemon.sign("tina", "3333", &data).assert_ok();
+    daemon.sign("tom", "2222", &data).assert_ok();
+    let details = tpm_details(&daemon);
+    assert_eq!(details["da_counter"], "0", "{details}");
+    assert_eq!(details["da_in_lockout"], "false", "{details}");
+    // Each reset is in the audit log with the count it cleared.
+    daemon.terminate();
+    let audit = std::fs::read_to_string(daemon.state_dir().join("audit.log")).unwrap();
+    let resets = audit
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"tpm_counter_reset\""))
+        .count();
+    assert_eq!(resets, 3, "{audit}");
+    assert!(!audit.contains("tpm_budget_spent"), "{audit}");
+    let caps = getcap_variable(&tpm);
+    assert_not_in_lockout(&caps);
+    assert_eq!(
+        getcap_line(&caps, "TPM2_PT_LOCKOUT_COUNTER"),
+        "0x0",
+        "{caps}"
+    );
+}
+
+/// The same users on factory parameters, but with a lockout authorization
+/// kept off the device: the counter cannot be reset, so the budget is
+/// what keeps the TPM from lockout. Theo is stopped after one wrong PIN
+/// (his second would take the reserve), tina signs while the TPM has
+/// room; after tom's first wrong PIN it has none and everyone is refused
+/// by the daemon (TPM_BUDGET_SPENT), never locked out by the TPM. The
+/// budget survives a restart; removing theo gives nothing back
+/// (docs/tpm-lockout.md says why tina cannot sign after that here).
+#[test]
+fn with_a_lockout_authorization_the_budget_keeps_the_tpm_from_lockout() {
+    let tpm = Swtpm::start();
+    tpm.set_lockout_auth(LOCKOUT_AUTH);
     let portal = Portal::start();
     let mut daemon = Daemon::start(&tpm.daemon_config());
     daemon.activate(&portal);
@@ -240,6 +362,7 @@ fn challenge(portal: &Portal, daemon: &Daemon, user: &str) -> (String, u32) {
 #[test]
 fn approvals_go_through_the_budget_too() {
     let tpm = Swtpm::start();
+    tpm.set_lockout_auth(LOCKOUT_AUTH);
     let portal = Portal::start();
     let daemon = Daemon::start(&tpm.daemon_config());
     daemon.activate(&portal);
