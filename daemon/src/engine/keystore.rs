@@ -5,7 +5,7 @@
 //! PIN-checked ones) return it raw.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use fleetkey_plugin::{
@@ -200,14 +200,22 @@ pub enum Requester {
 ///   hangs up leaves the queue without its work ever running;
 /// - work that has started runs to its end (a blocking thread cannot be
 ///   stopped) and keeps its caller's share until then;
-/// - when the queue falls idle, the allocator gives freed memory back to
-///   the system (`malloc_trim`).
+/// - once the queue has been idle for [`TRIM_AFTER_IDLE`], the allocator
+///   gives freed memory back to the system (`malloc_trim`): not after
+///   every operation, where the trim would cost each request its time.
 pub struct WorkQueue {
     slots: Arc<Semaphore>,
     per_caller: usize,
     shares: Mutex<HashMap<u32, usize>>,
     running: AtomicUsize,
+    /// Operations finished so far (tells the trim whether work came by).
+    finished: AtomicUsize,
+    /// Whether a trim is waiting for the queue to stay idle.
+    trim_pending: AtomicBool,
 }
+
+/// How long the queue must stay idle before freed memory is given back.
+pub const TRIM_AFTER_IDLE: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl WorkQueue {
     /// A queue with one worker per CPU the daemon may use, and a share of
@@ -223,6 +231,8 @@ impl WorkQueue {
             per_caller: per_caller.max(1),
             shares: Mutex::new(HashMap::new()),
             running: AtomicUsize::new(0),
+            finished: AtomicUsize::new(0),
+            trim_pending: AtomicBool::new(false),
         })
     }
 
@@ -282,13 +292,47 @@ impl WorkQueue {
             let result = work();
             drop(slot);
             drop(share);
+            queue.finished.fetch_add(1, Ordering::SeqCst);
             if queue.running.fetch_sub(1, Ordering::SeqCst) == 1 {
-                give_back_memory();
+                queue.trim_when_idle();
             }
             result
         })
         .await
         .map_err(|e| Failure::new(Reason::Internal, format!("a worker thread failed: {e}")))
+    }
+
+    /// Gives freed memory back once the queue has stayed idle for
+    /// [`TRIM_AFTER_IDLE`]; one waiting trim at a time. Called from a
+    /// blocking-pool thread, which knows its runtime.
+    fn trim_when_idle(self: &Arc<Self>) {
+        if self.trim_pending.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.trim_pending.store(false, Ordering::SeqCst);
+            give_back_memory();
+            return;
+        };
+        let queue = self.clone();
+        runtime.spawn(async move {
+            loop {
+                let seen = queue.finished.load(Ordering::SeqCst);
+                tokio::time::sleep(TRIM_AFTER_IDLE).await;
+                if queue.running.load(Ordering::SeqCst) == 0
+                    && queue.finished.load(Ordering::SeqCst) == seen
+                {
+                    break;
+                }
+            }
+            queue.trim_pending.store(false, Ordering::SeqCst);
+            let _ = tokio::task::spawn_blocking(give_back_memory).await;
+        });
+    }
+
+    /// Whether a trim is waiting for the queue to stay idle (for tests).
+    pub fn trim_pending(&self) -> bool {
+        self.trim_pending.load(Ordering::SeqCst)
     }
 
     /// Operations waiting or running for `uid` (for tests and status).

@@ -254,6 +254,30 @@ async fn a_callers_share_of_the_queue_is_bounded_and_hung_up_work_never_runs() {
     assert_eq!(queue.held_by(1000), 0);
 }
 
+/// Freed memory is given back once the queue has stayed idle, not after
+/// each operation: work that keeps coming keeps the trim waiting, and it
+/// runs once the work stops.
+#[tokio::test(flavor = "current_thread")]
+async fn memory_is_given_back_once_the_queue_stays_idle() {
+    use super::keystore::TRIM_AFTER_IDLE;
+    let queue = WorkQueue::new(2, 4);
+    assert!(!queue.trim_pending());
+    queue.run(ME, || ()).await.unwrap();
+    assert!(queue.trim_pending(), "idle: a trim waits");
+    // Work keeps coming at less than the idle time apart: still waiting.
+    for _ in 0..4 {
+        tokio::time::sleep(TRIM_AFTER_IDLE / 2).await;
+        queue.run(ME, || ()).await.unwrap();
+        assert!(queue.trim_pending());
+    }
+    // The work stops: the trim runs within two idle periods.
+    tokio::time::sleep(TRIM_AFTER_IDLE * 3).await;
+    assert!(
+        !queue.trim_pending(),
+        "the trim ran and is no longer waiting"
+    );
+}
+
 /// Builds what `add_user` writes before it calls the portal: the key and
 /// a pending row holding the signed request.
 async fn pending_enrollment(

@@ -1,0 +1,215 @@
+//! Crash harness (issue 13): the daemon is killed with SIGKILL at
+//! pseudo-random points while `user add-batch` enrolls, and while users
+//! sign. After each kill and restart, the daemon's users, the key store's
+//! keys and the portal's credentials must agree exactly: no user
+//! half-made, no key orphaned, no credential at the portal without its
+//! user here; and a re-run of the same batch finishes it.
+//!
+//! The short form runs in `scripts/test.sh` (24 users, 6 kills). The long
+//! form, run by hand (its figures go in the closing note):
+//!
+//!     FLEETKEY_CRASH_USERS=200 FLEETKEY_CRASH_KILLS=100 \
+//!         cargo test --workspace --all-features --test crash -- --nocapture
+//!
+//! The kill points come from a seeded generator (`FLEETKEY_CRASH_SEED`,
+//! printed), so a failing run can be repeated.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fleetkey_e2e::*;
+use serde_json::Value;
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// xorshift64*: enough to spread the kill points, and repeatable.
+struct Points(u64);
+
+impl Points {
+    fn below(&mut self, bound: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % bound.max(1)
+    }
+}
+
+/// Users on the device (name to credential); none may be pending.
+fn device_users(daemon: &Daemon) -> BTreeMap<String, String> {
+    let listed = daemon.ctl(&["--json", "user", "list"]);
+    listed.assert_ok();
+    let mut users = BTreeMap::new();
+    for user in listed.json()["users"].as_array().expect("array") {
+        let name = user["user"].as_str().expect("user").to_string();
+        let credential = user["credential_id"].as_str().expect("id").to_string();
+        assert!(!credential.is_empty(), "a half-made (pending) user: {user}");
+        assert!(users.insert(name, credential).is_none(), "twice: {user}");
+    }
+    users
+}
+
+/// Active credentials at the portal (name to credential).
+fn portal_users(portal: &Portal) -> BTreeMap<String, String> {
+    let listed = portal.cli(&["user", "list", "--json"]);
+    assert!(listed.status.success(), "{listed:?}");
+    let listed: Value = serde_json::from_slice(&listed.stdout).expect("JSON");
+    let mut users = BTreeMap::new();
+    for entry in listed.as_array().expect("array") {
+        let name = entry["user"].as_str().expect("user").to_string();
+        let credential = entry["credential_id"].as_str().expect("id").to_string();
+        assert!(users.insert(name, credential).is_none(), "two: {entry}");
+    }
+    users
+}
+
+/// Key files in the soft store, and leftovers of unfinished writes.
+fn soft_keys(daemon: &Daemon) -> (usize, Vec<String>) {
+    let dir = daemon.state_dir().join("soft-keys");
+    let mut keys = 0;
+    let mut leftovers = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("soft-keys") {
+        let name = entry
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        if name.ends_with(".key") {
+            keys += 1;
+        } else {
+            leftovers.push(name);
+        }
+    }
+    (keys, leftovers)
+}
+
+/// The three views agree exactly.
+fn assert_agree(daemon: &Daemon, portal: &Portal, after: &str) -> usize {
+    let device = device_users(daemon);
+    let at_portal = portal_users(portal);
+    assert_eq!(device, at_portal, "device and portal disagree {after}");
+    let (keys, leftovers) = soft_keys(daemon);
+    assert_eq!(keys, device.len(), "keys and users disagree {after}");
+    assert!(
+        leftovers.is_empty(),
+        "unfinished key files {after}: {leftovers:?}"
+    );
+    device.len()
+}
+
+fn run_batch(daemon: &Daemon, pins: &Path, codes: &Path) -> std::process::Child {
+    Command::new(bin("fleetkeyctl"))
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .args(["--json", "user", "add-batch", "--pins"])
+        .arg(pins)
+        .arg(codes)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("fleetkeyctl")
+}
+
+#[test]
+fn kill9_during_batches_and_signs_leaves_every_view_in_agreement() {
+    let users = env_number("FLEETKEY_CRASH_USERS", 24) as usize;
+    let kills = env_number("FLEETKEY_CRASH_KILLS", 6);
+    let seed = env_number("FLEETKEY_CRASH_SEED", 0x5eed_f1ee_7c0d_e001);
+    println!("crash harness: {users} users, {kills} kills, seed {seed:#x}");
+    let mut points = Points(seed | 1);
+
+    let portal = Portal::start_with(&["--no-rate-limit"]);
+    let mut daemon = Daemon::start_default();
+    daemon.activate(&portal);
+    let dir = open_tempdir();
+    let names: Vec<String> = (0..users).map(|i| format!("crash{i:03}")).collect();
+    let mut csv = String::from("name,ttl_seconds\n");
+    for name in &names {
+        csv.push_str(&format!("{name},86400\n"));
+    }
+    let csv_path = dir.path().join("users.csv");
+    std::fs::write(&csv_path, csv).expect("csv");
+    let issued = portal.cli(&["code", "issue", "--batch", csv_path.to_str().expect("path")]);
+    assert!(issued.status.success(), "{issued:?}");
+    let codes = dir.path().join("codes.jsonl");
+    std::fs::write(&codes, &issued.stdout).expect("codes");
+    let pins = dir.path().join("pins.tsv");
+    let mut file = std::fs::File::create(&pins).expect("pins");
+    for name in &names {
+        writeln!(file, "{name}\t1234").expect("pin line");
+    }
+    drop(file);
+    std::fs::set_permissions(&pins, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+
+    // Enrollment takes tens of milliseconds per user here: kill within the
+    // first part of a batch's expected time, so that most kills land
+    // mid-enrollment.
+    let started = Instant::now();
+    let mut enrolled = 0;
+    let mut kill_log = Vec::new();
+    for kill in 0..kills {
+        if enrolled == users {
+            break;
+        }
+        let mut batch = run_batch(&daemon, &pins, &codes);
+        let delay = Duration::from_millis(20 + points.below(400));
+        std::thread::sleep(delay);
+        daemon.kill9();
+        let _ = batch.wait();
+        daemon.restart();
+        enrolled = assert_agree(&daemon, &portal, &format!("after kill {kill} at {delay:?}"));
+        kill_log.push(format!("{}ms:{enrolled}", delay.as_millis()));
+    }
+    // The same batch again finishes it, whatever the kills left.
+    let mut batch = run_batch(&daemon, &pins, &codes);
+    let status = batch.wait().expect("batch");
+    assert!(status.success(), "the final run: {status:?}");
+    let total = assert_agree(&daemon, &portal, "after the final run");
+    assert_eq!(total, users, "every user enrolled once");
+
+    // Kills while users sign: no wrong-PIN count appears from nowhere and
+    // every user still signs.
+    let data = dir.path().join("data.txt");
+    std::fs::write(&data, "crash").expect("data");
+    for round in 0..kills.min(10) {
+        let user = &names[points.below(users as u64) as usize];
+        let signer = Command::new(bin("fleetkeyctl"))
+            .arg("--socket")
+            .arg(&daemon.socket)
+            .args(["sign", "--user", user, "--in"])
+            .arg(&data)
+            .args(["--out", "/dev/null", "--pin-stdin"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .and_then(|mut child| {
+                child.stdin.take().expect("stdin").write_all(b"1234\n")?;
+                Ok(child)
+            });
+        let mut signer = signer.expect("fleetkeyctl sign");
+        std::thread::sleep(Duration::from_millis(points.below(60)));
+        daemon.kill9();
+        let _ = signer.wait();
+        daemon.restart();
+        assert_agree(&daemon, &portal, &format!("after sign kill {round}"));
+        let shown = daemon.ctl(&["--json", "user", "show", user]).json();
+        assert_eq!(shown["failed_attempts"], 0, "{shown}");
+        daemon.sign(user, "1234", &data).assert_ok();
+    }
+    println!(
+        "crash harness: {} kills during batches (delay:users enrolled after) {}; all {users} agree; {:.1} s",
+        kill_log.len(),
+        kill_log.join(" "),
+        started.elapsed().as_secs_f64()
+    );
+}
