@@ -14,6 +14,15 @@
 //! through the daemon on the same swtpm, in alternating rounds (swtpm
 //! serves one client at a time, so they take turns). `FLEETKEY_BENCH_ONLY=tpm` runs only that part.
 //!
+//! `FLEETKEY_BENCH_ONLY=batch` (issue 13) enrolls 1,000 users with
+//! `fleetkeyctl user add-batch` on the soft store (cheap KDF) and 50 on
+//! swtpm, against the raw key store's work for them, and compares `user
+//! list` and `sign` on a state of 10,000 users with one of 10 (`--quick`:
+//! 200, 10 and 1,000).
+//!
+//! The run ends with a table of every figure that has a target (issue 14)
+//! and whether it is met. `-- --quick` runs every part with fewer rounds.
+//!
 //! `FLEETKEY_BENCH_ONLY=footprint` prints only the daemon's time to ready
 //! and idle RSS (soft store only); the key-store settings print its RSS
 //! after their 16-client runs.
@@ -534,6 +543,9 @@ fn main() {
     }
     if only.as_deref().is_none_or(|o| o == "footprint") {
         footprint(5);
+    }
+    if only.as_deref().is_none_or(|o| o == "batch") {
+        batch::run(&runtime, &portal, quick);
     }
     print_targets();
 }
@@ -1130,6 +1142,200 @@ mod tpm {
             format!("{sign_max:.3}"),
             "<= 1.05",
             sign_max <= 1.05,
+        );
+    }
+}
+
+/// Issue 13's figures: `user add-batch` of many users against the raw key
+/// store's work for the same users, and a state of many users against one
+/// of 10 (`user list` and `sign` latency).
+mod batch {
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    use fleetkey_e2e::{Daemon, Portal, bin, open_tempdir};
+    use fleetkey_plugin::{KeyStore, Pin};
+    use fleetkey_proto::daemon::ListUsersRequest;
+    use fleetkey_soft::{SoftConfig, SoftKeyStore};
+
+    use super::{PIN, connect, daemon_sign, stats};
+
+    const CHEAP: SoftConfig = SoftConfig {
+        argon2_memory_kib: 8,
+        argon2_iterations: 1,
+        argon2_parallelism: 1,
+    };
+
+    /// Codes for `users` (`code issue --batch`) and a PIN file, in `dir`.
+    fn batch_files(portal: &Portal, dir: &Path, prefix: &str, users: usize) -> (String, String) {
+        let mut csv = String::from("name,ttl_seconds\n");
+        let mut pins = String::new();
+        for i in 0..users {
+            csv.push_str(&format!("{prefix}{i:05},86400\n"));
+            pins.push_str(&format!("{prefix}{i:05}\t{PIN}\n"));
+        }
+        let csv_path = dir.join(format!("{prefix}.csv"));
+        std::fs::write(&csv_path, csv).expect("csv");
+        let issued = portal.cli(&["code", "issue", "--batch", csv_path.to_str().expect("path")]);
+        assert!(issued.status.success(), "code issue --batch: {issued:?}");
+        let codes = dir.join(format!("{prefix}.jsonl"));
+        std::fs::write(&codes, &issued.stdout).expect("codes");
+        let pin_path = dir.join(format!("{prefix}.pins"));
+        std::fs::write(&pin_path, pins).expect("pins");
+        std::fs::set_permissions(&pin_path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        (
+            codes.to_str().expect("path").to_string(),
+            pin_path.to_str().expect("path").to_string(),
+        )
+    }
+
+    /// `fleetkeyctl user add-batch` of the files, timed; every user must
+    /// be enrolled.
+    fn add_batch(daemon: &Daemon, codes: &str, pins: &str, backend: &str) -> Duration {
+        let start = Instant::now();
+        let out = Command::new(bin("fleetkeyctl"))
+            .arg("--socket")
+            .arg(&daemon.socket)
+            .args([
+                "user",
+                "add-batch",
+                "--backend",
+                backend,
+                "--pins",
+                pins,
+                codes,
+            ])
+            .output()
+            .expect("fleetkeyctl");
+        let took = start.elapsed();
+        assert!(out.status.success(), "add-batch: {out:?}");
+        took
+    }
+
+    fn soft_daemon() -> Daemon {
+        Daemon::start(&format!(
+            "log_level = \"warn\"\n[backends.soft]\nargon2_memory_kib = {}\nargon2_iterations = {}\nargon2_parallelism = {}\n",
+            CHEAP.argon2_memory_kib, CHEAP.argon2_iterations, CHEAP.argon2_parallelism
+        ))
+    }
+
+    /// p50 of `user list` and of `sign` (in-process gRPC) on a daemon.
+    fn list_and_sign(runtime: &tokio::runtime::Runtime, daemon: &Daemon, user: &str) -> (f64, f64) {
+        runtime.block_on(async {
+            let mut client = connect(&daemon.socket).await;
+            let mut lists = Vec::new();
+            for _ in 0..20 {
+                let start = Instant::now();
+                client.list_users(ListUsersRequest {}).await.expect("list");
+                lists.push(start.elapsed());
+            }
+            let mut signs = Vec::new();
+            for i in 0..200 {
+                signs.push(daemon_sign(&mut client, user, i).await);
+            }
+            (
+                stats(lists, Duration::from_secs(1)).p50_us,
+                stats(signs, Duration::from_secs(1)).p50_us,
+            )
+        })
+    }
+
+    pub fn run(runtime: &tokio::runtime::Runtime, portal: &Portal, quick: bool) {
+        let (users, big) = if quick { (200, 1_000) } else { (1_000, 10_000) };
+        let dir = open_tempdir();
+        println!("\n== batch enrollment (issue 13) ==");
+
+        // The raw key store's work for the same users: one key each.
+        let store = SoftKeyStore::open(&dir.path().join("raw-keys"), CHEAP).expect("store");
+        let start = Instant::now();
+        for i in 0..users {
+            store
+                .create_key(&format!("raw{i}"), &Pin::new(PIN))
+                .expect("create");
+        }
+        let raw = start.elapsed();
+
+        let daemon = soft_daemon();
+        daemon.activate(portal);
+        let (codes, pins) = batch_files(portal, dir.path(), "b", users);
+        let took = add_batch(&daemon, &codes, &pins, "soft");
+        let per_s = users as f64 / took.as_secs_f64();
+        println!(
+            "soft store, cheap KDF: {users} users by add-batch in {:.2} s ({per_s:.0} users/s); the raw store's key creation for them {:.2} s: the key store's share {:.1}%, the daemon's, the portal's and the CLI's {:.1}%",
+            took.as_secs_f64(),
+            raw.as_secs_f64(),
+            raw.as_secs_f64() / took.as_secs_f64() * 100.0,
+            (1.0 - raw.as_secs_f64() / took.as_secs_f64()) * 100.0
+        );
+        // A re-run with every user done.
+        let rerun = add_batch(&daemon, &codes, &pins, "soft");
+        println!("re-run with all {users} done: {:.2} s", rerun.as_secs_f64());
+        drop(daemon);
+
+        #[cfg(feature = "tpm")]
+        tpm_batch(portal, dir.path(), if quick { 10 } else { 50 });
+
+        // A state of `big` users against one of 10.
+        let small = soft_daemon();
+        small.activate(portal);
+        let (codes, pins) = batch_files(portal, dir.path(), "s", 10);
+        add_batch(&small, &codes, &pins, "soft");
+        let (small_list, small_sign) = list_and_sign(runtime, &small, "s00003");
+        drop(small);
+        let large = soft_daemon();
+        large.activate(portal);
+        let (codes, pins) = batch_files(portal, dir.path(), "l", big);
+        let took = add_batch(&large, &codes, &pins, "soft");
+        let (large_list, large_sign) = list_and_sign(runtime, &large, "l00003");
+        println!(
+            "state of {big} users (enrolled by add-batch in {:.1} s) against 10: user list p50 {:.2} ms vs {:.2} ms; sign p50 {:.3} ms vs {:.3} ms (ratio {:.2})",
+            took.as_secs_f64(),
+            large_list / 1000.0,
+            small_list / 1000.0,
+            large_sign / 1000.0,
+            small_sign / 1000.0,
+            large_sign / small_sign
+        );
+    }
+
+    /// `users` users on swtpm: add-batch against the raw store's create +
+    /// certify + proof-of-possession sign for as many keys.
+    #[cfg(feature = "tpm")]
+    fn tpm_batch(portal: &Portal, dir: &Path, users: usize) {
+        use fleetkey_e2e::Swtpm;
+        use fleetkey_tpm::{TpmConfig, TpmKeyStore};
+        let tpm = Swtpm::start();
+        let store = TpmKeyStore::open(&TpmConfig {
+            tcti: Some(tpm.tcti.clone()),
+            ..Default::default()
+        })
+        .expect("open the TPM");
+        let pin = Pin::new(PIN);
+        let start = Instant::now();
+        for i in 0..users {
+            let key = store.create_key(&format!("r{i}"), &pin).expect("create");
+            store.attest(&key.key_ref, &pin, &[7; 32]).expect("certify");
+            store
+                .sign_digest(&key.key_ref, &pin, &[7; 32])
+                .expect("pop");
+        }
+        let raw = start.elapsed();
+        drop(store);
+        let daemon = Daemon::start(&format!(
+            "default_backend = \"tpm\"\nlog_level = \"warn\"\n{}",
+            tpm.daemon_config()
+        ));
+        daemon.activate(portal);
+        let (codes, pins) = batch_files(portal, dir, "t", users);
+        let took = add_batch(&daemon, &codes, &pins, "tpm");
+        println!(
+            "TPM (swtpm): {users} users by add-batch in {:.2} s ({:.1} users/s); the raw store's create + certify + PoP sign for them {:.2} s: the TPM's share {:.1}%",
+            took.as_secs_f64(),
+            users as f64 / took.as_secs_f64(),
+            raw.as_secs_f64(),
+            raw.as_secs_f64() / took.as_secs_f64() * 100.0
         );
     }
 }
