@@ -116,6 +116,15 @@ pub enum AuditEvent {
     TornEntryDropped {
         bytes: u64,
     },
+    /// A user was enrolled again under the same name (`user reset`): new
+    /// key and PIN; the portal revoked the old credential.
+    UserReset {
+        user: String,
+        backend: String,
+        hardware_backed: bool,
+        old_credential_id: String,
+        credential_id: String,
+    },
 }
 
 /// What is hashed: everything in a line but the two hashes. The event's

@@ -5,6 +5,9 @@
 //!
 //! - `after-enroll`: the portal has committed `EnrollUser`, the user's row
 //!   is still pending (`tests/e2e/tests/enroll_crash.rs`).
+//! - `reset-after-enroll`: the portal has committed a user reset's
+//!   `EnrollUser` (old credential revoked), the user's row still has the
+//!   old key (`tests/e2e/tests/reset.rs`).
 
 /// The variable that names the crash point.
 pub const CRASH_AT: &str = "FLEETKEY_TEST_CRASH_AT";

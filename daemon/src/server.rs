@@ -448,6 +448,46 @@ impl Fleetkey for Service {
                 }),
         )
     }
+
+    // --- user reset ---
+    async fn reset_user(
+        &self,
+        request: Request<fleetkey_proto::daemon::ResetUserRequest>,
+    ) -> Reply<User> {
+        // The rule of `user remove`: an admin's.
+        let caller = self.require_admin(&request, "reset users")?;
+        let request = request.into_inner();
+        check_pin_field("pin", &request.pin)?;
+        tracing::info!(uid = caller.uid, user = %fleetkey_proto::terminal::escape(&request.name), "user reset requested");
+        let pin = Pin::new(request.pin);
+        let options = CreateOptions {
+            reader: Some(request.reader).filter(|r| !r.is_empty()),
+            slot: Some(request.slot).filter(|s| !s.is_empty()),
+        };
+        // As add_user: a caller that hangs up does not cut the reset in
+        // half.
+        let engine = Arc::clone(&self.engine);
+        let uid = caller.uid;
+        let reset = tokio::spawn(async move {
+            engine
+                .reset_user(
+                    Requester::Uid(uid),
+                    &request.name,
+                    &request.code,
+                    pin,
+                    &request.backend,
+                    &options,
+                    request.require_pin_change,
+                )
+                .await
+        });
+        reply(reset.await.unwrap_or_else(|error| {
+            Err(Failure::new(
+                Reason::Internal,
+                format!("the reset task failed: {error}"),
+            ))
+        }))
+    }
 }
 
 /// The stream of `WatchApprovals`.

@@ -18,7 +18,7 @@ mod approvals;
 pub use approvals::ChallengeRecord;
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -179,6 +179,9 @@ impl StateStore {
                  PRAGMA user_version = 7;
                  COMMIT;",
             )?;
+        }
+        if version < 8 {
+            migrate_v8(&conn)?;
         }
         let cache = Cache {
             device: load_device(&conn)?,
@@ -587,6 +590,178 @@ fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<UserRecord, S
     }))
 }
 
+/// Version 8: user resets waiting for the portal (`fleetkeyctl user
+/// reset`): the new key and the signed `EnrollUser` request, beside the
+/// user's row, which keeps the old key until the portal answers. Goes with
+/// the user (ON DELETE CASCADE).
+fn migrate_v8(conn: &Connection) -> Result<(), StateError> {
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         CREATE TABLE IF NOT EXISTS user_resets (
+             name TEXT PRIMARY KEY REFERENCES users (name) ON DELETE CASCADE,
+             backend TEXT NOT NULL,
+             key_ref BLOB NOT NULL,
+             public_key BLOB NOT NULL,
+             hardware_backed INTEGER NOT NULL,
+             enroll_request BLOB NOT NULL,
+             old_credential_id TEXT NOT NULL,
+             require_pin_change INTEGER NOT NULL,
+             created_at INTEGER NOT NULL
+         );
+         PRAGMA user_version = 8;
+         COMMIT;",
+    )?;
+    Ok(())
+}
+
+/// A user reset whose new key exists and whose `EnrollUser` (which makes
+/// the portal revoke the old credential) may or may not have reached the
+/// portal (table `user_resets`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResetRecord {
+    pub name: String,
+    pub backend: String,
+    pub key_ref: Vec<u8>,
+    pub public_key_der: Vec<u8>,
+    pub hardware_backed: bool,
+    /// The signed request (protobuf), exactly as sent, to send again.
+    pub enroll_request: Vec<u8>,
+    pub old_credential_id: String,
+    pub require_pin_change: bool,
+    pub created_at: i64,
+}
+
+const RESET_COLUMNS: &str = "SELECT name, backend, key_ref, public_key, hardware_backed, enroll_request, old_credential_id, require_pin_change, created_at FROM user_resets";
+
+fn reset_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ResetRecord> {
+    Ok(ResetRecord {
+        name: r.get(0)?,
+        backend: r.get(1)?,
+        key_ref: r.get(2)?,
+        public_key_der: r.get(3)?,
+        hardware_backed: r.get(4)?,
+        enroll_request: r.get(5)?,
+        old_credential_id: r.get(6)?,
+        require_pin_change: r.get(7)?,
+        created_at: r.get(8)?,
+    })
+}
+
+impl StateStore {
+    /// Records a reset before its request goes to the portal; fails if
+    /// the user has one already or is not enrolled.
+    pub fn insert_reset(&self, reset: &ResetRecord) -> Result<(), StateError> {
+        self.conn()?.execute(
+            "INSERT INTO user_resets (name, backend, key_ref, public_key, hardware_backed, enroll_request, old_credential_id, require_pin_change, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                reset.name,
+                reset.backend,
+                reset.key_ref,
+                reset.public_key_der,
+                reset.hardware_backed,
+                reset.enroll_request,
+                reset.old_credential_id,
+                reset.require_pin_change,
+                reset.created_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Every reset waiting for the portal, by name.
+    pub fn resets(&self) -> Result<Vec<ResetRecord>, StateError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(&format!("{RESET_COLUMNS} ORDER BY name"))?;
+        let rows = stmt.query_map([], reset_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn reset(&self, name: &str) -> Result<Option<ResetRecord>, StateError> {
+        Ok(self
+            .conn()?
+            .query_row(
+                &format!("{RESET_COLUMNS} WHERE name = ?1"),
+                [name],
+                reset_from_row,
+            )
+            .optional()?)
+    }
+
+    /// Forgets a reset the portal refused (the new key is deleted after).
+    pub fn delete_reset(&self, name: &str) -> Result<(), StateError> {
+        self.conn()?
+            .execute("DELETE FROM user_resets WHERE name = ?1", [name])?;
+        Ok(())
+    }
+
+    /// The portal accepted the reset: in one transaction the user's row
+    /// takes the new key and credential (no wrong PINs counted, a PIN
+    /// change required as asked) and the reset row goes. The old key is
+    /// then named by no row; the caller deletes it (or startup does).
+    pub fn complete_reset(
+        &self,
+        reset: &ResetRecord,
+        credential_id: &str,
+        enrolled_at: i64,
+    ) -> Result<(), StateError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let updated = tx.execute(
+            "UPDATE users SET credential_id = ?2, backend = ?3, key_ref = ?4, public_key = ?5,
+                 hardware_backed = ?6, state = 'active', failed_attempts = 0, enrolled_at = ?7,
+                 enroll_request = x''
+             WHERE name = ?1",
+            params![
+                reset.name,
+                credential_id,
+                reset.backend,
+                reset.key_ref,
+                reset.public_key_der,
+                reset.hardware_backed,
+                enrolled_at
+            ],
+        )?;
+        if updated != 1 {
+            return Err(StateError::Corrupt(format!(
+                "the reset of {} has no user row to complete",
+                reset.name
+            )));
+        }
+        tx.execute(
+            "DELETE FROM pin_change_required WHERE name = ?1",
+            [&reset.name],
+        )?;
+        if reset.require_pin_change {
+            tx.execute(
+                "INSERT INTO pin_change_required (name) VALUES (?1)",
+                [&reset.name],
+            )?;
+        }
+        tx.execute("DELETE FROM user_resets WHERE name = ?1", [&reset.name])?;
+        tx.commit()?;
+        drop(conn);
+        self.apply(|cache| {
+            if let Some(user) = cache.users.get_mut(&reset.name) {
+                user.credential_id = credential_id.to_string();
+                user.backend = reset.backend.clone();
+                user.key_ref = reset.key_ref.clone();
+                user.public_key_der = reset.public_key_der.clone();
+                user.hardware_backed = reset.hardware_backed;
+                user.state = UserState::Active;
+                user.failed_attempts = 0;
+                user.enrolled_at = enrolled_at;
+                user.enroll_request = Vec::new();
+            }
+            if reset.require_pin_change {
+                cache.pin_change.insert(reset.name.clone());
+            } else {
+                cache.pin_change.remove(&reset.name);
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -738,6 +913,65 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    fn reset_of(name: &str) -> ResetRecord {
+        ResetRecord {
+            name: name.into(),
+            backend: "soft".into(),
+            key_ref: b"k2".to_vec(),
+            public_key_der: vec![9, 9],
+            hardware_backed: false,
+            enroll_request: b"signed reset".to_vec(),
+            old_credential_id: "cred-1".into(),
+            require_pin_change: true,
+            created_at: 30,
+        }
+    }
+
+    #[test]
+    fn a_reset_waits_beside_the_user_then_replaces_its_key_in_one_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let store = StateStore::open(&path).unwrap();
+            // Only for an enrolled user.
+            assert!(store.insert_reset(&reset_of("alice")).is_err());
+            store.insert_user(&user("alice")).unwrap();
+            store.activate_user("alice", "cred-1", 20).unwrap();
+            for _ in 0..3 {
+                store.record_failed_attempt("alice").unwrap();
+            }
+            store.insert_reset(&reset_of("alice")).unwrap();
+            // One at a time.
+            assert!(store.insert_reset(&reset_of("alice")).is_err());
+        }
+        // It survives a restart, and the user still has the old key.
+        let store = StateStore::open(&path).unwrap();
+        assert_eq!(store.resets().unwrap(), vec![reset_of("alice")]);
+        let alice = store.user("alice").unwrap().unwrap();
+        assert_eq!(
+            (alice.key_ref.as_slice(), alice.failed_attempts),
+            (&b"k1"[..], 3)
+        );
+        store
+            .complete_reset(&reset_of("alice"), "cred-2", 40)
+            .unwrap();
+        for store in [store, StateStore::open(&path).unwrap()] {
+            let alice = store.user("alice").unwrap().unwrap();
+            assert_eq!(alice.key_ref, b"k2");
+            assert_eq!(alice.public_key_der, vec![9, 9]);
+            assert_eq!(alice.credential_id, "cred-2");
+            assert_eq!(alice.failed_attempts, 0);
+            assert_eq!(alice.enrolled_at, 40);
+            assert!(store.pin_change_required("alice").unwrap());
+            assert!(store.resets().unwrap().is_empty());
+        }
+        // A reset goes with its user.
+        let store = StateStore::open(&path).unwrap();
+        store.insert_reset(&reset_of("alice")).unwrap();
+        store.delete_user("alice").unwrap();
+        assert!(store.reset("alice").unwrap().is_none());
     }
 
     #[test]

@@ -172,6 +172,11 @@ reasons! {
         "No line of the batch was enrolled; each line is reported with its reason. Fix the cause and run the same command again.";
     BatchInvalid = "BATCH_INVALID", 122, InvalidArgument,
         "The dry run found lines that would fail (each is reported with its reason); fix them before the real run.";
+    // --- migration and reset ---
+    ResetCodeMismatch = "RESET_CODE_MISMATCH", 123, FailedPrecondition,
+        "This code does not reset this user's credential; ask the portal for a reset code for the user on this device: fleetkey-portal user reset-code NAME --device DEVICE_ID.";
+    ResetPending = "RESET_PENDING", 124, Unavailable,
+        "A reset of this user is waiting for the portal's answer; fleetkeyd sends it again every minute and at its next start. Check the connection to the portal (fleetkeyctl doctor).";
     // --- system service ---
     DoctorProblems = "DOCTOR_PROBLEMS", 65, FailedPrecondition,
         "fleetkeyctl doctor found something broken; fix each failed check as its hint says and run it again.";

@@ -24,6 +24,7 @@ pub mod user_list;
 pub mod user_pin_change;
 pub mod user_pin_unblock;
 pub mod user_remove;
+pub mod user_reset;
 pub mod user_show;
 
 use std::path::PathBuf;

@@ -13,6 +13,7 @@ use super::user_list::UserList;
 use super::user_pin_change::UserPinChange;
 use super::user_pin_unblock::UserPinUnblock;
 use super::user_remove::UserRemove;
+use super::user_reset::UserReset;
 use super::user_show::UserShow;
 
 /// The user commands.
@@ -23,6 +24,7 @@ pub enum UserCommand {
     List(UserList),
     Show(UserShow),
     Remove(UserRemove),
+    Reset(UserReset),
     /// Manage a user's PIN
     #[command(subcommand)]
     Pin(PinCommand),
@@ -44,6 +46,7 @@ impl UserCommand {
             UserCommand::List(cmd) => cmd.run(ctx).await,
             UserCommand::Show(cmd) => cmd.run(ctx).await,
             UserCommand::Remove(cmd) => cmd.run(ctx).await,
+            UserCommand::Reset(cmd) => cmd.run(ctx).await,
             UserCommand::Pin(PinCommand::Change(cmd)) => cmd.run(ctx).await,
             UserCommand::Pin(PinCommand::Unblock(cmd)) => cmd.run(ctx).await,
         }

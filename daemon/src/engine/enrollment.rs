@@ -293,7 +293,7 @@ pub(super) fn portal_user_name(name: &str) -> Result<String, Failure> {
     }
 }
 
-fn random_id(prefix: &str) -> Result<String, Failure> {
+pub(super) fn random_id(prefix: &str) -> Result<String, Failure> {
     let mut bytes = [0u8; 12];
     getrandom::fill(&mut bytes)
         .map_err(|e| Failure::new(Reason::Internal, format!("no randomness: {e}")))?;

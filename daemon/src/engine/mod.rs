@@ -8,6 +8,7 @@
 //! - `signing`: signing, PIN change and unblock, wrong-PIN counting, the
 //!   per-user locks;
 //! - `recovery`: startup recovery of what a crash interrupted;
+//! - `reset`: enrolling a user again under the same name with a reset code;
 //! - `keystore`: the one async wrapper around a key store;
 //! - `failure`: key-store errors as `Failure`s;
 //! - `approvals`: login challenges from the portal stream, answered here.
@@ -24,6 +25,7 @@ mod integrity;
 mod keystore;
 mod precheck;
 mod recovery;
+mod reset;
 mod signing;
 #[cfg(test)]
 mod tests;

@@ -10,7 +10,8 @@
 //! reached, the row stays pending and is tried again later
 //! ([`Engine::retry_pending`]); meanwhile `user list` shows it with a note
 //! and `user remove` removes it. A pending row without a request (written
-//! by an older fleetkeyd) is rolled back, as before.
+//! by an older fleetkeyd) is rolled back, as before. User resets waiting
+//! for the portal (reset.rs) are sent again the same way.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -35,6 +36,10 @@ pub struct Recovery {
     /// Pending users kept for a later try (portal or key store unavailable).
     pub pending_kept: usize,
     pub orphan_keys_deleted: usize,
+    /// User resets (reset.rs) completed or undone by the portal's answer.
+    pub resets_resolved: usize,
+    /// User resets kept for a later try.
+    pub resets_kept: usize,
 }
 
 /// What became of one pending user.
@@ -51,12 +56,18 @@ impl Engine {
         let mut recovery = Recovery::default();
         self.read_lockout_counters().await;
         self.resolve_pending(&mut recovery).await?;
-        // Every key a row names stays, pending ones included.
+        // Every key a row names stays, pending ones and resets included.
         let recorded: HashSet<(String, Vec<u8>)> = self
             .state
             .users()?
             .into_iter()
             .map(|u| (u.backend, u.key_ref))
+            .chain(
+                self.state
+                    .resets()?
+                    .into_iter()
+                    .map(|r| (r.backend, r.key_ref)),
+            )
             .collect();
         for store in self.stores() {
             let resident = match store.resident_keys().await? {
@@ -96,7 +107,8 @@ impl Engine {
                 .state
                 .users()
                 .map(|users| users.iter().any(|u| u.state == UserState::Pending))
-                .unwrap_or(false);
+                .unwrap_or(false)
+                || self.state.resets().is_ok_and(|r| !r.is_empty());
             if !pending {
                 continue;
             }
@@ -118,6 +130,13 @@ impl Engine {
                 Resolved::Completed => recovery.pending_completed += 1,
                 Resolved::RolledBack => recovery.pending_rolled_back += 1,
                 Resolved::Kept => recovery.pending_kept += 1,
+            }
+        }
+        for reset in self.state.resets()? {
+            if self.resolve_reset(&reset).await? {
+                recovery.resets_resolved += 1;
+            } else {
+                recovery.resets_kept += 1;
             }
         }
         Ok(())
@@ -188,7 +207,7 @@ impl Engine {
 
 /// Whether a portal failure may pass (the portal is down, overloaded, or
 /// answered with something that is not a decision about the request).
-fn worth_retrying(reason: Reason) -> bool {
+pub(super) fn worth_retrying(reason: Reason) -> bool {
     matches!(
         reason,
         Reason::PortalUnreachable

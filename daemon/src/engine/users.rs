@@ -10,6 +10,9 @@ use crate::state::{DeviceRecord, UserRecord, UserState};
 
 /// What `user list` says of a user whose enrollment waits for the portal.
 pub const PENDING_NOTE: &str = "enrollment pending: the daemon stopped before the portal confirmed it, and the portal could not be reached since; it is tried again every minute";
+/// What `user list` and `user show` say of a user whose reset waits for
+/// the portal (reset.rs).
+pub const RESET_PENDING_NOTE: &str = "reset pending: the portal has not confirmed the new key yet; until it does, the old key and PIN stay in use; it is tried again every minute";
 
 impl Engine {
     pub async fn list_users(&self) -> Result<Vec<daemon::User>, Failure> {
@@ -17,6 +20,8 @@ impl Engine {
         // A pending row while an enrollment runs is that enrollment's;
         // shown are only those left pending by a crash.
         let enrolling = self.enroll_lock.try_lock().is_err();
+        let resetting: std::collections::HashSet<String> =
+            self.state.resets()?.into_iter().map(|r| r.name).collect();
         users
             .iter()
             .filter(|u| u.state == UserState::Active || !enrolling)
@@ -25,6 +30,9 @@ impl Engine {
                 message.pin_change_required = self.state.pin_change_required(&u.name)?;
                 if u.state == UserState::Pending {
                     message.notes.push(PENDING_NOTE.into());
+                }
+                if resetting.contains(&u.name) && !enrolling {
+                    message.notes.push(RESET_PENDING_NOTE.into());
                 }
                 Ok(message)
             })
@@ -35,6 +43,9 @@ impl Engine {
         let user = self.require_user(name)?;
         let mut message = user_message(&user, self.max_attempts_for(&user.backend))?;
         message.pin_change_required = self.state.pin_change_required(&user.name)?;
+        if self.state.reset(&user.name)?.is_some() {
+            message.notes.push(RESET_PENDING_NOTE.into());
+        }
         Ok(message)
     }
 

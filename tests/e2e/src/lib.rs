@@ -19,3 +19,5 @@ pub use helpers::*;
 pub use pcsc::*;
 pub use portal::*;
 pub use swtpm::*;
+pub mod readme;
+pub use readme::{readme_block, run_script};

@@ -21,6 +21,8 @@ use crate::rate_limit::{DEFAULT_BURST, DEFAULT_PER_SECOND, RateLimit};
 use crate::server::{TrustAnchors, bound_url, check_public_url, check_tls, run_with};
 use crate::store::{CodeKind, CodeRecord, EkCertificateStatus, Enrollment, Store, StoreError};
 
+mod migrate;
+
 /// The default lifetime of an activation code, in seconds.
 pub const DEFAULT_TTL_SECS: i64 = 600;
 /// The longest lifetime `code issue` accepts (one year).
@@ -286,6 +288,10 @@ pub enum UserCommand {
         \"device_id\", \"credential_id\", \"revoked_at\" (RFC 3339)}."
     )]
     Revoke(UserRevokeArgs),
+    /// Issue a reset code: an add-user code that replaces the user's
+    /// credential on a device (`fleetkeyctl user reset NAME --code CODE`).
+    #[command(long_about = migrate::RESET_CODE_ABOUT)]
+    ResetCode(migrate::UserResetCodeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -354,6 +360,10 @@ pub enum DeviceCommand {
         `device show` then shows the verified result."
     )]
     Integrity(DeviceIntegrityArgs),
+    /// Move a device's users to a new device: one replacing add-user code
+    /// per user, as a batch file for `fleetkeyctl user add-batch`.
+    #[command(long_about = migrate::MIGRATE_ABOUT)]
+    Migrate(migrate::DeviceMigrateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -397,6 +407,8 @@ pub fn run_cli(cli: Cli) -> Result<(), PortalError> {
         Command::Login(LoginCommand::Wait(args)) => login_wait(args),
         Command::Device(DeviceCommand::Show(args)) => device_show(args),
         Command::Device(DeviceCommand::Integrity(args)) => device_integrity(args),
+        Command::Device(DeviceCommand::Migrate(args)) => migrate::device_migrate(args),
+        Command::User(UserCommand::ResetCode(args)) => migrate::user_reset_code(args),
     }
 }
 
@@ -623,21 +635,27 @@ fn issue(args: IssueArgs) -> Result<(), PortalError> {
 
 /// The store to issue codes in, and the portal URL the codes carry.
 fn issuing_store(args: &IssueArgs) -> Result<(Store, String), PortalError> {
-    if let Some(url) = &args.portal_url {
+    store_with_url(&args.db, args.portal_url.as_ref())
+}
+
+/// The store at `db`, and the portal URL codes carry: `portal_url`, or
+/// the one `serve` recorded.
+fn store_with_url(db: &DbArg, portal_url: Option<&String>) -> Result<(Store, String), PortalError> {
+    if let Some(url) = portal_url {
         check_public_url(url).map_err(|_| {
             PortalError::Usage(format!(
                 "--portal-url {url:?} is not an http:// or https:// URL with a host"
             ))
         })?;
     }
-    let store = match &args.portal_url {
-        Some(_) => Store::open(&args.db.db)?,
-        None => match Store::open_existing(&args.db.db) {
+    let store = match portal_url {
+        Some(_) => Store::open(&db.db)?,
+        None => match Store::open_existing(&db.db) {
             Err(StoreError::Missing(_)) => return Err(PortalError::NoPortalUrl),
             other => other?,
         },
     };
-    let portal_url = match &args.portal_url {
+    let portal_url = match portal_url {
         Some(url) => url.clone(),
         None => store.db().public_url()?.ok_or(PortalError::NoPortalUrl)?,
     };
@@ -842,11 +860,11 @@ fn public_key_pem(enrollment: &Enrollment) -> Result<String, PortalError> {
 
 /// The one active enrollment of `user` (on `device`, when given).
 fn pick_enrollment(
-    store: &Store,
+    db: &crate::store::Db<'_>,
     user: &str,
     device: Option<&str>,
 ) -> Result<Enrollment, PortalError> {
-    let mut enrollments = store.db().active_enrollments(Some(user))?;
+    let mut enrollments = db.active_enrollments(Some(user))?;
     if let Some(device) = device {
         enrollments.retain(|e| e.device_id == device);
     }
@@ -874,7 +892,7 @@ fn pick_enrollment(
 
 fn user_show(args: UserShowArgs) -> Result<(), PortalError> {
     let store = Store::open_existing(&args.db.db)?;
-    let enrollment = pick_enrollment(&store, &args.user, args.device.as_deref())?;
+    let enrollment = pick_enrollment(&store.db(), &args.user, args.device.as_deref())?;
     let details = UserDetails {
         public_key_pem: public_key_pem(&enrollment)?,
         user: enrollment.user,
@@ -973,7 +991,7 @@ pub struct RevokedCredential {
 
 fn user_revoke(args: UserRevokeArgs) -> Result<(), PortalError> {
     let mut store = Store::open_existing(&args.db.db)?;
-    let enrollment = pick_enrollment(&store, &args.user, args.device.as_deref())?;
+    let enrollment = pick_enrollment(&store.db(), &args.user, args.device.as_deref())?;
     let now = now_unix();
     let revoked = store
         .immediate(|db| {

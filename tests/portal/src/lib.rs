@@ -18,6 +18,8 @@
 //!   docs/tpm-attestation.md; [`der`]: the X.509 subset certificate chains
 //!   need; [`attestation`]: PIV attestation.
 //! - [`login`]: login challenges answered on devices (docs/approvals.md).
+//! - [`migrate`]: replacing codes: moving a device's users to another
+//!   device (`device migrate`) and resetting one user (`user reset-code`).
 //! - [`integrity`]: the check of a device's integrity report and quote
 //!   (docs/integrity.md).
 
@@ -30,6 +32,7 @@ pub mod error;
 pub mod files;
 pub mod integrity;
 pub mod login;
+pub mod migrate;
 pub mod qr;
 pub mod rate_limit;
 pub mod server;

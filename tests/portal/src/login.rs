@@ -292,6 +292,10 @@ pub fn check_answer(
     request: &AnswerChallengeRequest,
     now: i64,
 ) -> Result<Result<Answered, Failure>, Failure> {
+    // A migration whose deadline has come revokes its old credentials
+    // first, so that no answer signed by one is taken after the deadline,
+    // even between two of `serve`'s sweeps.
+    crate::migrate::sweep_due(db, now)?;
     let device = db.device(&request.device_id)?.ok_or_else(|| {
         Failure::new(
             Reason::DeviceUnknown,

@@ -144,6 +144,9 @@ pub async fn run_with(
     if let Some(roots) = trust.tpm_ek_roots {
         service = service.with_tpm_ek_roots(roots);
     }
+    // Migrations whose deadline came while the portal was down are swept
+    // now, the others as their deadline comes.
+    let sweeper = tokio::spawn(sweep_migrations(std::sync::Arc::clone(service.store())));
     let server = builder
         .add_service(PortalServer::new(service))
         // TCP_NODELAY: a response is several small writes (headers, data,
@@ -157,9 +160,13 @@ pub async fn run_with(
         );
     tokio::pin!(server);
     tokio::select! {
-        result = &mut server => return result.map_err(PortalError::from),
+        result = &mut server => {
+            sweeper.abort();
+            return result.map_err(PortalError::from);
+        }
         () = shutdown => {}
     }
+    sweeper.abort();
     // Stop accepting, let the calls in progress finish, but do not wait
     // forever for clients that keep their connections open.
     let _ = drain.send(());
@@ -172,4 +179,42 @@ pub async fn run_with(
     }
     tracing::info!("portal stopped");
     Ok(())
+}
+
+/// Revokes the old credentials of migrations whose deadline has come
+/// (`crate::migrate::sweep_due`): at once, then every
+/// [`crate::migrate::SWEEP_INTERVAL`].
+async fn sweep_migrations(store: std::sync::Arc<std::sync::Mutex<Store>>) {
+    let mut ticks = tokio::time::interval(crate::migrate::SWEEP_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let store = std::sync::Arc::clone(&store);
+        let swept = tokio::task::spawn_blocking(move || {
+            let mut store = store
+                .lock()
+                .map_err(|_| "the portal's store lock is poisoned".to_string())?;
+            let now = fleetkey_proto::time::now_unix();
+            store
+                .immediate(|db| crate::migrate::sweep_due(db, now))
+                .map_err(|error: crate::store::StoreError| error.to_string())
+        })
+        .await;
+        match swept {
+            Ok(Ok(swept)) => {
+                for credential in swept {
+                    tracing::info!(
+                        migration = %credential.migration_id,
+                        user = %fleetkey_proto::terminal::escape(&credential.user),
+                        credential_id = %credential.credential_id,
+                        "migration deadline: old credential revoked (not replaced in time)"
+                    );
+                }
+            }
+            Ok(Err(error)) => {
+                tracing::error!(%error, "could not sweep migrations past their deadline")
+            }
+            Err(error) => tracing::error!(%error, "the migration sweep task failed"),
+        }
+    }
 }

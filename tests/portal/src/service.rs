@@ -21,7 +21,8 @@
 //!   charged to the peer), the device's rate limit (spent), then in the
 //!   transaction: user signature (proof of possession), code known, kind,
 //!   used (unless an exact retry: same device, code and user key, not
-//!   revoked since, which answers the same credential again), expired, user
+//!   revoked since, which answers the same credential again), expired, the
+//!   credential a replacing code names revoked (`crate::migrate`), user
 //!   not already enrolled on the device, attestation format.
 //! - RevokeUser: the device's rate limit (not spent yet), device known,
 //!   timestamp within 5 minutes, device signature (a failure so far is
@@ -217,6 +218,7 @@ impl PortalService {
                 CodeKind::Device => String::new(),
             },
             expires_at: record.expires_at,
+            replaces_credential_id: record.replaces_credential.unwrap_or_default(),
         })
     }
 
@@ -574,6 +576,13 @@ impl PortalService {
                     return Ok((existing, true));
                 }
                 usable(&code, &record, now)?;
+                // A replacing code (device migrate, user reset-code): the
+                // old credential goes in this transaction, before the
+                // one-active-per-device check, so that a reset on the
+                // same device replaces the user's own credential.
+                if let Some(old) = &record.replaces_credential {
+                    crate::migrate::retire_replaced(db, old, now)?;
+                }
                 if let Some(existing) = db.active_enrollment(&device.device_id, &user)? {
                     return Err(Failure::new(
                         Reason::AlreadyEnrolled,
@@ -690,6 +699,14 @@ impl PortalService {
                 };
                 db.insert_enrollment(&enrollment)?;
                 mark_used(db, &code, &record, &device.device_id, now)?;
+                if record.replaces_credential.is_some() {
+                    crate::migrate::record_replaced(
+                        db,
+                        &record.code_hash,
+                        &enrollment.credential_id,
+                        now,
+                    )?;
+                }
                 Ok((enrollment, false))
             })
         })

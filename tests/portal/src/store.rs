@@ -13,18 +13,21 @@
 //! ([`crate::code_key`]): the key lives in `portal.db.key` beside the
 //! database, so the database alone leaks no usable code.
 //!
-//! Schema version 5 (`PRAGMA user_version`; version 1 to 4 databases are
+//! Schema version 6 (`PRAGMA user_version`; version 1 to 5 databases are
 //! migrated on open):
 //!
 //! | table | columns |
 //! | --- | --- |
 //! | settings | key (PK), value — `public_url` is the URL put in QR codes; `code_key_check` identifies the code key |
-//! | codes | code_hash (HMAC-SHA256 of the compact form, PK; since v3, replacing the code's text), kind (`device`/`user`), user, created_at, expires_at, used_at, used_by_device |
+//! | codes | code_hash (HMAC-SHA256 of the compact form, PK; since v3, replacing the code's text), kind (`device`/`user`), user, created_at, expires_at, used_at, used_by_device; since v6: replaces_credential (the credential the enrollment that redeems it revokes, in the same transaction) |
 //! | devices | device_id (PK), public_key (SPKI DER), name, registered_at; since v2: tpm_ak_public, tpm_ak_name, tpm_ek_public, tpm_ek_certificate, tpm_ek_certificate_status (`verified`/`not-checked`/`absent`), tpm_ek_certificate_anchor, tpm_verified_at (all NULL for devices without a verified TPM identity), attestation_detail |
 //! | enrollments | device_id, user, credential_id (unique), public_key (SPKI DER), backend, attestation_format, hardware_backed, enrolled_at, revoked_at, code_hash (the code redeemed; `code` before v3); since v2: attestation_detail |
 //! | tpm_challenges (v2) | code_hash (`code` before v3), device_public_key (PK together), device_name, secret_sha256 (never the secret), ak_public, ak_name, ek_public, ek_certificate, ek_certificate_status, ek_certificate_anchor, created_at — credential challenges waiting for CompleteTpmActivation |
 //! | device_integrity (v5) | device_id (PK), level, summary, tpm_verified, report_digest, exceptions, verified_at, occasion (`activation`/`user add`/`on-demand`) — the last verified integrity evidence (docs/integrity.md) |
 //! | integrity_requests (v5) | device_id (PK), requested_at, nonce_issued_at — `device integrity` requests the device has not answered |
+//!
+//! | migrations (v6) | migration_id (PK), old_device_id, created_at, deadline, voided_at, swept_at — see [`crate::migrate`] |
+//! | migration_users (v6) | migration_id, user (PK together), old_credential_id, code_hash, outcome (NULL, `replaced`, `revoked`, `voided`), new_credential_id, outcome_at |
 //!
 //! | login_challenges (v4) | see [`crate::login`]: login challenges for users' devices (docs/approvals.md) |
 //!
@@ -43,7 +46,7 @@ use crate::code_key::{CodeHash, CodeKey, KeyError, key_path};
 use crate::files::{create_private, make_private, sqlite_side_files};
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 /// The settings key holding the code key's check value.
 pub const SETTING_CODE_KEY_CHECK: &str = "code_key_check";
 /// How long a statement waits for another process's lock (e.g. `code issue`
@@ -267,6 +270,9 @@ pub struct CodeRecord {
     pub expires_at: i64,
     pub used_at: Option<i64>,
     pub used_by_device: Option<String>,
+    /// The credential the enrollment that redeems this code revokes
+    /// (`device migrate`, `user reset-code`).
+    pub replaces_credential: Option<String>,
 }
 
 /// Whether a code can still be redeemed.
@@ -302,6 +308,7 @@ impl CodeRecord {
             expires_at: now.saturating_add(ttl),
             used_at: None,
             used_by_device: None,
+            replaces_credential: None,
         }
     }
 
@@ -330,6 +337,7 @@ impl CodeRecord {
             expires_at: row.get("expires_at")?,
             used_at: row.get("used_at")?,
             used_by_device: row.get("used_by_device")?,
+            replaces_credential: row.get("replaces_credential")?,
         })
     }
 }
@@ -632,6 +640,9 @@ impl Store {
         }
         if version <= 4 {
             migrate_v4_to_v5(&tx)?;
+        }
+        if version <= 5 {
+            crate::migrate::migrate_v5_to_v6(&tx)?;
         }
         let broken: i64 =
             tx.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |row| {
@@ -988,8 +999,8 @@ impl Db<'_> {
     pub fn insert_code(&self, record: &CodeRecord) -> Result<bool, StoreError> {
         let inserted = self.conn.execute(
             "INSERT INTO codes (code_hash, kind, user, created_at, expires_at, used_at,
-                 used_by_device)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 used_by_device, replaces_credential)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
              ON CONFLICT (code_hash) DO NOTHING",
             params![
                 record.code_hash,
@@ -999,6 +1010,7 @@ impl Db<'_> {
                 record.expires_at,
                 record.used_at,
                 record.used_by_device,
+                record.replaces_credential,
             ],
         )?;
         Ok(inserted == 1)
@@ -1582,6 +1594,61 @@ mod tests {
         assert_eq!(
             std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
             0o600
+        );
+    }
+
+    /// A version-5 database (before replacing codes and migrations) gains
+    /// them on open; its codes read as replacing nothing, and its devices
+    /// can be migrated.
+    #[test]
+    fn a_version_5_database_is_migrated_to_6() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("portal.db");
+        let code = ActivationCode::generate().unwrap();
+        {
+            let mut conn = old_database(&path, 2);
+            let key = CodeKey::load_or_create(&key_path(&path)).unwrap();
+            let tx = conn.transaction().unwrap();
+            migrate_v2_to_v3(&tx, &key).unwrap();
+            crate::login::migrate_v3_to_v4(&tx).unwrap();
+            migrate_v4_to_v5(&tx).unwrap();
+            tx.execute(
+                "INSERT INTO settings (key, value) VALUES (?1, ?2)",
+                params![SETTING_CODE_KEY_CHECK, key.check_value()],
+            )
+            .unwrap();
+            tx.execute(
+                "INSERT INTO codes VALUES (?1, 'user', 'alice', ?2, ?3, NULL, NULL)",
+                params![key.hash(&code), NOW, NOW + 600],
+            )
+            .unwrap();
+            tx.execute_batch(
+                "INSERT INTO devices (device_id, public_key, name, registered_at)
+                     VALUES ('dev-a', x'01', 'kiosk', 1);
+                 INSERT INTO enrollments (device_id, user, credential_id, public_key, backend,
+                     attestation_format, hardware_backed, enrolled_at)
+                     VALUES ('dev-a', 'bob', 'cred-1', x'02', 'soft', 'none', 0, 1);
+                 PRAGMA user_version = 5;",
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let mut store = Store::open(&path).unwrap();
+        let version: i64 = store
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 6);
+        let record = store.db().code(&code).unwrap().unwrap();
+        assert_eq!(record.user.as_deref(), Some("alice"));
+        assert_eq!(record.replaces_credential, None);
+        let started = store
+            .immediate(|db| crate::migrate::start(db, "dev-a", NOW + 60, NOW + 60, false, NOW))
+            .unwrap();
+        assert_eq!(started.codes.len(), 1);
+        assert_eq!(
+            started.codes[0].1.replaces_credential.as_deref(),
+            Some("cred-1")
         );
     }
 
