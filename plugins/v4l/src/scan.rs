@@ -348,14 +348,11 @@ mod tests {
 
     use super::*;
     use crate::source::ImageSource;
-    use crate::testset::{Expected, shared_set};
+    use crate::testset::Expected;
 
     fn sample(kind: &str) -> (LumaFrame, Expected) {
-        let s = shared_set()
-            .iter()
-            .find(|s| s.name.starts_with(kind))
-            .unwrap();
-        (s.frame.clone(), s.expected.clone())
+        let s = crate::testset::sample(kind).unwrap();
+        (s.frame, s.expected)
     }
 
     fn image_opener(frame: LumaFrame) -> Opener {

@@ -7,14 +7,11 @@ use std::path::{Path, PathBuf};
 
 use fleetkey_e2e::{Daemon, Portal, open_tempdir};
 use fleetkey_proto::Reason;
-use fleetkey_v4l::testset::{Expected, shared_set};
+use fleetkey_v4l::testset::{Expected, sample};
 
 /// Writes a frame of the robustness set as a PNG.
 fn sample_png(dir: &Path, prefix: &str) -> (PathBuf, Expected) {
-    let sample = shared_set()
-        .iter()
-        .find(|s| s.name.starts_with(prefix))
-        .expect("sample");
+    let sample = sample(prefix).expect("sample");
     let path = dir.join(format!("{prefix}.png"));
     let file = std::fs::File::create(&path).unwrap();
     let mut encoder = png::Encoder::new(
