@@ -128,7 +128,7 @@ fn a_locked_user_is_reset_and_signs_with_the_new_pin() {
     );
     assert_eq!(
         portal_credentials(&portal, "alice"),
-        [old_credential.clone()]
+        std::slice::from_ref(&old_credential)
     );
 
     // An admin resets her with the code and a new PIN.
@@ -148,7 +148,7 @@ fn a_locked_user_is_reset_and_signs_with_the_new_pin() {
     // At the portal: the new credential only; the old one is revoked.
     assert_eq!(
         portal_credentials(&portal, "alice"),
-        [new_credential.clone()]
+        std::slice::from_ref(&new_credential)
     );
     // One key on the device: the old one is deleted.
     assert_eq!(key_files(&daemon).len(), 1);
