@@ -1607,6 +1607,8 @@ mod tests {
         let code = ActivationCode::generate().unwrap();
         {
             let mut conn = old_database(&path, 2);
+            // As `Store::migrate` runs them: tables are replaced.
+            conn.pragma_update(None, "foreign_keys", false).unwrap();
             let key = CodeKey::load_or_create(&key_path(&path)).unwrap();
             let tx = conn.transaction().unwrap();
             migrate_v2_to_v3(&tx, &key).unwrap();
