@@ -294,7 +294,7 @@ fn decode_rxing(frame: &LumaFrame) -> Vec<String> {
     };
     let luma = frame.pixels().to_vec();
     guarded(|| {
-        let mut hints = DecodeHints {
+        let hints = DecodeHints {
             TryHarder: Some(true),
             AlsoInverted: Some(true),
             PossibleFormats: Some([rxing::BarcodeFormat::QR_CODE].into_iter().collect()),
@@ -305,7 +305,7 @@ fn decode_rxing(frame: &LumaFrame) -> Vec<String> {
             luma, width, height,
         )));
         reader
-            .decode_with_hints(&mut bitmap, &mut hints)
+            .decode_with_hints(&mut bitmap, &hints)
             .map(|result| vec![result.getText().to_string()])
             .unwrap_or_default()
     })

@@ -879,9 +879,9 @@ fn decodable(
             if !hidden {
                 continue;
             }
-            let finder = (mx < 8 && my < 8)
-                || (mx + 8 >= modules && my < 8)
-                || (mx < 8 && my + 8 >= modules);
+            let (left, top) = (mx < 8, my < 8);
+            let (right, bottom) = (mx + 8 >= modules, my + 8 >= modules);
+            let finder = (top && (left || right)) || (bottom && left);
             if finder {
                 return false;
             }
