@@ -879,8 +879,8 @@ fn decodable(
             if !hidden {
                 continue;
             }
-            let (left, right) = (mx < 8, mx + 8 >= modules);
-            let (top, bottom) = (my < 8, my + 8 >= modules);
+            let (left, top) = (mx < 8, my < 8);
+            let (right, bottom) = (mx + 8 >= modules, my + 8 >= modules);
             let finder = (top && (left || right)) || (bottom && left);
             if finder {
                 return false;
