@@ -346,9 +346,15 @@ fn transact<T>(
     }
     // Reset before the transaction ends, so that no other program gets
     // the card in between with the PIN or the management key verified.
-    if let Err((transaction, e)) = transaction.end(pcsc::Disposition::ResetCard) {
-        tracing::warn!(error = %e, card = %label.card_id, "cannot reset the card as the transaction ends");
-        drop(transaction);
+    let reset = match transaction.end(pcsc::Disposition::ResetCard) {
+        Ok(()) => true,
+        Err((transaction, e)) => {
+            tracing::warn!(error = %e, card = %label.card_id, "cannot reset the card as the transaction ends");
+            drop(transaction);
+            false
+        }
+    };
+    if !reset {
         // Dropping the connection resets the card.
         drop(card.card.take());
     }
