@@ -383,8 +383,7 @@ impl PcscKeyStore {
             Some(readers) => readers,
             None => {
                 *session = None;
-                let context =
-                    pcsc::Context::establish(pcsc::Scope::User).map_err(service_error)?;
+                let context = pcsc::Context::establish(pcsc::Scope::User).map_err(service_error)?;
                 let readers = list_readers(&context)?;
                 *session = Some(Session {
                     context,
@@ -657,7 +656,8 @@ impl PcscKeyStore {
 
         // The PIN: a card at its factory PIN takes the user's; otherwise
         // the user must know the card's PIN.
-        let factory = piv.secret_metadata(false)
+        let factory = piv
+            .secret_metadata(false)
             .map_err(err)?
             .is_some_and(|m| m.is_default);
         if factory {
@@ -701,8 +701,7 @@ impl PcscKeyStore {
                     KeyStoreError::internal(format!("encoding the slot's certificate: {e}"))
                 })?;
         pin_outcome(piv.verify_pin(pin.as_str()).map_err(err)?)?;
-        let signature = piv.sign_p256(slot, &cert::tbs_digest(&tbs))
-            .map_err(err)?;
+        let signature = piv.sign_p256(slot, &cert::tbs_digest(&tbs)).map_err(err)?;
         let certificate = cert::certificate(&tbs, &signature).map_err(|e| {
             KeyStoreError::internal(format!("encoding the slot's certificate: {e}"))
         })?;

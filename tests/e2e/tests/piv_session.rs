@@ -61,7 +61,9 @@ impl Probe {
     /// GENERAL AUTHENTICATE with the key in `slot` over a digest: needs
     /// the PIN verified.
     fn sign(&self, slot: u8) -> u16 {
-        let mut apdu = vec![0x00, 0x87, 0x11, slot, 0x26, 0x7C, 0x24, 0x82, 0x00, 0x81, 0x20];
+        let mut apdu = vec![
+            0x00, 0x87, 0x11, slot, 0x26, 0x7C, 0x24, 0x82, 0x00, 0x81, 0x20,
+        ];
         apdu.extend([0x5A; 32]);
         apdu.push(0x00);
         self.send(&apdu)
@@ -90,7 +92,8 @@ impl Probe {
 
 /// The card's PIN tries left, from the simulator's state file.
 fn pin_tries_left(card: &SimCard) -> u64 {
-    let state: Value = serde_json::from_str(&std::fs::read_to_string(&card.state).unwrap()).unwrap();
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(&card.state).unwrap()).unwrap();
     state["pin_tries_left"].as_u64().unwrap()
 }
 
@@ -281,7 +284,10 @@ fn the_daemon_waits_while_another_program_holds_a_transaction() {
             started.elapsed()
         });
         std::thread::sleep(Duration::from_millis(800));
-        assert!(!signing.is_finished(), "signed during another's transaction");
+        assert!(
+            !signing.is_finished(),
+            "signed during another's transaction"
+        );
         drop(transaction);
         let took = signing.join().unwrap();
         assert!(took >= Duration::from_millis(800), "{took:?}");
