@@ -339,7 +339,6 @@ fn transact<T>(
         After::EndPin => matches!(piv.reset_pin_status(), Ok(true)),
         After::Reset => false,
     };
-    drop(piv);
     if keep {
         drop(transaction);
         return Ok((Some(card), result));

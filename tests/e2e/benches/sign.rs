@@ -673,7 +673,6 @@ mod piv {
             assert_eq!(piv.verify_pin(PIN_PIV).expect("verify"), SecretCheck::Ok);
             piv.sign_p256(0x9a, &digest(i)).expect("raw sign");
             assert!(piv.reset_pin_status().expect("VERIFY P1=FF"));
-            drop(piv);
             drop(transaction);
             start.elapsed()
         };
