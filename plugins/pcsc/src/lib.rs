@@ -17,13 +17,29 @@
 //!   GENERATE ASYMMETRIC KEY PAIR, then a self-signed certificate written
 //!   to the slot (so PIV middleware sees the key, and the slot is visibly
 //!   in use). A slot that already holds a certificate is refused.
-//! - sign: VERIFY PIN, GENERAL AUTHENTICATE.
+//! - sign: VERIFY PIN, GENERAL AUTHENTICATE, then VERIFY P1=FF.
 //! - delete: the slot's certificate is deleted. PIV has no command to
 //!   delete a key; it stays until the slot is used again.
 //!
-//! Every operation connects afresh through a new PC/SC context, so pcscd
-//! restarting or a reader coming and going between operations is
-//! harmless. A watcher thread follows reader and card events with
+//! # Connections, transactions and the PIN's validity
+//! The PC/SC context and a connection to each PIV card found are kept
+//! between operations, with the card's identity read on that connection.
+//! PC/SC ties a connection to one insertion of one card: after the card
+//! is removed (even if another card takes its place) or reset, calls on
+//! it fail with `RemovedCard`/`ResetCard`. Then, or when pcscd went away,
+//! the card is found again by a full scan (a new context if needed, every
+//! reader, SELECT, CHUID, serial), as it is for a card not yet known.
+//!
+//! Each operation runs inside a PC/SC transaction (other programs wait),
+//! starting with SELECT (another program may have selected another
+//! application in between). An operation that presented a PIN or PUK ends
+//! it with VERIFY P1=FF, which resets the PIN's security status, before
+//! the transaction ends, whether the operation succeeded or not; a card
+//! that refuses that, and any operation that used the management key, is
+//! reset as the transaction ends (and found again next time). So a PIN
+//! verified for an operation never outlives it.
+//!
+//! A watcher thread follows reader and card events with
 //! `SCardGetStatusChange` (blocking, not polling) and logs them.
 
 pub mod apdu;
@@ -150,9 +166,10 @@ fn card_id(guid: Option<String>, serial: Option<u32>) -> Option<String> {
     guid.or_else(|| serial.map(|s| format!("serial-{s}")))
 }
 
-struct PcscCard(pcsc::Card);
+/// One card connection's commands, inside or outside a transaction.
+struct PcscCard<'a>(&'a pcsc::Card);
 
-impl Transmit for PcscCard {
+impl Transmit for PcscCard<'_> {
     fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, pcsc::Error> {
         let mut buffer = vec![0u8; pcsc::MAX_BUFFER_SIZE_EXTENDED];
         let answer = self.0.transmit(apdu, &mut buffer)?;
@@ -173,12 +190,18 @@ struct CardLabel {
     serial: Option<u32>,
 }
 
-/// A PIV card found in a reader.
+/// A connection to a card whose identity was read on it. PC/SC ties a
+/// connection to one insertion of one card: once the card is removed
+/// (even if another card is inserted in its place) or reset, every call
+/// on the connection fails with `RemovedCard` or `ResetCard`, so a
+/// connection that still works reaches the card whose identity it read.
+/// Dropped, it disconnects leaving the card as it is: no operation leaves
+/// a secret verified (see [`After`]).
 struct FoundCard {
     reader: String,
     card_id: String,
     serial: Option<u32>,
-    piv: Piv<PcscCard>,
+    card: Option<pcsc::Card>,
 }
 
 impl FoundCard {
@@ -191,11 +214,41 @@ impl FoundCard {
     }
 }
 
+impl Drop for FoundCard {
+    fn drop(&mut self) {
+        if let Some(card) = self.card.take() {
+            // On failure the card is dropped, which resets it.
+            let _ = card.disconnect(pcsc::Disposition::LeaveCard);
+        }
+    }
+}
+
 /// What scanning one reader found.
 enum Slot {
     Empty,
     NotPiv { problem: String },
     Piv(Box<FoundCard>),
+}
+
+/// The PC/SC context and the cards found with it, kept between
+/// operations.
+struct Session {
+    context: pcsc::Context,
+    cards: Vec<FoundCard>,
+}
+
+/// How an operation ends on the card, inside its transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum After {
+    /// Nothing was verified: the connection is kept.
+    Nothing,
+    /// A PIN or PUK was presented: VERIFY P1=FF resets the PIN's security
+    /// status; if the card refuses that (or it fails), the card is reset
+    /// and the connection dropped.
+    EndPin,
+    /// The management key was used (it has no reset command): the card
+    /// is reset as the transaction ends, and the connection dropped.
+    Reset,
 }
 
 fn is_card_gone(error: pcsc::Error) -> bool {
@@ -223,43 +276,182 @@ fn service_error(error: pcsc::Error) -> KeyStoreError {
     KeyStoreError::unavailable(format!("cannot talk to pcscd ({error}); is pcscd running?"))
 }
 
-/// The PIV key store.
-pub struct PcscKeyStore {
-    config: PcscConfig,
-    _watcher: watch::Watcher,
+/// Why a kept connection could not start an operation.
+enum Stale {
+    /// The card is gone, was reset or moved: find it again.
+    Card,
+    /// pcscd went away (restarted): a new context, then find it again.
+    Service,
+    /// Anything else: the operation fails with it.
+    Failed(KeyStoreError),
 }
 
-impl std::fmt::Debug for PcscKeyStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PcscKeyStore")
-            .field("management_key_source", &self.config.management_key_source)
-            .finish_non_exhaustive()
+/// Runs `op` on `card` inside a PC/SC transaction (other programs wait
+/// while it holds; SELECT first, since another program may have selected
+/// another application in between), then ends it as `after` says.
+/// Gives the connection back when it may be kept.
+fn transact<T>(
+    mut card: FoundCard,
+    after: After,
+    op: impl FnOnce(&mut Piv<PcscCard<'_>>, &CardLabel) -> Result<T, KeyStoreError>,
+) -> Result<(Option<FoundCard>, Result<T, KeyStoreError>), Stale> {
+    let label = card.label();
+    let Some(handle) = card.card.as_mut() else {
+        return Err(Stale::Card);
+    };
+    let transaction = match handle.transaction() {
+        Ok(transaction) => transaction,
+        Err(e) if is_service_gone(e) => return Err(Stale::Service),
+        Err(e) if is_card_gone(e) => return Err(Stale::Card),
+        Err(e) => {
+            return Err(Stale::Failed(KeyStoreError::internal(format!(
+                "{} in reader '{}': cannot start a transaction: {e}",
+                describe_card(&label.card_id, label.serial),
+                label.reader
+            ))));
+        }
+    };
+    let mut piv = Piv::new(PcscCard(&transaction));
+    match piv.select() {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(Stale::Failed(KeyStoreError::new(
+                Reason::CardUnsupported,
+                format!(
+                    "{} in reader '{}' no longer answers as a PIV card",
+                    describe_card(&label.card_id, label.serial),
+                    label.reader
+                ),
+            )));
+        }
+        Err(PivError::Transport { source, .. }) if is_service_gone(source) => {
+            return Err(Stale::Service);
+        }
+        Err(PivError::Transport { source, .. }) if is_card_gone(source) => {
+            return Err(Stale::Card);
+        }
+        Err(e) => return Err(Stale::Failed(card_error(&label, e))),
     }
+    // From here on the operation runs once, whatever happens after.
+    let result = op(&mut piv, &label);
+    let keep = match after {
+        After::Nothing => true,
+        After::EndPin => matches!(piv.reset_pin_status(), Ok(true)),
+        After::Reset => false,
+    };
+    if keep {
+        drop(transaction);
+        return Ok((Some(card), result));
+    }
+    // Reset before the transaction ends, so that no other program gets
+    // the card in between with the PIN or the management key verified.
+    let reset = match transaction.end(pcsc::Disposition::ResetCard) {
+        Ok(()) => true,
+        Err((transaction, e)) => {
+            tracing::warn!(error = %e, card = %label.card_id, "cannot reset the card as the transaction ends");
+            drop(transaction);
+            false
+        }
+    };
+    if !reset {
+        // Dropping the connection resets the card.
+        drop(card.card.take());
+    }
+    Ok((None, result))
 }
 
 impl PcscKeyStore {
-    /// Connects to pcscd; unavailable when pcscd is not running.
-    pub fn open(config: PcscConfig) -> Result<Self, KeyStoreError> {
-        let context = pcsc::Context::establish(pcsc::Scope::User).map_err(service_error)?;
-        let readers = list_readers(&context)?;
-        tracing::info!(readers = ?readers, "PC/SC readers");
-        if config.management_key.is_factory() {
-            tracing::warn!(
-                "the PIV management key is the factory default; configure backends.pcsc.management_key_file to use the cards' own key"
-            );
-        }
-        Ok(PcscKeyStore {
-            config,
-            _watcher: watch::Watcher::start(),
-        })
+    /// The session, kept between operations.
+    fn session(&self) -> std::sync::MutexGuard<'_, Option<Session>> {
+        self.session
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn context(&self) -> Result<pcsc::Context, KeyStoreError> {
-        pcsc::Context::establish(pcsc::Scope::User).map_err(service_error)
+    /// The kept context (a new one when pcscd was restarted) and the
+    /// readers; the cards found before are let go, to be found again.
+    fn fresh_scan<'s>(
+        session: &'s mut Option<Session>,
+    ) -> Result<(&'s mut Session, Vec<String>), KeyStoreError> {
+        if let Some(kept) = session.as_mut() {
+            kept.cards.clear();
+        }
+        // A kept context that fails (pcscd restarted) is made anew once.
+        let kept = session.as_ref().and_then(|s| list_readers(&s.context).ok());
+        let readers = match kept {
+            Some(readers) => readers,
+            None => {
+                *session = None;
+                let context = pcsc::Context::establish(pcsc::Scope::User).map_err(service_error)?;
+                let readers = list_readers(&context)?;
+                *session = Some(Session {
+                    context,
+                    cards: Vec::new(),
+                });
+                readers
+            }
+        };
+        match session.as_mut() {
+            Some(kept) => Ok((kept, readers)),
+            None => Err(KeyStoreError::internal("the PC/SC session vanished")),
+        }
+    }
+
+    /// Runs `op` on the card `key` lives on: on the kept connection when
+    /// it still works, else on the card found again by a full scan.
+    fn on_card<T>(
+        &self,
+        key: &KeyRef,
+        after: After,
+        op: impl FnOnce(&mut Piv<PcscCard<'_>>, &CardLabel) -> Result<T, KeyStoreError>,
+    ) -> Result<T, KeyStoreError> {
+        let mut session = self.session();
+        // `op` runs at most once: it is only called with a started
+        // transaction; a stale connection leaves it here for the next try.
+        let mut pending = Some(op);
+        // The kept connection, then up to two scans (a card reset by
+        // another program between the scan and the transaction).
+        for attempt in 0..3 {
+            let card = if attempt == 0 {
+                let kept = session.as_mut().and_then(|s| {
+                    let at = s.cards.iter().position(|c| c.card_id == key.card_id)?;
+                    Some(s.cards.swap_remove(at))
+                });
+                match kept {
+                    Some(card) => card,
+                    None => continue,
+                }
+            } else {
+                self.find_card(&mut session, key)?
+            };
+            let outcome = transact(card, after, |piv, label| match pending.take() {
+                Some(run) => run(piv, label),
+                None => Err(KeyStoreError::internal("the operation already ran")),
+            });
+            match outcome {
+                Ok((kept, result)) => {
+                    if let (Some(card), Some(s)) = (kept, session.as_mut()) {
+                        s.cards.push(card);
+                    }
+                    return result;
+                }
+                Err(Stale::Failed(e)) => return Err(e),
+                Err(Stale::Card) => {}
+                Err(Stale::Service) => *session = None,
+            }
+        }
+        Err(KeyStoreError::new(
+            Reason::CardNotPresent,
+            format!(
+                "{} keeps being reset or removed; the operation did not start",
+                key.describe_card()
+            ),
+        )
+        .with_hint("Keep the card in the reader, close programs that reset it, and try again."))
     }
 
     /// Connects to the card in `reader` and reads its PIV identity.
-    fn scan(&self, context: &pcsc::Context, reader: &str) -> Result<Slot, KeyStoreError> {
+    fn scan(context: &pcsc::Context, reader: &str) -> Result<Slot, KeyStoreError> {
         let name = CString::new(reader)
             .map_err(|_| KeyStoreError::internal(format!("reader name {reader:?} has a NUL")))?;
         let card = match context.connect(&name, pcsc::ShareMode::Shared, pcsc::Protocols::ANY) {
@@ -272,26 +464,29 @@ impl PcscKeyStore {
                 });
             }
         };
-        let mut piv = Piv::new(PcscCard(card));
-        let identity = (|| {
-            if !piv.select()? {
-                return Ok(None);
-            }
-            let guid = piv.guid()?;
-            let serial = piv.serial()?;
-            Ok::<_, PivError>(Some((guid, serial)))
-        })();
+        let identity = {
+            let mut piv = Piv::new(PcscCard(&card));
+            (|| {
+                if !piv.select()? {
+                    return Ok(None);
+                }
+                let guid = piv.guid()?;
+                let serial = piv.serial()?;
+                Ok::<_, PivError>(Some((guid, serial)))
+            })()
+        };
+        let found = |card_id, serial| FoundCard {
+            reader: reader.to_string(),
+            card_id,
+            serial,
+            card: Some(card),
+        };
         match identity {
             Ok(None) => Ok(Slot::NotPiv {
                 problem: "the card has no PIV application".into(),
             }),
             Ok(Some((guid, serial))) => match card_id(guid, serial) {
-                Some(card_id) => Ok(Slot::Piv(Box::new(FoundCard {
-                    reader: reader.to_string(),
-                    card_id,
-                    serial,
-                    piv,
-                }))),
+                Some(card_id) => Ok(Slot::Piv(Box::new(found(card_id, serial)))),
                 None => Ok(Slot::NotPiv {
                     problem:
                         "the PIV card has neither a CHUID GUID nor a serial number to know it by"
@@ -305,25 +500,38 @@ impl PcscKeyStore {
         }
     }
 
-    /// Finds the card a key lives on, or says which card is missing and
-    /// what is there instead.
-    fn find_card(&self, key: &KeyRef) -> Result<FoundCard, KeyStoreError> {
-        let context = self.context()?;
-        let readers = list_readers(&context)?;
+    /// Finds the card a key lives on by scanning every reader, or says
+    /// which card is missing and what is there instead. The other PIV
+    /// cards found are kept for later operations.
+    fn find_card(
+        &self,
+        session: &mut Option<Session>,
+        key: &KeyRef,
+    ) -> Result<FoundCard, KeyStoreError> {
+        let (session, readers) = Self::fresh_scan(session)?;
+        let mut wanted = None;
         let mut others = Vec::new();
         for reader in &readers {
-            match self.scan(&context, reader)? {
-                Slot::Piv(card) if card.card_id == key.card_id => return Ok(*card),
-                Slot::Piv(card) => others.push(format!(
-                    "reader '{}' holds {}",
-                    card.reader,
-                    describe_card(&card.card_id, card.serial)
-                )),
+            match Self::scan(&session.context, reader)? {
+                Slot::Piv(card) if card.card_id == key.card_id && wanted.is_none() => {
+                    wanted = Some(*card);
+                }
+                Slot::Piv(card) => {
+                    others.push(format!(
+                        "reader '{}' holds {}",
+                        card.reader,
+                        describe_card(&card.card_id, card.serial)
+                    ));
+                    session.cards.push(*card);
+                }
                 Slot::NotPiv { problem } => others.push(format!(
                     "reader '{reader}' holds a card that is not usable ({problem})"
                 )),
                 Slot::Empty => {}
             }
+        }
+        if let Some(card) = wanted {
+            return Ok(card);
         }
         if others.is_empty() {
             let readers = if readers.is_empty() {
@@ -355,9 +563,11 @@ impl PcscKeyStore {
     }
 
     /// The PIV card for a new key: the one in `reader`, or the only one.
-    fn card_for_enrollment(&self, reader: Option<&str>) -> Result<FoundCard, KeyStoreError> {
-        let context = self.context()?;
-        let readers = list_readers(&context)?;
+    fn card_for_enrollment(
+        session: &mut Option<Session>,
+        reader: Option<&str>,
+    ) -> Result<FoundCard, KeyStoreError> {
+        let (session, readers) = Self::fresh_scan(session)?;
         if let Some(wanted) = reader {
             if !readers.iter().any(|r| r == wanted) {
                 return Err(KeyStoreError::invalid_option(format!(
@@ -365,7 +575,7 @@ impl PcscKeyStore {
                     quoted_list(&readers)
                 )));
             }
-            return match self.scan(&context, wanted)? {
+            return match Self::scan(&session.context, wanted)? {
                 Slot::Piv(card) => Ok(*card),
                 Slot::Empty => Err(KeyStoreError::new(
                     Reason::CardNotPresent,
@@ -383,7 +593,7 @@ impl PcscKeyStore {
         let mut cards = Vec::new();
         let mut unusable = Vec::new();
         for reader in &readers {
-            match self.scan(&context, reader)? {
+            match Self::scan(&session.context, reader)? {
                 Slot::Piv(card) => cards.push(*card),
                 Slot::NotPiv { problem } => unusable.push(format!("'{reader}': {problem}")),
                 Slot::Empty => {}
@@ -409,18 +619,120 @@ impl PcscKeyStore {
                 Reason::CardNotPresent,
                 format!("no card is in reader {}", quoted_list(&readers)),
             )),
-            _ => Err(KeyStoreError::invalid_option(format!(
-                "PIV cards are in several readers ({}); choose one with --reader",
-                quoted_list(&cards.iter().map(|c| c.reader.clone()).collect::<Vec<_>>())
-            ))),
+            _ => {
+                let message = format!(
+                    "PIV cards are in several readers ({}); choose one with --reader",
+                    quoted_list(&cards.iter().map(|c| c.reader.clone()).collect::<Vec<_>>())
+                );
+                session.cards.extend(cards);
+                Err(KeyStoreError::invalid_option(message))
+            }
         }
     }
 
-    fn authenticate(&self, card: &mut FoundCard) -> Result<(), KeyStoreError> {
-        let accepted = card
-            .piv
+    /// Enrollment on the card, inside its transaction.
+    fn enroll_on(
+        &self,
+        piv: &mut Piv<PcscCard<'_>>,
+        label: &CardLabel,
+        key_id: &str,
+        pin: &Pin,
+        slot: u8,
+    ) -> Result<Enrolled, KeyStoreError> {
+        let mut notes = Vec::new();
+        let card_name = describe_card(&label.card_id, label.serial);
+        let err = |e| card_error(label, e);
+
+        // The slot must be free: a certificate means a key in use.
+        let object = piv::cert_object(slot).ok_or_else(|| {
+            KeyStoreError::invalid_option(format!("{slot:02x} is not a key slot"))
+        })?;
+        if piv.get_data(object).map_err(err)?.is_some() {
+            return Err(KeyStoreError::invalid_option(format!(
+                "slot {slot:02x} of {card_name} already holds a certificate (a key in use); choose another slot with --slot, or remove the user whose key it is"
+            )));
+        }
+
+        // The PIN: a card at its factory PIN takes the user's; otherwise
+        // the user must know the card's PIN.
+        let factory = piv
+            .secret_metadata(false)
+            .map_err(err)?
+            .is_some_and(|m| m.is_default);
+        if factory {
+            let changed = piv
+                .change_secret(false, piv::FACTORY_PIN, pin.as_str())
+                .map_err(err)?;
+            pin_outcome(changed)?;
+            notes.push(format!(
+                "{card_name} still had its factory PIN; its PIN is now the one you chose"
+            ));
+        }
+        enrollment_pin_outcome(piv.verify_pin(pin.as_str()).map_err(err)?)?;
+
+        self.authenticate(piv, label).map_err(|e| match e {
+            mut e if factory && e.is(Reason::CardManagementKey) => {
+                e.message = format!(
+                    "{}; the card's PIN was already changed from the factory PIN to the one you chose",
+                    e.message
+                );
+                e
+            }
+            other => other,
+        })?;
+        let point = piv.generate_p256(slot).map_err(err)?;
+        let public_key = p256::PublicKey::from_sec1_bytes(&point).map_err(|e| {
+            KeyStoreError::internal(format!("{card_name} made an invalid public key: {e}"))
+        })?;
+        let spki = public_key
+            .to_public_key_der()
+            .map_err(|e| KeyStoreError::internal(format!("encoding the public key: {e}")))?;
+
+        let mut serial = [0u8; 16];
+        getrandom::fill(&mut serial)
+            .map_err(|e| KeyStoreError::internal(format!("no randomness: {e}")))?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let tbs =
+            cert::tbs_certificate(&format!("fleetkey {key_id}"), spki.as_bytes(), &serial, now)
+                .map_err(|e| {
+                    KeyStoreError::internal(format!("encoding the slot's certificate: {e}"))
+                })?;
+        pin_outcome(piv.verify_pin(pin.as_str()).map_err(err)?)?;
+        let signature = piv.sign_p256(slot, &cert::tbs_digest(&tbs)).map_err(err)?;
+        let certificate = cert::certificate(&tbs, &signature).map_err(|e| {
+            KeyStoreError::internal(format!("encoding the slot's certificate: {e}"))
+        })?;
+        piv.put_data(object, &cert::piv_certificate_object(&certificate))
+            .map_err(err)?;
+        notes.push(format!(
+            "key made in slot {slot:02x} of {card_name} in reader '{}'",
+            label.reader
+        ));
+        tracing::info!(card = %label.card_id, slot = format!("{slot:02x}"), reader = %label.reader, "PIV key generated");
+        let key_ref = KeyRef {
+            card_id: label.card_id.clone(),
+            serial: label.serial,
+            slot,
+        };
+        Ok(Enrolled {
+            key: CreatedKey {
+                key_ref: key_ref.encode(),
+                public_key_der: spki.as_bytes().to_vec(),
+            },
+            notes,
+        })
+    }
+
+    fn authenticate(
+        &self,
+        piv: &mut Piv<PcscCard<'_>>,
+        label: &CardLabel,
+    ) -> Result<(), KeyStoreError> {
+        let accepted = piv
             .authenticate(&self.config.management_key)
-            .map_err(|e| card_error(&card.label(), e))?;
+            .map_err(|e| card_error(label, e))?;
         if accepted {
             Ok(())
         } else {
@@ -428,8 +740,8 @@ impl PcscKeyStore {
                 Reason::CardManagementKey,
                 format!(
                     "{} in reader '{}' refused the management key ({})",
-                    describe_card(&card.card_id, card.serial),
-                    card.reader,
+                    describe_card(&label.card_id, label.serial),
+                    label.reader,
                     self.config.management_key_source
                 ),
             ))
@@ -453,6 +765,45 @@ fn list_readers(context: &pcsc::Context) -> Result<Vec<String>, KeyStoreError> {
             .collect()),
         Err(pcsc::Error::NoReadersAvailable) => Ok(Vec::new()),
         Err(e) => Err(service_error(e)),
+    }
+}
+
+/// The PIV key store.
+pub struct PcscKeyStore {
+    config: PcscConfig,
+    /// The PC/SC context and the card connections kept between
+    /// operations; one operation at a time holds it.
+    session: std::sync::Mutex<Option<Session>>,
+    _watcher: watch::Watcher,
+}
+
+impl std::fmt::Debug for PcscKeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PcscKeyStore")
+            .field("management_key_source", &self.config.management_key_source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PcscKeyStore {
+    /// Connects to pcscd; unavailable when pcscd is not running.
+    pub fn open(config: PcscConfig) -> Result<Self, KeyStoreError> {
+        let context = pcsc::Context::establish(pcsc::Scope::User).map_err(service_error)?;
+        let readers = list_readers(&context)?;
+        tracing::info!(readers = ?readers, "PC/SC readers");
+        if config.management_key.is_factory() {
+            tracing::warn!(
+                "the PIV management key is the factory default; configure backends.pcsc.management_key_file to use the cards' own key"
+            );
+        }
+        Ok(PcscKeyStore {
+            config,
+            session: std::sync::Mutex::new(Some(Session {
+                context,
+                cards: Vec::new(),
+            })),
+            _watcher: watch::Watcher::start(),
+        })
     }
 }
 
@@ -562,98 +913,24 @@ impl KeyStore for PcscKeyStore {
                 "123456 is every PIV card's factory PIN; choose another",
             ));
         }
-        let mut card = self.card_for_enrollment(options.reader.as_deref())?;
-        let mut notes = Vec::new();
-        let card_name = describe_card(&card.card_id, card.serial);
-        let label = card.label();
-        let err = |e| card_error(&label, e);
-
-        // The slot must be free: a certificate means a key in use.
-        let object = piv::cert_object(slot).ok_or_else(|| {
-            KeyStoreError::invalid_option(format!("{slot:02x} is not a key slot"))
-        })?;
-        if card.piv.get_data(object).map_err(err)?.is_some() {
-            return Err(KeyStoreError::invalid_option(format!(
-                "slot {slot:02x} of {card_name} already holds a certificate (a key in use); choose another slot with --slot, or remove the user whose key it is"
-            )));
+        let mut session = self.session();
+        let card = Self::card_for_enrollment(&mut session, options.reader.as_deref())?;
+        // The management key was used: the card is reset at the end.
+        let outcome = transact(card, After::Reset, |piv, label| {
+            self.enroll_on(piv, label, key_id, pin, slot)
+        });
+        match outcome {
+            Ok((_, result)) => result,
+            Err(Stale::Failed(e)) => Err(e),
+            Err(Stale::Card) => Err(KeyStoreError::new(
+                Reason::CardNotPresent,
+                "the card was removed or reset before the enrollment started",
+            )
+            .with_hint("Keep the card in the reader and try again.")),
+            Err(Stale::Service) => Err(KeyStoreError::unavailable(
+                "pcscd went away before the enrollment started; is pcscd running?",
+            )),
         }
-
-        // The PIN: a card at its factory PIN takes the user's; otherwise
-        // the user must know the card's PIN.
-        let factory = card
-            .piv
-            .secret_metadata(false)
-            .map_err(err)?
-            .is_some_and(|m| m.is_default);
-        if factory {
-            let changed = card
-                .piv
-                .change_secret(false, piv::FACTORY_PIN, pin.as_str())
-                .map_err(err)?;
-            pin_outcome(changed)?;
-            notes.push(format!(
-                "{card_name} still had its factory PIN; its PIN is now the one you chose"
-            ));
-        }
-        enrollment_pin_outcome(card.piv.verify_pin(pin.as_str()).map_err(err)?)?;
-
-        self.authenticate(&mut card).map_err(|e| match e {
-            mut e if factory && e.is(Reason::CardManagementKey) => {
-                e.message = format!(
-                    "{}; the card's PIN was already changed from the factory PIN to the one you chose",
-                    e.message
-                );
-                e
-            }
-            other => other,
-        })?;
-        let point = card.piv.generate_p256(slot).map_err(err)?;
-        let public_key = p256::PublicKey::from_sec1_bytes(&point).map_err(|e| {
-            KeyStoreError::internal(format!("{card_name} made an invalid public key: {e}"))
-        })?;
-        let spki = public_key
-            .to_public_key_der()
-            .map_err(|e| KeyStoreError::internal(format!("encoding the public key: {e}")))?;
-
-        let mut serial = [0u8; 16];
-        getrandom::fill(&mut serial)
-            .map_err(|e| KeyStoreError::internal(format!("no randomness: {e}")))?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let tbs =
-            cert::tbs_certificate(&format!("fleetkey {key_id}"), spki.as_bytes(), &serial, now)
-                .map_err(|e| {
-                    KeyStoreError::internal(format!("encoding the slot's certificate: {e}"))
-                })?;
-        pin_outcome(card.piv.verify_pin(pin.as_str()).map_err(err)?)?;
-        let signature = card
-            .piv
-            .sign_p256(slot, &cert::tbs_digest(&tbs))
-            .map_err(err)?;
-        let certificate = cert::certificate(&tbs, &signature).map_err(|e| {
-            KeyStoreError::internal(format!("encoding the slot's certificate: {e}"))
-        })?;
-        card.piv
-            .put_data(object, &cert::piv_certificate_object(&certificate))
-            .map_err(err)?;
-        notes.push(format!(
-            "key made in slot {slot:02x} of {card_name} in reader '{}'",
-            card.reader
-        ));
-        tracing::info!(card = %card.card_id, slot = format!("{slot:02x}"), reader = %card.reader, "PIV key generated");
-        let key_ref = KeyRef {
-            card_id: card.card_id.clone(),
-            serial: card.serial,
-            slot,
-        };
-        Ok(Enrolled {
-            key: CreatedKey {
-                key_ref: key_ref.encode(),
-                public_key_der: spki.as_bytes().to_vec(),
-            },
-            notes,
-        })
     }
 
     fn sign_digest(
@@ -663,16 +940,14 @@ impl KeyStore for PcscKeyStore {
         digest: &[u8; 32],
     ) -> Result<Vec<u8>, KeyStoreError> {
         let key = KeyRef::decode(key_ref)?;
-        let mut card = self.find_card(&key)?;
-        let label = card.label();
-        pin_outcome(
-            card.piv
-                .verify_pin(pin.as_str())
-                .map_err(|e| card_error(&label, e))?,
-        )?;
-        card.piv
-            .sign_p256(key.slot, digest)
-            .map_err(|e| card_error(&label, e))
+        self.on_card(&key, After::EndPin, |piv, label| {
+            pin_outcome(
+                piv.verify_pin(pin.as_str())
+                    .map_err(|e| card_error(label, e))?,
+            )?;
+            piv.sign_p256(key.slot, digest)
+                .map_err(|e| card_error(label, e))
+        })
     }
 
     /// YubiKey-style PIV attestation: format [`ATTESTATION_FORMAT`], data
@@ -685,41 +960,35 @@ impl KeyStore for PcscKeyStore {
         _nonce: &[u8; 32],
     ) -> Result<Attestation, KeyStoreError> {
         let key = KeyRef::decode(key_ref)?;
-        let mut card = self.find_card(&key)?;
-        let label = card.label();
-        let Some(attested) = card
-            .piv
-            .attest(key.slot)
-            .map_err(|e| card_error(&label, e))?
-        else {
-            return Ok(Attestation::none());
-        };
-        let Some(intermediate) = card
-            .piv
-            .attestation_certificate()
-            .map_err(|e| card_error(&label, e))?
-        else {
-            return Ok(Attestation::none());
-        };
-        let mut data = attested;
-        data.extend_from_slice(&intermediate);
-        Ok(Attestation {
-            format: ATTESTATION_FORMAT.into(),
-            data,
+        self.on_card(&key, After::Nothing, |piv, label| {
+            let Some(attested) = piv.attest(key.slot).map_err(|e| card_error(label, e))? else {
+                return Ok(Attestation::none());
+            };
+            let Some(intermediate) = piv
+                .attestation_certificate()
+                .map_err(|e| card_error(label, e))?
+            else {
+                return Ok(Attestation::none());
+            };
+            let mut data = attested;
+            data.extend_from_slice(&intermediate);
+            Ok(Attestation {
+                format: ATTESTATION_FORMAT.into(),
+                data,
+            })
         })
     }
 
     fn delete_key(&self, key_ref: &[u8]) -> Result<(), KeyStoreError> {
         let key = KeyRef::decode(key_ref)?;
-        let mut card = self.find_card(&key)?;
-        let label = card.label();
         let object = piv::cert_object(key.slot).ok_or_else(|| {
             KeyStoreError::internal(format!("{:02x} is not a key slot", key.slot))
         })?;
-        self.authenticate(&mut card)?;
-        card.piv
-            .put_data(object, &[])
-            .map_err(|e| card_error(&label, e))
+        // The management key was used: the card is reset at the end.
+        self.on_card(&key, After::Reset, |piv, label| {
+            self.authenticate(piv, label)?;
+            piv.put_data(object, &[]).map_err(|e| card_error(label, e))
+        })
     }
 
     fn change_pin(
@@ -730,32 +999,28 @@ impl KeyStore for PcscKeyStore {
     ) -> Result<Vec<u8>, KeyStoreError> {
         check_pin_rules(new_pin)?;
         let key = KeyRef::decode(key_ref)?;
-        let mut card = self.find_card(&key)?;
-        let label = card.label();
-        let check = card
-            .piv
-            .change_secret(false, old_pin.as_str(), new_pin.as_str())
-            .map_err(|e| card_error(&label, e))?;
-        pin_outcome(check)?;
+        self.on_card(&key, After::EndPin, |piv, label| {
+            let check = piv
+                .change_secret(false, old_pin.as_str(), new_pin.as_str())
+                .map_err(|e| card_error(label, e))?;
+            pin_outcome(check)
+        })?;
         Ok(key_ref.to_vec())
     }
 
     fn pin_status(&self, key_ref: &[u8]) -> Result<PinStatus, KeyStoreError> {
         let key = KeyRef::decode(key_ref)?;
-        let mut card = self.find_card(&key)?;
-        let label = card.label();
-        if let Some(meta) = card
-            .piv
-            .secret_metadata(false)
-            .map_err(|e| card_error(&label, e))?
-        {
-            return Ok(PinStatus {
-                tries_left: Some(u32::from(meta.tries_left)),
-                locked: meta.tries_left == 0,
-            });
-        }
-        Ok(
-            match card.piv.pin_state().map_err(|e| card_error(&label, e))? {
+        self.on_card(&key, After::Nothing, |piv, label| {
+            if let Some(meta) = piv
+                .secret_metadata(false)
+                .map_err(|e| card_error(label, e))?
+            {
+                return Ok(PinStatus {
+                    tries_left: Some(u32::from(meta.tries_left)),
+                    locked: meta.tries_left == 0,
+                });
+            }
+            Ok(match piv.pin_state().map_err(|e| card_error(label, e))? {
                 SecretCheck::Ok => PinStatus {
                     tries_left: None,
                     locked: false,
@@ -768,20 +1033,18 @@ impl KeyStore for PcscKeyStore {
                     tries_left: Some(0),
                     locked: true,
                 },
-            },
-        )
+            })
+        })
     }
 
     fn unblock_pin(&self, key_ref: &[u8], puk: &Pin, new_pin: &Pin) -> Result<(), KeyStoreError> {
         check_pin_rules(new_pin)?;
         let key = KeyRef::decode(key_ref)?;
-        let mut card = self.find_card(&key)?;
-        let label = card.label();
-        match card
-            .piv
-            .unblock_pin(puk.as_str(), new_pin.as_str())
-            .map_err(|e| card_error(&label, e))?
-        {
+        let check = self.on_card(&key, After::EndPin, |piv, label| {
+            piv.unblock_pin(puk.as_str(), new_pin.as_str())
+                .map_err(|e| card_error(label, e))
+        })?;
+        match check {
             SecretCheck::Ok => Ok(()),
             SecretCheck::Wrong { tries_left } if tries_left > 0 => Err(KeyStoreError::new(
                 Reason::PukWrong,
@@ -800,15 +1063,18 @@ impl KeyStore for PcscKeyStore {
         }
     }
 
+    /// Every reader and its card, scanned afresh; the PIV cards found
+    /// are kept for later operations.
     fn cards(&self) -> Result<Vec<CardInfo>, KeyStoreError> {
-        let context = self.context()?;
+        let mut guard = self.session();
+        let (session, readers) = Self::fresh_scan(&mut guard)?;
         let mut cards = Vec::new();
-        for reader in list_readers(&context)? {
+        for reader in readers {
             let mut info = CardInfo {
                 reader: reader.clone(),
                 ..CardInfo::default()
             };
-            match self.scan(&context, &reader)? {
+            match Self::scan(&session.context, &reader)? {
                 Slot::Empty => {}
                 Slot::NotPiv { problem } => {
                     info.card_present = true;
@@ -819,6 +1085,7 @@ impl KeyStore for PcscKeyStore {
                     info.application_found = true;
                     info.card_id = card.card_id.clone();
                     info.serial = card.serial.map(|s| s.to_string()).unwrap_or_default();
+                    session.cards.push(*card);
                 }
             }
             cards.push(info);

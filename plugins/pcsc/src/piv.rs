@@ -256,6 +256,15 @@ impl<T: Transmit> Piv<T> {
         Self::secret_check("VERIFY (status)", response)
     }
 
+    /// VERIFY with P1=FF: resets the PIN's security status (SP 800-73-4
+    /// part 2, 3.2.1), so a PIN verified earlier no longer allows
+    /// anything. `Ok(false)`: the card refused it (older cards); the
+    /// caller must then reset the card instead.
+    pub fn reset_pin_status(&mut self) -> Result<bool, PivError> {
+        let response = self.command("VERIFY (reset)", 0x20, 0xFF, PIN_REF, &[])?;
+        Ok(response.sw == apdu::SW_OK)
+    }
+
     /// CHANGE REFERENCE DATA of the PIN (or PUK).
     pub fn change_secret(
         &mut self,
