@@ -370,9 +370,9 @@ impl PcscKeyStore {
 
     /// The kept context (a new one when pcscd was restarted) and the
     /// readers; the cards found before are let go, to be found again.
-    fn fresh_scan<'s>(
-        session: &'s mut Option<Session>,
-    ) -> Result<(&'s mut Session, Vec<String>), KeyStoreError> {
+    fn fresh_scan(
+        session: &mut Option<Session>,
+    ) -> Result<(&mut Session, Vec<String>), KeyStoreError> {
         if let Some(kept) = session.as_mut() {
             kept.cards.clear();
         }
