@@ -166,7 +166,10 @@ fn tpm_users_enroll_sign_verify_with_openssl_and_survive_restarts() {
     // the daemon reset the counter after each: swtpm has no lockout
     // authorization, so anyone who can open it could (docs/tpm-lockout.md).
     let counter = getcap_value(&tpm, "properties-variable", "TPM2_PT_LOCKOUT_COUNTER");
-    assert_eq!(counter, "0x0", "reset after the power cut and dave's wrong PIN");
+    assert_eq!(
+        counter, "0x0",
+        "reset after the power cut and dave's wrong PIN"
+    );
     assert!(
         backend["details"]["lockout"]
             .as_str()
