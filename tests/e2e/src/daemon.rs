@@ -233,6 +233,25 @@ impl Daemon {
         Ctl::run(command, &self.socket, args, stdin)
     }
 
+    /// Each user's credential id on the device (`user list`); fails on a
+    /// pending (half-made) user or a name listed twice.
+    pub fn enrolled_credentials(&self) -> std::collections::BTreeMap<String, String> {
+        let listed = self.ctl(&["--json", "user", "list"]);
+        listed.assert_ok();
+        let mut users = std::collections::BTreeMap::new();
+        for user in listed.json()["users"].as_array().expect("array") {
+            let name = user["user"].as_str().expect("user").to_string();
+            let credential = user["credential_id"].as_str().expect("id").to_string();
+            // A pending user has no credential yet.
+            assert!(!credential.is_empty(), "a pending user: {user}");
+            assert!(
+                users.insert(name, credential).is_none(),
+                "listed twice: {user}"
+            );
+        }
+        users
+    }
+
     /// Activates with a fresh device code; returns the device id.
     pub fn activate(&self, portal: &Portal) -> String {
         let out = self.ctl(&["--json", "activate", &portal.device_code().uri]);

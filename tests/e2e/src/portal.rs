@@ -119,6 +119,24 @@ impl Portal {
         command.output().expect("run fleetkey-portal")
     }
 
+    /// Each user's active credential id at the portal (`user list`);
+    /// fails on a user with two.
+    pub fn active_credentials(&self) -> std::collections::BTreeMap<String, String> {
+        let listed = self.cli(&["user", "list", "--json"]);
+        assert!(listed.status.success(), "{listed:?}");
+        let listed: Value = serde_json::from_slice(&listed.stdout).expect("JSON");
+        let mut users = std::collections::BTreeMap::new();
+        for entry in listed.as_array().expect("array") {
+            let name = entry["user"].as_str().expect("user").to_string();
+            let credential = entry["credential_id"].as_str().expect("id").to_string();
+            assert!(
+                users.insert(name, credential).is_none(),
+                "two credentials at the portal: {entry}"
+            );
+        }
+        users
+    }
+
     /// Issues a code; `user` None makes a device code.
     pub fn issue(&self, user: Option<&str>, ttl_seconds: u64) -> Issued {
         let ttl = ttl_seconds.to_string();

@@ -4,7 +4,6 @@
 //! fleetkeyctl) is finished by running it again: every user enrolled
 //! once, none twice, none pending, and the device and the portal agree.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -56,43 +55,6 @@ fn reports(out: &Ctl) -> (Vec<Value>, Value) {
     (lines, summary["summary"].clone())
 }
 
-/// Each user's credential id on the device; fails on a pending user or
-/// a name listed twice.
-fn device_users(daemon: &Daemon) -> BTreeMap<String, String> {
-    let listed = daemon.ctl(&["--json", "user", "list"]);
-    listed.assert_ok();
-    let mut users = BTreeMap::new();
-    for user in listed.json()["users"].as_array().expect("array") {
-        let name = user["user"].as_str().expect("user").to_string();
-        let credential = user["credential_id"].as_str().expect("id").to_string();
-        // A pending user has no credential yet.
-        assert!(!credential.is_empty(), "a pending user: {user}");
-        assert!(
-            users.insert(name, credential).is_none(),
-            "listed twice: {user}"
-        );
-    }
-    users
-}
-
-/// Each user's active credential at the portal; fails on a user with
-/// two.
-fn portal_users(portal: &Portal) -> BTreeMap<String, String> {
-    let listed = portal.cli(&["user", "list", "--json"]);
-    assert!(listed.status.success(), "{listed:?}");
-    let listed: Value = serde_json::from_slice(&listed.stdout).expect("JSON");
-    let mut users = BTreeMap::new();
-    for entry in listed.as_array().expect("array") {
-        let name = entry["user"].as_str().expect("user").to_string();
-        let credential = entry["credential_id"].as_str().expect("id").to_string();
-        assert!(
-            users.insert(name, credential).is_none(),
-            "two credentials at the portal: {entry}"
-        );
-    }
-    users
-}
-
 fn activated() -> (Portal, Daemon) {
     let portal = Portal::start_with(&["--no-rate-limit"]);
     let daemon = Daemon::start_default();
@@ -136,7 +98,7 @@ fn batch_of_20_survives_kill9_and_a_rerun_finishes_it() {
     }
     child.kill().expect("kill -9");
     child.wait().expect("wait");
-    let before = device_users(&daemon).len();
+    let before = daemon.enrolled_credentials().len();
     assert!((5..20).contains(&before), "{before} users after the kill");
 
     // The same command again finishes the batch.
@@ -161,13 +123,13 @@ fn batch_of_20_survives_kill9_and_a_rerun_finishes_it() {
 
     // Every user once, none pending, and the portal agrees credential by
     // credential.
-    let on_device = device_users(&daemon);
+    let on_device = daemon.enrolled_credentials();
     assert_eq!(
         on_device.keys().cloned().collect::<Vec<_>>(),
         users,
         "{on_device:?}"
     );
-    assert_eq!(on_device, portal_users(&portal));
+    assert_eq!(on_device, portal.active_credentials());
     let shown = portal.user_show("user07").expect("portal user show");
     assert_eq!(
         shown["credential_id"].as_str(),
@@ -179,7 +141,7 @@ fn batch_of_20_survives_kill9_and_a_rerun_finishes_it() {
     assert_eq!(again.code, 0, "{again:?}");
     let (_, summary) = reports(&again);
     assert_eq!(summary["done"], 20, "{summary}");
-    assert_eq!(device_users(&daemon), on_device);
+    assert_eq!(daemon.enrolled_credentials(), on_device);
 
     // An enrolled user signs with the PIN from the file.
     let data = dir.path().join("data.txt");
@@ -271,8 +233,8 @@ fn dry_run_reports_each_bad_line_and_enrolls_nothing() {
     assert_eq!(summary["failed"], 3);
 
     // Nothing was enrolled, and no code was used.
-    assert!(device_users(&daemon).is_empty());
-    assert!(portal_users(&portal).is_empty());
+    assert!(daemon.enrolled_credentials().is_empty());
+    assert!(portal.active_credentials().is_empty());
     for user in ["alice", "bob", "carol"] {
         assert!(portal.user_show(user).is_none());
     }
@@ -295,7 +257,7 @@ fn dry_run_reports_each_bad_line_and_enrolls_nothing() {
             .contains("mode 0644"),
         "{refused:?}"
     );
-    assert!(device_users(&daemon).is_empty());
+    assert!(daemon.enrolled_credentials().is_empty());
 }
 
 #[test]
@@ -343,7 +305,7 @@ fn exit_status_tells_all_partial_or_none() {
     );
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("line 1: dave: done"), "{out:?}");
-    assert_eq!(device_users(&daemon), portal_users(&portal));
+    assert_eq!(daemon.enrolled_credentials(), portal.active_credentials());
 }
 
 /// The README's "Enroll many users" block, run as written in a fresh bash
@@ -395,9 +357,9 @@ fn the_readme_example_runs_as_written() {
         "{stdout}"
     );
     assert_eq!(stdout.matches(": checked").count(), 2, "{stdout}");
-    let users = device_users(&daemon);
+    let users = daemon.enrolled_credentials();
     assert_eq!(users.keys().collect::<Vec<_>>(), ["alice", "bob"]);
-    assert_eq!(users, portal_users(&portal));
+    assert_eq!(users, portal.active_credentials());
 }
 
 #[test]
@@ -457,9 +419,9 @@ fn daemon_killed_mid_batch_the_rest_is_skipped_and_a_rerun_finishes() {
     daemon.restart();
     let rerun = daemon.ctl(&args);
     assert_eq!(rerun.code, 0, "{rerun:?}");
-    let on_device = device_users(&daemon);
+    let on_device = daemon.enrolled_credentials();
     assert_eq!(on_device.keys().cloned().collect::<Vec<_>>(), users);
-    assert_eq!(on_device, portal_users(&portal));
+    assert_eq!(on_device, portal.active_credentials());
 }
 
 /// `--require-pin-change` (PIN_CHANGE_REQUIRED, 33): the user's signatures

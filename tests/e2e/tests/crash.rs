@@ -14,7 +14,6 @@
 //! The kill points come from a seeded generator (`FLEETKEY_CRASH_SEED`,
 //! printed), so a failing run can be repeated.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -43,34 +42,6 @@ impl Points {
     }
 }
 
-/// Users on the device (name to credential); none may be pending.
-fn device_users(daemon: &Daemon) -> BTreeMap<String, String> {
-    let listed = daemon.ctl(&["--json", "user", "list"]);
-    listed.assert_ok();
-    let mut users = BTreeMap::new();
-    for user in listed.json()["users"].as_array().expect("array") {
-        let name = user["user"].as_str().expect("user").to_string();
-        let credential = user["credential_id"].as_str().expect("id").to_string();
-        assert!(!credential.is_empty(), "a half-made (pending) user: {user}");
-        assert!(users.insert(name, credential).is_none(), "twice: {user}");
-    }
-    users
-}
-
-/// Active credentials at the portal (name to credential).
-fn portal_users(portal: &Portal) -> BTreeMap<String, String> {
-    let listed = portal.cli(&["user", "list", "--json"]);
-    assert!(listed.status.success(), "{listed:?}");
-    let listed: Value = serde_json::from_slice(&listed.stdout).expect("JSON");
-    let mut users = BTreeMap::new();
-    for entry in listed.as_array().expect("array") {
-        let name = entry["user"].as_str().expect("user").to_string();
-        let credential = entry["credential_id"].as_str().expect("id").to_string();
-        assert!(users.insert(name, credential).is_none(), "two: {entry}");
-    }
-    users
-}
-
 /// Key files in the soft store, and leftovers of unfinished writes.
 fn soft_keys(daemon: &Daemon) -> (usize, Vec<String>) {
     let dir = daemon.state_dir().join("soft-keys");
@@ -93,8 +64,8 @@ fn soft_keys(daemon: &Daemon) -> (usize, Vec<String>) {
 
 /// The three views agree exactly.
 fn assert_agree(daemon: &Daemon, portal: &Portal, after: &str) -> usize {
-    let device = device_users(daemon);
-    let at_portal = portal_users(portal);
+    let device = daemon.enrolled_credentials();
+    let at_portal = portal.active_credentials();
     assert_eq!(device, at_portal, "device and portal disagree {after}");
     let (keys, leftovers) = soft_keys(daemon);
     assert_eq!(keys, device.len(), "keys and users disagree {after}");
