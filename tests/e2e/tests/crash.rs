@@ -21,7 +21,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fleetkey_e2e::*;
-use serde_json::Value;
 
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
