@@ -490,7 +490,7 @@ fn main() {
     }
     // `cargo bench` passes --bench; anything else is ignored.
     let quick = std::env::args().any(|a| a == "--quick");
-    // --quick: the whole run in about a minute on the 2-core machine.
+    // --quick: fewer rounds everywhere (68 s for the whole run here).
     let scale = if quick { 4 } else { 1 };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
