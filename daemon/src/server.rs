@@ -118,6 +118,30 @@ impl Service {
     }
 }
 
+/// Key-creation options from a request's optional fields (empty: unset).
+fn create_options(reader: String, slot: String) -> CreateOptions {
+    CreateOptions {
+        reader: Some(reader).filter(|r| !r.is_empty()),
+        slot: Some(slot).filter(|s| !s.is_empty()),
+    }
+}
+
+/// Runs `work` apart from the call: a caller that hangs up (Ctrl-C, kill
+/// -9 in the middle of `user add-batch`) must not cut an enrollment or a
+/// reset in half, leaving a key or a pending row behind until the next
+/// start.
+async fn detached<T: Send + 'static>(
+    what: &str,
+    work: impl Future<Output = Result<T, Failure>> + Send + 'static,
+) -> Result<T, Failure> {
+    tokio::spawn(work).await.unwrap_or_else(|error| {
+        Err(Failure::new(
+            Reason::Internal,
+            format!("the {what} task failed: {error}"),
+        ))
+    })
+}
+
 /// The progress stream of `AddUserScan`.
 pub type ScanStream = ReceiverStream<scan::ProgressItem>;
 
@@ -145,33 +169,24 @@ impl Fleetkey for Service {
         tracing::info!(uid = caller.uid, "add user requested");
         let request = request.into_inner();
         let pin = Pin::new(request.pin);
-        let options = CreateOptions {
-            reader: Some(request.reader).filter(|r| !r.is_empty()),
-            slot: Some(request.slot).filter(|s| !s.is_empty()),
-        };
-        // Run apart from the call: a caller that hangs up (Ctrl-C, kill -9
-        // in the middle of `user add-batch`) must not cut an enrollment in
-        // half, leaving a key or a pending row behind until the next start.
+        let options = create_options(request.reader, request.slot);
         let engine = Arc::clone(&self.engine);
         let uid = caller.uid;
-        let enrollment = tokio::spawn(async move {
-            engine
-                .add_user(
-                    Requester::Uid(uid),
-                    &request.code,
-                    pin,
-                    &request.backend,
-                    &options,
-                    request.require_pin_change,
-                )
-                .await
-        });
-        reply(enrollment.await.unwrap_or_else(|error| {
-            Err(Failure::new(
-                Reason::Internal,
-                format!("the enrollment task failed: {error}"),
-            ))
-        }))
+        reply(
+            detached("enrollment", async move {
+                engine
+                    .add_user(
+                        Requester::Uid(uid),
+                        &request.code,
+                        pin,
+                        &request.backend,
+                        &options,
+                        request.require_pin_change,
+                    )
+                    .await
+            })
+            .await,
+        )
     }
 
     async fn add_user_scan(
@@ -460,33 +475,25 @@ impl Fleetkey for Service {
         check_pin_field("pin", &request.pin)?;
         tracing::info!(uid = caller.uid, user = %fleetkey_proto::terminal::escape(&request.name), "user reset requested");
         let pin = Pin::new(request.pin);
-        let options = CreateOptions {
-            reader: Some(request.reader).filter(|r| !r.is_empty()),
-            slot: Some(request.slot).filter(|s| !s.is_empty()),
-        };
-        // As add_user: a caller that hangs up does not cut the reset in
-        // half.
+        let options = create_options(request.reader, request.slot);
         let engine = Arc::clone(&self.engine);
         let uid = caller.uid;
-        let reset = tokio::spawn(async move {
-            engine
-                .reset_user(
-                    Requester::Uid(uid),
-                    &request.name,
-                    &request.code,
-                    pin,
-                    &request.backend,
-                    &options,
-                    request.require_pin_change,
-                )
-                .await
-        });
-        reply(reset.await.unwrap_or_else(|error| {
-            Err(Failure::new(
-                Reason::Internal,
-                format!("the reset task failed: {error}"),
-            ))
-        }))
+        reply(
+            detached("reset", async move {
+                engine
+                    .reset_user(
+                        Requester::Uid(uid),
+                        &request.name,
+                        &request.code,
+                        pin,
+                        &request.backend,
+                        &options,
+                        request.require_pin_change,
+                    )
+                    .await
+            })
+            .await,
+        )
     }
 }
 
