@@ -13,7 +13,7 @@
 //! hung up, so no user is left half-made.
 
 use std::collections::HashMap;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use fleetkey_proto::daemon::{
@@ -21,6 +21,7 @@ use fleetkey_proto::daemon::{
 };
 use fleetkey_proto::terminal::escape;
 use fleetkey_proto::{Failure, Reason};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use super::Context;
@@ -54,7 +55,8 @@ yours and of mode 0600 or stricter), --pin-stdin one PIN for every user \
 code's check character, the PIN (present, and of the length `status` \
 reports), duplicate lines and users.
 
-Output: on a terminal, a progress line on stderr; one line per user on \
+Output: on a terminal, a progress bar on stderr (users handled, rate, time \
+left, and the counts so far); one line per user on \
 stdout (with --json one JSON object per line: {\"line\", \"user\", \
 \"status\": enrolled|done|failed|skipped (checked with --dry-run), \
 \"reason\"?, \"message\"?}, then {\"summary\": {...}}); a summary with \
@@ -220,61 +222,68 @@ struct SummaryJson<'a> {
     summary: &'a Summary,
 }
 
-/// Prints reports as they come, and a progress line on a terminal.
+/// Prints reports as they come, and a progress bar on a terminal.
 struct Reporter {
     json: bool,
-    progress: bool,
-    total: usize,
+    /// Drawn on stderr when it is a terminal, hidden otherwise.
+    bar: ProgressBar,
     summary: Summary,
 }
 
 impl Reporter {
+    fn new(json: bool, total: usize) -> Self {
+        let target = if std::io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        let bar = ProgressBar::with_draw_target(Some(total as u64), target);
+        // The template is fixed text: it cannot fail to parse, but a
+        // plain bar is drawn if it ever did.
+        if let Ok(style) =
+            ProgressStyle::with_template("[{bar:30}] {pos}/{len} {per_sec:.0} eta {eta}  {msg}")
+        {
+            bar.set_style(style.progress_chars("#>-"));
+        }
+        let reporter = Reporter {
+            json,
+            bar,
+            summary: Summary::default(),
+        };
+        reporter.set_message();
+        reporter
+    }
+
     fn report(&mut self, report: &LineReport) -> Result<(), Failure> {
         self.summary.count(report.status);
-        self.clear_progress();
-        if self.json {
-            let text = serde_json::to_string(report).map_err(|e| {
+        let text = if self.json {
+            serde_json::to_string(report).map_err(|e| {
                 Failure::new(
                     Reason::Internal,
                     format!("cannot encode the JSON output: {e}"),
                 )
-            })?;
-            output::data(&text)?;
+            })?
         } else {
-            output::data(&report_text(report))?;
-        }
-        self.show_progress();
+            report_text(report)
+        };
+        // The bar is taken off the terminal while the line is printed.
+        self.bar.suspend(|| output::data(&text))?;
+        self.bar.inc(1);
+        self.set_message();
         Ok(())
     }
 
-    fn show_progress(&self) {
-        if !self.progress {
-            return;
-        }
+    fn set_message(&self) {
         let s = &self.summary;
-        const WIDTH: usize = 30;
-        let filled = (s.total * WIDTH).checked_div(self.total).unwrap_or(WIDTH);
-        let mut err = std::io::stderr().lock();
-        let _ = write!(
-            err,
-            "\r[{}{}] {}/{}  enrolled {}  done {}  failed {}",
-            "#".repeat(filled),
-            "-".repeat(WIDTH.saturating_sub(filled)),
-            s.total,
-            self.total,
-            s.enrolled,
-            s.done,
-            s.failed
-        );
-        let _ = err.flush();
+        self.bar.set_message(format!(
+            "enrolled {}  done {}  failed {}",
+            s.enrolled, s.done, s.failed
+        ));
     }
 
-    fn clear_progress(&self) {
-        if self.progress {
-            let mut err = std::io::stderr().lock();
-            let _ = write!(err, "\r\x1b[K");
-            let _ = err.flush();
-        }
+    /// Removes the bar from the terminal.
+    fn finish(&self) {
+        self.bar.finish_and_clear();
     }
 }
 
@@ -348,18 +357,13 @@ impl UserAddBatch {
         } else {
             Pins::None
         };
-        let mut reporter = Reporter {
-            json: ctx.json,
-            progress: std::io::stderr().is_terminal(),
-            total: lines.len(),
-            summary: Summary::default(),
-        };
+        let mut reporter = Reporter::new(ctx.json, lines.len());
         if self.dry_run {
             self.dry_run(ctx, &lines, &pins, &mut reporter).await?;
         } else {
             self.enroll_all(ctx, &lines, &pins, &mut reporter).await?;
         }
-        reporter.clear_progress();
+        reporter.finish();
         let summary = reporter.summary;
         if ctx.json {
             output::data(
@@ -489,7 +493,6 @@ impl UserAddBatch {
         reporter: &mut Reporter,
     ) -> Result<(), Failure> {
         let mut client = ctx.client().await?;
-        reporter.show_progress();
         let mut codes: HashMap<String, usize> = HashMap::new();
         let mut daemon_gone: Option<Failure> = None;
         for (number, text) in lines {

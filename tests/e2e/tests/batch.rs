@@ -498,3 +498,56 @@ fn require_pin_change_refuses_sign_and_approve_until_the_pin_is_changed() {
     assert_eq!(shown["pin_change_required"], false, "{shown}");
     daemon.sign("fay", "4321", &data).assert_ok();
 }
+
+/// On a terminal (a pty from `script`), add-batch draws a progress bar on
+/// stderr with the users handled and the counts so far, and still prints
+/// every user's line; with stderr not a terminal (every other test here)
+/// no bar is drawn.
+#[test]
+fn a_terminal_shows_a_progress_bar_and_every_line() {
+    let (portal, daemon) = activated();
+    let dir = open_tempdir();
+    let users: Vec<String> = (0..3).map(|i| format!("tty{i}")).collect();
+    let codes = issue_batch(&portal, dir.path(), &users);
+    let pins = pin_file(
+        dir.path(),
+        &[("tty0", "1234"), ("tty1", "1234"), ("tty2", "1234")],
+    );
+    let command = format!(
+        "{} --socket {} user add-batch --pins {} {}",
+        path(&bin("fleetkeyctl")),
+        path(&daemon.socket),
+        path(&pins),
+        path(&codes)
+    );
+    let typescript = dir.path().join("typescript");
+    let output = Command::new("script")
+        .args(["-q", "-e", "-c", &command, path(&typescript)])
+        .stdin(Stdio::null())
+        .output()
+        .expect("script");
+    assert!(output.status.success(), "{output:?}");
+    let screen =
+        String::from_utf8_lossy(&std::fs::read(&typescript).expect("typescript")).into_owned();
+    // The bar: its frame, the position out of 3, and the counts.
+    assert!(screen.contains("[#"), "no bar drawn: {screen:?}");
+    assert!(screen.contains("/3 "), "no position: {screen:?}");
+    assert!(
+        screen.contains("enrolled 2  done 0  failed 0"),
+        "{screen:?}"
+    );
+    for user in &users {
+        assert!(screen.contains(&format!("{user}: enrolled")), "{screen:?}");
+    }
+    assert!(screen.contains("3 enrolled"), "no summary: {screen:?}");
+    assert_eq!(daemon.enrolled_credentials().len(), 3);
+
+    // Not a terminal: the same kind of run draws nothing on stderr.
+    let more: Vec<String> = vec!["pipe0".into()];
+    let codes = issue_batch(&portal, dir.path(), &more);
+    let pins = pin_file(dir.path(), &[("pipe0", "1234")]);
+    let out = daemon.ctl(&["user", "add-batch", "--pins", path(&pins), path(&codes)]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(!out.stderr.contains("[#"), "{out:?}");
+    assert!(out.stdout.contains("pipe0: enrolled"), "{out:?}");
+}
