@@ -177,6 +177,8 @@ reasons! {
         "This code does not reset this user's credential; ask the portal for a reset code for the user on this device: fleetkey-portal user reset-code NAME --device DEVICE_ID.";
     ResetPending = "RESET_PENDING", 124, Unavailable,
         "A reset of this user is waiting for the portal's answer; fleetkeyd sends it again every minute and at its next start. Check the connection to the portal (fleetkeyctl doctor).";
+    EnrollPending = "ENROLL_PENDING", 125, Unavailable,
+        "The portal's answer to this enrollment was lost; fleetkeyd keeps the key and sends the same request again every minute and at its next start. Run the same command again to finish it now; check the connection to the portal (fleetkeyctl doctor).";
     // --- system service ---
     DoctorProblems = "DOCTOR_PROBLEMS", 65, FailedPrecondition,
         "fleetkeyctl doctor found something broken; fix each failed check as its hint says and run it again.";

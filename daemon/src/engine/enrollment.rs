@@ -9,6 +9,7 @@ use fleetkey_proto::{EnrollmentInput, Failure, Reason, binding, daemon, time, us
 use prost::Message;
 
 use super::failure::key_store_failure;
+use super::recovery::{Resolved, worth_retrying};
 use super::{Engine, Requester, Store, user_message, wrong_kind};
 use crate::audit::AuditEvent;
 use crate::device_key::DeviceKey;
@@ -76,6 +77,9 @@ impl Engine {
         )?;
 
         let code = input.code().compact().to_string();
+        if let Some(user) = self.finish_pending_for(&code).await? {
+            return Ok(user);
+        }
         let mut portal = self.portal.connect(&device.portal_url).await?;
         let checked = portal.check_code(&code).await?;
         if checked.kind() != CodeKind::User {
@@ -149,8 +153,24 @@ impl Engine {
             return Err(failure);
         }
 
-        let registered = match portal.enroll_user(request).await {
+        let sent_at = std::time::Instant::now();
+        let registered = match portal.enroll_user(request.clone()).await {
             Ok(registered) => registered,
+            // The answer may be lost with the portal's work done: the same
+            // request is sent again, and the portal answers a repeat with
+            // the same credential.
+            Err(failure) if worth_retrying(failure.reason) => {
+                match self.send_again(&device, &request, failure, sent_at).await {
+                    Ok(registered) => registered,
+                    Err(failure) if worth_retrying(failure.reason) => {
+                        return Err(enroll_pending(&name, &failure));
+                    }
+                    Err(failure) => {
+                        self.forget_user(&store, &record).await;
+                        return Err(failure);
+                    }
+                }
+            }
             Err(failure) => {
                 self.forget_user(&store, &record).await;
                 return Err(failure);
@@ -251,6 +271,103 @@ impl Engine {
             integrity_evidence: String::new(),
         })
     }
+}
+
+/// How long to wait before each new try of a registration whose answer
+/// was lost.
+const SEND_AGAIN_AFTER: [std::time::Duration; 2] = [
+    std::time::Duration::from_millis(250),
+    std::time::Duration::from_secs(1),
+];
+/// No new try starts this long after the first was sent (a portal that
+/// lets requests time out is not waited for three times over).
+const SEND_AGAIN_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Engine {
+    /// Sends a registration whose answer was lost again, on a new
+    /// connection each time; the last failure if no try got an answer.
+    async fn send_again(
+        &self,
+        device: &DeviceRecord,
+        request: &portal::EnrollUserRequest,
+        mut failure: Failure,
+        first_sent: std::time::Instant,
+    ) -> Result<portal::EnrollUserResponse, Failure> {
+        for wait in SEND_AGAIN_AFTER {
+            if !worth_retrying(failure.reason) || first_sent.elapsed() > SEND_AGAIN_WITHIN {
+                break;
+            }
+            tokio::time::sleep(wait).await;
+            let sent = async {
+                let mut portal = self.portal.connect(&device.portal_url).await?;
+                portal.enroll_user(request.clone()).await
+            }
+            .await;
+            match sent {
+                Ok(registered) => return Ok(registered),
+                Err(next) => failure = next,
+            }
+        }
+        Err(failure)
+    }
+
+    /// When a pending user (an enrollment whose answer was lost) was made
+    /// with this code, sends its recorded request again now: the user if
+    /// the portal confirms it, `ENROLL_PENDING` if it still cannot, and
+    /// None when there is no such user or the portal refused it (the user
+    /// is then rolled back and the code goes through the usual checks).
+    /// The caller holds the enrollment lock.
+    pub(super) async fn finish_pending_for(
+        &self,
+        code: &str,
+    ) -> Result<Option<daemon::User>, Failure> {
+        let Some(user) = self.pending_user_with_code(code)? else {
+            return Ok(None);
+        };
+        match self.resolve_one(&user).await? {
+            Resolved::Completed => {
+                let record = self.user_record(&user.name)?.ok_or_else(|| {
+                    Failure::new(Reason::Internal, "a completed enrollment vanished")
+                })?;
+                tracing::info!(user = %user.name, "a pending enrollment finished on a second try of its code");
+                Ok(Some(user_message(
+                    &record,
+                    self.max_attempts_for(&record.backend),
+                )?))
+            }
+            Resolved::Kept => Err(enroll_pending(
+                &user.name,
+                &Failure::new(
+                    Reason::PortalUnreachable,
+                    "the portal still gives no answer",
+                ),
+            )),
+            Resolved::RolledBack => Ok(None),
+        }
+    }
+
+    /// The pending user whose recorded request carries this code.
+    pub(super) fn pending_user_with_code(&self, code: &str) -> Result<Option<UserRecord>, Failure> {
+        let users = self.state.users()?;
+        Ok(users.into_iter().find(|user| {
+            user.state == UserState::Pending
+                && !user.enroll_request.is_empty()
+                && portal::EnrollUserRequest::decode(user.enroll_request.as_slice())
+                    .is_ok_and(|request| request.code == code)
+        }))
+    }
+}
+
+/// A registration whose answer was lost: the user stays pending.
+fn enroll_pending(name: &str, last: &Failure) -> Failure {
+    Failure::new(
+        Reason::EnrollPending,
+        format!(
+            "user {name}: the portal's answer to the registration was lost ({}); the key and the request are kept and sent again",
+            last.message
+        ),
+    )
+    .with_meta("user", name)
 }
 
 pub(super) fn already_enrolled(name: &str) -> Failure {

@@ -45,6 +45,11 @@ impl Engine {
             )
             .with_hint("Ask the device's own portal for an add-user code."));
         }
+        // A pending enrollment made with this code (its answer was lost):
+        // AddUser with the code finishes it.
+        if let Some(user) = self.pending_user_with_code(input.code().compact())? {
+            return Ok(daemon::CheckAddUserResponse { user: user.name });
+        }
         let mut portal = self.portal.connect(&device.portal_url).await?;
         let checked = portal.check_code(input.code().compact()).await?;
         if checked.kind() != CodeKind::User {

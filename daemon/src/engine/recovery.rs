@@ -43,7 +43,7 @@ pub struct Recovery {
 }
 
 /// What became of one pending user.
-enum Resolved {
+pub(super) enum Resolved {
     Completed,
     RolledBack,
     Kept,
@@ -142,7 +142,7 @@ impl Engine {
         Ok(())
     }
 
-    async fn resolve_one(&self, user: &UserRecord) -> Result<Resolved, Failure> {
+    pub(super) async fn resolve_one(&self, user: &UserRecord) -> Result<Resolved, Failure> {
         let request = if user.enroll_request.is_empty() {
             None
         } else {

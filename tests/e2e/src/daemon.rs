@@ -345,3 +345,39 @@ impl Ctl {
         json
     }
 }
+
+/// Key files in the soft store, and leftovers of unfinished writes.
+pub fn soft_keys(daemon: &Daemon) -> (usize, Vec<String>) {
+    let dir = daemon.state_dir().join("soft-keys");
+    let mut keys = 0;
+    let mut leftovers = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("soft-keys") {
+        let name = entry
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        if name.ends_with(".key") {
+            keys += 1;
+        } else {
+            leftovers.push(name);
+        }
+    }
+    (keys, leftovers)
+}
+
+/// The daemon's users, the soft store's keys and the portal's credentials
+/// agree exactly: no user half-made, no key orphaned, no credential at the
+/// portal without its user here. Returns how many users there are.
+pub fn assert_agree(daemon: &Daemon, portal: &Portal, after: &str) -> usize {
+    let device = daemon.enrolled_credentials();
+    let at_portal = portal.active_credentials();
+    assert_eq!(device, at_portal, "device and portal disagree {after}");
+    let (keys, leftovers) = soft_keys(daemon);
+    assert_eq!(keys, device.len(), "keys and users disagree {after}");
+    assert!(
+        leftovers.is_empty(),
+        "unfinished key files {after}: {leftovers:?}"
+    );
+    device.len()
+}

@@ -8,6 +8,7 @@
 
 mod daemon;
 mod dbus;
+mod fault_proxy;
 mod helpers;
 mod pcsc;
 mod portal;
@@ -15,9 +16,11 @@ mod swtpm;
 
 pub use daemon::*;
 pub use dbus::*;
+pub use fault_proxy::*;
 pub use helpers::*;
 pub use pcsc::*;
 pub use portal::*;
 pub use swtpm::*;
+pub mod approvals;
 pub mod readme;
 pub use readme::{readme_block, run_script};

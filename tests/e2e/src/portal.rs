@@ -12,7 +12,10 @@ use crate::*;
 /// A running `fleetkey-portal serve`.
 pub struct Portal {
     child: Option<Child>,
+    /// The URL it advertises (in codes), which devices use.
     pub url: String,
+    /// The address it listens on.
+    pub listen: String,
     pub db: PathBuf,
     _dir: TempDir,
 }
@@ -49,7 +52,30 @@ impl Portal {
         let (child, url) = Self::spawn(wrapper, &db, "127.0.0.1:0", extra);
         Portal {
             child: Some(child),
+            listen: url.trim_start_matches("http://").to_string(),
             url,
+            db,
+            _dir: dir,
+        }
+    }
+
+    /// A portal on a free loopback port that advertises
+    /// `public_url(listen address)` instead (a proxy in front of it).
+    pub fn start_behind(public_url: impl FnOnce(&str) -> String, extra: &[&str]) -> Portal {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let listen = free.local_addr().expect("address").to_string();
+        drop(free);
+        let url = public_url(&listen);
+        let mut args = vec!["--public-url", url.as_str()];
+        args.extend_from_slice(extra);
+        let dir = open_tempdir();
+        let db = dir.path().join("portal.db");
+        let (child, printed) = Self::spawn(&[], &db, &listen, &args);
+        assert_eq!(printed, url);
+        Portal {
+            child: Some(child),
+            url,
+            listen,
             db,
             _dir: dir,
         }
@@ -106,7 +132,7 @@ impl Portal {
     /// Starts it again on the same address and database.
     pub fn start_again(&mut self) {
         self.stop();
-        let listen = self.url.trim_start_matches("http://").to_string();
+        let listen = self.listen.clone();
         let (child, url) = Self::spawn(&[], &self.db, &listen, &[]);
         assert_eq!(url, self.url);
         self.child = Some(child);

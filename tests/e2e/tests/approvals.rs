@@ -3,9 +3,9 @@
 //! portal stream, state.db) and fleetkeyctl (`approvals`, `approve`,
 //! `deny`), with soft, TPM (swtpm) and PIV (simulated card) keys.
 
-use std::process::Output;
 use std::time::{Duration, Instant};
 
+use fleetkey_e2e::approvals::*;
 use fleetkey_e2e::{
     Daemon, FAST_SOFT_KEYS, Pcscd, Portal, SimCard, Swtpm, is_root, open_tempdir,
     pcsc_tests_can_run, pcscd_lock,
@@ -14,113 +14,7 @@ use fleetkey_proto::Reason;
 use fleetkey_proto::binding::{self, Decision};
 use serde_json::Value;
 
-/// How long after the portal is back a device must have reconnected and
-/// shown a new challenge: the longest backoff (8 s), the portal's stream
-/// poll (0.1 s), and room for a loaded machine. docs/approvals.md states it.
-const RECONNECT_BOUND: Duration = Duration::from_secs(15);
-/// How long a new challenge may take to show on a connected device here.
-const VISIBLE_BOUND: Duration = Duration::from_secs(5);
 const NOBODY: u32 = 65534;
-
-fn json_of(output: &Output) -> Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {} / {}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
-}
-
-/// `login start`; returns (id, number).
-fn login_start(portal: &Portal, user: &str, context: &str, ttl: u64) -> (String, u32) {
-    let ttl = ttl.to_string();
-    let out = portal.cli(&[
-        "login",
-        "start",
-        "--user",
-        user,
-        "--context",
-        context,
-        "--ttl",
-        &ttl,
-        "--json",
-    ]);
-    assert!(out.status.success(), "login start: {out:?}");
-    let json = json_of(&out);
-    let number = u32::try_from(json["number"].as_u64().unwrap()).unwrap();
-    assert!((10..=99).contains(&number), "{json}");
-    (json["id"].as_str().unwrap().to_string(), number)
-}
-
-/// `login wait ID --json`: (exit success, JSON).
-fn login_wait(portal: &Portal, id: &str) -> (bool, Value) {
-    let out = portal.cli(&["login", "wait", id, "--json"]);
-    (out.status.success(), json_of(&out))
-}
-
-fn approvals(daemon: &Daemon) -> Vec<Value> {
-    let out = daemon.ctl(&["--json", "approvals", "list"]);
-    out.assert_ok();
-    out.json().as_array().unwrap().clone()
-}
-
-fn state_of(daemon: &Daemon, id: &str) -> Option<String> {
-    approvals(daemon)
-        .iter()
-        .find(|a| a["id"] == id)
-        .map(|a| a["state"].as_str().unwrap().to_string())
-}
-
-/// Waits until challenge `id` is listed on the device; returns how long.
-fn wait_visible(daemon: &Daemon, id: &str, bound: Duration) -> Duration {
-    let start = Instant::now();
-    while start.elapsed() < bound {
-        if state_of(daemon, id).is_some() {
-            return start.elapsed();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!(
-        "challenge {id} not visible within {bound:?}; log: {}",
-        daemon.log_text()
-    );
-}
-
-fn stream_state(daemon: &Daemon) -> String {
-    daemon.ctl(&["--json", "status"]).json()["portal_stream"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-}
-
-fn wait_stream(daemon: &Daemon, want: &str, bound: Duration) {
-    let start = Instant::now();
-    while start.elapsed() < bound {
-        if stream_state(daemon) == want {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!(
-        "portal stream not {want} within {bound:?}; status: {}",
-        daemon.ctl(&["--json", "status"]).stdout
-    );
-}
-
-fn approve(daemon: &Daemon, id: &str, number: u32, pin: &str) -> fleetkey_e2e::Ctl {
-    daemon.ctl_with_stdin(
-        &[
-            "--json",
-            "approve",
-            id,
-            "--number",
-            &number.to_string(),
-            "--pin-stdin",
-        ],
-        Some(&format!("{pin}\n")),
-    )
-}
 
 /// A number other than `number`, still two digits.
 fn other_number(number: u32) -> u32 {
@@ -239,16 +133,6 @@ fn deny_wrong_number_expired_unknown_and_answered_are_refused() {
 }
 
 /// A value from the portal's database.
-fn portal_sql(portal: &Portal, sql: &str) -> String {
-    let out = std::process::Command::new("sqlite3")
-        .arg(&portal.db)
-        .arg(sql)
-        .output()
-        .expect("sqlite3");
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 #[test]
 fn a_replayed_answer_is_refused_by_the_portal() {
     use fleetkey_proto::portal::portal_client::PortalClient;

@@ -1,9 +1,10 @@
 //! Crash harness (issue 13): the daemon is killed with SIGKILL at
-//! pseudo-random points while `user add-batch` enrolls, and while users
-//! sign. After each kill and restart, the daemon's users, the key store's
+//! pseudo-random points while `user add-batch` enrolls, while users
+//! sign, and while users approve logins. After each kill and restart, the daemon's users, the key store's
 //! keys and the portal's credentials must agree exactly: no user
 //! half-made, no key orphaned, no credential at the portal without its
-//! user here; and a re-run of the same batch finishes it.
+//! user here; and a re-run of the same batch finishes it. A login being
+//! approved at the kill is answered at most once, and is never lost.
 //!
 //! The short form runs in `scripts/test.sh` (24 users, 6 kills). The long
 //! form, run by hand (its figures go in the closing note):
@@ -20,7 +21,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fleetkey_e2e::approvals::*;
 use fleetkey_e2e::*;
+use fleetkey_proto::Reason;
 
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -39,40 +42,6 @@ impl Points {
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % bound.max(1)
     }
-}
-
-/// Key files in the soft store, and leftovers of unfinished writes.
-fn soft_keys(daemon: &Daemon) -> (usize, Vec<String>) {
-    let dir = daemon.state_dir().join("soft-keys");
-    let mut keys = 0;
-    let mut leftovers = Vec::new();
-    for entry in std::fs::read_dir(&dir).expect("soft-keys") {
-        let name = entry
-            .expect("entry")
-            .file_name()
-            .to_string_lossy()
-            .into_owned();
-        if name.ends_with(".key") {
-            keys += 1;
-        } else {
-            leftovers.push(name);
-        }
-    }
-    (keys, leftovers)
-}
-
-/// The three views agree exactly.
-fn assert_agree(daemon: &Daemon, portal: &Portal, after: &str) -> usize {
-    let device = daemon.enrolled_credentials();
-    let at_portal = portal.active_credentials();
-    assert_eq!(device, at_portal, "device and portal disagree {after}");
-    let (keys, leftovers) = soft_keys(daemon);
-    assert_eq!(keys, device.len(), "keys and users disagree {after}");
-    assert!(
-        leftovers.is_empty(),
-        "unfinished key files {after}: {leftovers:?}"
-    );
-    device.len()
 }
 
 fn run_batch(daemon: &Daemon, pins: &Path, codes: &Path) -> std::process::Child {
@@ -176,6 +145,79 @@ fn kill9_during_batches_and_signs_leaves_every_view_in_agreement() {
         assert_eq!(shown["failed_attempts"], 0, "{shown}");
         daemon.sign(user, "1234", &data).assert_ok();
     }
+    // Kills while a user approves a login: a challenge is answered at
+    // most once. After the restart it is still pending (killed before the
+    // answer began: it is approved now), `answering` (killed with the
+    // answer in flight: the portal has it approved or never got it, and
+    // the device refuses a second answer), or approved here and at the
+    // portal. The user is never charged a wrong PIN and approves a new
+    // login afterwards.
+    let mut outcomes = std::collections::BTreeMap::<String, u32>::new();
+    for round in 0..kills.min(30) {
+        wait_stream(&daemon, "connected", RECONNECT_BOUND);
+        let user = &names[points.below(users as u64) as usize];
+        let (id, number) = login_start(&portal, user, &format!("crash {round}"), 300);
+        wait_visible(&daemon, &id, VISIBLE_BOUND);
+        let approver = Command::new(bin("fleetkeyctl"))
+            .arg("--socket")
+            .arg(&daemon.socket)
+            .args([
+                "approve",
+                &id,
+                "--number",
+                &number.to_string(),
+                "--pin-stdin",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .and_then(|mut child| {
+                child.stdin.take().expect("stdin").write_all(b"1234\n")?;
+                Ok(child)
+            });
+        let mut approver = approver.expect("fleetkeyctl approve");
+        std::thread::sleep(Duration::from_millis(points.below(40)));
+        daemon.kill9();
+        let _ = approver.wait();
+        daemon.restart();
+        assert_agree(&daemon, &portal, &format!("after approval kill {round}"));
+        let state = state_of(&daemon, &id)
+            .unwrap_or_else(|| panic!("challenge {id} lost by the kill in round {round}"));
+        let at_portal = portal_login_outcome(&portal, &id);
+        match state.as_str() {
+            "pending" => {
+                assert_eq!(at_portal, "pending", "round {round}");
+                wait_stream(&daemon, "connected", RECONNECT_BOUND);
+                approve(&daemon, &id, number, "1234").assert_ok();
+                assert_eq!(portal_login_outcome(&portal, &id), "approved");
+            }
+            "answering" => {
+                assert!(
+                    at_portal == "pending" || at_portal == "approved",
+                    "round {round}: portal says {at_portal}"
+                );
+                approve(&daemon, &id, number, "1234").assert_reason(Reason::ChallengeAnswered);
+            }
+            "approved" => {
+                assert_eq!(at_portal, "approved", "round {round}");
+                approve(&daemon, &id, number, "1234").assert_reason(Reason::ChallengeAnswered);
+            }
+            other => panic!("round {round}: challenge {id} is {other} after the kill"),
+        }
+        *outcomes.entry(state).or_default() += 1;
+        let shown = daemon.ctl(&["--json", "user", "show", user]).json();
+        assert_eq!(shown["failed_attempts"], 0, "{shown}");
+    }
+    // Every user still approves a new login.
+    wait_stream(&daemon, "connected", RECONNECT_BOUND);
+    let user = &names[0];
+    let (id, number) = login_start(&portal, user, "after the kills", 60);
+    wait_visible(&daemon, &id, VISIBLE_BOUND);
+    approve(&daemon, &id, number, "1234").assert_ok();
+    assert_eq!(portal_login_outcome(&portal, &id), "approved");
+    println!("crash harness: approval kills left the challenge {outcomes:?}");
+
     println!(
         "crash harness: {} kills during batches (delay:users enrolled after) {}; all {users} agree; {:.1} s",
         kill_log.len(),
