@@ -254,6 +254,18 @@ impl StateStore {
         Ok(self.read()?.users.values().cloned().collect())
     }
 
+    /// The pending users only (enrollments not confirmed by the portal):
+    /// few, so finding them costs nothing next to a copy of every user.
+    pub fn pending_users(&self) -> Result<Vec<UserRecord>, StateError> {
+        Ok(self
+            .read()?
+            .users
+            .values()
+            .filter(|u| u.state == UserState::Pending)
+            .cloned()
+            .collect())
+    }
+
     pub fn user(&self, name: &str) -> Result<Option<UserRecord>, StateError> {
         Ok(self.read()?.users.get(name).cloned())
     }

@@ -348,10 +348,9 @@ impl Engine {
 
     /// The pending user whose recorded request carries this code.
     pub(super) fn pending_user_with_code(&self, code: &str) -> Result<Option<UserRecord>, Failure> {
-        let users = self.state.users()?;
+        let users = self.state.pending_users()?;
         Ok(users.into_iter().find(|user| {
-            user.state == UserState::Pending
-                && !user.enroll_request.is_empty()
+            !user.enroll_request.is_empty()
                 && portal::EnrollUserRequest::decode(user.enroll_request.as_slice())
                     .is_ok_and(|request| request.code == code)
         }))

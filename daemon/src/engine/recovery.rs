@@ -21,7 +21,7 @@ use fleetkey_proto::{Failure, Reason};
 use prost::Message;
 
 use super::Engine;
-use crate::state::{UserRecord, UserState};
+use crate::state::UserRecord;
 
 /// How often pending enrollments are tried again while the portal is
 /// unreachable.
@@ -105,9 +105,8 @@ impl Engine {
             tokio::time::sleep(PENDING_RETRY_INTERVAL).await;
             let pending = self
                 .state
-                .users()
-                .map(|users| users.iter().any(|u| u.state == UserState::Pending))
-                .unwrap_or(false)
+                .pending_users()
+                .is_ok_and(|users| !users.is_empty())
                 || self.state.resets().is_ok_and(|r| !r.is_empty());
             if !pending {
                 continue;
@@ -124,8 +123,8 @@ impl Engine {
 
     async fn resolve_pending(&self, recovery: &mut Recovery) -> Result<(), Failure> {
         let _guard = self.enroll_lock.lock().await;
-        let users = self.state.users()?;
-        for user in users.iter().filter(|u| u.state == UserState::Pending) {
+        let users = self.state.pending_users()?;
+        for user in &users {
             match self.resolve_one(user).await? {
                 Resolved::Completed => recovery.pending_completed += 1,
                 Resolved::RolledBack => recovery.pending_rolled_back += 1,

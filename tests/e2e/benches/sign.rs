@@ -523,31 +523,48 @@ fn main() {
         },
     ];
     let only = std::env::var("FLEETKEY_BENCH_ONLY").ok();
+    let wanted = |part: &str| only.as_deref().is_none_or(|o| o == part);
+    let whole = Instant::now();
+    let mut parts: Vec<(&str, Duration)> = Vec::new();
+    let mut timed = |part: &'static str, run: &mut dyn FnMut()| {
+        let start = Instant::now();
+        run();
+        parts.push((part, start.elapsed()));
+    };
     #[cfg(feature = "tpm")]
-    if only.as_deref().is_none_or(|o| o == "tpm") {
-        tpm::run(&runtime, &portal, 40 / scale.min(4), 200 / scale);
-        if only.is_some() {
-            return;
-        }
+    if wanted("tpm") {
+        timed("tpm", &mut || {
+            tpm::run(&runtime, &portal, 40 / scale.min(4), 200 / scale)
+        });
     }
     for setting in &settings {
-        if only.as_deref().is_some_and(|o| o != setting.label) {
-            continue;
+        if wanted(setting.label) {
+            timed(setting.label, &mut || {
+                run_setting(&runtime, &portal, setting)
+            });
         }
-        run_setting(&runtime, &portal, setting);
     }
-    if only.as_deref().is_none_or(|o| o == "piv") {
-        piv::run(&runtime, &portal, scale);
+    if wanted("piv") {
+        timed("piv", &mut || piv::run(&runtime, &portal, scale));
     }
-    if only.as_deref().is_none_or(|o| o == "approvals") {
-        approvals::run(&runtime, 100 / scale);
+    if wanted("approvals") {
+        timed("approvals", &mut || approvals::run(&runtime, 100 / scale));
     }
-    if only.as_deref().is_none_or(|o| o == "footprint") {
-        footprint(5);
+    if wanted("footprint") {
+        timed("footprint", &mut || footprint(if quick { 3 } else { 5 }));
     }
-    if only.as_deref().is_none_or(|o| o == "batch") {
-        batch::run(&runtime, &portal, quick);
+    if wanted("batch") {
+        timed("batch", &mut || batch::run(&runtime, &portal, quick));
     }
+    let spent: Vec<String> = parts
+        .iter()
+        .map(|(part, took)| format!("{part} {:.1} s", took.as_secs_f64()))
+        .collect();
+    println!(
+        "\nthe run took {:.1} s: {}",
+        whole.elapsed().as_secs_f64(),
+        spent.join(", ")
+    );
     print_targets();
 }
 
@@ -1341,7 +1358,26 @@ mod batch {
         let large = soft_daemon();
         large.activate(portal);
         let (codes, pins) = batch_files(portal, dir.path(), "l", big);
-        let took = add_batch(&large, &codes, &pins, "soft");
+        // In ten parts, each timed: enrolling must not slow down as the
+        // state grows.
+        let lines: Vec<String> = std::fs::read_to_string(&codes)
+            .expect("codes")
+            .lines()
+            .map(str::to_string)
+            .collect();
+        let mut took = Duration::ZERO;
+        let mut rates = Vec::new();
+        for (i, part) in lines.chunks(big.div_ceil(10)).enumerate() {
+            let path = dir.path().join(format!("l-part{i}.jsonl"));
+            std::fs::write(&path, part.join("\n") + "\n").expect("part");
+            let spent = add_batch(&large, path.to_str().expect("path"), &pins, "soft");
+            rates.push(format!("{:.0}", part.len() as f64 / spent.as_secs_f64()));
+            took += spent;
+        }
+        println!(
+            "state of {big} users, enrolled in ten parts: users/s per part {}",
+            rates.join(" ")
+        );
         let (large_list, large_sign) = list_and_sign(runtime, &large, "l00003");
         println!(
             "state of {big} users (enrolled by add-batch in {:.1} s) against 10: user list p50 {:.2} ms vs {:.2} ms; sign p50 {:.3} ms vs {:.3} ms (ratio {:.2})",

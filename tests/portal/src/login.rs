@@ -268,9 +268,14 @@ pub fn pending_for_device(
     device_id: &str,
     now: i64,
 ) -> Result<Vec<Challenge>, StoreError> {
+    // Runs on every stream poll of every device: the pending challenges
+    // (few, by their partial index), each checked against the user's own
+    // enrollments (by the user index). An `IN (SELECT user ...)` would
+    // scan every enrollment of the portal on each poll.
     let mut stmt = db.conn().prepare_cached(&format!(
-        "{COLUMNS} WHERE state = 'pending' AND expires_at > ?2 AND user IN \
-         (SELECT user FROM enrollments WHERE device_id = ?1 AND revoked_at IS NULL) \
+        "{COLUMNS} WHERE state = 'pending' AND expires_at > ?2 AND EXISTS \
+         (SELECT 1 FROM enrollments e WHERE e.user = login_challenges.user \
+          AND e.device_id = ?1 AND e.revoked_at IS NULL) \
          ORDER BY created_at, id"
     ))?;
     let rows = stmt.query_map(params![device_id, now], Challenge::from_row)?;
@@ -564,5 +569,44 @@ mod tests {
         assert!(!book.take("dev-a", &nonce, 101));
         let nonce = book.issue("dev-a", 100).unwrap();
         assert!(!book.take("dev-a", &nonce, 100 + STREAM_NONCE_TTL_SECS));
+    }
+
+    /// Every device's stream polls for its pending challenges ten times a
+    /// second: the query must not read every enrollment of the portal (it
+    /// did, and enrolling slowed as the portal grew).
+    #[test]
+    fn the_stream_poll_uses_indexes_not_a_scan_of_the_enrollments() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("portal.db")).unwrap();
+        let db = store.db();
+        let mut stmt = db
+            .conn()
+            .prepare(
+                "EXPLAIN QUERY PLAN SELECT id FROM login_challenges WHERE state = 'pending' \
+                 AND expires_at > 0 AND EXISTS (SELECT 1 FROM enrollments e \
+                 WHERE e.user = login_challenges.user AND e.device_id = 'd' \
+                 AND e.revoked_at IS NULL) ORDER BY created_at, id",
+            )
+            .unwrap();
+        let plan: Vec<String> = stmt
+            .query_map([], |row| row.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        // One indexed look-up per pending challenge (device and user), not
+        // a list of every user enrolled on the device, nor a scan.
+        assert!(
+            plan.iter()
+                .any(|step| step.starts_with("SEARCH e EXISTS USING INDEX")),
+            "{plan:?}"
+        );
+        assert!(
+            !plan
+                .iter()
+                .any(|step| step.starts_with("SCAN e") || step.contains("LIST SUBQUERY")),
+            "{plan:?}"
+        );
+        // The statement the stream runs is this one.
+        pending_for_device(&db, "d", 0).unwrap();
     }
 }
