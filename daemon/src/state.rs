@@ -254,6 +254,28 @@ impl StateStore {
         Ok(self.read()?.users.values().cloned().collect())
     }
 
+    /// The names of the active users, without copying their records (the
+    /// integrity checks read them on every enrollment).
+    pub fn active_user_names(&self) -> Result<Vec<String>, StateError> {
+        Ok(self
+            .read()?
+            .users
+            .values()
+            .filter(|u| u.state == UserState::Active)
+            .map(|u| u.name.clone())
+            .collect())
+    }
+
+    /// How many active users keep their keys in `backend`.
+    pub fn active_users_of(&self, backend: &str) -> Result<usize, StateError> {
+        Ok(self
+            .read()?
+            .users
+            .values()
+            .filter(|u| u.backend == backend && u.state == UserState::Active)
+            .count())
+    }
+
     /// The pending users only (enrollments not confirmed by the portal):
     /// few, so finding them costs nothing next to a copy of every user.
     pub fn pending_users(&self) -> Result<Vec<UserRecord>, StateError> {

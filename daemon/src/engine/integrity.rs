@@ -14,7 +14,7 @@ use fleetkey_proto::{Failure, Reason, binding, daemon, portal};
 use super::{Engine, Requester, public_key_pem};
 use crate::audit::AuditEvent;
 use crate::device_key::DeviceKey;
-use crate::state::{DeviceRecord, UserState};
+use crate::state::DeviceRecord;
 
 /// Where Linux exposes the measured-boot event log.
 const EVENT_LOG: &str = "/sys/kernel/security/tpm0/binary_bios_measurements";
@@ -40,17 +40,7 @@ impl Engine {
         if let Some(path) = &self.integrity.config_path {
             own_files.push(path.to_string_lossy().into_owned());
         }
-        let mut accounts: Vec<String> = self
-            .state
-            .users()
-            .map(|users| {
-                users
-                    .into_iter()
-                    .filter(|u| u.state == UserState::Active)
-                    .map(|u| u.name)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut accounts: Vec<String> = self.state.active_user_names().unwrap_or_default();
         accounts.extend(self.integrity.kiosk_accounts.iter().cloned());
         accounts.extend(extra.map(str::to_string));
         accounts.sort();

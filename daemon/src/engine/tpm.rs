@@ -9,7 +9,7 @@ use zeroize::Zeroizing;
 use super::budget::{self, Decision, Ticket};
 use super::{Engine, Requester, Store};
 use crate::audit::AuditEvent;
-use crate::state::{UserRecord, UserState};
+use crate::state::UserRecord;
 
 /// Largest values `tpm provision` accepts (TPMs cap maxTries; these keep
 /// the products well inside u32).
@@ -213,16 +213,7 @@ impl Engine {
 
     /// Active users whose keys are in `backend`.
     fn users_of(&self, backend: &str) -> u32 {
-        let count = self
-            .state
-            .users()
-            .map(|users| {
-                users
-                    .iter()
-                    .filter(|u| u.backend == backend && u.state == UserState::Active)
-                    .count()
-            })
-            .unwrap_or(0);
+        let count = self.state.active_users_of(backend).unwrap_or(0);
         u32::try_from(count).unwrap_or(u32::MAX)
     }
 

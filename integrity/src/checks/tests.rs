@@ -323,6 +323,17 @@ fn accounts_with_root_power_make_the_device_rooted() {
     let a = check_for(&f, ids::ROOTED, &["alice", "kiosk", "ghost"]);
     passes(&a, "not-rooted");
     assert!(a.detail.contains("ghost are not local accounts"), "{a:?}");
+    // Thousands of enrolled users: the detail names ten and counts the rest.
+    let many: Vec<String> = (0..5000).map(|i| format!("user{i:04}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let a = check_for(&f, ids::ROOTED, &many);
+    passes(&a, "not-rooted");
+    assert!(
+        a.detail
+            .contains("and 4990 more have no administrator rights"),
+        "{a:?}"
+    );
+    assert!(a.detail.len() < 400, "{} bytes", a.detail.len());
     // Listed member of sudo (and so of the %sudo rule).
     f.write("/etc/group", "sudo:x:27:bob,alice\nalice:x:1000:\n");
     let a = check(&f, ids::ROOTED);
