@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use fleetkey_proto::{Failure, Reason};
+use fleetkey_proto::Failure;
 use fleetkey_v4l::Scanner;
 use fleetkey_v4l::scan::is_fleetkey;
 use serde::Serialize;

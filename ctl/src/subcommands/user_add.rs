@@ -239,9 +239,7 @@ pub fn read_image(path: &Path) -> Result<Vec<u8>, Failure> {
 
 /// Reads an image file and decodes it to luma (once: `qr decode` scans
 /// the frame this returns), with [`read_image`]'s checks and messages.
-pub fn read_and_decode_image(
-    path: &Path,
-) -> Result<(Vec<u8>, fleetkey_v4l::LumaFrame), Failure> {
+pub fn read_and_decode_image(path: &Path) -> Result<(Vec<u8>, fleetkey_v4l::LumaFrame), Failure> {
     let bad = |message: String| {
         Failure::new(Reason::InvalidArgument, message).with_hint(
             "Give a PNG or JPEG picture of the QR code (the portal's --qr-png file, or a screenshot).",
