@@ -851,6 +851,45 @@ mod tests {
         assert!(scanner.scan(&stripes).is_empty());
     }
 
+    /// A frame tiled with finder patterns (7x7 modules of 4 pixels, every
+    /// 40 pixels): hundreds of candidates, whose every triple rxing's C++
+    /// port would sample and decode.
+    fn finder_pattern_tiles() -> LumaFrame {
+        LumaFrame::from_fn(640, 480, |x, y| {
+            let (i, j) = ((x % 40) / 4, (y % 40) / 4);
+            let dark = i < 7
+                && j < 7
+                && (i == 0
+                    || i == 6
+                    || j == 0
+                    || j == 6
+                    || ((2..=4).contains(&i) && (2..=4).contains(&j)));
+            if dark { 0 } else { 255 }
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn frames_crowded_with_finder_patterns_skip_the_cpp_reader_and_read_nothing() {
+        use rxing::qrcode::cpp_port::detector::FindFinderPatterns;
+        let frame = finder_pattern_tiles();
+        let bitmap = BinaryBitmap::new(HybridBinarizer::new(Luma8LuminanceSource::new(
+            frame.pixels().to_vec(),
+            640,
+            480,
+        )));
+        let candidates = FindFinderPatterns(bitmap.get_black_matrix(), true).len();
+        assert!(
+            candidates > MAX_FINDER_CANDIDATES,
+            "{candidates} candidates"
+        );
+        let started = Instant::now();
+        assert!(Scanner::new().scan(&frame).is_empty());
+        // Bounded (seconds even in a debug build), not the minutes every
+        // triple of candidates would cost.
+        assert!(started.elapsed().as_secs() < 60, "{:?}", started.elapsed());
+    }
+
     #[test]
     fn filters_keep_the_frame_size_and_do_what_they_say() {
         let frame = LumaFrame::from_fn(
