@@ -3,12 +3,12 @@
 
 use std::path::PathBuf;
 
-use fleetkey_proto::{Failure, Reason};
+use fleetkey_proto::Failure;
 use fleetkey_v4l::Scanner;
 use fleetkey_v4l::scan::is_fleetkey;
 use serde::Serialize;
 
-use super::user_add::read_image;
+use super::user_add::read_and_decode_image;
 use crate::output;
 
 /// The QR commands (offline: no daemon needed).
@@ -83,11 +83,10 @@ impl QrDecode {
                 codes: Vec::new(),
                 error: String::new(),
             };
-            match read_image(file).and_then(|bytes| {
-                fleetkey_v4l::decode_image(&bytes)
-                    .map_err(|e| Failure::new(Reason::InvalidArgument, e.to_string()))
-            }) {
-                Ok(frame) => {
+            // Decoded once: the frame read_and_decode_image checked is
+            // the one scanned.
+            match read_and_decode_image(file) {
+                Ok((_, frame)) => {
                     image.codes = scanner
                         .scan(&frame)
                         .into_iter()

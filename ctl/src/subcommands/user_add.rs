@@ -234,6 +234,12 @@ pub async fn follow_scan(
 
 /// Reads `--qr-image`, checking locally that it is an image fleetkey reads.
 pub fn read_image(path: &Path) -> Result<Vec<u8>, Failure> {
+    read_and_decode_image(path).map(|(bytes, _)| bytes)
+}
+
+/// Reads an image file and decodes it to luma (once: `qr decode` scans
+/// the frame this returns), with [`read_image`]'s checks and messages.
+pub fn read_and_decode_image(path: &Path) -> Result<(Vec<u8>, fleetkey_v4l::LumaFrame), Failure> {
     let bad = |message: String| {
         Failure::new(Reason::InvalidArgument, message).with_hint(
             "Give a PNG or JPEG picture of the QR code (the portal's --qr-png file, or a screenshot).",
@@ -251,9 +257,9 @@ pub fn read_image(path: &Path) -> Result<Vec<u8>, Failure> {
     }
     let bytes =
         std::fs::read(path).map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
-    fleetkey_v4l::decode_image(&bytes)
+    let frame = fleetkey_v4l::decode_image(&bytes)
         .map_err(|e| bad(format!("{} cannot be used: {e}", path.display())))?;
-    Ok(bytes)
+    Ok((bytes, frame))
 }
 
 /// Progress of a scan on stderr. Frame counts overwrite one line on a

@@ -55,6 +55,12 @@ pub enum Prep {
     /// Contrast stretch, then a local-mean threshold over a window of the
     /// shorter side / n: black and white pixels only.
     Threshold(u8),
+    /// [`Prep::Smoothed`] on the halved frame.
+    HalvedSmoothed,
+    /// [`Prep::Normalized`] on the halved frame.
+    HalvedNormalized(u8),
+    /// [`Prep::Threshold`] on the halved frame.
+    HalvedThreshold(u8),
 }
 
 /// One decoding attempt: a decoder on a prepared frame.
@@ -80,6 +86,8 @@ impl Pass {
 #[derive(Debug, Clone)]
 pub struct Scanner {
     passes: Vec<Pass>,
+    /// The passes for frames larger than 640x480; None: `passes` for all.
+    large_passes: Option<Vec<Pass>>,
 }
 
 impl Default for Scanner {
@@ -94,6 +102,26 @@ impl Default for Scanner {
 pub const IMAGE_PASSES: [Pass; 8] = [
     Pass::Rxing(Prep::Halved),
     Pass::Rxing(Prep::Frame),
+    Pass::Rxing(Prep::Threshold(16)),
+    Pass::Rxing(Prep::Smoothed),
+    Pass::Rqrr(Prep::Threshold(8)),
+    Pass::Rxing(Prep::Normalized(16)),
+    Pass::Rxing(Prep::Doubled),
+    Pass::Rqrr(Prep::Frame),
+];
+
+/// The passes for frames larger than 640x480 (1280x720 photos and
+/// screenshots): as [`IMAGE_PASSES`], but the filters run first on the
+/// halved frame, as the live rotation does (a quarter of the cost, and at
+/// that size the halved frame keeps modules of 2 pixels and more); the
+/// full-size filters follow for what those miss, so the large passes read
+/// what [`IMAGE_PASSES`] reads, sooner.
+pub const LARGE_IMAGE_PASSES: [Pass; 11] = [
+    Pass::Rxing(Prep::Halved),
+    Pass::Rxing(Prep::Frame),
+    Pass::Rxing(Prep::HalvedThreshold(16)),
+    Pass::Rxing(Prep::HalvedSmoothed),
+    Pass::Rqrr(Prep::HalvedThreshold(8)),
     Pass::Rxing(Prep::Threshold(16)),
     Pass::Rxing(Prep::Smoothed),
     Pass::Rqrr(Prep::Threshold(8)),
@@ -144,7 +172,10 @@ const LIVE_ROTATION: [Pass; 4] = [
 impl Scanner {
     /// fleetkey's scanner.
     pub fn new() -> Self {
-        Self::with_passes(IMAGE_PASSES.to_vec())
+        Self {
+            passes: IMAGE_PASSES.to_vec(),
+            large_passes: Some(LARGE_IMAGE_PASSES.to_vec()),
+        }
     }
 
     /// Plain rqrr, one pass: the baseline the bench compares with.
@@ -154,7 +185,10 @@ impl Scanner {
 
     /// A scanner with the given passes, in order.
     pub fn with_passes(passes: Vec<Pass>) -> Self {
-        Self { passes }
+        Self {
+            passes,
+            large_passes: None,
+        }
     }
 
     /// For a live camera: a cheap pass on every frame and the `tick`th of
@@ -204,8 +238,12 @@ impl Scanner {
     }
 
     fn scan_prepared(&self, frame: &LumaFrame) -> Vec<String> {
+        let passes = match &self.large_passes {
+            Some(large) if frame.width() * frame.height() > LIVE_FULL_SIZE_AREA => large,
+            _ => &self.passes,
+        };
         let mut prepared = Prepared::new(frame);
-        for pass in &self.passes {
+        for pass in passes {
             let found = prepared.run(*pass);
             if !found.is_empty() {
                 return found;
@@ -236,7 +274,18 @@ impl<'a> Prepared<'a> {
         let index = match self.made.iter().position(|(p, _)| *p == prep) {
             Some(index) => index,
             None => {
-                let made = prepare(self.frame, prep);
+                let made = match prep {
+                    Prep::HalvedSmoothed => self.get(Prep::Halved).map(|h| box_filter(h, 1)),
+                    Prep::HalvedNormalized(n) | Prep::HalvedThreshold(n) => {
+                        let inner = if matches!(prep, Prep::HalvedNormalized(_)) {
+                            Prep::Normalized(n)
+                        } else {
+                            Prep::Threshold(n)
+                        };
+                        self.get(Prep::Halved).and_then(|h| prepare(h, inner))
+                    }
+                    _ => prepare(self.frame, prep),
+                };
                 self.made.push((prep, made));
                 self.made.len() - 1
             }
@@ -248,19 +297,12 @@ impl<'a> Prepared<'a> {
         let Some(frame) = self.get(pass.prep()) else {
             return Vec::new();
         };
-        match pass {
-            Pass::Rxing(_) => decode_rxing(frame),
-            // Black and white already: rqrr need not threshold again.
-            Pass::Rqrr(Prep::Threshold(_)) => decode_rqrr_binary(frame, false),
-            Pass::RqrrInverted(Prep::Threshold(_)) => decode_rqrr_binary(frame, true),
-            Pass::Rqrr(_) => decode_rqrr(frame, false),
-            Pass::RqrrInverted(_) => decode_rqrr(frame, true),
-        }
+        decode_prepared(pass, frame)
     }
 }
 
 /// `frame` prepared as `prep`; None when that makes no sense for its size.
-fn prepare(frame: &LumaFrame, prep: Prep) -> Option<LumaFrame> {
+pub fn prepare(frame: &LumaFrame, prep: Prep) -> Option<LumaFrame> {
     let short = frame.width().min(frame.height());
     match prep {
         Prep::Frame => Some(frame.clone()),
@@ -282,12 +324,98 @@ fn prepare(frame: &LumaFrame, prep: Prep) -> Option<LumaFrame> {
         Prep::Sharpened => Some(sharpen(frame)),
         Prep::Normalized(n) => Some(normalize(frame, (short / usize::from(n.max(1))).max(4))),
         Prep::Threshold(n) => Some(threshold(frame, (short / usize::from(n.max(1))).max(4))),
+        Prep::HalvedSmoothed => prepare(&prepare(frame, Prep::Halved)?, Prep::Smoothed),
+        Prep::HalvedNormalized(n) => prepare(&prepare(frame, Prep::Halved)?, Prep::Normalized(n)),
+        Prep::HalvedThreshold(n) => prepare(&prepare(frame, Prep::Halved)?, Prep::Threshold(n)),
     }
 }
 
-/// rxing on a frame, QR codes only: try-harder, and the binarised bits
-/// inverted when the first attempt reads nothing.
+/// One attempt of rxing's two QR readers (the C++ port, then the Java
+/// port) on the hybrid-binarised frame, then on the same bits inverted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RxingStage {
+    Cpp,
+    Java,
+    CppInverted,
+    JavaInverted,
+}
+
+/// Runs each rxing stage in turn on `frame` (for the bench's cost
+/// matrix), calling `lap` after each with what it read.
+pub fn rxing_stages(frame: &LumaFrame, lap: &mut dyn FnMut(RxingStage, Vec<String>)) {
+    use rxing::qrcode::QRCodeReader;
+    use rxing::qrcode::cpp_port::QrReader;
+    let (Ok(width), Ok(height)) = (u32::try_from(frame.width()), u32::try_from(frame.height()))
+    else {
+        return;
+    };
+    let hints = DecodeHints {
+        TryHarder: Some(true),
+        PossibleFormats: Some([rxing::BarcodeFormat::QR_CODE].into_iter().collect()),
+        ..DecodeHints::default()
+    };
+    let mut bitmap = BinaryBitmap::new(HybridBinarizer::new(Luma8LuminanceSource::new(
+        frame.pixels().to_vec(),
+        width,
+        height,
+    )));
+    for stage in [
+        RxingStage::Cpp,
+        RxingStage::Java,
+        RxingStage::CppInverted,
+        RxingStage::JavaInverted,
+    ] {
+        if stage == RxingStage::CppInverted {
+            bitmap.get_black_matrix_mut().flip_self();
+        }
+        let found = guarded(|| {
+            let result = match stage {
+                RxingStage::Cpp | RxingStage::CppInverted => {
+                    QrReader.decode_with_hints(&mut bitmap, &hints)
+                }
+                RxingStage::Java | RxingStage::JavaInverted => {
+                    QRCodeReader.decode_with_hints(&mut bitmap, &hints)
+                }
+            };
+            result
+                .map(|r| vec![r.getText().to_string()])
+                .unwrap_or_default()
+        });
+        lap(stage, found);
+    }
+}
+
+/// One decoder (`pass`'s) on an already prepared frame.
+pub fn decode_prepared(pass: Pass, frame: &LumaFrame) -> Vec<String> {
+    match pass {
+        Pass::Rxing(_) => decode_rxing(frame),
+        // Black and white already: rqrr need not threshold again.
+        Pass::Rqrr(Prep::Threshold(_) | Prep::HalvedThreshold(_)) => {
+            decode_rqrr_binary(frame, false)
+        }
+        Pass::RqrrInverted(Prep::Threshold(_) | Prep::HalvedThreshold(_)) => {
+            decode_rqrr_binary(frame, true)
+        }
+        Pass::Rqrr(_) => decode_rqrr(frame, false),
+        Pass::RqrrInverted(_) => decode_rqrr(frame, true),
+    }
+}
+
+/// More finder-pattern candidates than this in a binarised frame (a
+/// moire or a texture of squares), and rxing's C++-port reader is skipped
+/// for that frame: it samples and decodes every plausible triple of
+/// candidates, without the C++ original's limit, which took 24 s of CPU
+/// on one 1280x720 moire picture of the robustness set. The Java-port
+/// reader (which picks the best three) still runs.
+const MAX_FINDER_CANDIDATES: usize = 16;
+
+/// rxing on a frame, QR codes only: try-harder, its two readers (the C++
+/// port, then the Java port), and the binarised bits inverted when the
+/// first attempts read nothing.
 fn decode_rxing(frame: &LumaFrame) -> Vec<String> {
+    use rxing::qrcode::QRCodeReader;
+    use rxing::qrcode::cpp_port::QrReader;
+    use rxing::qrcode::cpp_port::detector::FindFinderPatterns;
     let (Ok(width), Ok(height)) = (u32::try_from(frame.width()), u32::try_from(frame.height()))
     else {
         return Vec::new();
@@ -296,18 +424,26 @@ fn decode_rxing(frame: &LumaFrame) -> Vec<String> {
     guarded(|| {
         let hints = DecodeHints {
             TryHarder: Some(true),
-            AlsoInverted: Some(true),
             PossibleFormats: Some([rxing::BarcodeFormat::QR_CODE].into_iter().collect()),
             ..DecodeHints::default()
         };
-        let mut reader = rxing::MultiFormatReader::default();
         let mut bitmap = BinaryBitmap::new(HybridBinarizer::new(Luma8LuminanceSource::new(
             luma, width, height,
         )));
-        reader
-            .decode_with_hints(&mut bitmap, &hints)
-            .map(|result| vec![result.getText().to_string()])
-            .unwrap_or_default()
+        for inverted in [false, true] {
+            if inverted {
+                bitmap.get_black_matrix_mut().flip_self();
+            }
+            let crowded =
+                FindFinderPatterns(bitmap.get_black_matrix(), true).len() > MAX_FINDER_CANDIDATES;
+            if !crowded && let Ok(result) = QrReader.decode_with_hints(&mut bitmap, &hints) {
+                return vec![result.getText().to_string()];
+            }
+            if let Ok(result) = QRCodeReader.decode_with_hints(&mut bitmap, &hints) {
+                return vec![result.getText().to_string()];
+            }
+        }
+        Vec::new()
     })
 }
 
@@ -713,6 +849,45 @@ mod tests {
         )
         .unwrap();
         assert!(scanner.scan(&stripes).is_empty());
+    }
+
+    /// A frame tiled with finder patterns (7x7 modules of 4 pixels, every
+    /// 40 pixels): hundreds of candidates, whose every triple rxing's C++
+    /// port would sample and decode.
+    fn finder_pattern_tiles() -> LumaFrame {
+        LumaFrame::from_fn(640, 480, |x, y| {
+            let (i, j) = ((x % 40) / 4, (y % 40) / 4);
+            let dark = i < 7
+                && j < 7
+                && (i == 0
+                    || i == 6
+                    || j == 0
+                    || j == 6
+                    || ((2..=4).contains(&i) && (2..=4).contains(&j)));
+            if dark { 0 } else { 255 }
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn frames_crowded_with_finder_patterns_skip_the_cpp_reader_and_read_nothing() {
+        use rxing::qrcode::cpp_port::detector::FindFinderPatterns;
+        let frame = finder_pattern_tiles();
+        let bitmap = BinaryBitmap::new(HybridBinarizer::new(Luma8LuminanceSource::new(
+            frame.pixels().to_vec(),
+            640,
+            480,
+        )));
+        let candidates = FindFinderPatterns(bitmap.get_black_matrix(), true).len();
+        assert!(
+            candidates > MAX_FINDER_CANDIDATES,
+            "{candidates} candidates"
+        );
+        let started = Instant::now();
+        assert!(Scanner::new().scan(&frame).is_empty());
+        // Bounded (seconds even in a debug build), not the minutes every
+        // triple of candidates would cost.
+        assert!(started.elapsed().as_secs() < 60, "{:?}", started.elapsed());
     }
 
     #[test]

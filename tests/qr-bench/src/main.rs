@@ -55,6 +55,7 @@ struct Options {
     dump: Option<PathBuf>,
     ctl: Option<PathBuf>,
     passes: bool,
+    matrix: Option<PathBuf>,
 }
 
 fn options() -> Result<Options, String> {
@@ -63,6 +64,7 @@ fn options() -> Result<Options, String> {
         dump: None,
         ctl: None,
         passes: false,
+        matrix: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -71,9 +73,10 @@ fn options() -> Result<Options, String> {
             "--dump" => options.dump = args.next().map(PathBuf::from),
             "--ctl" => options.ctl = args.next().map(PathBuf::from),
             "--passes" => options.passes = true,
+            "--matrix" => options.matrix = args.next().map(PathBuf::from),
             other => {
                 return Err(format!(
-                    "unknown argument {other}; usage: fleetkey-qr-bench [--quick] [--passes] [--dump DIR] [--ctl PATH]"
+                    "unknown argument {other}; usage: fleetkey-qr-bench [--quick] [--passes] [--matrix CSV] [--dump DIR] [--ctl PATH]"
                 ));
             }
         }
@@ -131,6 +134,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     if options.passes {
         passes_table(&set);
+        return Ok(());
+    }
+    if let Some(path) = &options.matrix {
+        cost_matrix(&set, path)?;
         return Ok(());
     }
 
@@ -684,4 +691,100 @@ fn passes_table(set: &[Sample]) {
         "all passes together read {}/{fleetkey}",
         covered.iter().filter(|c| **c).count()
     );
+}
+
+/// For choosing the passes and their order: per frame, the CPU cost of
+/// each preparation and of each decoder stage on it, and what each read,
+/// as CSV (`--matrix FILE`): frame,name,class,width,kind,prep,stage,read,wrong,ms.
+fn cost_matrix(set: &[Sample], path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    use fleetkey_v4l::scanner::{Pass, Prep, decode_prepared, prepare, rxing_stages};
+    use std::io::Write;
+    const PREPS: [Prep; 13] = [
+        Prep::Frame,
+        Prep::Halved,
+        Prep::Doubled,
+        Prep::Smoothed,
+        Prep::Normalized(8),
+        Prep::Normalized(16),
+        Prep::Threshold(8),
+        Prep::Threshold(16),
+        Prep::Threshold(32),
+        Prep::HalvedSmoothed,
+        Prep::HalvedNormalized(16),
+        Prep::HalvedThreshold(8),
+        Prep::HalvedThreshold(16),
+    ];
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(out, "frame,name,class,width,kind,prep,stage,read,wrong,ms")?;
+    // QR_MATRIX_REVERSE: from the last frame back, to share the work
+    // between two processes (one per core).
+    let mut order: Vec<(usize, &Sample)> = set.iter().enumerate().collect();
+    if std::env::var_os("QR_MATRIX_REVERSE").is_some() {
+        order.reverse();
+    }
+    for (i, sample) in order {
+        let kind = match sample.expected {
+            Expected::Fleetkey(_) => "fleetkey",
+            Expected::Foreign(_) => "foreign",
+            Expected::Nothing => "nothing",
+        };
+        let head = format!(
+            "{i},{},{},{},{kind}",
+            sample.name,
+            sample.class.name(),
+            sample.frame.width()
+        );
+        for prep in PREPS {
+            let started = thread_cpu_ms();
+            let prepared = if prep == Prep::Frame {
+                Some(sample.frame.clone())
+            } else {
+                prepare(&sample.frame, prep)
+            };
+            let took = thread_cpu_ms() - started;
+            let Some(prepared) = prepared else {
+                continue;
+            };
+            writeln!(out, "{head},{prep:?},prep,0,0,{took:.3}")?;
+            let mut lap_start = thread_cpu_ms();
+            let mut rows = Vec::new();
+            rxing_stages(&prepared, &mut |stage, texts| {
+                let now = thread_cpu_ms();
+                let o = outcome(sample, &texts);
+                rows.push(format!(
+                    "{head},{prep:?},{stage:?},{},{},{:.3}",
+                    u8::from(o.read),
+                    o.wrong,
+                    now - lap_start
+                ));
+                lap_start = thread_cpu_ms();
+            });
+            for row in rows {
+                writeln!(out, "{row}")?;
+            }
+            if matches!(
+                prep,
+                Prep::Frame
+                    | Prep::Halved
+                    | Prep::Threshold(8)
+                    | Prep::Threshold(16)
+                    | Prep::HalvedThreshold(8)
+                    | Prep::Normalized(16)
+            ) {
+                let started = thread_cpu_ms();
+                let texts = decode_prepared(Pass::Rqrr(prep), &prepared);
+                let took = thread_cpu_ms() - started;
+                let o = outcome(sample, &texts);
+                writeln!(
+                    out,
+                    "{head},{prep:?},Rqrr,{},{},{took:.3}",
+                    u8::from(o.read),
+                    o.wrong
+                )?;
+            }
+        }
+        out.flush()?;
+    }
+    out.flush()?;
+    Ok(())
 }
