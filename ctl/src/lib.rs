@@ -7,6 +7,8 @@
 
 pub mod cli;
 pub mod connection;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod output;
 pub mod pin;
 pub mod subcommands;

@@ -12,6 +12,8 @@ pub mod dbus;
 pub mod device_key;
 pub mod engine;
 pub mod fault;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod limits;
 pub mod pin_policy;
 pub mod portal_client;

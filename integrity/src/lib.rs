@@ -17,6 +17,8 @@
 
 pub mod checks;
 pub mod eventlog;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod policy;
 pub mod quote;
 pub mod root;

@@ -6,6 +6,8 @@
 pub mod binding;
 pub mod code;
 pub mod failure;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod paths;
 pub mod payload;
 pub mod terminal;

@@ -44,6 +44,8 @@
 
 pub mod apdu;
 pub mod cert;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod mgmt;
 pub mod piv;
 pub mod settings;

@@ -18,6 +18,13 @@ const ALG_P256: u8 = 0x11;
 const CHUID: u32 = 0x5FC102;
 const ATTESTATION_OBJECT: u32 = 0x5FFF01;
 
+/// The longest answer taken from a card, its GET RESPONSE parts together:
+/// PIV objects (certificates among them) are a few kilobytes at most.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+/// GET RESPONSE commands sent for one answer: enough for
+/// [`MAX_RESPONSE_BYTES`] in 256-byte parts.
+pub const MAX_GET_RESPONSES: usize = MAX_RESPONSE_BYTES / 256 + 1;
+
 /// Sends raw APDUs to a card.
 pub trait Transmit {
     fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, pcsc::Error>;
@@ -129,7 +136,19 @@ impl<T: Transmit> Piv<T> {
             last = Some(response);
         }
         let mut response = last.ok_or_else(|| PivError::malformed(name, "nothing sent"))?;
+        let mut rounds = 0usize;
         while response.sw >> 8 == 0x61 {
+            // A card that keeps answering 61 XX (with or without data)
+            // must not hold the daemon in this loop or fill its memory.
+            rounds += 1;
+            if rounds > MAX_GET_RESPONSES || response.data.len() > MAX_RESPONSE_BYTES {
+                return Err(PivError::malformed(
+                    name,
+                    format!(
+                        "the card's answer goes on past {MAX_RESPONSE_BYTES} bytes or {MAX_GET_RESPONSES} GET RESPONSE commands"
+                    ),
+                ));
+            }
             let raw = self
                 .card
                 .transmit(&apdu::get_response(response.sw as u8))
@@ -382,5 +401,58 @@ impl<T: Transmit> Piv<T> {
             .filter(|s| s.first() == Some(&0x30))
             .ok_or_else(|| PivError::malformed(NAME, "no signature"))?;
         Ok(signature.to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A card that answers every command with the same bytes.
+    struct Repeating(Vec<u8>, usize);
+
+    impl Transmit for Repeating {
+        fn transmit(&mut self, _apdu: &[u8]) -> Result<Vec<u8>, pcsc::Error> {
+            self.1 += 1;
+            Ok(self.0.clone())
+        }
+    }
+
+    #[test]
+    fn a_card_answering_61xx_forever_is_refused() {
+        // 61 01 with no data: the answer never grows, the loop must end.
+        let mut piv = Piv::new(Repeating(vec![0x61, 0x01], 0));
+        let error = piv.select().unwrap_err();
+        assert!(
+            matches!(&error, PivError::Malformed { detail, .. } if detail.contains("GET RESPONSE")),
+            "{error}"
+        );
+        assert_eq!(piv.card.1, MAX_GET_RESPONSES + 1);
+        // 255 bytes and 61 00 each time: refused once past the size bound.
+        let mut answer = vec![0xAB; 255];
+        answer.extend([0x61, 0x00]);
+        let mut piv = Piv::new(Repeating(answer, 0));
+        assert!(matches!(
+            piv.get_data(0x5FC102),
+            Err(PivError::Malformed { .. })
+        ));
+        assert!(piv.card.1 <= MAX_GET_RESPONSES + 1);
+    }
+
+    #[test]
+    fn a_long_answer_in_parts_is_joined() {
+        struct Parts(Vec<Vec<u8>>);
+        impl Transmit for Parts {
+            fn transmit(&mut self, _apdu: &[u8]) -> Result<Vec<u8>, pcsc::Error> {
+                Ok(self.0.remove(0))
+            }
+        }
+        let mut piv = Piv::new(Parts(vec![
+            [vec![1; 256], vec![0x61, 0x00]].concat(),
+            [vec![2; 100], vec![0x90, 0x00]].concat(),
+        ]));
+        let response = piv.command("TEST", 0xCB, 0, 0, &[]).unwrap();
+        assert_eq!(response.sw, apdu::SW_OK);
+        assert_eq!(response.data.len(), 356);
     }
 }

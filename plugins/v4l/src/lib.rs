@@ -10,6 +10,8 @@
 pub mod camera;
 pub mod device;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod image_file;
 pub mod scan;
 pub mod scanner;

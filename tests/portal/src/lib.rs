@@ -30,6 +30,8 @@ pub mod code_key;
 pub mod der;
 pub mod error;
 pub mod files;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod integrity;
 pub mod login;
 pub mod migrate;
