@@ -135,7 +135,7 @@ impl Harness {
                 .map_err(|_| format!("RPC {rpc} did not answer within {MAX_CALL:?}"))
         })?;
         let n = self.calls.fetch_add(1, Ordering::Relaxed);
-        self.check_whole(n % 64 == 0)
+        self.check_whole(n.is_multiple_of(64))
             .map_err(|e| format!("after RPC {rpc} ({:?}): {e}", started.elapsed()))
     }
 
