@@ -490,7 +490,8 @@ fn main() {
     }
     // `cargo bench` passes --bench; anything else is ignored.
     let quick = std::env::args().any(|a| a == "--quick");
-    // --quick: fewer rounds everywhere (68 s for the whole run here).
+    // --quick: fewer rounds everywhere (the run prints how long each part
+    // took).
     let scale = if quick { 4 } else { 1 };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -508,8 +509,8 @@ fn main() {
         Setting {
             label: "default",
             soft: SoftConfig::default(),
-            single_ops: 200 / scale,
-            per_client_ops: 12 / scale,
+            single_ops: if quick { 20 } else { 200 },
+            per_client_ops: if quick { 2 } else { 12 },
         },
         Setting {
             label: "cheap-kdf",
@@ -548,7 +549,9 @@ fn main() {
         timed("piv", &mut || piv::run(&runtime, &portal, scale));
     }
     if wanted("approvals") {
-        timed("approvals", &mut || approvals::run(&runtime, 100 / scale));
+        // --quick: 10 rounds, 5 devices x 4 challenges.
+        let (rounds, fleet) = if quick { (10, (5, 4)) } else { (100, (10, 10)) };
+        timed("approvals", &mut || approvals::run(&runtime, rounds, fleet));
     }
     if wanted("footprint") {
         timed("footprint", &mut || footprint(if quick { 3 } else { 5 }));
@@ -676,7 +679,10 @@ mod approvals {
         daemon
     }
 
-    pub fn run(runtime: &tokio::runtime::Runtime, rounds: usize) {
+    /// `rounds` approvals on one device, then `fleet.0` devices with
+    /// `fleet.1` pending challenges each, answered at once.
+    pub fn run(runtime: &tokio::runtime::Runtime, rounds: usize, fleet: (usize, usize)) {
+        let (device_count, per_device) = fleet;
         let portal = Portal::start_with(&["--no-rate-limit"]);
         let daemon = device(&portal, "approver");
         let (visible, approve, sign) = runtime.block_on(async {
@@ -743,13 +749,14 @@ mod approvals {
         );
         drop(daemon);
 
-        // 10 devices, 10 pending challenges each: 100 at once.
-        let devices: Vec<Daemon> = (0..10)
+        // `device_count` devices with `per_device` pending challenges each,
+        // all at once (100 in the full run).
+        let devices: Vec<Daemon> = (0..device_count)
             .map(|d| device(&portal, &format!("user{d}")))
             .collect();
         let mut pending = Vec::new();
-        for d in 0..10 {
-            for _ in 0..10 {
+        for d in 0..device_count {
+            for _ in 0..per_device {
                 pending.push((d, login_start(&portal, &format!("user{d}"))));
             }
         }
@@ -760,7 +767,7 @@ mod approvals {
                 let count = list
                     .as_array()
                     .map_or(0, |l| l.iter().filter(|a| a["state"] == "pending").count());
-                if count == 10 {
+                if count == per_device {
                     break;
                 }
                 assert!(start.elapsed() < Duration::from_secs(60), "not all visible");
@@ -803,8 +810,9 @@ mod approvals {
             errors
         });
         println!(
-            "  10 devices x 10 challenges: all 100 visible {:.2} s after the last login start; \
+            "  {device_count} devices x {per_device} challenges: all {} visible {:.2} s after the last login start; \
              all answered in {:.2} s; errors: {errors}",
+            device_count * per_device,
             all_visible.as_secs_f64(),
             start.elapsed().as_secs_f64()
         );

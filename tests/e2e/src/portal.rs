@@ -100,6 +100,9 @@ impl Portal {
             }
             None => Command::new(bin("fleetkey-portal")),
         };
+        // A process group of its own: a wrapper (faketime) may run the
+        // portal as its child, and stopping must stop both.
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let mut child = command
             .args(["serve", "--listen", listen, "--db"])
             .arg(db)
@@ -124,6 +127,8 @@ impl Portal {
     /// Stops the portal process; its database stays.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // SAFETY: kill of the process group our own child leads.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
             let _ = child.kill();
             let _ = child.wait();
         }
