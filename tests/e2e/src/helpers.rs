@@ -77,3 +77,38 @@ pub(crate) fn free_port_pair() -> u16 {
     }
     panic!("no two free adjacent loopback ports");
 }
+
+/// A number from the environment (a harness's long form), or `default`.
+pub fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `fleetkey-portal code issue --batch` for `names` (TTL one day) and a
+/// PIN file of mode 0600 giving each the PIN 1234, in `dir`: the codes
+/// file and the PIN file, as `user add-batch` takes them.
+pub fn batch_codes_and_pins(
+    portal: &crate::Portal,
+    dir: &std::path::Path,
+    names: &[String],
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut csv = String::from("name,ttl_seconds\n");
+    let mut pin_lines = String::new();
+    for name in names {
+        csv.push_str(&format!("{name},86400\n"));
+        pin_lines.push_str(&format!("{name}\t1234\n"));
+    }
+    let csv_path = dir.join("users.csv");
+    std::fs::write(&csv_path, csv).expect("csv");
+    let issued = portal.cli(&["code", "issue", "--batch", csv_path.to_str().expect("path")]);
+    assert!(issued.status.success(), "{issued:?}");
+    let codes = dir.join("codes.jsonl");
+    std::fs::write(&codes, &issued.stdout).expect("codes");
+    let pins = dir.join("pins.tsv");
+    std::fs::write(&pins, pin_lines).expect("pins");
+    std::fs::set_permissions(&pins, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    (codes, pins)
+}

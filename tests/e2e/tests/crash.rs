@@ -16,7 +16,6 @@
 //! printed), so a failing run can be repeated.
 
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,13 +23,6 @@ use std::time::{Duration, Instant};
 use fleetkey_e2e::approvals::*;
 use fleetkey_e2e::*;
 use fleetkey_proto::Reason;
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// xorshift64*: enough to spread the kill points, and repeatable.
 struct Points(u64);
@@ -42,6 +34,27 @@ impl Points {
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % bound.max(1)
     }
+}
+
+/// fleetkeyctl with `args`, the PIN 1234 on its standard input, output
+/// discarded: to be killed under.
+fn spawn_with_pin(daemon: &Daemon, args: &[&str]) -> std::process::Child {
+    let mut child = Command::new(bin("fleetkeyctl"))
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("fleetkeyctl");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"1234\n")
+        .expect("the PIN");
+    child
 }
 
 fn run_batch(daemon: &Daemon, pins: &Path, codes: &Path) -> std::process::Child {
@@ -71,23 +84,7 @@ fn kill9_during_batches_and_signs_leaves_every_view_in_agreement() {
     daemon.activate(&portal);
     let dir = open_tempdir();
     let names: Vec<String> = (0..users).map(|i| format!("crash{i:03}")).collect();
-    let mut csv = String::from("name,ttl_seconds\n");
-    for name in &names {
-        csv.push_str(&format!("{name},86400\n"));
-    }
-    let csv_path = dir.path().join("users.csv");
-    std::fs::write(&csv_path, csv).expect("csv");
-    let issued = portal.cli(&["code", "issue", "--batch", csv_path.to_str().expect("path")]);
-    assert!(issued.status.success(), "{issued:?}");
-    let codes = dir.path().join("codes.jsonl");
-    std::fs::write(&codes, &issued.stdout).expect("codes");
-    let pins = dir.path().join("pins.tsv");
-    let mut file = std::fs::File::create(&pins).expect("pins");
-    for name in &names {
-        writeln!(file, "{name}\t1234").expect("pin line");
-    }
-    drop(file);
-    std::fs::set_permissions(&pins, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let (codes, pins) = batch_codes_and_pins(&portal, dir.path(), &names);
 
     // Enrollment takes tens of milliseconds per user here: kill within the
     // first part of a batch's expected time, so that most kills land
@@ -121,21 +118,20 @@ fn kill9_during_batches_and_signs_leaves_every_view_in_agreement() {
     std::fs::write(&data, "crash").expect("data");
     for round in 0..kills.min(10) {
         let user = &names[points.below(users as u64) as usize];
-        let signer = Command::new(bin("fleetkeyctl"))
-            .arg("--socket")
-            .arg(&daemon.socket)
-            .args(["sign", "--user", user, "--in"])
-            .arg(&data)
-            .args(["--out", "/dev/null", "--pin-stdin"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .and_then(|mut child| {
-                child.stdin.take().expect("stdin").write_all(b"1234\n")?;
-                Ok(child)
-            });
-        let mut signer = signer.expect("fleetkeyctl sign");
+        let data_arg = data.to_str().expect("path");
+        let mut signer = spawn_with_pin(
+            &daemon,
+            &[
+                "sign",
+                "--user",
+                user,
+                "--in",
+                data_arg,
+                "--out",
+                "/dev/null",
+                "--pin-stdin",
+            ],
+        );
         std::thread::sleep(Duration::from_millis(points.below(60)));
         daemon.kill9();
         let _ = signer.wait();
@@ -158,25 +154,11 @@ fn kill9_during_batches_and_signs_leaves_every_view_in_agreement() {
         let user = &names[points.below(users as u64) as usize];
         let (id, number) = login_start(&portal, user, &format!("crash {round}"), 300);
         wait_visible(&daemon, &id, VISIBLE_BOUND);
-        let approver = Command::new(bin("fleetkeyctl"))
-            .arg("--socket")
-            .arg(&daemon.socket)
-            .args([
-                "approve",
-                &id,
-                "--number",
-                &number.to_string(),
-                "--pin-stdin",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .and_then(|mut child| {
-                child.stdin.take().expect("stdin").write_all(b"1234\n")?;
-                Ok(child)
-            });
-        let mut approver = approver.expect("fleetkeyctl approve");
+        let number_text = number.to_string();
+        let mut approver = spawn_with_pin(
+            &daemon,
+            &["approve", &id, "--number", &number_text, "--pin-stdin"],
+        );
         std::thread::sleep(Duration::from_millis(points.below(40)));
         daemon.kill9();
         let _ = approver.wait();

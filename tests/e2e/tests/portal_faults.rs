@@ -15,19 +15,10 @@
 //! The faults come from a seeded generator (`FLEETKEY_FAULT_SEED`, printed).
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 
 use fleetkey_e2e::*;
 use fleetkey_proto::Reason;
 use serde_json::Value;
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// The reasons a line may fail with when the link to the portal is bad:
 /// the portal could not be reached or answered garbage (nothing kept), or
@@ -58,23 +49,7 @@ fn a_batch_over_a_faulty_link_ends_each_user_enrolled_or_cleanly_not() {
 
     let dir = open_tempdir();
     let names: Vec<String> = (0..users).map(|i| format!("fault{i:03}")).collect();
-    let mut csv = String::from("name,ttl_seconds\n");
-    for name in &names {
-        csv.push_str(&format!("{name},86400\n"));
-    }
-    let csv_path = dir.path().join("users.csv");
-    std::fs::write(&csv_path, csv).expect("csv");
-    let issued = portal.cli(&["code", "issue", "--batch", csv_path.to_str().expect("path")]);
-    assert!(issued.status.success(), "{issued:?}");
-    let codes = dir.path().join("codes.jsonl");
-    std::fs::write(&codes, &issued.stdout).expect("codes");
-    let pins = dir.path().join("pins.tsv");
-    let mut file = std::fs::File::create(&pins).expect("pins");
-    for name in &names {
-        writeln!(file, "{name}\t1234").expect("pin line");
-    }
-    drop(file);
-    std::fs::set_permissions(&pins, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let (codes, pins) = batch_codes_and_pins(&portal, dir.path(), &names);
     let args = [
         "--json",
         "user",
