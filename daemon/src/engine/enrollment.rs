@@ -3,12 +3,11 @@
 //! (attestation, proof of possession, device signature), and the row made
 //! active. A failure after the key exists deletes the row, then the key.
 
-use fleetkey_plugin::{Attestation, CreateOptions, Pin};
+use fleetkey_plugin::{CreateOptions, Enrolled, Pin};
 use fleetkey_proto::portal::{self, CodeKind};
 use fleetkey_proto::{EnrollmentInput, Failure, Reason, binding, daemon, time, user_name};
 use prost::Message;
 
-use super::failure::key_store_failure;
 use super::recovery::{Resolved, worth_retrying};
 use super::{Engine, Requester, Store, user_message, wrong_kind};
 use crate::audit::AuditEvent;
@@ -106,10 +105,13 @@ impl Engine {
             "integrity work for user add"
         );
 
-        let key_id = random_id("u-")?;
-        let enrolled = store
-            .create_key(key_id, pin.clone(), options.clone())
+        let (enrolled, request) = self
+            .enrollment_key(&device, &store, &code, &pin, options)
             .await?;
+        let request = portal::EnrollUserRequest {
+            integrity_evidence,
+            ..request
+        };
         let created = enrolled.key;
         let mut record = UserRecord {
             name: name.clone(),
@@ -122,19 +124,6 @@ impl Engine {
             failed_attempts: 0,
             enrolled_at: time::now_unix(),
             enroll_request: Vec::new(),
-        };
-        let request = match self
-            .enroll_request(&device, &store, &code, &record, &pin)
-            .await
-        {
-            Ok(request) => portal::EnrollUserRequest {
-                integrity_evidence,
-                ..request
-            },
-            Err(failure) => {
-                self.delete_key(&store, &created.key_ref).await;
-                return Err(failure);
-            }
         };
         let attestation_format = request
             .attestation
@@ -228,48 +217,71 @@ impl Engine {
         Ok(message)
     }
 
-    /// The signed `EnrollUser` request for a new key: the key store's
-    /// attestation (bound to device and code), the proof of possession
-    /// (signed with the user key) and the device signature.
-    pub(super) async fn enroll_request(
+    /// Makes the key of an enrollment and its signed `EnrollUser` request
+    /// in one key-store operation (a TPM does create, certify and the
+    /// proof of possession in one session): the attestation bound to
+    /// device and code, the proof of possession, the device signature.
+    /// On a failure the store has deleted the key.
+    pub(super) async fn enrollment_key(
         &self,
         device: &DeviceRecord,
         store: &Store,
         code: &str,
-        record: &UserRecord,
         pin: &Pin,
-    ) -> Result<portal::EnrollUserRequest, Failure> {
-        let name = store.name();
+        options: &CreateOptions,
+    ) -> Result<(Enrolled, portal::EnrollUserRequest), Failure> {
+        let name = store.name().to_string();
         let nonce = binding::key_attestation_nonce(&device.device_id, code);
-        let attestation = match store
-            .attest(record.key_ref.clone(), pin.clone(), nonce)
-            .await?
-        {
-            Ok(attestation) => attestation,
-            Err(e) if e.is(Reason::Unsupported) => Attestation::none(),
-            Err(e) => return Err(key_store_failure(name, e)),
+        let pop_digest = {
+            let (device_id, code, name) =
+                (device.device_id.clone(), code.to_string(), name.clone());
+            move |public_key_der: &[u8]| {
+                binding::digest(&binding::enrollment_message(
+                    &device_id,
+                    code.as_str(),
+                    public_key_der,
+                    &name,
+                ))
+            }
         };
-        let message =
-            binding::enrollment_message(&device.device_id, code, &record.public_key_der, name);
-        let digest = binding::digest(&message);
-        let user_signature = store
-            .sign_digest(record.key_ref.clone(), pin.clone(), digest)
-            .await?
-            .map_err(|e| key_store_failure(name, e))?;
-        let device_signature = DeviceKey::from_secret(&device.key_secret)?.sign_digest(&digest)?;
-        Ok(portal::EnrollUserRequest {
+        let made = store
+            .create_for_enrollment(
+                random_id("u-")?,
+                pin.clone(),
+                options.clone(),
+                nonce,
+                pop_digest,
+            )
+            .await?;
+        let message = binding::enrollment_message(
+            &device.device_id,
+            code,
+            &made.enrolled.key.public_key_der,
+            &name,
+        );
+        let device_signature = DeviceKey::from_secret(&device.key_secret)
+            .and_then(|key| key.sign_digest(&binding::digest(&message)));
+        let device_signature = match device_signature {
+            Ok(signature) => signature,
+            Err(failure) => {
+                self.delete_key(store, &made.enrolled.key.key_ref).await;
+                return Err(failure);
+            }
+        };
+        let request = portal::EnrollUserRequest {
             device_id: device.device_id.clone(),
             code: code.to_string(),
-            user_public_key: record.public_key_der.clone(),
-            backend: name.to_string(),
+            user_public_key: made.enrolled.key.public_key_der.clone(),
+            backend: name,
             attestation: Some(portal::Attestation {
-                format: attestation.format,
-                data: attestation.data,
+                format: made.attestation.format,
+                data: made.attestation.data,
             }),
-            user_signature,
+            user_signature: made.user_signature,
             device_signature,
             integrity_evidence: String::new(),
-        })
+        };
+        Ok((made.enrolled, request))
     }
 }
 

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use fleetkey_plugin::{
-    Attestation, BackendInfo, CardInfo, CreateOptions, CredentialChallenge, Enrolled,
-    HardwareIdentity, KeyStore, KeyStoreError, LockoutParameters, Pin, SharedLockout,
+    BackendInfo, CardInfo, CreateOptions, CredentialChallenge, EnrollmentKey, HardwareIdentity,
+    KeyStore, KeyStoreError, LockoutParameters, Pin, SharedLockout,
 };
 use fleetkey_proto::{Failure, Reason};
 use tokio::sync::Semaphore;
@@ -78,23 +78,18 @@ impl Store {
             .map_err(|e| key_store_failure(self.name(), e))
     }
 
-    pub async fn create_key(
+    /// An enrollment's key work as one store operation
+    /// ([`KeyStore::create_for_enrollment`]).
+    pub async fn create_for_enrollment(
         &self,
         key_id: String,
         pin: Pin,
         options: CreateOptions,
-    ) -> Result<Enrolled, Failure> {
-        self.call(move |s| s.create_key_with(&key_id, &pin, &options))
-            .await
-    }
-
-    pub async fn attest(
-        &self,
-        key_ref: Vec<u8>,
-        pin: Pin,
         nonce: [u8; 32],
-    ) -> Result<Checked<Attestation>, Failure> {
-        self.run(move |s| s.attest(&key_ref, &pin, &nonce)).await
+        pop_digest: impl Fn(&[u8]) -> [u8; 32] + Send + 'static,
+    ) -> Result<EnrollmentKey, Failure> {
+        self.call(move |s| s.create_for_enrollment(&key_id, &pin, &options, &nonce, &pop_digest))
+            .await
     }
 
     pub async fn sign_digest(

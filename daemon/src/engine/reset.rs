@@ -28,7 +28,7 @@ use fleetkey_proto::portal::{self, CodeKind, EnrollUserRequest};
 use fleetkey_proto::{EnrollmentInput, Failure, Reason, daemon, time};
 use prost::Message;
 
-use super::enrollment::{portal_user_name, random_id, same_url};
+use super::enrollment::{portal_user_name, same_url};
 use super::recovery::worth_retrying;
 use super::{Engine, Requester, user_message, wrong_kind};
 use crate::audit::AuditEvent;
@@ -109,10 +109,14 @@ impl Engine {
             .evidence_json(&report, &checked.integrity_nonce, who)
             .await?;
 
-        let created = store
-            .create_key(random_id("u-")?, pin.clone(), options.clone())
-            .await?
-            .key;
+        let (enrolled, request) = self
+            .enrollment_key(&device, &store, &code, &pin, options)
+            .await?;
+        let request = portal::EnrollUserRequest {
+            integrity_evidence,
+            ..request
+        };
+        let created = enrolled.key;
         let draft = UserRecord {
             name: old.name.clone(),
             credential_id: String::new(),
@@ -124,19 +128,6 @@ impl Engine {
             failed_attempts: 0,
             enrolled_at: time::now_unix(),
             enroll_request: Vec::new(),
-        };
-        let request = match self
-            .enroll_request(&device, &store, &code, &draft, &pin)
-            .await
-        {
-            Ok(request) => portal::EnrollUserRequest {
-                integrity_evidence,
-                ..request
-            },
-            Err(failure) => {
-                self.delete_key(&store, &created.key_ref).await;
-                return Err(failure);
-            }
         };
         let reset = ResetRecord {
             name: old.name.clone(),

@@ -287,15 +287,17 @@ async fn pending_enrollment(
 ) -> (UserRecord, fleetkey_proto::portal::EnrollUserRequest) {
     let device = engine.require_device().unwrap();
     let store = engine.store("soft").unwrap();
-    let created = store
-        .create_key(
-            format!("u-test-{user}"),
-            Pin::new("1234"),
-            CreateOptions::default(),
+    let (enrolled, request) = engine
+        .enrollment_key(
+            &device,
+            &store,
+            code,
+            &Pin::new("1234"),
+            &CreateOptions::default(),
         )
         .await
-        .unwrap()
-        .key;
+        .unwrap();
+    let created = enrolled.key;
     let mut record = UserRecord {
         name: user.into(),
         credential_id: String::new(),
@@ -308,10 +310,6 @@ async fn pending_enrollment(
         enrolled_at: time::now_unix(),
         enroll_request: Vec::new(),
     };
-    let request = engine
-        .enroll_request(&device, &store, code, &record, &Pin::new("1234"))
-        .await
-        .unwrap();
     record.enroll_request = request.encode_to_vec();
     engine.state.insert_user(&record).unwrap();
     (record, request)

@@ -146,6 +146,17 @@ pub struct Enrolled {
     pub notes: Vec<String>,
 }
 
+/// A key made for an enrollment, with what the portal needs of it: the
+/// store's attestation and the proof-of-possession signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrollmentKey {
+    pub enrolled: Enrolled,
+    /// [`Attestation::none`] where the store cannot attest.
+    pub attestation: Attestation,
+    /// The key's signature over the proof-of-possession digest.
+    pub user_signature: Vec<u8>,
+}
+
 /// A reader (or other device slot) and what is in it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CardInfo {
@@ -444,6 +455,48 @@ pub trait KeyStore: Send + Sync {
             key: self.create_key(key_id, pin)?,
             notes: Vec::new(),
         })
+    }
+
+    /// An enrollment's key work in one go: makes the key
+    /// ([`KeyStore::create_key_with`]), attests it with `nonce`
+    /// ([`KeyStore::attest`]; unsupported: [`Attestation::none`]) and
+    /// signs `pop_digest(public key DER)` with it. A store may do it in
+    /// fewer hardware steps than the three calls (a TPM: one session, one
+    /// load). On a failure after the key was made, the key is deleted.
+    fn create_for_enrollment(
+        &self,
+        key_id: &str,
+        pin: &Pin,
+        options: &CreateOptions,
+        nonce: &[u8; 32],
+        pop_digest: &dyn Fn(&[u8]) -> [u8; 32],
+    ) -> Result<EnrollmentKey, KeyStoreError> {
+        let enrolled = self.create_key_with(key_id, pin, options)?;
+        let key = &enrolled.key;
+        let finish = || {
+            let attestation = match self.attest(&key.key_ref, pin, nonce) {
+                Ok(attestation) => attestation,
+                Err(e) if e.is(Reason::Unsupported) => Attestation::none(),
+                Err(e) => return Err(e),
+            };
+            let signature =
+                self.sign_digest(&key.key_ref, pin, &pop_digest(&key.public_key_der))?;
+            Ok((attestation, signature))
+        };
+        match finish() {
+            Ok((attestation, user_signature)) => Ok(EnrollmentKey {
+                enrolled,
+                attestation,
+                user_signature,
+            }),
+            Err(e) => {
+                // A key that cannot be deleted now is an orphan the
+                // daemon's cleanup finds at its next start
+                // (`resident_keys`).
+                let _ = self.delete_key(&key.key_ref);
+                Err(e)
+            }
+        }
     }
 
     /// ECDSA P-256 over a SHA-256 digest; returns the DER signature.

@@ -3,11 +3,16 @@
 //! credential challenge, and the certification of user keys. The protocol
 //! is in `docs/tpm-attestation.md`.
 //!
-//! Both the EK and the AK are primary keys of the endorsement hierarchy:
-//! made again from their templates whenever they are needed (the TPM
-//! derives them from its endorsement seed, so they come out the same), and
-//! flushed right after. Nothing of them is stored, and they hold no object
-//! slot between operations.
+//! Both the EK and the AK are primary keys of the endorsement hierarchy,
+//! made from their templates (the TPM derives them from its endorsement
+//! seed, so they come out the same every time); nothing of them is stored.
+//! The EK is made when needed and flushed right after. The AK is made at
+//! its first use on a connection and stays loaded (one object slot; it
+//! has no authorization value, so nothing secret is kept): every user
+//! enrollment certifies with it and every integrity report quotes with
+//! it, and making it again each time cost a TPM2_CreatePrimary. If the
+//! TPM was restarted under the store, the stale handle fails as a handle
+//! that is not loaded, and the store reconnects and makes it again.
 
 use tss_esapi::abstraction::{AsymmetricAlgorithmSelection, ek};
 use tss_esapi::attributes::ObjectAttributesBuilder;
@@ -88,10 +93,16 @@ fn endorsement_primary(tpm: &mut Tpm, template: Public) -> Result<(KeyHandle, Pu
     Ok((created.key_handle, created.out_public))
 }
 
-/// Makes the AK (the same key every time) and returns its handle and
-/// public area; the caller flushes it.
-pub fn load_ak(tpm: &mut Tpm) -> Result<(KeyHandle, Public), TpmError> {
-    endorsement_primary(tpm, ak_template()?)
+/// The AK (the same key every time): its handle and public area. Made at
+/// the first use on this connection and kept loaded; callers do not flush
+/// it.
+pub fn ak(tpm: &mut Tpm) -> Result<(KeyHandle, Public), TpmError> {
+    if let Some((handle, public)) = &tpm.ak {
+        return Ok((*handle, public.clone()));
+    }
+    let made = endorsement_primary(tpm, ak_template()?)?;
+    tpm.ak = Some(made.clone());
+    Ok(made)
 }
 
 /// Makes the EK from the TCG default template; the caller flushes it.
@@ -113,8 +124,7 @@ pub struct Identity {
 pub fn identity(tpm: &mut Tpm) -> Result<Identity, TpmError> {
     let (ek, ek_public) = load_ek(tpm)?;
     tpm.flush_key(ek);
-    let (ak, ak_public) = load_ak(tpm)?;
-    tpm.flush_key(ak);
+    let (_, ak_public) = ak(tpm)?;
     let ek_certificate = match ek::retrieve_ek_pubcert(&mut tpm.context, EK_ALGORITHM) {
         Ok(der) => der,
         Err(e) => {
@@ -145,47 +155,42 @@ pub fn activate_credential(
         .map_err(|e| TpmError::BadChallenge(format!("encrypted secret: {e}")))?;
     let (ek, _) = load_ek(tpm)?;
     let result = (|| {
-        let (ak, _) = load_ak(tpm)?;
+        let (ak, _) = ak(tpm)?;
+        let policy = tpm
+            .context
+            .start_auth_session(
+                None,
+                None,
+                None,
+                SessionType::Policy,
+                SymmetricDefinition::AES_128_CFB,
+                HashingAlgorithm::Sha256,
+            )
+            .map_err(TpmError::Session)?
+            .ok_or_else(|| TpmError::Unexpected("empty policy session handle".into()))?;
         let result = (|| {
-            let policy = tpm
-                .context
-                .start_auth_session(
-                    None,
-                    None,
-                    None,
-                    SessionType::Policy,
-                    SymmetricDefinition::AES_128_CFB,
-                    HashingAlgorithm::Sha256,
-                )
-                .map_err(TpmError::Session)?
-                .ok_or_else(|| TpmError::Unexpected("empty policy session handle".into()))?;
-            let result = (|| {
-                let policy_session =
-                    PolicySession::try_from(policy).map_err(TpmError::Structure)?;
-                tpm.context
-                    .execute_with_nullauth_session(|ctx| {
-                        ctx.policy_secret(
-                            policy_session,
-                            AuthHandle::Endorsement,
-                            Nonce::default(),
-                            Digest::default(),
-                            Nonce::default(),
-                            None,
-                        )
-                    })
-                    .map_err(TpmError::Attest)?;
-                tpm.set_encryption(session, false, true)?;
-                let (blob, secret) = (blob.clone(), secret.clone());
-                tpm.context
-                    .execute_with_sessions((Some(session), Some(policy), None), |ctx| {
-                        ctx.activate_credential(ak, ek, blob, secret)
-                    })
-                    .map_err(TpmError::ActivateCredential)
-            })();
-            tpm.flush_session(policy);
-            result
+            let policy_session = PolicySession::try_from(policy).map_err(TpmError::Structure)?;
+            tpm.context
+                .execute_with_nullauth_session(|ctx| {
+                    ctx.policy_secret(
+                        policy_session,
+                        AuthHandle::Endorsement,
+                        Nonce::default(),
+                        Digest::default(),
+                        Nonce::default(),
+                        None,
+                    )
+                })
+                .map_err(TpmError::Attest)?;
+            tpm.set_encryption(session, false, true)?;
+            let (blob, secret) = (blob.clone(), secret.clone());
+            tpm.context
+                .execute_with_sessions((Some(session), Some(policy), None), |ctx| {
+                    ctx.activate_credential(ak, ek, blob, secret)
+                })
+                .map_err(TpmError::ActivateCredential)
         })();
-        tpm.flush_key(ak);
+        tpm.flush_session(policy);
         result
     })();
     tpm.flush_key(ek);
@@ -206,18 +211,14 @@ pub fn certify(
     on_error: impl Fn(&mut Tpm, tss_esapi::Error) -> TpmError,
 ) -> Result<(Vec<u8>, Vec<u8>), TpmError> {
     let data = Data::try_from(nonce.to_vec()).map_err(TpmError::Structure)?;
-    let (ak, _) = load_ak(tpm)?;
-    let result = (|| {
-        tpm.set_encryption(session, false, false)?;
-        let certified = tpm
-            .context
-            .execute_with_sessions((Some(session), Some(AuthSession::Password), None), |ctx| {
-                ctx.certify(key.into(), ak, data.clone(), SignatureScheme::Null)
-            });
-        certified.map_err(|e| on_error(tpm, e))
-    })();
-    tpm.flush_key(ak);
-    let (attest, signature) = result?;
+    let (ak, _) = ak(tpm)?;
+    tpm.set_encryption(session, false, false)?;
+    let certified = tpm
+        .context
+        .execute_with_sessions((Some(session), Some(AuthSession::Password), None), |ctx| {
+            ctx.certify(key.into(), ak, data, SignatureScheme::Null)
+        });
+    let (attest, signature) = certified.map_err(|e| on_error(tpm, e))?;
     Ok((
         attest.marshall().map_err(TpmError::Structure)?,
         signature.marshall().map_err(TpmError::Structure)?,

@@ -108,6 +108,10 @@ pub struct Tpm {
     pub context: Context,
     pub primary: KeyHandle,
     pub tcti: String,
+    /// The attestation key, made at its first use on this connection and
+    /// kept loaded after (see [`crate::attest::ak`]). A new connection
+    /// starts without it: the TPM may have been restarted.
+    pub ak: Option<(KeyHandle, Public)>,
 }
 
 // SAFETY: an ESAPI context is not tied to the thread that made it; it must
@@ -147,6 +151,7 @@ impl Tpm {
                 context,
                 primary,
                 tcti: tcti.clone(),
+                ak: None,
             });
         }
         Err(TpmError::NoTpm {

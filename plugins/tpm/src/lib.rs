@@ -33,7 +33,10 @@
 //! - **Attestation** ([`attest`]): at device activation the store shows
 //!   the portal its endorsement key, EK certificate and attestation key,
 //!   and answers the portal's credential challenge; each new user key is
-//!   then certified by the attestation key (TPM2_Certify). See
+//!   then certified by the attestation key (TPM2_Certify). The AK is
+//!   made once per connection and stays loaded. An enrollment
+//!   ([`KeyStore::create_for_enrollment`]) makes the key, certifies it and
+//!   signs the proof of possession in one session, loading it once. See
 //!   `docs/tpm-attestation.md`.
 //! - **Deleting** a key is forgetting its blob: nothing of it stays in the
 //!   TPM.
@@ -49,16 +52,18 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use fleetkey_plugin::{
-    Attestation, BackendInfo, CreatedKey, CredentialChallenge, HardwareIdentity, KeyStore,
-    KeyStoreError, KeyStoreFactory, LockoutParameters, OpenContext, Operation, Pin, PinRules,
-    SettingError, SharedLockout,
+    Attestation, BackendInfo, CreateOptions, CreatedKey, CredentialChallenge, Enrolled,
+    EnrollmentKey, HardwareIdentity, KeyStore, KeyStoreError, KeyStoreFactory, LockoutParameters,
+    OpenContext, Operation, Pin, PinRules, SettingError, SharedLockout,
 };
 use prost::Message;
 use tss_esapi::constants::response_code::Tss2ResponseCodeKind;
 use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
 use tss_esapi::handles::KeyHandle;
 use tss_esapi::interface_types::session_handles::AuthSession;
-use tss_esapi::structures::{Auth, Digest, HashcheckTicket, SignatureScheme};
+use tss_esapi::structures::{
+    Auth, CreateKeyResult, Digest, HashcheckTicket, Public, Signature, SignatureScheme,
+};
 use tss_esapi::traits::Marshall;
 use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
 use zeroize::Zeroizing;
@@ -301,6 +306,82 @@ fn null_ticket() -> Result<HashcheckTicket, TpmError> {
     .map_err(TpmError::Structure)
 }
 
+/// TPM2_Create of a user key under the storage key, with `auth` (the
+/// PIN) as its authorization value, sent encrypted in `session`.
+fn create(
+    tpm: &mut Tpm,
+    session: AuthSession,
+    template: &Public,
+    auth: &Auth,
+) -> Result<CreateKeyResult, TpmError> {
+    tpm.set_encryption(session, true, true)?;
+    let primary = tpm.primary;
+    tpm.context
+        .execute_with_session(Some(session), |ctx| {
+            ctx.create(
+                primary,
+                template.clone(),
+                Some(auth.clone()),
+                None,
+                None,
+                None,
+            )
+        })
+        .map_err(TpmError::Create)
+}
+
+impl TpmKeyStore {
+    /// TPM2_Sign of `digest` by the loaded `key`, its PIN proven in
+    /// `session` (the key's authorization value is set by the caller).
+    fn sign_loaded(
+        &self,
+        tpm: &mut Tpm,
+        session: AuthSession,
+        key: KeyHandle,
+        digest: &Digest,
+    ) -> Result<Signature, TpmError> {
+        tpm.set_encryption(session, true, false)?;
+        let (digest, ticket) = (digest.clone(), null_ticket()?);
+        let signed = tpm.context.execute_with_session(Some(session), |ctx| {
+            ctx.sign(key, digest, SignatureScheme::Null, ticket)
+        });
+        signed.map_err(|e| self.pin_failure(tpm, e))
+    }
+
+    /// TPM2_Certify of the loaded `key` by the AK (the key's
+    /// authorization value is set by the caller).
+    fn certify_loaded(
+        &self,
+        tpm: &mut Tpm,
+        session: AuthSession,
+        key: KeyHandle,
+        nonce: &[u8; 32],
+    ) -> Result<(Vec<u8>, Vec<u8>), TpmError> {
+        attest::certify(tpm, session, key, nonce, |tpm, e| {
+            match self.pin_failure(tpm, e) {
+                TpmError::Sign(e) => TpmError::Certify(e),
+                other => other,
+            }
+        })
+    }
+}
+
+/// The `TpmCertification` the portal checks, for a key's public area.
+fn certification(
+    public: &Public,
+    (certify_info, signature): (Vec<u8>, Vec<u8>),
+) -> Result<Attestation, TpmError> {
+    let certification = fleetkey_proto::portal::TpmCertification {
+        public_area: public.marshall().map_err(TpmError::Structure)?,
+        certify_info,
+        signature,
+    };
+    Ok(Attestation {
+        format: ATTESTATION_FORMAT.into(),
+        data: certification.encode_to_vec(),
+    })
+}
+
 impl KeyStore for TpmKeyStore {
     fn describe(&self) -> BackendInfo {
         let id = &self.identity;
@@ -333,22 +414,7 @@ impl KeyStore for TpmKeyStore {
     fn create_key(&self, key_id: &str, pin: &Pin) -> Result<CreatedKey, KeyStoreError> {
         let auth = pin_auth(pin)?;
         let template = keys::user_key_template()?;
-        let created = self.with_session(|tpm, session| {
-            tpm.set_encryption(session, true, true)?;
-            let primary = tpm.primary;
-            tpm.context
-                .execute_with_session(Some(session), |ctx| {
-                    ctx.create(
-                        primary,
-                        template.clone(),
-                        Some(auth.clone()),
-                        None,
-                        None,
-                        None,
-                    )
-                })
-                .map_err(TpmError::Create)
-        })?;
+        let created = self.with_session(|tpm, session| create(tpm, session, &template, &auth))?;
         let public_key_der = keys::public_key_der(&created.out_public)?;
         let key_ref = KeyBlob {
             public: created.out_public,
@@ -377,12 +443,7 @@ impl KeyStore for TpmKeyStore {
                 tpm.context
                     .tr_set_auth(key.into(), auth.clone())
                     .map_err(TpmError::Sign)?;
-                tpm.set_encryption(session, true, false)?;
-                let (digest, ticket) = (digest.clone(), null_ticket()?);
-                let signed = tpm.context.execute_with_session(Some(session), |ctx| {
-                    ctx.sign(key, digest, SignatureScheme::Null, ticket)
-                });
-                signed.map_err(|e| self.pin_failure(tpm, e))
+                self.sign_loaded(tpm, session, key, &digest)
             })();
             tpm.flush_key(key);
             result
@@ -444,30 +505,74 @@ impl KeyStore for TpmKeyStore {
     ) -> Result<Attestation, KeyStoreError> {
         let blob = KeyBlob::decode(key_ref)?;
         let auth = pin_auth(pin)?;
-        let (certify_info, signature) = self.with_session(|tpm, session| {
+        let certified = self.with_session(|tpm, session| {
             let key = load(tpm, session, &blob)?;
             let result = (|| {
                 tpm.context
                     .tr_set_auth(key.into(), auth.clone())
                     .map_err(TpmError::Certify)?;
-                attest::certify(tpm, session, key, nonce, |tpm, e| {
-                    match self.pin_failure(tpm, e) {
-                        TpmError::Sign(e) => TpmError::Certify(e),
-                        other => other,
-                    }
-                })
+                self.certify_loaded(tpm, session, key, nonce)
             })();
             tpm.flush_key(key);
             result
         })?;
-        let certification = fleetkey_proto::portal::TpmCertification {
-            public_area: blob.public.marshall().map_err(TpmError::Structure)?,
-            certify_info,
-            signature,
-        };
-        Ok(Attestation {
-            format: ATTESTATION_FORMAT.into(),
-            data: certification.encode_to_vec(),
+        Ok(certification(&blob.public, certified)?)
+    }
+
+    /// Create, certify and the proof-of-possession signature in one salted
+    /// session, the new key loaded once (three separate calls would start
+    /// three sessions and load the key twice). The PIN is set on the
+    /// loaded key for this operation only; the key is flushed after, on
+    /// success and on failure.
+    fn create_for_enrollment(
+        &self,
+        key_id: &str,
+        pin: &Pin,
+        options: &CreateOptions,
+        nonce: &[u8; 32],
+        pop_digest: &dyn Fn(&[u8]) -> [u8; 32],
+    ) -> Result<EnrollmentKey, KeyStoreError> {
+        if !options.is_empty() {
+            return Err(KeyStoreError::invalid_option(
+                "the tpm key store has no readers or slots to choose from",
+            ));
+        }
+        let auth = pin_auth(pin)?;
+        let template = keys::user_key_template()?;
+        let (blob, public_key_der, certified, signature) = self.with_session(|tpm, session| {
+            let created = create(tpm, session, &template, &auth)?;
+            let blob = KeyBlob {
+                public: created.out_public,
+                private: created.out_private,
+            };
+            let public_key_der = keys::public_key_der(&blob.public)?;
+            let digest = Digest::try_from(pop_digest(&public_key_der).to_vec())
+                .map_err(TpmError::Structure)?;
+            let key = load(tpm, session, &blob)?;
+            let result = (|| {
+                tpm.context
+                    .tr_set_auth(key.into(), auth.clone())
+                    .map_err(TpmError::Certify)?;
+                let certified = self.certify_loaded(tpm, session, key, nonce)?;
+                let signature = self.sign_loaded(tpm, session, key, &digest)?;
+                Ok((certified, signature))
+            })();
+            tpm.flush_key(key);
+            let (certified, signature) = result?;
+            Ok((blob, public_key_der, certified, signature))
+        })?;
+        let attestation = certification(&blob.public, certified)?;
+        tracing::debug!(key_id, "TPM key created, certified and proven");
+        Ok(EnrollmentKey {
+            enrolled: Enrolled {
+                key: CreatedKey {
+                    key_ref: blob.encode()?,
+                    public_key_der,
+                },
+                notes: Vec::new(),
+            },
+            attestation,
+            user_signature: keys::signature_der(&signature)?,
         })
     }
 

@@ -70,7 +70,7 @@ fn read_pcrs(tpm: &mut Tpm) -> Result<Vec<Vec<u8>>, TpmError> {
 pub fn quote(tpm: &mut Tpm, qualifying_data: &[u8; 32]) -> Result<DeviceQuote, TpmError> {
     let data = Data::try_from(qualifying_data.to_vec()).map_err(TpmError::Structure)?;
     let pcrs = selection()?;
-    let (ak, ak_public) = attest::load_ak(tpm)?;
+    let (ak, ak_public) = attest::ak(tpm)?;
     let result = (|| {
         for _ in 0..ATTEMPTS {
             let (attest, signature) = tpm
@@ -104,7 +104,6 @@ pub fn quote(tpm: &mut Tpm, qualifying_data: &[u8; 32]) -> Result<DeviceQuote, T
             "PCRs kept changing during {ATTEMPTS} quotes"
         )))
     })();
-    tpm.flush_key(ak);
     Ok(DeviceQuote {
         quote: result?,
         ak_public: ak_public.marshall().map_err(TpmError::Structure)?,

@@ -354,3 +354,113 @@ fn certify_takes_the_pin() {
     assert!(err.is(Reason::PinWrong), "{err:?}");
     assert!(store.attest(&key.key_ref, &pin, &[1; 32]).is_ok());
 }
+
+/// The certification of `attestation` (format tpm2-certify): its
+/// TPMS_ATTEST verifies with the AK's public key and carries `nonce`.
+fn certified_by(attestation: &fleetkey_plugin::Attestation, ak_der: &[u8], nonce: &[u8; 32]) {
+    use p256::ecdsa::signature::Verifier;
+    use prost::Message;
+    use tss_esapi::traits::UnMarshall;
+    assert_eq!(attestation.format, "tpm2-certify");
+    let certification =
+        fleetkey_proto::portal::TpmCertification::decode(attestation.data.as_slice()).unwrap();
+    let signature = tss_esapi::structures::Signature::unmarshall(&certification.signature).unwrap();
+    let der = fleetkey_tpm::keys::signature_der(&signature).unwrap();
+    let ak = VerifyingKey::from_public_key_der(ak_der).unwrap();
+    ak.verify(
+        &certification.certify_info,
+        &Signature::from_der(&der).unwrap(),
+    )
+    .expect("the certification verifies with the AK");
+    assert!(
+        certification
+            .certify_info
+            .windows(nonce.len())
+            .any(|w| w == nonce),
+        "the certification carries the nonce"
+    );
+}
+
+/// An enrollment's key work in one session: the key, its certification
+/// by the AK (with the nonce) and the proof of possession over the digest
+/// of its own public key; the key then signs with its PIN and only with
+/// it. Repeated, with quotes between, nothing is left loaded (the TPM's
+/// few object slots would run out).
+#[test]
+fn one_enrollment_session_makes_a_certified_key_and_its_proof() {
+    let tpm = Swtpm::start();
+    let store = open(&tpm);
+    let pin = Pin::new("4812");
+    let pop = |public_key_der: &[u8]| -> [u8; 32] { Sha256::digest(public_key_der).into() };
+    let ak_der = store.quote(&[3; 32]).unwrap().ak_public_key_der;
+    let mut keys = Vec::new();
+    for i in 0..5u8 {
+        let nonce = [i; 32];
+        let made = store
+            .create_for_enrollment(&format!("u-e{i}"), &pin, &Default::default(), &nonce, &pop)
+            .unwrap();
+        let key = &made.enrolled.key;
+        assert!(verifies(
+            &key.public_key_der,
+            &pop(&key.public_key_der),
+            &made.user_signature
+        ));
+        certified_by(&made.attestation, &ak_der, &nonce);
+        assert_eq!(store.quote(&[i; 32]).unwrap().ak_public_key_der, ak_der);
+        keys.push(made.enrolled.key);
+    }
+    let digest = [5u8; 32];
+    for key in &keys {
+        let signature = store.sign_digest(&key.key_ref, &pin, &digest).unwrap();
+        assert!(verifies(&key.public_key_der, &digest, &signature));
+    }
+    let err = store
+        .sign_digest(&keys[0].key_ref, &Pin::new("0000"), &digest)
+        .unwrap_err();
+    assert!(err.is(Reason::PinWrong), "{err:?}");
+    // Options the TPM has no use for are refused, as by create_key_with.
+    let slot = fleetkey_plugin::CreateOptions {
+        slot: Some("9a".into()),
+        ..Default::default()
+    };
+    let err = store
+        .create_for_enrollment("u-x", &pin, &slot, &[0; 32], &pop)
+        .unwrap_err();
+    assert!(err.is(Reason::InvalidArgument), "{err:?}");
+}
+
+/// The attestation key stays loaded between operations; when the TPM
+/// restarts under the store (its loaded objects gone), the stale handle
+/// is noticed and the operation still succeeds, certified by the same AK.
+#[test]
+fn the_kept_attestation_key_is_made_again_after_a_tpm_restart() {
+    let mut tpm = Swtpm::start();
+    let store = open(&tpm);
+    let pin = Pin::new("9753");
+    let key = store.create_key("u-k", &pin).unwrap();
+    let ak_der = store.quote(&[1; 32]).unwrap().ak_public_key_der;
+    certified_by(
+        &store.attest(&key.key_ref, &pin, &[2; 32]).unwrap(),
+        &ak_der,
+        &[2; 32],
+    );
+
+    // Each unorderly restart after a PIN was used counts one failure on
+    // swtpm (3 lock it): two restarts.
+    tpm.restart();
+    certified_by(
+        &store.attest(&key.key_ref, &pin, &[3; 32]).unwrap(),
+        &ak_der,
+        &[3; 32],
+    );
+    assert_eq!(store.quote(&[4; 32]).unwrap().ak_public_key_der, ak_der);
+
+    tpm.restart();
+    let pop = |public_key_der: &[u8]| -> [u8; 32] { Sha256::digest(public_key_der).into() };
+    let made = store
+        .create_for_enrollment("u-k2", &pin, &Default::default(), &[5; 32], &pop)
+        .unwrap();
+    certified_by(&made.attestation, &ak_der, &[5; 32]);
+    let signature = store.sign_digest(&key.key_ref, &pin, &[6; 32]).unwrap();
+    assert!(verifies(&key.public_key_der, &[6; 32], &signature));
+}
