@@ -207,6 +207,9 @@ pub struct WorkQueue {
     finished: AtomicUsize,
     /// Whether a trim is waiting for the queue to stay idle.
     trim_pending: AtomicBool,
+    /// Stores asked to release what they keep between operations when
+    /// the queue falls idle (the soft store's Argon2 buffers).
+    stores: std::sync::OnceLock<Vec<Arc<dyn KeyStore>>>,
 }
 
 /// How long the queue must stay idle before freed memory is given back.
@@ -228,7 +231,21 @@ impl WorkQueue {
             running: AtomicUsize::new(0),
             finished: AtomicUsize::new(0),
             trim_pending: AtomicBool::new(false),
+            stores: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The stores whose kept memory an idle queue releases (set once).
+    pub fn release_memory_of(&self, stores: Vec<Arc<dyn KeyStore>>) {
+        let _ = self.stores.set(stores);
+    }
+
+    /// Releases what the stores keep, then gives freed memory back.
+    fn release_memory(&self) {
+        for store in self.stores.get().into_iter().flatten() {
+            store.release_memory();
+        }
+        give_back_memory();
     }
 
     /// Takes one of the caller's shares, or refuses with `BUSY`.
@@ -306,7 +323,7 @@ impl WorkQueue {
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             self.trim_pending.store(false, Ordering::SeqCst);
-            give_back_memory();
+            self.release_memory();
             return;
         };
         let queue = self.clone();
@@ -321,7 +338,7 @@ impl WorkQueue {
                 }
             }
             queue.trim_pending.store(false, Ordering::SeqCst);
-            let _ = tokio::task::spawn_blocking(give_back_memory).await;
+            let _ = tokio::task::spawn_blocking(move || queue.release_memory()).await;
         });
     }
 

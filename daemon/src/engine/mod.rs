@@ -96,6 +96,8 @@ impl Engine {
         portal: PortalConnector,
         audit: Arc<AuditLog>,
     ) -> Self {
+        let queue = WorkQueue::sized_to_machine();
+        queue.release_memory_of(backends.available().into_iter().map(|b| b.store).collect());
         Self {
             pin_policy: std::sync::RwLock::new(config.pin),
             default_portal: config.portal_url.clone(),
@@ -106,7 +108,7 @@ impl Engine {
             portal,
             audit,
             integrity: config.integrity.clone(),
-            queue: WorkQueue::sized_to_machine(),
+            queue,
             enroll_lock: tokio::sync::Mutex::new(()),
             user_locks: Mutex::new(HashMap::new()),
             events: events::Events::default(),

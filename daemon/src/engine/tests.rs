@@ -278,6 +278,48 @@ async fn memory_is_given_back_once_the_queue_stays_idle() {
     );
 }
 
+/// The soft store keeps Argon2's buffers between the operations of a
+/// burst (no page faults per PIN check) and the idle queue releases them,
+/// so an idle daemon holds none.
+#[cfg(feature = "soft")]
+#[tokio::test(flavor = "current_thread")]
+async fn kept_argon2_buffers_are_released_once_the_queue_stays_idle() {
+    use super::keystore::TRIM_AFTER_IDLE;
+    use fleetkey_plugin::KeyStore;
+    let dir = tempfile::tempdir().unwrap();
+    let config = fleetkey_soft::SoftConfig {
+        argon2_memory_kib: 64,
+        argon2_iterations: 1,
+        argon2_parallelism: 1,
+    };
+    let soft = Arc::new(fleetkey_soft::SoftKeyStore::open(dir.path(), config).unwrap());
+    let key = soft.create_key("k1", &Pin::new("246813")).unwrap().key_ref;
+    let queue = WorkQueue::new(2, 4);
+    queue.release_memory_of(vec![soft.clone() as Arc<dyn KeyStore>]);
+    let sign = |soft: Arc<fleetkey_soft::SoftKeyStore>, key: Vec<u8>| {
+        move || soft.sign_digest(&key, &Pin::new("246813"), &[7; 32])
+    };
+    for _ in 0..3 {
+        queue
+            .run(ME, sign(soft.clone(), key.clone()))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(soft.kept_argon2_buffers(), 1, "kept for the next one");
+        tokio::time::sleep(TRIM_AFTER_IDLE / 2).await;
+    }
+    assert_eq!(soft.kept_argon2_buffers(), 1, "still kept within a burst");
+    tokio::time::sleep(TRIM_AFTER_IDLE * 3).await;
+    assert_eq!(soft.kept_argon2_buffers(), 0, "released once idle");
+    // And made again by the next operation.
+    queue
+        .run(ME, sign(soft.clone(), key.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(soft.kept_argon2_buffers(), 1);
+}
+
 /// Builds what `add_user` writes before it calls the portal: the key and
 /// a pending row holding the signed request.
 async fn pending_enrollment(

@@ -621,6 +621,11 @@ pub trait KeyStore: Send + Sync {
         Vec::new()
     }
 
+    /// Frees memory the store keeps between operations (the soft store's
+    /// Argon2 buffers); the daemon calls it once its key-store work has
+    /// been idle for a moment. Stores that keep nothing ignore it.
+    fn release_memory(&self) {}
+
     /// Every key this store holds, as `key_ref`s, for orphan cleanup.
     /// Stores whose keys live only in the daemon's records return none.
     fn resident_keys(&self) -> Result<Vec<Vec<u8>>, KeyStoreError> {

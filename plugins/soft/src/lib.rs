@@ -64,6 +64,8 @@
 //! PINs, derived keys and private scalars are never logged and are zeroized
 //! after use.
 
+mod memory;
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -242,6 +244,8 @@ pub struct SoftKeyStore {
     /// Serializes writers within the process (two PIN changes of one key
     /// would otherwise share a temporary file).
     write_lock: Mutex<()>,
+    /// Argon2's working memory, kept between the operations of a burst.
+    memory: memory::ArgonMemory,
 }
 
 impl SoftKeyStore {
@@ -275,6 +279,7 @@ impl SoftKeyStore {
             dir: dir.to_path_buf(),
             config,
             write_lock: Mutex::new(()),
+            memory: memory::ArgonMemory::default(),
         };
         let mut removed_any = false;
         for name in store.file_names()? {
@@ -430,14 +435,24 @@ impl SoftKeyStore {
         self.sync_dir()
     }
 
+    /// Argon2 buffers kept for the next operations (memory.rs); none
+    /// after [`KeyStore::release_memory`].
+    pub fn kept_argon2_buffers(&self) -> usize {
+        self.memory.kept()
+    }
+
     /// Reads a key and decrypts it with `pin`.
     fn unlock(&self, key_id: &str, pin: &Pin) -> Result<SigningKey, KeyStoreError> {
         let file = self.read_key_file(key_id)?;
-        file.decrypt(key_id, pin)
+        file.decrypt(key_id, pin, &self.memory)
     }
 }
 
 impl KeyStore for SoftKeyStore {
+    fn release_memory(&self) {
+        self.memory.release();
+    }
+
     fn describe(&self) -> BackendInfo {
         BackendInfo {
             name: BACKEND_NAME.into(),
@@ -473,7 +488,7 @@ impl KeyStore for SoftKeyStore {
             .to_public_key_der()
             .map_err(|e| KeyStoreError::internal(format!("encoding the public key: {e}")))?
             .into_vec();
-        let bytes = KeyFile::encrypt(key_id, pin, &signing_key, &self.config)?;
+        let bytes = KeyFile::encrypt(key_id, pin, &signing_key, &self.config, &self.memory)?;
         drop(signing_key);
         self.write_key_file(key_id, &bytes, false)?;
         Ok(CreatedKey {
@@ -516,7 +531,7 @@ impl KeyStore for SoftKeyStore {
         let key_id = key_id_of(key_ref)?;
         let _guard = self.lock();
         let signing_key = self.unlock(key_id, old_pin)?;
-        let bytes = KeyFile::encrypt(key_id, new_pin, &signing_key, &self.config)?;
+        let bytes = KeyFile::encrypt(key_id, new_pin, &signing_key, &self.config, &self.memory)?;
         drop(signing_key);
         self.write_key_file(key_id, &bytes, true)?;
         Ok(key_ref.to_vec())
@@ -568,6 +583,7 @@ impl KeyFile {
         pin: &Pin,
         signing_key: &SigningKey,
         config: &SoftConfig,
+        memory: &memory::ArgonMemory,
     ) -> Result<Vec<u8>, KeyStoreError> {
         let params = config
             .params()
@@ -600,7 +616,7 @@ impl KeyFile {
         }
         bytes.extend_from_slice(point);
 
-        let cipher = derive_cipher(pin, &salt, params)
+        let cipher = derive_cipher(pin, &salt, params, memory)
             .map_err(|e| KeyStoreError::internal(format!("deriving the key from the PIN: {e}")))?;
         let aad = aad(&bytes, key_id);
         let mut buffer: Zeroizing<[u8; SCALAR_LEN]> = Zeroizing::new([0u8; SCALAR_LEN]);
@@ -675,8 +691,13 @@ impl KeyFile {
     }
 
     /// Decrypts the private key with `pin`.
-    fn decrypt(&self, key_id: &str, pin: &Pin) -> Result<SigningKey, KeyStoreError> {
-        let cipher = derive_cipher(pin, &self.salt, self.params.clone())
+    fn decrypt(
+        &self,
+        key_id: &str,
+        pin: &Pin,
+        memory: &memory::ArgonMemory,
+    ) -> Result<SigningKey, KeyStoreError> {
+        let cipher = derive_cipher(pin, &self.salt, self.params.clone(), memory)
             .map_err(|e| corrupt(key_id, format!("Argon2 refused the stored parameters: {e}")))?;
         let aad = aad(&self.header, key_id);
         let mut buffer: Zeroizing<[u8; SCALAR_LEN]> = Zeroizing::new(self.ciphertext);
@@ -701,13 +722,19 @@ impl KeyFile {
 }
 
 /// AES-256-GCM keyed with Argon2id(PIN, salt).
-fn derive_cipher(pin: &Pin, salt: &[u8], params: Params) -> Result<Aes256Gcm, argon2::Error> {
+/// Argon2's memory comes from the store's kept buffers (memory.rs).
+fn derive_cipher(
+    pin: &Pin,
+    salt: &[u8],
+    params: Params,
+    memory: &memory::ArgonMemory,
+) -> Result<Aes256Gcm, argon2::Error> {
     let mut key: Zeroizing<[u8; 32]> = Zeroizing::new([0u8; 32]);
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, params).hash_password_into(
-        pin.as_bytes(),
-        salt,
-        &mut key[..],
-    )?;
+    let blocks = params.block_count();
+    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+    memory.with(blocks, |buffer| {
+        argon2.hash_password_into_with_memory(pin.as_bytes(), salt, &mut key[..], buffer)
+    })?;
     // A 32-byte slice always has the length AES-256 wants.
     Aes256Gcm::new_from_slice(&key[..]).map_err(|_| argon2::Error::OutputTooShort)
 }
