@@ -106,12 +106,8 @@ impl Engine {
         );
 
         let (enrolled, request) = self
-            .enrollment_key(&device, &store, &code, &pin, options)
+            .enrollment_key(&device, &store, &code, &pin, options, integrity_evidence)
             .await?;
-        let request = portal::EnrollUserRequest {
-            integrity_evidence,
-            ..request
-        };
         let created = enrolled.key;
         let mut record = UserRecord {
             name: name.clone(),
@@ -221,7 +217,8 @@ impl Engine {
     /// in one key-store operation (a TPM does create, certify and the
     /// proof of possession in one session): the attestation bound to
     /// device and code, the proof of possession, the device signature.
-    /// On a failure the store has deleted the key.
+    /// On a failure the store has deleted the key. `integrity_evidence`
+    /// goes into the request as given.
     pub(super) async fn enrollment_key(
         &self,
         device: &DeviceRecord,
@@ -229,6 +226,7 @@ impl Engine {
         code: &str,
         pin: &Pin,
         options: &CreateOptions,
+        integrity_evidence: String,
     ) -> Result<(Enrolled, portal::EnrollUserRequest), Failure> {
         let name = store.name().to_string();
         let nonce = binding::key_attestation_nonce(&device.device_id, code);
@@ -279,7 +277,7 @@ impl Engine {
             }),
             user_signature: made.user_signature,
             device_signature,
-            integrity_evidence: String::new(),
+            integrity_evidence,
         };
         Ok((made.enrolled, request))
     }

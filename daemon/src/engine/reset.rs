@@ -24,7 +24,7 @@
 //! Until the portal has answered, the user signs with the old key and PIN.
 
 use fleetkey_plugin::{CreateOptions, Pin};
-use fleetkey_proto::portal::{self, CodeKind, EnrollUserRequest};
+use fleetkey_proto::portal::{CodeKind, EnrollUserRequest};
 use fleetkey_proto::{EnrollmentInput, Failure, Reason, daemon, time};
 use prost::Message;
 
@@ -110,12 +110,8 @@ impl Engine {
             .await?;
 
         let (enrolled, request) = self
-            .enrollment_key(&device, &store, &code, &pin, options)
+            .enrollment_key(&device, &store, &code, &pin, options, integrity_evidence)
             .await?;
-        let request = portal::EnrollUserRequest {
-            integrity_evidence,
-            ..request
-        };
         let created = enrolled.key;
         let draft = UserRecord {
             name: old.name.clone(),

@@ -336,6 +336,7 @@ async fn pending_enrollment(
             code,
             &Pin::new("1234"),
             &CreateOptions::default(),
+            String::new(),
         )
         .await
         .unwrap();
