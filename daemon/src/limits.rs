@@ -12,6 +12,12 @@ pub const SMALL_REQUEST_BYTES: usize = 64 * 1024;
 /// The largest request: an image for `AddUserScan`, and some room.
 pub const MAX_REQUEST_BYTES: usize = fleetkey_v4l::image_file::MAX_IMAGE_BYTES + 64 * 1024;
 
+/// How long a stopping daemon (SIGTERM, SIGINT) lets open connections
+/// finish their requests before it closes them. A request cut off is
+/// ended as if its client had gone away. Well under systemd's stop
+/// timeout (90 s), so the stop stays orderly.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The RPCs that may carry more than [`SMALL_REQUEST_BYTES`].
 const LARGE_RPCS: &[&str] = &[
     "/fleetkey.v1.Fleetkey/AddUserScan",

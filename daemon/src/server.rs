@@ -729,14 +729,42 @@ pub async fn serve(
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(fleetkey_proto::DAEMON_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let result = tonic::transport::Server::builder()
+    // tonic's graceful stop waits for every open connection to close,
+    // and an HTTP/2 connection closes only once its client has read the
+    // GOAWAY: a client that stops reading (a stopped process, a hostile
+    // local user) would hold the daemon's stop forever. Open connections
+    // get SHUTDOWN_GRACE to finish; then serving ends and the runtime,
+    // dropped on return, closes them (key-store work already running
+    // still completes).
+    let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        let _ = stopping.send(());
+    };
+    let serving = tonic::transport::Server::builder()
         .layer(limits::RequestLimitLayer)
         .add_service(FleetkeyServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(accepted(listener), shutdown)
-        .await;
+        .serve_with_incoming_shutdown(accepted(listener), signal);
+    let grace_over = async {
+        if stopped.await.is_err() {
+            // Serving ended by itself; the select below takes that.
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(limits::SHUTDOWN_GRACE).await;
+    };
+    let result = tokio::select! {
+        result = serving => result,
+        () = grace_over => {
+            tracing::warn!(
+                grace_s = limits::SHUTDOWN_GRACE.as_secs(),
+                "connections still open after the stop's grace period; closing them"
+            );
+            Ok(())
+        }
+    };
     if let Some(socket_path) = socket_path
         && let Err(e) = std::fs::remove_file(socket_path)
     {

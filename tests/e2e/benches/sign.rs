@@ -502,10 +502,7 @@ fn main() {
     // fleetkeyctl runs its calls: a multi-thread client adds a hop between
     // its own threads to every call (the bare gRPC round trip measured 190
     // us from the 2-worker runtime above, 87-130 us from this one).
-    let single = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let single = one_thread();
     // Every user is added through it (two code checks each): no rate limit.
     let portal = Portal::start_with(&["--no-rate-limit"]);
     println!(
@@ -543,7 +540,7 @@ fn main() {
     #[cfg(feature = "tpm")]
     if wanted("tpm") {
         timed("tpm", &mut || {
-            tpm::run(&single, &portal, 40 / scale.min(4), 200 / scale)
+            tpm::run(&portal, 40 / scale.min(4), 200 / scale)
         });
     }
     for setting in &settings {
@@ -577,6 +574,17 @@ fn main() {
         spent.join(", ")
     );
     print_targets();
+}
+
+/// A one-thread client runtime, as fleetkeyctl uses. Its connections are
+/// driven only inside `block_on`: a part that stops the daemon between
+/// calls makes a new one per batch of calls, so that dropping it closes
+/// them (the daemon gives connections left open its stop's grace period).
+fn one_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 /// The resident set of a process, from /proc (VmRSS), in MB.
@@ -1055,7 +1063,7 @@ mod tpm {
         *wall += took;
     }
 
-    pub fn run(runtime: &tokio::runtime::Runtime, portal: &Portal, users: usize, signs: usize) {
+    pub fn run(portal: &Portal, users: usize, signs: usize) {
         let tpm = Swtpm::start();
         let tpm_config = TpmConfig {
             tcti: Some(tpm.tcti.clone()),
@@ -1141,6 +1149,7 @@ mod tpm {
 
             // The daemon on the same TPM.
             daemon.restart();
+            let runtime = super::one_thread();
             let (round_add, round_signs, round_status) = runtime.block_on(async {
                 let mut client = connect(&daemon.socket).await;
                 let mut round_add = Vec::new();
@@ -1186,6 +1195,8 @@ mod tpm {
             add.extend(round_add);
             daemon_signs.extend(round_signs);
             status_p50_us = round_status;
+            // Closes the round's connection, so the daemon stops at once.
+            drop(runtime);
             daemon.terminate();
         }
         let identity = identity.expect("at least one round");

@@ -207,6 +207,25 @@ impl Daemon {
         child.wait().expect("wait")
     }
 
+    /// SIGTERM; returns the exit status, or None if the daemon has not
+    /// exited within `limit` (it is then killed).
+    pub fn terminate_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take().expect("running");
+        let pid = i32::try_from(child.id()).expect("pid");
+        // SAFETY: sending a signal to our own child.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
     /// Stops the daemon (SIGKILL, if it runs) and starts it again.
     pub fn restart(&mut self) {
         self.kill9();

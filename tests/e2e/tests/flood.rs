@@ -177,3 +177,60 @@ fn abandoned_sign_flood_is_bounded_and_starves_nobody() {
     // Nothing was counted against carol: her abandoned signs had her PIN.
     daemon.sign("carol", "2468", &file).assert_ok();
 }
+
+/// Clients that keep their connections open and stop reading (a stopped
+/// fleetkeyctl, a hostile local user) cannot hold the daemon's stop:
+/// SIGTERM ends it within its grace period (10 s, daemon/src/limits.rs),
+/// it exits cleanly, and its state is intact.
+#[test]
+fn clients_that_stop_reading_do_not_hold_the_daemon_stop() {
+    let portal = Portal::start();
+    let mut daemon = Daemon::start(FAST_SOFT_KEYS);
+    daemon.activate(&portal);
+    daemon.add_user(&portal, "alice", "1234");
+    // Two clients, each on a one-thread runtime: one call, then the
+    // runtime is never driven again, so nothing reads the connection.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let client = runtime.block_on(async {
+            let mut client = connect(&daemon.socket).await;
+            client
+                .get_status(fleetkey_proto::daemon::GetStatusRequest {})
+                .await
+                .expect("status");
+            client
+        });
+        held.push((runtime, client));
+    }
+    let socket = daemon.socket.clone();
+    let started = Instant::now();
+    let status = daemon.terminate_within(Duration::from_secs(30));
+    let took = started.elapsed();
+    let status = status.unwrap_or_else(|| {
+        panic!(
+            "fleetkeyd still running 30 s after SIGTERM: {}",
+            daemon.log_text()
+        )
+    });
+    assert!(status.success(), "{status:?}");
+    assert!(
+        took >= Duration::from_secs(5),
+        "{took:?}: the grace was not given"
+    );
+    assert!(!socket.exists(), "the socket was left behind");
+    assert!(
+        daemon.log_text().contains("grace period"),
+        "{}",
+        daemon.log_text()
+    );
+    drop(held);
+
+    daemon.restart();
+    let users = daemon.ctl(&["--json", "user", "list"]);
+    users.assert_ok();
+    assert!(users.stdout.contains("alice"), "{}", users.stdout);
+}
