@@ -20,8 +20,15 @@
 //! list` and `sign` on a state of 10,000 users with one of 10 (`--quick`:
 //! 100, 5 and 500).
 //!
+//! The QR scanner's figures come from `fleetkey-qr-bench`, run as a
+//! process (`FLEETKEY_BENCH_ONLY=qr`; whole set and reference decoders,
+//! or with `--quick` 1 in 32 of its fleetkey frames and fleetkey's scanner
+//! alone).
+//!
 //! The run ends with a table of every figure that has a target (issue 14)
 //! and whether it is met. `-- --quick` runs every part with fewer rounds.
+//! The parts, for `FLEETKEY_BENCH_ONLY`: tpm, default, cheap-kdf, piv, qr,
+//! approvals, footprint, batch.
 //!
 //! `FLEETKEY_BENCH_ONLY=footprint` prints only the daemon's time to ready
 //! and idle RSS (soft store only); the key-store settings print its RSS
@@ -553,9 +560,12 @@ fn main() {
     if wanted("piv") {
         timed("piv", &mut || piv::run(&single, &portal, scale));
     }
+    if wanted("qr") {
+        timed("qr", &mut || qr_scanner(quick));
+    }
     if wanted("approvals") {
-        // --quick: 10 rounds, 5 devices x 4 challenges.
-        let (rounds, fleet) = if quick { (10, (5, 4)) } else { (100, (10, 10)) };
+        // --quick: 10 rounds, 3 devices x 4 challenges.
+        let (rounds, fleet) = if quick { (10, (3, 4)) } else { (100, (10, 10)) };
         timed("approvals", &mut || approvals::run(&runtime, rounds, fleet));
     }
     if wanted("footprint") {
@@ -574,6 +584,55 @@ fn main() {
         spent.join(", ")
     );
     print_targets();
+}
+
+/// The QR scanner's figures: `fleetkey-qr-bench` as a process (its
+/// output shown as it comes), on the whole robustness set with the
+/// reference decoders, or with --quick on 1 in 32 of its fleetkey frames
+/// (every foreign and code-free frame still) and fleetkey's scanner alone.
+/// Its targeted rows join this run's closing table.
+fn qr_scanner(quick: bool) {
+    println!(
+        "\n== qr scanner (fleetkey-qr-bench{}) ==",
+        if quick {
+            " --every 32 --no-references"
+        } else {
+            ""
+        }
+    );
+    let dir = fleetkey_e2e::open_tempdir();
+    let table = dir.path().join("targets.tsv");
+    let mut bench = std::process::Command::new(fleetkey_e2e::bin("fleetkey-qr-bench"));
+    if quick {
+        bench.args(["--every", "32", "--no-references"]);
+    }
+    let status = bench
+        .arg("--targets-file")
+        .arg(&table)
+        .status()
+        .expect("run fleetkey-qr-bench");
+    let rows = std::fs::read_to_string(&table).unwrap_or_default();
+    if !status.success() || rows.is_empty() {
+        target(
+            "qr: fleetkey-qr-bench",
+            format!("{status}"),
+            "figures",
+            false,
+        );
+        return;
+    }
+    for row in rows.lines() {
+        if let [figure, measured, goal, verdict] = row.split('\t').collect::<Vec<_>>()[..]
+            && verdict != "reported"
+        {
+            target(
+                &format!("qr: {figure}"),
+                measured.to_string(),
+                goal,
+                verdict == "met",
+            );
+        }
+    }
 }
 
 /// A one-thread client runtime, as fleetkeyctl uses. Its connections are
@@ -955,14 +1014,19 @@ mod piv {
             for i in 0..ops {
                 via_daemon.push(daemon_sign(&mut client, i).await);
             }
-            // The transport alone: an RPC that does no key work.
+            // The transport alone: grpc.health, no work behind it.
+            let mut health = tonic_health::pb::health_client::HealthClient::new(
+                super::connect_channel(&daemon.socket).await,
+            );
             let mut status = Vec::new();
             for _ in 0..ops {
                 let start = Instant::now();
-                client
-                    .get_status(fleetkey_proto::daemon::GetStatusRequest {})
+                health
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: String::new(),
+                    })
                     .await
-                    .expect("status");
+                    .expect("health check");
                 status.push(start.elapsed());
             }
             (via_daemon, status)
@@ -984,7 +1048,7 @@ mod piv {
             ("raw APDUs (VERIFY + GEN. AUTH.)", raw),
             ("raw, as the daemon does it (1)", as_daemon),
             ("daemon Sign (gRPC/UDS)", via_daemon),
-            ("daemon GetStatus (no card work)", status),
+            ("bare gRPC round trip (grpc.health)", status),
         ] {
             println!(
                 "{:<34}{:>8}{:>12.3}{:>12.3}{:>10.1}",
@@ -998,11 +1062,18 @@ mod piv {
         println!(
             "(1) in a PC/SC transaction: SELECT, VERIFY, GENERAL AUTHENTICATE, VERIFY P1=FF (ends the PIN's validity)"
         );
+        let added = via_daemon.p50_us - raw.p50_us;
+        let card = as_daemon.p50_us - raw.p50_us;
         println!(
-            "added by the daemon at p50: {:.2} ms, of which the card work beyond the raw pair {:.2} ms (1) and the gRPC round trip {:.2} ms",
-            (via_daemon.p50_us - raw.p50_us) / 1000.0,
-            (as_daemon.p50_us - raw.p50_us) / 1000.0,
+            "added by the daemon at p50: {:.3} ms: the card work beyond the raw pair {:.3} ms (1), the bare gRPC round trip {:.3} ms, the daemon's own work {:.3} ms",
+            added / 1000.0,
+            card / 1000.0,
             status.p50_us / 1000.0,
+            (added - card - status.p50_us) / 1000.0,
+        );
+        println!(
+            "the least a daemon that keeps the PIN guarantee could reach: (raw as the daemon does it + bare round trip) / raw = {:.2}",
+            (as_daemon.p50_us + status.p50_us) / raw.p50_us
         );
         println!(
             "PIV Sign / raw VERIFY + GENERAL AUTHENTICATE at p50: ratio {:.2} (target <= {PIV_RATIO_TARGET})",
