@@ -10,11 +10,16 @@ use tempfile::TempDir;
 
 use crate::*;
 
-/// The two virtual readers of pcscd's vpcd driver, as Debian's
-/// `/etc/reader.conf.d/vpcd` sets it up (channel 0x8C7B): each is served
-/// on its own TCP port, where a card (our simulator) connects.
+/// The two virtual readers of pcscd's vpcd driver, as the tests' own
+/// pcscd configures it: each is served on its own TCP port, where a card
+/// (our simulator) connects. Debian's `/etc/reader.conf.d/vpcd` uses
+/// channel 0x8C7B (ports 35963 and 35964), inside the kernel's ephemeral
+/// port range (32768-60999): a client connection of an earlier test (to
+/// the portal, say) left in TIME_WAIT on one of them made vpcd's bind
+/// fail ("Address already in use"). Channel 0x6C7B (27771, 27772) is
+/// below that range.
 pub const VPCD_READERS: [(&str, u16); 2] =
-    [("Virtual PCD 00 00", 35963), ("Virtual PCD 00 01", 35964)];
+    [("Virtual PCD 00 00", 27771), ("Virtual PCD 00 01", 27772)];
 
 /// Only one pcscd can run on a machine (its socket is /run/pcscd), so the
 /// tests that need one take this lock.
@@ -60,7 +65,7 @@ impl Pcscd {
         std::fs::create_dir(&conf).expect("mkdir reader.conf.d");
         std::fs::write(
             conf.join("vpcd"),
-            "FRIENDLYNAME \"Virtual PCD\"\nDEVICENAME   /dev/null:0x8C7B\nLIBPATH      /usr/lib/pcsc/drivers/serial/libifdvpcd.so\nCHANNELID    0x8C7B\n",
+            "FRIENDLYNAME \"Virtual PCD\"\nDEVICENAME   /dev/null:0x6C7B\nLIBPATH      /usr/lib/pcsc/drivers/serial/libifdvpcd.so\nCHANNELID    0x6C7B\n",
         )
         .expect("write vpcd config");
         let mut pcscd = Pcscd { child: None, dir };
