@@ -592,21 +592,16 @@ fn main() {
 /// (every foreign and code-free frame still) and fleetkey's scanner alone.
 /// Its targeted rows join this run's closing table.
 fn qr_scanner(quick: bool) {
-    println!(
-        "\n== qr scanner (fleetkey-qr-bench{}) ==",
-        if quick {
-            " --every 32 --no-references"
-        } else {
-            ""
-        }
-    );
+    let args: &[&str] = if quick {
+        &["--every", "32", "--no-references"]
+    } else {
+        &[]
+    };
+    println!("\n== qr scanner (fleetkey-qr-bench {}) ==", args.join(" "));
     let dir = fleetkey_e2e::open_tempdir();
     let table = dir.path().join("targets.tsv");
-    let mut bench = std::process::Command::new(fleetkey_e2e::bin("fleetkey-qr-bench"));
-    if quick {
-        bench.args(["--every", "32", "--no-references"]);
-    }
-    let status = bench
+    let status = std::process::Command::new(fleetkey_e2e::bin("fleetkey-qr-bench"))
+        .args(args)
         .arg("--targets-file")
         .arg(&table)
         .status()

@@ -201,9 +201,7 @@ impl Daemon {
     /// SIGTERM; returns the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
-        let pid = i32::try_from(child.id()).expect("pid");
-        // SAFETY: sending a signal to our own child.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+        sigterm(&child);
         child.wait().expect("wait")
     }
 
@@ -211,9 +209,7 @@ impl Daemon {
     /// exited within `limit` (it is then killed).
     pub fn terminate_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take().expect("running");
-        let pid = i32::try_from(child.id()).expect("pid");
-        // SAFETY: sending a signal to our own child.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+        sigterm(&child);
         let deadline = std::time::Instant::now() + limit;
         while std::time::Instant::now() < deadline {
             if let Some(status) = child.try_wait().expect("wait") {
@@ -399,4 +395,11 @@ pub fn assert_agree(daemon: &Daemon, portal: &Portal, after: &str) -> usize {
         "unfinished key files {after}: {leftovers:?}"
     );
     device.len()
+}
+
+/// Sends SIGTERM to a child process (the daemon's orderly stop).
+fn sigterm(child: &std::process::Child) {
+    let pid = i32::try_from(child.id()).expect("pid");
+    // SAFETY: sending a signal to our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
 }

@@ -25,10 +25,7 @@ const REQUESTS: usize = 400;
 /// sent. Returns how many got an answer before they hung up.
 fn flood(socket: std::path::PathBuf, user: &'static str, pin: &'static str) -> usize {
     become_uid_in_this_thread(FLOODER);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = one_thread_runtime();
     runtime.block_on(async move {
         let mut tasks = Vec::new();
         for i in 0..REQUESTS {
@@ -192,10 +189,7 @@ fn clients_that_stop_reading_do_not_hold_the_daemon_stop() {
     // runtime is never driven again, so nothing reads the connection.
     let mut held = Vec::new();
     for _ in 0..2 {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let runtime = one_thread_runtime();
         let client = runtime.block_on(async {
             let mut client = connect(&daemon.socket).await;
             client

@@ -48,10 +48,7 @@ struct Seen {
 /// five, lists users one in five and asks for the status one in five.
 fn client(socket: std::path::PathBuf, uid: u32, user: String, until: Instant) -> Seen {
     become_uid_in_this_thread(uid);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = one_thread_runtime();
     runtime.block_on(async move {
         let mut client = connect(&socket).await;
         let mut seen = Seen {

@@ -27,10 +27,7 @@ fn huge_and_invalid_names_are_refused_and_leave_nothing_behind() {
 
     let outcome = std::thread::spawn(move || {
         become_uid_in_this_thread(STRANGER);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let runtime = one_thread_runtime();
         runtime.block_on(async move {
             let mut client = connect(&socket).await;
             // Warm the connection and the daemon's buffers.

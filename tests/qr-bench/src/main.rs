@@ -242,17 +242,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{:<58} {:>10} {:>10}  status",
         "figure (issue 14)", "measured", "target"
     );
-    let table = std::cell::RefCell::new(String::new());
-    let target = |figure: &str, measured: String, target: &str, met: Option<bool>| {
+    let mut table = String::new();
+    let mut target = |figure: &str, measured: String, target: &str, met: Option<bool>| {
         let status = match met {
             Some(true) => "met",
             Some(false) => "NOT MET",
             None => "reported",
         };
         println!("{figure:<58} {measured:>10} {target:>10}  {status}");
-        table
-            .borrow_mut()
-            .push_str(&format!("{figure}\t{measured}\t{target}\t{status}\n"));
+        table.push_str(&format!("{figure}\t{measured}\t{target}\t{status}\n"));
     };
     let rate = percent(image.read, image.fleetkey);
     target(
@@ -332,7 +330,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     if let Some(path) = &options.targets_file {
-        std::fs::write(path, table.borrow().as_bytes())?;
+        std::fs::write(path, &table)?;
     }
 
     println!();

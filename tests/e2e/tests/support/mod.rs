@@ -29,6 +29,15 @@ pub async fn connect(socket: &Path) -> FleetkeyClient<Channel> {
         .max_decoding_message_size(64 * 1024 * 1024)
 }
 
+/// A one-thread runtime, as fleetkeyctl runs its calls. Its connections
+/// are driven only inside `block_on`.
+pub fn one_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 /// A process's resident memory (KiB) and thread count, from /proc.
 pub fn rss_and_threads(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
